@@ -1,0 +1,37 @@
+# careloop: the two commands are `make demo` and `make test`; both build .venv themselves.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo-out
+DEMO_PATIENTS ?= 5000
+SEED ?= 42
+
+.PHONY: demo test lint bench clean venv
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/careloop synth --patients $(DEMO_PATIENTS) --seed $(SEED) --out $(DEMO_DIR)/hospital --overwrite
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/synth.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
