@@ -42,7 +42,7 @@ def main(
 
 def fail(message: str) -> None:
     """One clear line on stderr and exit code 2; never a traceback for a user's mistake."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -78,7 +78,7 @@ def make_config(**values: object) -> SynthConfig:
         loc = ".".join(str(p) for p in err["loc"]) or "config"
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        detail = f"{loc}: {msg}" if not loc or loc == "config" else f"--{loc.replace('_', '-')}: {msg}"
+        detail = msg if loc == "config" else f"--{loc.replace('_', '-')}: {msg}"
         if err["loc"] and got is not None and not isinstance(got, dict):
             detail += f" (got {got!r})"
         raise ConfigError(detail) from None
@@ -91,11 +91,16 @@ def check_output_dir(out: Path, *, overwrite: bool) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} exists and is not a directory")
-    probe = out
+    probe = out.absolute()
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out: {out} is not writable (no write permission on {probe})")
+    if not probe.is_dir():
+        raise ConfigError(f"--out: {out} cannot be created ({probe} is not a directory)")
+    try:  # a real write, since permission bits say nothing for root or read-only mounts
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--out: {out} is not writable ({exc.strerror or exc} in {probe})") from None
     if out.exists() and not overwrite:
         taken = [p for p in ("ndjson", "bundles", "truth") if (out / p).exists()]
         if taken:

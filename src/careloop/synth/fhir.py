@@ -70,16 +70,36 @@ class Renderer:
         self.world = world
         self.drift_ts = _ts(cfg.effective_drift_date) if cfg.drift else None
         self.sites = {s.key: s for s in world.sites}
+        self._days: dict[int, str] = {}
+        self._offsets: dict[int, tuple[int, str]] = {}
 
     # -- time ---------------------------------------------------------------------------------
     def when(self, ts: int, site: str) -> str:
+        """FHIR dateTime: UTC with Z, or local time with its offset at sites whose feed sends that."""
         if self.sites[site].local_time:
-            return dt.datetime.fromtimestamp(ts, _EASTERN).isoformat()
-        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            hour = ts // 3600
+            offset = self._offsets.get(hour)
+            if offset is None:
+                off = dt.datetime.fromtimestamp(ts, _EASTERN).utcoffset()
+                secs = int(off.total_seconds()) if off is not None else 0
+                sign = "-" if secs < 0 else "+"
+                offset = self._offsets[hour] = (secs, f"{sign}{abs(secs) // 3600:02d}:{abs(secs) % 3600 // 60:02d}")
+            ts += offset[0]
+            suffix = offset[1]
+        else:
+            suffix = "Z"
+        days, secs = divmod(ts, 86400)
+        date = self._days.get(days)
+        if date is None:
+            date = self._days[days] = (dt.date(1970, 1, 1) + dt.timedelta(days=days)).isoformat()
+        return f"{date}T{secs // 3600:02d}:{secs % 3600 // 60:02d}:{secs % 60:02d}{suffix}"
 
-    @staticmethod
-    def day(ts: int) -> str:
-        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
+    def day(self, ts: int) -> str:
+        days = ts // 86400
+        date = self._days.get(days)
+        if date is None:
+            date = self._days[days] = (dt.date(1970, 1, 1) + dt.timedelta(days=days)).isoformat()
+        return date
 
     def doctor(self, site: str, k: int):
         docs = self.world.practitioners[site]

@@ -17,7 +17,6 @@ import datetime as dt
 import hashlib
 import math
 import random
-import uuid
 from dataclasses import dataclass, field
 
 from careloop.synth import mechanism as M
@@ -158,6 +157,10 @@ class Person:
         return (t - self.birth) / YEAR
 
 
+_V4_MASK = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_V4_BITS = (0x4000 << 64) | (0x8000 << 48)
+
+
 class Ids:
     """Deterministic UUIDs from their own stream, so scenarios never shift anyone's ids."""
 
@@ -167,7 +170,10 @@ class Ids:
         self._rng = random.Random(seed)
 
     def __call__(self) -> str:
-        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+        # RFC 4122 version-4 layout, formatted directly (uuid.UUID costs twice as much per id)
+        x = (self._rng.getrandbits(128) & _V4_MASK) | _V4_BITS
+        h = f"{x:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # --- patient -----------------------------------------------------------------------------------
@@ -486,13 +492,13 @@ def simulate(idx: int, cfg: SynthConfig, world: World) -> Person:
                 continue
             u -= r_ed
             if u < r_ip:
-                if t < quiet_until:
-                    continue  # the drawn "no readmission" keeps unplanned admissions out of the window
+                if t < quiet_until or scheduled is not None:
+                    continue  # the drawn outcome of the last stay decides the next unplanned admission
                 stay = _stay(p, site, world, cfg, rng, ids, t, elective=False, prior_unplanned=unplanned_times,
                              prior_ed=ed_times)
                 unplanned_times.append(t)
             elif u - r_ip < r_el:
-                if t + 2 * DAY >= end:
+                if t + 2 * DAY >= end or scheduled is not None:
                     continue
                 stay = _stay(p, site, world, cfg, rng, ids, t, elective=True, prior_unplanned=unplanned_times,
                              prior_ed=ed_times)
@@ -525,6 +531,9 @@ def simulate(idx: int, cfg: SynthConfig, world: World) -> Person:
             if fu < end and (scheduled is None or fu < scheduled) and (pending_death is None or fu < pending_death):
                 _clinic_visit(p, site, rng, ids, fu, "AMB_FU")
         t = max(t, t + 1)
+    if p.death is not None:  # a follow-up booked before an unexpected death never took place
+        p.visits = [v for v in p.visits if v.end <= p.death]
+    p.visits = [v for v in p.visits if v.end < end]
     _record_problems(p, end)
     return p
 

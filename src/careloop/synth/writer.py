@@ -37,7 +37,7 @@ from careloop.synth.world import World, build_world
 
 RESOURCE_ORDER = ("Organization", "Location", "Practitioner", "Patient", "Coverage", "Encounter", "Condition",
                   "Observation", "MedicationRequest", "Procedure", "DocumentReference")
-NDJSON_LEVEL = 6
+NDJSON_LEVEL = 3
 BUNDLE_LEVEL = 1
 
 STAY_SCHEMA = pa.schema([
@@ -199,6 +199,7 @@ def run_shard(index: int) -> ShardResult:
     hi = min(cfg.patients, lo + cfg.shard_size)
     compressors: dict[str, zlib._Compress] = {}
     chunks: dict[str, list[bytes]] = {}
+    packed: dict[str, list[bytes]] = {}
     counts: Counter = Counter()
     stays: list[tuple] = []
     patients: list[tuple] = []
@@ -215,6 +216,7 @@ def run_shard(index: int) -> ShardResult:
             if buf is None:
                 buf = chunks[rtype] = []
                 compressors[rtype] = zlib.compressobj(NDJSON_LEVEL, zlib.DEFLATED, 31)
+                packed[rtype] = []
             buf.append(raw)
             counts[rtype] += 1
             if rtype == "Condition" and res["category"][0]["coding"][0]["code"] == "problem-list-item":
@@ -224,7 +226,7 @@ def run_shard(index: int) -> ShardResult:
         # flush the per-type buffers into their compressors every patient (bounded memory)
         for rtype, buf in chunks.items():
             if buf:
-                compressors[rtype].compress(b"\n".join(buf) + b"\n")
+                packed[rtype].append(compressors[rtype].compress(b"\n".join(buf) + b"\n"))
                 buf.clear()
         bundle = transaction_bundle(entries)
         path = bundle_dir / f"{person.id}.{cfg.bundle_format}"
@@ -241,7 +243,7 @@ def run_shard(index: int) -> ShardResult:
         n_true = sum(1 for c in person.chronic if c.recorded)
         patients.append((person.id, person.site, person.frailty, n_true, n_cond, n_cond < n_true,
                          person.case_mix_shifted, _micros(person.death)))
-    members = {rtype: c.compress(b"") + c.flush() for rtype, c in compressors.items()}
+    members = {rtype: b"".join(packed[rtype]) + c.flush() for rtype, c in compressors.items()}
     return ShardResult(index, members, counts, stays, patients, bundle_bytes)
 
 

