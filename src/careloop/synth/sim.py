@@ -202,6 +202,8 @@ def _phone(rng: random.Random, area: str) -> str:
 
 def make_person(idx: int, cfg: SynthConfig, world: World, ids: Ids, rng: random.Random) -> Person:
     start, end = _ts(cfg.start), _ts(cfg.end)
+    pid = ids()  # first, so a patient's identity never depends on what is drawn for them
+    coverage_ids = (ids(), ids())
     site = world.sites[0]
     u = rng.random()
     for s in world.sites:
@@ -302,12 +304,12 @@ def make_person(idx: int, cfg: SynthConfig, world: World, ids: Ids, rng: random.
     ssn = f"999-{rng.randrange(10, 99)}-{rng.randrange(1000, 9999)}"
     lic = f"S{rng.randrange(10**7, 10**8)}"
     return Person(
-        idx=idx, id=ids(), site=site.key, sex=sex, birth=birth, age_at_entry=age, race=race, hispanic=hispanic,
+        idx=idx, id=pid, site=site.key, sex=sex, birth=birth, age_at_entry=age, race=race, hispanic=hispanic,
         language=language, marital=marital, payer=payer, given=given, middle=middle, family=family,
         street=street, zip=zip_code, phone=phone, mrn=mrn, ssn=ssn, license=lic, entry=entry,
         frailty=frailty, lives_alone=lives_alone, household=household, housing_unstable=housing_unstable,
         smoking=smoking, height_cm=height, weight_kg=weight, chronic=chronic, baseline=baseline,
-        coverage_ids=(ids(), ids()), case_mix_shifted=shifted,
+        coverage_ids=coverage_ids, case_mix_shifted=shifted,
     )
 
 
