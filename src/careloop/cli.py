@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -61,7 +62,7 @@ def synth(
     patients: Annotated[int, typer.Option("--patients", "-n", help="Number of patients to generate.")] = 5000,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical output.")] = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("hospital"),
-    workers: Annotated[int, typer.Option(help="Worker processes (output does not depend on it).")] = 1,
+    workers: Annotated[int, typer.Option(help="Worker processes (output does not depend on it).")] = os.cpu_count() or 1,
     start: Annotated[str | None, typer.Option(help="First day of the data window (YYYY-MM-DD).")] = None,
     end: Annotated[str | None, typer.Option(help="Day after the last day of the window (YYYY-MM-DD).")] = None,
     drift: Annotated[bool, typer.Option("--drift", help="From the drift date: creatinine assay shift, ICD-10 "
