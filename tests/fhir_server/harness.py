@@ -86,8 +86,57 @@ class FhirServer:
         return f"http://127.0.0.1:{self.port}/_stats"
 
     def stats(self) -> dict[str, Any]:
-        """Request counts by path, plus ``token_grants``, ``token_failures`` and ``unauthorized``."""
-        with urllib.request.urlopen(self.stats_url, timeout=10) as resp:
+        """Request counts by path, plus ``token_grants``, ``token_failures``, ``unauthorized``, ``faults_served``."""
+        return self._admin("GET", "/_stats")
+
+    def reset_stats(self) -> dict[str, Any]:
+        """Zero all counters (so that a test can assert exact counts on a shared server)."""
+        return self._admin("DELETE", "/_stats")
+
+    def inject_fault(
+        self,
+        status: int | None = None,
+        *,
+        count: int = 1,
+        path_prefix: str = "/fhir/R4",
+        query_contains: str | None = None,
+        method: str | None = None,
+        operation_outcome: str | None = None,
+        retry_after: float | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+        delay_ms: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Make the next ``count`` matching requests fail; return the pending faults.
+
+        A request matches when its path starts with ``path_prefix`` (``/auth/token`` works too), its query contains
+        ``query_contains`` and its method is ``method`` (both optional). It is answered with ``status`` and an
+        OperationOutcome whose diagnostics are ``operation_outcome`` (or ``body`` instead: a ``str`` is sent as is,
+        anything else as JSON), plus ``Retry-After: retry_after``. ``delay_ms`` waits first; without ``status`` the
+        request is then served normally (for client timeouts).
+        """
+        fault = {
+            "status": status,
+            "count": count,
+            "path_prefix": path_prefix,
+            "query_contains": query_contains,
+            "method": method,
+            "operation_outcome": operation_outcome,
+            "retry_after": retry_after,
+            "body": body,
+            "content_type": content_type,
+            "delay_ms": delay_ms,
+        }
+        return self._admin("POST", "/_faults", {k: v for k, v in fault.items() if v is not None})["faults"]
+
+    def clear_faults(self) -> None:
+        """Drop faults that have not fired yet."""
+        self._admin("DELETE", "/_faults")
+
+    def _admin(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
+        with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
@@ -126,7 +175,8 @@ def run_fhir_server(
 ) -> Iterator[FhirServer]:
     """Run ``node server.mjs`` on a free loopback port for the duration of the ``with`` block.
 
-    ``clients``: ``[{"client_id": ..., "jwks": {"keys": [public JWK, ...]}}]`` allowed to use ``/auth/token``.
+    ``clients``: ``[{"client_id": ..., "jwks": {"keys": [public JWK, ...]}}]`` allowed to use ``/auth/token``;
+    a client's optional ``"token_ttl"`` (seconds) overrides ``token_ttl`` for its tokens.
     """
     ensure_node_modules()
     admin_token = secrets.token_urlsafe(24)

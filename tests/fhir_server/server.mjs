@@ -2,8 +2,9 @@
 // guarded by SMART Backend Services (client_credentials + private_key_jwt) bearer tokens.
 //
 // Env: PORT (0 = any free port), FHIR_STATIC_TOKEN (optional, comma-separated), FHIR_CLIENTS_FILE (optional JSON
-// [{client_id, jwks}]), FHIR_TOKEN_TTL_SECONDS (default 300), FHIR_DEFAULT_COUNT (default 20),
+// [{client_id, jwks, token_ttl?}]), FHIR_TOKEN_TTL_SECONDS (default 300), FHIR_DEFAULT_COUNT (default 20),
 // FHIR_RESOLVE_CONDITIONAL_REFS (default 1). Prints "LISTENING <port>" on stdout when ready.
+// Test-only admin endpoints (no auth): GET /_stats (DELETE resets it), POST/GET/DELETE /_faults (see injectFault).
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
@@ -29,10 +30,11 @@ const TOKEN_TTL = Number(process.env.FHIR_TOKEN_TTL_SECONDS ?? 300);
 const DEFAULT_COUNT = Number(process.env.FHIR_DEFAULT_COUNT ?? 20);
 const RESOLVE_CONDITIONAL_REFS = (process.env.FHIR_RESOLVE_CONDITIONAL_REFS ?? '1') !== '0';
 const STATIC_TOKENS = new Set((process.env.FHIR_STATIC_TOKEN ?? '').split(',').filter(Boolean));
+// client_id -> {jwks, ttl}; a client's own token_ttl (seconds) overrides FHIR_TOKEN_TTL_SECONDS.
 const CLIENTS = new Map(
   (process.env.FHIR_CLIENTS_FILE ? JSON.parse(readFileSync(process.env.FHIR_CLIENTS_FILE, 'utf8')) : []).map((c) => [
     c.client_id,
-    createLocalJWKSet(c.jwks),
+    { jwks: createLocalJWKSet(c.jwks), ttl: Number(c.token_ttl ?? TOKEN_TTL) },
   ])
 );
 
@@ -113,7 +115,9 @@ const router = new FhirRouter();
 const repo = new CachingMemoryRepository();
 const tokens = new Map(); // access token -> {expires (ms), scope}
 const seenJti = new Map(); // "client_id|jti" -> exp (s)
-const stats = { requests: {}, token_grants: 0, token_failures: 0, unauthorized: 0 };
+const newStats = () => ({ requests: {}, token_grants: 0, token_failures: 0, unauthorized: 0, faults_served: 0 });
+let stats = newStats();
+const faults = []; // pending injected failures, first match wins (see injectFault)
 
 function send(res, status, body, headers = {}) {
   const text = body === undefined ? '' : JSON.stringify(body);
@@ -153,11 +157,11 @@ async function handleToken(req, res, origin) {
   } catch {
     return oauthError(res, 400, 'invalid_client', 'client_assertion is not a JWT');
   }
-  const jwks = CLIENTS.get(clientId);
-  if (!jwks) return oauthError(res, 401, 'invalid_client', `unknown client: ${clientId}`);
+  const client = CLIENTS.get(clientId);
+  if (!client) return oauthError(res, 401, 'invalid_client', `unknown client: ${clientId}`);
   let payload;
   try {
-    ({ payload } = await jwtVerify(assertion, jwks, {
+    ({ payload } = await jwtVerify(assertion, client.jwks, {
       algorithms: ['RS384', 'ES384'],
       issuer: clientId,
       subject: clientId,
@@ -173,9 +177,9 @@ async function handleToken(req, res, origin) {
   if (seenJti.has(jtiKey)) return oauthError(res, 401, 'invalid_client', 'jti has already been used');
   seenJti.set(jtiKey, payload.exp);
   const accessToken = randomBytes(24).toString('base64url');
-  tokens.set(accessToken, { expires: Date.now() + TOKEN_TTL * 1000, scope });
+  tokens.set(accessToken, { expires: Date.now() + client.ttl * 1000, scope });
   stats.token_grants++;
-  sendJson(res, 200, { access_token: accessToken, token_type: 'bearer', expires_in: TOKEN_TTL, scope });
+  sendJson(res, 200, { access_token: accessToken, token_type: 'bearer', expires_in: client.ttl, scope });
 }
 
 function authorized(req) {
@@ -334,12 +338,65 @@ async function handleFhir(req, res, url, origin) {
   send(res, status, resource, headers);
 }
 
+// Fault injection for client tests. POST /_faults with one fault or a list; each fault makes the next `count`
+// (default 1) requests whose path starts with `path_prefix` (default the FHIR base; e.g. /auth/token works too),
+// whose query contains `query_contains` and whose method is `method` (both optional) fail:
+//   status        HTTP status to answer with (omit with delay_ms to only slow the request down)
+//   operation_outcome  diagnostics text of the OperationOutcome body (default: a text naming the status)
+//   body          answer this instead: a string is sent as is (content_type, default text/plain), else as JSON
+//   retry_after   Retry-After header value (seconds)
+//   delay_ms      wait this long first (client timeouts); the request then fails as above or is served normally
+// GET /_faults lists the pending faults, DELETE /_faults drops them.
+const OUTCOME_CODES = { 400: 'invalid', 401: 'login', 403: 'forbidden', 404: 'not-found', 429: 'throttled' };
+
+async function injectFault(req, res, url) {
+  const i = faults.findIndex(
+    (f) =>
+      url.pathname.startsWith(f.path_prefix ?? FHIR_PREFIX) &&
+      (!f.method || f.method.toUpperCase() === req.method) &&
+      (!f.query_contains || decodeURIComponent(url.search).includes(f.query_contains))
+  );
+  if (i < 0) return false;
+  const fault = faults[i];
+  if (--fault.remaining <= 0) faults.splice(i, 1);
+  stats.faults_served++;
+  if (fault.delay_ms) await new Promise((resolve) => setTimeout(resolve, fault.delay_ms));
+  if (fault.status === undefined) return false;
+  const headers = fault.retry_after === undefined ? {} : { 'Retry-After': String(fault.retry_after) };
+  if (typeof fault.body === 'string') {
+    res.writeHead(fault.status, { 'Content-Type': fault.content_type ?? 'text/plain', ...headers });
+    res.end(fault.body);
+  } else if (fault.body !== undefined) {
+    send(res, fault.status, fault.body, headers);
+  } else {
+    const code = OUTCOME_CODES[fault.status] ?? (fault.status >= 500 ? 'transient' : 'processing');
+    const diagnostics = fault.operation_outcome ?? `Injected fault: HTTP ${fault.status}`;
+    send(res, fault.status, { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code, diagnostics }] }, headers);
+  }
+  return true;
+}
+
+async function handleFaults(req, res) {
+  if (req.method === 'POST') {
+    const body = JSON.parse((await readBody(req)) || '[]');
+    for (const f of Array.isArray(body) ? body : [body]) faults.push({ ...f, remaining: Number(f.count ?? 1) });
+  } else if (req.method === 'DELETE') {
+    faults.length = 0;
+  }
+  sendJson(res, 200, { faults });
+}
+
 const server = http.createServer(async (req, res) => {
   const url = new URL(req.url, 'http://placeholder');
-  stats.requests[url.pathname] = (stats.requests[url.pathname] ?? 0) + 1;
   const origin = `http://${req.headers.host ?? `127.0.0.1:${server.address().port}`}`;
   try {
-    if (req.method === 'GET' && url.pathname === '/_stats') return sendJson(res, 200, stats);
+    if (url.pathname === '/_faults') return await handleFaults(req, res);
+    if (url.pathname === '/_stats') {
+      if (req.method === 'DELETE') stats = newStats();
+      return sendJson(res, 200, stats);
+    }
+    stats.requests[url.pathname] = (stats.requests[url.pathname] ?? 0) + 1;
+    if (await injectFault(req, res, url)) return;
     if (req.method === 'POST' && url.pathname === TOKEN_PATH) return await handleToken(req, res, origin);
     if (url.pathname === FHIR_PREFIX || url.pathname.startsWith(`${FHIR_PREFIX}/`)) {
       return await handleFhir(req, res, url, origin);

@@ -1,0 +1,1 @@
+"""FHIR ingest: Bulk Data NDJSON, Bundles and FHIR servers into careloop's event store, losing nothing."""

@@ -1,0 +1,636 @@
+"""Map FHIR R4 resources to careloop's tables (see `careloop.contracts`), or reject them with a reason.
+
+Pure functions of one resource and its reference context: no I/O, so every engine and every source (Bulk
+NDJSON, Bundles, REST pages) maps identically. A resource is either mapped (rows appended to a `Batch`),
+rejected (`Reject`: it goes to quarantine with its reason and raw text), or skipped by a declared rule.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+
+import msgspec
+
+from careloop.contracts import subject_id
+from careloop.ingest import model as M
+
+# Code systems careloop knows, with the prefix their codes carry in events.
+SYSTEMS = {
+    "http://loinc.org": "LOINC",
+    "http://snomed.info/sct": "SNOMED",
+    "http://hl7.org/fhir/sid/icd-10-cm": "ICD10CM",
+    "http://hl7.org/fhir/sid/icd-10": "ICD10",
+    "http://hl7.org/fhir/sid/icd-9-cm": "ICD9CM",
+    "http://www.nlm.nih.gov/research/umls/rxnorm": "RXNORM",
+    "http://hl7.org/fhir/sid/cvx": "CVX",
+    "http://hl7.org/fhir/sid/ndc": "NDC",
+    "http://www.ama-assn.org/go/cpt": "CPT",
+    "http://unitsofmeasure.org": "UCUM",
+    "https://nahdo.org/sopt": "SOPT",
+}
+
+# Resource types not mapped to events, each with the declared rule that skips it.
+SKIP_RULES = {
+    "Claim": "billing resource (claims are not clinical events)",
+    "ExplanationOfBenefit": "billing resource (claims are not clinical events)",
+    "Provenance": "provenance metadata",
+    "Device": "device record",
+    "PractitionerRole": "directory detail not used",
+    "ImagingStudy": "imaging metadata",
+    "CarePlan": "care plan",
+    "CareTeam": "care team",
+    "Goal": "care goal",
+    "DiagnosticReport": "report grouping of Observations already loaded",
+    "SupplyDelivery": "supply logistics",
+    "Medication": "medication definition",
+    "MedicationAdministration": "administration record",
+    "OperationOutcome": "server message, not patient data",
+    "Bundle": "nested bundle",
+}
+
+# Canonical UCUM unit per LOINC code, and conversions from units feeds are known to send.
+CANONICAL_UNITS: dict[str, str] = {
+    "2160-0": "mg/dL", "38483-4": "mg/dL", "2345-7": "mg/dL", "2339-0": "mg/dL", "718-7": "g/dL", "1751-7": "g/dL",
+    "3094-0": "mg/dL", "6299-2": "mg/dL", "29463-7": "kg", "8310-5": "Cel", "8331-1": "Cel", "8302-2": "cm",
+    "2951-2": "mmol/L", "2947-0": "mmol/L", "2823-3": "mmol/L", "6298-4": "mmol/L", "4548-4": "%",
+}
+_CONVERT: dict[tuple[str, str], tuple[float, float]] = {  # value_canonical = value * a + b
+    ("mg/dL", "umol/L"): (1 / 88.42, 0.0),  # creatinine
+    ("g/dL", "g/L"): (0.1, 0.0),
+    ("kg", "[lb_av]"): (1 / 2.20462, 0.0),
+    ("kg", "g"): (0.001, 0.0),
+    ("Cel", "[degF]"): (5 / 9, -32 * 5 / 9),
+    ("cm", "[in_i]"): (2.54, 0.0),
+    ("cm", "m"): (100.0, 0.0),
+    ("mmol/L", "meq/L"): (1.0, 0.0),
+    ("mmol/L", "mEq/L"): (1.0, 0.0),
+}
+_MOLAR = {"2345-7": 18.016, "2339-0": 18.016, "3094-0": 2.801, "6299-2": 2.801}  # mmol/L -> mg/dL
+
+
+def normalise(loinc: str, value: float, unit: str | None) -> tuple[float, str | None]:
+    """Value in the code's canonical unit where the conversion is known; else as sent.
+
+    >>> normalise("2160-0", 88.42, "umol/L")
+    (1.0, 'mg/dL')
+    >>> normalise("8310-5", 98.6, "[degF]")[0].__round__(2)
+    37.0
+    """
+    canon = CANONICAL_UNITS.get(loinc)
+    if canon is None or unit == canon or unit is None:
+        return value, unit
+    if unit == "mmol/L" and loinc in _MOLAR:
+        return value * _MOLAR[loinc], canon
+    conv = _CONVERT.get((canon, unit))
+    if conv is None:
+        return value, unit
+    return value * conv[0] + conv[1], canon
+
+
+class Reject(Exception):
+    """A resource that cannot be loaded; it goes to quarantine with `reason`."""
+
+    def __init__(self, reason: str, detail: str = "", rtype: str | None = None, rid: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+        self.rtype = rtype
+        self.rid = rid
+
+
+class Skip(Exception):
+    """A resource skipped by a declared rule (e.g. billing resources)."""
+
+    def __init__(self, rule: str, rtype: str) -> None:
+        super().__init__(rule)
+        self.rule = rule
+        self.rtype = rtype
+
+
+REASONS = (
+    "unparseable JSON",
+    "not a FHIR resource",
+    "missing id",
+    "missing subject",
+    "unresolvable reference",
+    "impossible date",
+    "missing time",
+    "unknown code system for a required field",
+    "invalid value",
+)
+
+_MIN_TIME = int(dt.datetime(1850, 1, 1, tzinfo=dt.UTC).timestamp() * 1_000_000)
+_MAX_TIME = int(dt.datetime(2100, 1, 1, tzinfo=dt.UTC).timestamp() * 1_000_000)
+_EPOCH_DATE = dt.date(1970, 1, 1)
+
+
+_TIME_CACHE: dict[str, int] = {}
+
+
+def parse_time(value: str | None, field_name: str) -> int | None:
+    """A FHIR date/dateTime/instant as UTC microseconds; partial dates take their first instant."""
+    if value is None:
+        return None
+    hit = _TIME_CACHE.get(value)
+    if hit is not None:
+        return hit
+    us = _parse_time(value, field_name)
+    if len(_TIME_CACHE) > 200_000:
+        _TIME_CACHE.clear()
+    _TIME_CACHE[value] = us
+    return us
+
+
+def _parse_time(value: str, field_name: str) -> int:
+    if not isinstance(value, str):
+        raise Reject("impossible date", f"{field_name}={value!r}")
+    try:
+        n = len(value)
+        if n == 4:
+            d = dt.datetime(int(value), 1, 1, tzinfo=dt.UTC)
+        elif n == 7:
+            d = dt.datetime(int(value[:4]), int(value[5:7]), 1, tzinfo=dt.UTC)
+        elif n == 10:
+            d = dt.datetime(int(value[:4]), int(value[5:7]), int(value[8:10]), tzinfo=dt.UTC)
+        else:
+            d = dt.datetime.fromisoformat(value)
+            if d.tzinfo is None:
+                d = d.replace(tzinfo=dt.UTC)  # FHIR requires a zone on times; assume UTC when a feed omits it
+        us = int(d.timestamp()) * 1_000_000 + d.microsecond
+    except (ValueError, OverflowError) as exc:
+        raise Reject("impossible date", f"{field_name}={value!r}") from exc
+    if not _MIN_TIME <= us < _MAX_TIME:
+        raise Reject("impossible date", f"{field_name}={value!r} is out of range")
+    return us
+
+
+def parse_date(value: str | None, field_name: str) -> int | None:
+    """A FHIR date as days since 1970-01-01 (Arrow date32)."""
+    us = parse_time(value, field_name)
+    return None if us is None else us // 86_400_000_000
+
+
+@dataclass
+class Context:
+    """What references can resolve against: the enclosing Bundle's fullUrls and identifiers."""
+
+    full_urls: dict[str, tuple[str, str]] = field(default_factory=dict)  # urn:uuid:x -> (type, id)
+    conditional: dict[str, tuple[str, str]] = field(default_factory=dict)  # Type?identifier=s|v -> (type, id)
+
+
+_LOCAL_TYPES = frozenset({"Patient", "Encounter", "Condition", "Observation", "Practitioner", "Organization",
+                          "Location", "MedicationRequest", "Procedure", "DocumentReference", "Coverage"})
+
+
+def resolve(ref: str | None, ctx: Context) -> tuple[str, str] | None:
+    """(type, id) of a reference in any style: Type/id, absolute URL, urn:uuid:, or Type?identifier=s|v."""
+    if not ref:
+        return None
+    head, sep, tail = ref.partition("/")
+    if sep and head in _LOCAL_TYPES and "/" not in tail:  # the common Type/id form, fast
+        return head, tail
+    if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
+        return ctx.full_urls.get(ref)
+    if "?" in ref:
+        return ctx.conditional.get(ref)
+    parts = ref.split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    if len(parts) >= 2 and parts[-2][:1].isupper():
+        return parts[-2], parts[-1]
+    return None
+
+
+def keep_reference(ref: str | None, ctx: Context) -> str | None:
+    """A reference to a shared resource, normalised to Type/id when it resolves, else kept as written
+    (a conditional reference resolves later against the directory table)."""
+    if not ref:
+        return None
+    hit = resolve(ref, ctx)
+    return f"{hit[0]}/{hit[1]}" if hit else ref
+
+
+EVENT_COLUMNS = ("subject_id", "time", "code", "numeric_value", "text_value", "unit", "original_value",
+                 "original_unit", "encounter_id", "source_resource", "source_id")
+
+
+class Batch:
+    """Column buffers for every table of one unit of work."""
+
+    __slots__ = ("_subjects", "dir", "enc", "ev", "notes", "pat")
+
+    def __init__(self) -> None:
+        self.ev: list[tuple] = []
+        self.enc: dict[str, list] = {k: [] for k in (
+            "encounter_id", "subject_id", "patient_id", "class", "status", "start", "end", "priority", "type_code",
+            "admit_source", "discharge_disposition", "discharge_disposition_nubc", "site_ref", "location_ref",
+            "reason_code")}
+        self.pat: dict[str, list] = {k: [] for k in (
+            "subject_id", "patient_id", "birth_date", "sex", "race", "ethnicity", "language", "marital_status",
+            "postal_code", "deceased_time", "managing_org_ref")}
+        self.notes: dict[str, list] = {k: [] for k in ("note_id", "subject_id", "time", "encounter_id", "type_code",
+                                                       "text")}
+        self.dir: dict[str, list] = {k: [] for k in ("resource_type", "resource_id", "name", "identifier_system",
+                                                     "identifier_value", "part_of")}
+        self._subjects: dict[str, int] = {}
+
+    def subject(self, patient_id: str) -> int:
+        sid = self._subjects.get(patient_id)
+        if sid is None:
+            sid = self._subjects[patient_id] = subject_id(patient_id)
+        return sid
+
+    def event(self, sid: int, time: int | None, code: str, num: float | None, text: str | None, unit: str | None,
+              orig: float | None, orig_unit: str | None, enc: str | None, rtype: str, rid: str) -> None:
+        # one tuple per event, transposed to columns once per unit (cheaper than eleven appends)
+        self.ev.append((sid, time, code, num, text, unit, orig, orig_unit, enc, rtype, rid))
+
+    def event_columns(self) -> dict[str, list]:
+        names = EVENT_COLUMNS
+        if not self.ev:
+            return {k: [] for k in names}
+        return dict(zip(names, (list(c) for c in zip(*self.ev, strict=True)), strict=True))
+
+
+# --- helpers over FHIR structures ---------------------------------------------------------------
+
+
+def _codes(concept: M.CodeableConcept | None) -> list[str]:
+    """Prefixed codes of a CodeableConcept's codings whose system careloop knows."""
+    if concept is None:
+        return []
+    out = []
+    for c in concept.coding:
+        prefix = SYSTEMS.get(c.system)
+        if prefix and c.code:
+            out.append(f"{prefix}/{c.code}")
+    return out
+
+
+def _first_code(concept: M.CodeableConcept | None, what: str) -> str:
+    codes = _codes(concept)
+    if not codes:
+        systems = [c.system for c in concept.coding] if concept else []
+        raise Reject("unknown code system for a required field", f"{what}: systems {systems}")
+    return codes[0]
+
+
+def _plain_code(concept: M.CodeableConcept | None) -> str | None:
+    """The first coding's bare code (for HL7 code systems such as discharge disposition)."""
+    if concept is None:
+        return None
+    for c in concept.coding:
+        if c.code:
+            return c.code
+    return None
+
+
+def _code_in(concept: M.CodeableConcept | None, system: str) -> str | None:
+    if concept is not None:
+        for c in concept.coding:
+            if c.system == system:
+                return c.code
+    return None
+
+
+def _encounter_id(ref: M.Reference | None, ctx: Context) -> str | None:
+    if ref is None:
+        return None
+    hit = resolve(ref.reference, ctx)
+    return hit[1] if hit and hit[0] == "Encounter" else None
+
+
+def _subject(ref: M.Reference | None, ctx: Context, key: str = "subject") -> str:
+    if ref is None or not ref.reference:
+        raise Reject("missing subject", f"no {key}.reference")
+    hit = resolve(ref.reference, ctx)
+    if hit is None or hit[0] != "Patient":
+        raise Reject("unresolvable reference", f"{key}={ref.reference!r}")
+    return hit[1]
+
+
+def _number(value: float | None, what: str) -> float:
+    if value is None or not math.isfinite(value):
+        raise Reject("invalid value", f"{what}={value!r}")
+    return float(value)
+
+
+def _ref(ref: M.Reference | None) -> str | None:
+    return ref.reference if ref is not None else None
+
+
+# --- the mappers ---------------------------------------------------------------------------------
+
+
+def map_patient(res: M.Patient, rid: str, ctx: Context, b: Batch) -> None:
+    sid = b.subject(rid)
+    birth = parse_time(res.birthDate, "birthDate")
+    death = parse_time(res.deceasedDateTime, "deceasedDateTime")
+    if birth is not None and death is not None and death < birth:
+        raise Reject("impossible date", "deceasedDateTime before birthDate")
+    race = eth = None
+    for ext in res.extension:
+        url = ext.url
+        is_race = url.endswith("us-core-race")
+        if is_race or url.endswith("us-core-ethnicity"):
+            for sub in ext.extension:
+                if sub.url == "ombCategory" and sub.valueCoding is not None:
+                    if is_race:
+                        race = race or sub.valueCoding.code
+                    else:
+                        eth = eth or sub.valueCoding.code
+    lang = None
+    for comm in res.communication:
+        code = _plain_code(comm.language)
+        if code and (lang is None or comm.preferred):
+            lang = code
+    zip_code = res.address[0].postalCode if res.address else None
+    org = keep_reference(_ref(res.managingOrganization), ctx)
+    sex = res.gender
+    p = b.pat
+    p["subject_id"].append(sid)
+    p["patient_id"].append(rid)
+    p["birth_date"].append(None if birth is None else birth // 86_400_000_000)
+    p["sex"].append(sex)
+    p["race"].append(race)
+    p["ethnicity"].append(eth)
+    p["language"].append(lang)
+    p["marital_status"].append(_plain_code(res.maritalStatus))
+    p["postal_code"].append(zip_code)
+    p["deceased_time"].append(death)
+    p["managing_org_ref"].append(org)
+    if birth is not None:
+        b.event(sid, birth, "MEDS_BIRTH", None, None, None, None, None, None, "Patient", rid)
+    for code in (f"GENDER/{sex}" if sex else None, f"RACE/{race}" if race else None,
+                 f"ETHNICITY/{eth}" if eth else None, f"LANGUAGE/{lang}" if lang else None):
+        if code:
+            b.event(sid, None, code, None, None, None, None, None, None, "Patient", rid)
+    if death is not None:
+        b.event(sid, death, "MEDS_DEATH", None, None, None, None, None, None, "Patient", rid)
+
+
+def map_encounter(res: M.Encounter, rid: str, ctx: Context, b: Batch) -> None:
+    pid = _subject(res.subject, ctx)
+    sid = b.subject(pid)
+    period = res.period or M.Period()
+    start = parse_time(period.start, "period.start")
+    end = parse_time(period.end, "period.end")
+    if start is None:
+        raise Reject("missing time", "Encounter without period.start")
+    if end is not None and end < start:
+        raise Reject("impossible date", "period.end before period.start")
+    cls = (res.class_.code if res.class_ is not None else None) or "UNK"
+    hosp = res.hospitalization or M.Hospitalization()
+    dispo = hosp.dischargeDisposition
+    loc = None
+    if res.location:
+        loc = keep_reference(_ref(res.location[-1].location), ctx)
+    type_code = None
+    if res.type:
+        type_code = (_codes(res.type[0]) or [_plain_code(res.type[0])])[0]
+    e = b.enc
+    e["encounter_id"].append(rid)
+    e["subject_id"].append(sid)
+    e["patient_id"].append(pid)
+    e["class"].append(cls)
+    e["status"].append(res.status)
+    e["start"].append(start)
+    e["end"].append(end)
+    e["priority"].append(_plain_code(res.priority))
+    e["type_code"].append(type_code)
+    e["admit_source"].append(_plain_code(hosp.admitSource))
+    e["discharge_disposition"].append(_code_in(dispo, "http://terminology.hl7.org/CodeSystem/discharge-disposition")
+                                      or _plain_code(dispo))
+    e["discharge_disposition_nubc"].append(_code_in(dispo, "https://www.nubc.org/CodeSystem/PatDischargeStatus"))
+    e["site_ref"].append(keep_reference(_ref(res.serviceProvider), ctx))
+    e["location_ref"].append(loc)
+    e["reason_code"].append((_codes(res.reasonCode[0]) or [None])[0] if res.reasonCode else None)
+    b.event(sid, start, f"ENCOUNTER/{cls}", None, None, None, None, None, rid, "Encounter", rid)
+    if end is not None and res.status == "finished":
+        d = _plain_code(dispo)
+        b.event(sid, end, f"DISCHARGE/{d}" if d else f"ENCOUNTER_END/{cls}", None, None, None, None, None, rid,
+                "Encounter", rid)
+
+
+def map_condition(res: M.Condition, rid: str, ctx: Context, b: Batch) -> None:
+    pid = _subject(res.subject, ctx)
+    codes = _codes(res.code)
+    if not codes:
+        _first_code(res.code, "Condition.code")
+    # the time the fact became known, so features never see a back-dated onset early
+    t = parse_time(res.recordedDate, "recordedDate")
+    onset = parse_time(res.onsetDateTime, "onsetDateTime")
+    if t is None:
+        t = onset
+    if t is None:
+        raise Reject("missing time", "Condition without recordedDate or onsetDateTime")
+    sid = b.subject(pid)
+    enc = _encounter_id(res.encounter, ctx)
+    cat = _plain_code(res.category[0]) if res.category else None
+    for code in codes:
+        b.event(sid, t, code, None, cat, None, None, None, enc, "Condition", rid)
+
+
+def _value(res: M.Observation | M.Component, loinc: str | None, what: str
+           ) -> tuple[float | None, str | None, str | None, float | None, str | None]:
+    """(numeric, text, unit, original value, original unit) of an Observation or a component."""
+    q = res.valueQuantity
+    if q is not None:
+        v = _number(q.value, f"{what}.valueQuantity.value")
+        unit = q.code or q.unit
+        if loinc:
+            nv, nu = normalise(loinc, v, unit)
+            return nv, None, nu, v, unit
+        return v, None, unit, v, unit
+    vc = res.valueCodeableConcept
+    if vc is not None:
+        codes = _codes(vc)
+        return None, codes[0] if codes else (vc.text or _plain_code(vc)), None, None, None
+    if res.valueInteger is not None:
+        v = float(res.valueInteger)
+        return v, None, None, v, None
+    if res.valueString is not None:
+        return None, res.valueString, None, None, None
+    if res.valueBoolean is not None:
+        return float(res.valueBoolean), None, None, None, None
+    return None, None, None, None, None
+
+
+def map_observation(res: M.Observation, rid: str, ctx: Context, b: Batch) -> None:
+    pid = _subject(res.subject, ctx)
+    code = _first_code(res.code, "Observation.code")
+    t = parse_time(res.effectiveDateTime, "effectiveDateTime")
+    if t is None and res.effectivePeriod is not None:
+        t = parse_time(res.effectivePeriod.start, "effectivePeriod.start")
+    if t is None:
+        t = parse_time(res.issued, "issued")
+    if t is None:
+        raise Reject("missing time", "Observation without effective[x] or issued")
+    sid = b.subject(pid)
+    enc = _encounter_id(res.encounter, ctx)
+    if res.component:
+        rows = []
+        for comp in res.component:  # every component is checked before any row is written
+            ccode = _first_code(comp.code, "Observation.component.code")
+            rows.append((ccode, *_value(comp, ccode[6:] if ccode.startswith("LOINC/") else None, "component")))
+        for ccode, num, text, unit, orig, ounit in rows:
+            b.event(sid, t, ccode, num, text, unit, orig, ounit, enc, "Observation", rid)
+        if res.valueQuantity is None and res.valueCodeableConcept is None and res.valueInteger is None \
+                and res.valueString is None and res.valueBoolean is None:
+            return
+    num, text, unit, orig, ounit = _value(res, code[6:] if code.startswith("LOINC/") else None, "Observation")
+    b.event(sid, t, code, num, text, unit, orig, ounit, enc, "Observation", rid)
+
+
+def map_medication_request(res: M.MedicationRequest, rid: str, ctx: Context, b: Batch) -> None:
+    pid = _subject(res.subject, ctx)
+    if res.medicationCodeableConcept is None:
+        raise Reject("unknown code system for a required field",
+                     f"medicationReference {_ref(res.medicationReference)!r} is not inline")
+    code = _first_code(res.medicationCodeableConcept, "MedicationRequest.medicationCodeableConcept")
+    t = parse_time(res.authoredOn, "authoredOn")
+    if t is None:
+        raise Reject("missing time", "MedicationRequest without authoredOn")
+    cat = _plain_code(res.category[0]) if res.category else None
+    b.event(b.subject(pid), t, code, None, cat, None, None, None, _encounter_id(res.encounter, ctx),
+            "MedicationRequest", rid)
+
+
+def map_procedure(res: M.Procedure, rid: str, ctx: Context, b: Batch) -> None:
+    pid = _subject(res.subject, ctx)
+    code = _first_code(res.code, "Procedure.code")
+    t = parse_time(res.performedDateTime, "performedDateTime")
+    if t is None and res.performedPeriod is not None:
+        t = parse_time(res.performedPeriod.start, "performedPeriod.start")
+    if t is None:
+        raise Reject("missing time", "Procedure without performed[x]")
+    b.event(b.subject(pid), t, code, None, None, None, None, None, _encounter_id(res.encounter, ctx), "Procedure",
+            rid)
+
+
+def _note_text(res: M.DocumentReference) -> str | None:
+    for content in res.content:
+        att = content.attachment
+        if att is not None and att.data and (att.contentType or "text/plain").startswith("text/"):
+            try:
+                return base64.b64decode(att.data, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError) as exc:
+                raise Reject("invalid value", "attachment.data is not base64 UTF-8 text") from exc
+    return None
+
+
+def map_document_reference(res: M.DocumentReference, rid: str, ctx: Context, b: Batch) -> None:
+    pid = _subject(res.subject, ctx)
+    t = parse_time(res.date, "date")
+    if t is None and res.context is not None and res.context.period is not None:
+        t = parse_time(res.context.period.end, "context.period.end")
+    if t is None:
+        raise Reject("missing time", "DocumentReference without date")
+    codes = _codes(res.type)
+    code = codes[0] if codes else "NOTE/unknown"
+    sid = b.subject(pid)
+    enc = _encounter_id(res.context.encounter[0], ctx) if res.context and res.context.encounter else None
+    text = _note_text(res)
+    n = b.notes
+    n["note_id"].append(rid)
+    n["subject_id"].append(sid)
+    n["time"].append(t)
+    n["encounter_id"].append(enc)
+    n["type_code"].append(code)
+    n["text"].append(text)
+    b.event(sid, t, code, None, rid, None, None, None, enc, "DocumentReference", rid)
+
+
+def map_coverage(res: M.Coverage, rid: str, ctx: Context, b: Batch) -> None:
+    pid = _subject(res.beneficiary, ctx, "beneficiary")
+    period = res.period or M.Period()
+    t = parse_time(period.start, "period.start")
+    parse_time(period.end, "period.end")
+    codes = _codes(res.type)
+    code = codes[0] if codes else f"PAYER/{_plain_code(res.type) or 'unknown'}"
+    b.event(b.subject(pid), t, code, None, period.end, None, None, None, None, "Coverage", rid)
+
+
+def map_immunization(res: M.Immunization, rid: str, ctx: Context, b: Batch) -> None:
+    pid = _subject(res.patient, ctx, "patient")
+    code = _first_code(res.vaccineCode, "Immunization.vaccineCode")
+    t = parse_time(res.occurrenceDateTime, "occurrenceDateTime")
+    if t is None:
+        raise Reject("missing time", "Immunization without occurrenceDateTime")
+    b.event(b.subject(pid), t, code, None, None, None, None, None, _encounter_id(res.encounter, ctx),
+            "Immunization", rid)
+
+
+def map_allergy(res: M.AllergyIntolerance, rid: str, ctx: Context, b: Batch) -> None:
+    pid = _subject(res.patient, ctx, "patient")
+    code = _first_code(res.code, "AllergyIntolerance.code")
+    t = parse_time(res.recordedDate, "recordedDate") or parse_time(res.onsetDateTime, "onsetDateTime")
+    if t is None:
+        raise Reject("missing time", "AllergyIntolerance without recordedDate")
+    b.event(b.subject(pid), t, code, None, "allergy", None, None, None, None, "AllergyIntolerance", rid)
+
+
+def map_directory(res: M.Organization | M.Location | M.Practitioner, rid: str, ctx: Context, b: Batch) -> None:
+    if isinstance(res, M.Practitioner):
+        hn = res.name[0] if res.name else M.HumanName()
+        name = " ".join([*hn.given, hn.family or ""]).strip() or None
+        part_of = None
+        rtype = "Practitioner"
+    elif isinstance(res, M.Organization):
+        name, part_of, rtype = res.name, keep_reference(_ref(res.partOf), ctx), "Organization"
+    else:
+        name, part_of, rtype = res.name, keep_reference(_ref(res.managingOrganization), ctx), "Location"
+    d = b.dir
+    for ident in res.identifier or [M.Identifier()]:
+        d["resource_type"].append(rtype)
+        d["resource_id"].append(rid)
+        d["name"].append(name)
+        d["identifier_system"].append(ident.system)
+        d["identifier_value"].append(ident.value)
+        d["part_of"].append(part_of)
+
+
+MAPPERS = {
+    M.Patient: map_patient, M.Encounter: map_encounter, M.Condition: map_condition, M.Observation: map_observation,
+    M.MedicationRequest: map_medication_request, M.Procedure: map_procedure,
+    M.DocumentReference: map_document_reference, M.Coverage: map_coverage, M.Immunization: map_immunization,
+    M.AllergyIntolerance: map_allergy, M.Organization: map_directory, M.Location: map_directory,
+    M.Practitioner: map_directory,
+}
+
+
+def decode(raw: bytes) -> M.Resource:
+    """Decode one resource's JSON, or raise Reject / Skip saying why it will not be mapped."""
+    try:
+        return M.decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        error = str(exc)
+    except msgspec.DecodeError as exc:
+        raise Reject("unparseable JSON", str(exc)[:200]) from None
+    try:
+        head = M.head_decoder.decode(raw)
+    except msgspec.DecodeError as exc:  # e.g. a JSON array or a bare string
+        raise Reject("not a FHIR resource", str(exc)[:200]) from None
+    rtype = head.resourceType
+    if not isinstance(rtype, str):
+        raise Reject("not a FHIR resource", "no resourceType")
+    if rtype in SKIP_RULES:
+        raise Skip(SKIP_RULES[rtype], rtype)
+    if rtype not in M.MAPPED_TYPES:
+        raise Skip(f"no mapping for {rtype}", rtype)
+    rid = head.id if isinstance(head.id, str) else None
+    raise Reject("invalid value", error, rtype, rid)
+
+
+def map_resource(res: M.Resource, ctx: Context, b: Batch, fallback_id: str | None = None) -> tuple[str, str]:
+    """Map one decoded resource into `b`; returns (type, id). Raises Reject."""
+    rtype = type(res).__name__
+    rid = res.id or fallback_id
+    if not rid:
+        raise Reject("missing id", f"{rtype} without id")
+    MAPPERS[type(res)](res, rid, ctx, b)
+    return rtype, rid

@@ -1,0 +1,315 @@
+"""Units of work: a slice of an NDJSON file, a batch of Bundle files, or one REST page.
+
+A unit is processed in a worker into staged Parquet parts, then committed by the parent in unit order. Its
+id comes from its content, so re-running the same input finds the same units already committed.
+"""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import hashlib
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from careloop import contracts as C
+from careloop.contracts import key_hash
+from careloop.ingest import model as M
+from careloop.ingest.mapping import Batch, Context, Reject, Skip, decode, map_resource
+
+NDJSON_CHUNK_BYTES = 24 << 20
+BUNDLE_BATCH_FILES = 250
+
+
+@dataclass
+class Unit:
+    uid: str
+    kind: str  # "ndjson", "bundles", "page"
+    label: str
+    data: bytes = b""  # ndjson lines or a page body
+    first_line: int = 1
+    paths: tuple[str, ...] = ()
+
+
+@dataclass
+class UnitResult:
+    uid: str
+    label: str
+    counts: dict[str, Counter]  # input/loaded/quarantined/skipped by resource type
+    reasons: Counter  # quarantine reasons and skip rules
+    key_hashes: np.ndarray  # key_hash of each resource loaded, in order
+    seconds: float = 0.0
+    rows: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class _Collector:
+    """Buffers of one unit: mapped rows, quarantine and the resource index."""
+
+    def __init__(self, uid: str) -> None:
+        self.uid = uid
+        self.batch = Batch()
+        self.q: dict[str, list] = {k: [] for k in C.QUARANTINE.names}
+        self.keys: list[str] = []
+        self.sources: list[str] = []
+        self.counts: dict[str, Counter] = {k: Counter() for k in ("input", "loaded", "quarantined", "skipped")}
+        self.reasons: Counter = Counter()
+
+    def quarantine(self, source: str, rtype: str | None, rid: str | None, reason: str, detail: str,
+                   raw: object) -> None:
+        q = self.q
+        q["source"].append(source)
+        q["resource_type"].append(rtype)
+        q["resource_id"].append(rid)
+        q["reason"].append(reason)
+        q["detail"].append(detail)
+        if not isinstance(raw, bytes | str):
+            raw = orjson.dumps(raw)  # serialised only when quarantined, off the hot path
+        q["raw"].append(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
+        self.counts["quarantined"][rtype or "unknown"] += 1
+        self.reasons[f"quarantined: {reason}"] += 1
+
+    def take(self, raw: bytes, source: str, ctx: Context, fallback_id: str | None = None) -> None:
+        """Decode and map one resource, keeping the unit's tables consistent if it is rejected part-way."""
+        b = self.batch
+        try:
+            res = decode(raw)
+            rtype = type(res).__name__
+            marks = (len(b.ev), len(b.enc["encounter_id"]), len(b.pat["patient_id"]),
+                     len(b.notes["note_id"]), len(b.dir["resource_id"]))
+            try:
+                rtype, rid = map_resource(res, ctx, b, fallback_id)
+            except Reject as r:
+                _truncate(b, marks)
+                r.rtype, r.rid = rtype, res.id
+                raise
+        except Reject as r:
+            rtype = r.rtype or "unknown"
+            self.counts["input"][rtype] += 1
+            self.quarantine(source, rtype, r.rid, r.reason, r.detail, raw)
+            return
+        except Skip as s:
+            self.counts["input"][s.rtype] += 1
+            self.counts["skipped"][s.rtype] += 1
+            self.reasons[f"skipped: {s.rule}"] += 1
+            return
+        self.counts["input"][rtype] += 1
+        self.counts["loaded"][rtype] += 1
+        self.keys.append(f"{rtype}/{rid}")
+        self.sources.append(source)
+
+    def write(self, staging: Path) -> tuple[int, np.ndarray]:
+        staging.mkdir(parents=True, exist_ok=True)
+        hashes = np.fromiter((key_hash(k) for k in self.keys), dtype=np.int64, count=len(self.keys))
+        b = self.batch
+        rows = 0
+        for name, cols in (("events", b.event_columns()), ("encounters", b.enc), ("patients", b.pat), ("notes", b.notes),
+                           ("directory", b.dir), ("quarantine", self.q)):
+            n = len(next(iter(cols.values())))
+            if n:
+                schema = C.TABLES[name]
+                table = pa.Table.from_arrays([pa.array(cols[f.name], type=f.type) for f in schema], schema=schema)
+                pq.write_table(table, staging / f"{name}.parquet", compression="zstd")
+                rows += n
+        if self.keys:
+            table = pa.Table.from_arrays(
+                [pa.array(self.keys, pa.string()), pa.array(hashes, pa.int64()),
+                 pa.array(self.sources, pa.string()), pa.array([self.uid] * len(self.keys), pa.string())],
+                schema=C.RESOURCES)
+            pq.write_table(table, staging / "resources.parquet", compression="zstd")
+        return rows, hashes
+
+
+def _truncate(b: Batch, marks: tuple[int, ...]) -> None:
+    del b.ev[marks[0]:]
+    for cols, n in zip((b.enc, b.pat, b.notes, b.dir), marks[1:], strict=True):
+        for v in cols.values():
+            del v[n:]
+
+
+def _bundle_context(entries: list[M.Entry]) -> tuple[Context, list[M.Head | None]]:
+    """Where a Bundle's references point: fullUrls and identifiers of its own entries."""
+    ctx = Context()
+    heads: list[M.Head | None] = []
+    for e in entries:
+        head = None
+        if e.resource:
+            try:
+                head = M.head_decoder.decode(e.resource)
+            except msgspec.DecodeError:
+                head = None
+        heads.append(head)
+        if head is None or not isinstance(head.resourceType, str):
+            continue
+        rtype = head.resourceType
+        rid = head.id if isinstance(head.id, str) else _uuid_of(e.fullUrl)
+        if not rid:
+            continue
+        if e.fullUrl:
+            ctx.full_urls[e.fullUrl] = (rtype, rid)
+        if isinstance(head.identifier, list):
+            for ident in head.identifier:
+                if isinstance(ident, dict) and ident.get("system") and ident.get("value"):
+                    ctx.conditional[f"{rtype}?identifier={ident['system']}|{ident['value']}"] = (rtype, rid)
+    return ctx, heads
+
+
+def _uuid_of(full_url: str | None) -> str | None:
+    if full_url and full_url.startswith("urn:uuid:"):
+        return full_url[9:]
+    return None
+
+
+def _take_bundle(col: _Collector, bundle: M.Bundle, label: str) -> None:
+    ctx, heads = _bundle_context(bundle.entry)
+    for i, (e, head) in enumerate(zip(bundle.entry, heads, strict=True)):
+        src = f"{label}#entry[{i}]"
+        rtype = head.resourceType if head is not None and isinstance(head.resourceType, str) else "unknown"
+        if (e.request or {}).get("method") == "DELETE":
+            col.counts["input"][rtype] += 1
+            col.counts["skipped"][rtype] += 1
+            col.reasons["skipped: DELETE entry"] += 1
+            continue
+        if (e.search or {}).get("mode") == "outcome":
+            col.counts["input"][rtype] += 1
+            col.counts["skipped"][rtype] += 1
+            col.reasons["skipped: search outcome message"] += 1
+            continue
+        if not e.resource:
+            col.counts["input"]["unknown"] += 1
+            col.quarantine(src, None, None, "not a FHIR resource", "entry without resource", msgspec.json.encode(e))
+            continue
+        col.take(bytes(e.resource), src, ctx, _uuid_of(e.fullUrl))
+
+
+def _read_bytes(path: str) -> bytes:
+    data = Path(path).read_bytes()
+    return gzip.decompress(data) if path.endswith(".gz") else data
+
+
+def _bundle_file(col: _Collector, path: str) -> None:
+    try:
+        data = _read_bytes(path)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        col.counts["input"]["unknown"] += 1
+        col.quarantine(path, None, None, "unparseable JSON", f"cannot read: {exc}"[:200], f"<unreadable file {path}>")
+        return
+    try:
+        bundle = M.bundle_decoder.decode(data)
+    except msgspec.DecodeError as exc:  # not JSON at all
+        col.counts["input"]["unknown"] += 1
+        col.quarantine(path, None, None, "unparseable JSON", str(exc)[:200], data)
+        return
+    except msgspec.ValidationError:
+        bundle = None
+    if bundle is None or bundle.resourceType != "Bundle":
+        col.take(data, path, Context())  # a file holding a single resource (or a malformed Bundle)
+        return
+    _take_bundle(col, bundle, path)
+
+
+def process_unit(unit: Unit, staging_root: str) -> UnitResult:
+    """Map one unit into staged Parquet parts under `staging_root/<uid>/`."""
+    t0 = time.perf_counter()
+    gc.disable()  # the unit's buffers hold no reference cycles; collection passes only cost time
+    try:
+        return _process_unit(unit, staging_root, t0)
+    finally:
+        gc.enable()
+
+
+def _process_unit(unit: Unit, staging_root: str, t0: float) -> UnitResult:
+    col = _Collector(unit.uid)
+    if unit.kind == "ndjson":
+        ctx = Context()
+        take = col.take
+        label = unit.label
+        first = unit.first_line
+        for i, line in enumerate(unit.data.split(b"\n")):
+            if line and not line.isspace():
+                take(line, f"{label}:{first + i}", ctx)
+    elif unit.kind == "bundles":
+        for path in unit.paths:
+            _bundle_file(col, path)
+    elif unit.kind == "page":
+        try:
+            bundle = M.bundle_decoder.decode(unit.data)
+        except msgspec.MsgspecError as exc:
+            col.counts["input"]["unknown"] += 1
+            col.quarantine(unit.label, None, None, "unparseable JSON", str(exc)[:200], unit.data)
+        else:
+            _take_bundle(col, bundle, unit.label)
+    rows, hashes = col.write(Path(staging_root) / unit.uid)
+    return UnitResult(unit.uid, unit.label, col.counts, col.reasons, hashes, time.perf_counter() - t0, rows)
+
+
+# --- enumerating units ---------------------------------------------------------------------------
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ndjson_lines(path: Path) -> Iterator[bytes]:
+    """Decompressed content in blocks that end on a line boundary (multi-member gzip allowed)."""
+    gz = path.name.endswith(".gz")
+    with open(path, "rb") as f:
+        d = zlib.decompressobj(47) if gz else None
+        tail = b""
+        while True:
+            block = f.read(1 << 20)
+            if not block:
+                break
+            if d is not None:
+                out = d.decompress(block)
+                while d.unused_data:
+                    rest = d.unused_data
+                    d = zlib.decompressobj(47)
+                    out += d.decompress(rest)
+            else:
+                out = block
+            data = tail + out
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                tail = data
+                continue
+            tail = data[cut + 1:]
+            yield data[:cut + 1]
+        if d is not None:
+            tail += d.flush()
+        if tail:
+            yield tail
+
+
+def ndjson_units(path: Path, digest: str, chunk_bytes: int = NDJSON_CHUNK_BYTES) -> Iterator[Unit]:
+    """Slices of about `chunk_bytes` decompressed bytes, cut at line ends; ids from the file digest and the
+    slice number. The parent only finds cut points and counts lines (both in C): workers do the parsing."""
+    pending: list[bytes] = []
+    size = 0
+    first = 1
+    k = 0
+    for block in ndjson_lines(path):
+        pending.append(block)
+        size += len(block)
+        if size >= chunk_bytes:
+            data = b"".join(pending)
+            yield Unit(f"{digest[:24]}-{k:05d}", "ndjson", path.name, data, first)
+            first += data.count(b"\n")
+            k += 1
+            pending, size = [], 0
+    if pending:
+        yield Unit(f"{digest[:24]}-{k:05d}", "ndjson", path.name, b"".join(pending), first)

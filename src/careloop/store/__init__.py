@@ -1,0 +1,148 @@
+"""The event store: MEDS-compatible Parquet tables in one directory, with a DuckDB catalog over them.
+
+    STORE/events/part-*.parquet       MEDS events (see careloop.contracts.EVENTS)
+    STORE/encounters/, patients/, notes/, directory/, quarantine/, resources/
+    STORE/catalog.duckdb              views over the Parquet (encounters resolve their site through directory)
+    STORE/_ledger/                    one record per committed unit of ingest work
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from careloop import contracts as C
+from careloop.errors import CareloopError
+
+TABLE_DIRS = ("events", "encounters", "patients", "notes", "directory", "quarantine", "resources")
+
+
+class StoreError(CareloopError):
+    """The store directory is missing, locked by another run, or not a careloop store."""
+
+
+def _empty_select(schema) -> str:
+    cols = ", ".join(f"CAST(NULL AS {_duck_type(f.type)}) AS \"{f.name}\"" for f in schema)
+    return f"SELECT {cols} WHERE FALSE"
+
+
+def _duck_type(t) -> str:
+    s = str(t)
+    return {"int64": "BIGINT", "string": "VARCHAR", "double": "DOUBLE", "date32[day]": "DATE",
+            "timestamp[us, tz=UTC]": "TIMESTAMPTZ", "int32": "INTEGER", "bool": "BOOLEAN"}[s]
+
+
+@dataclass
+class EventStore:
+    root: Path
+
+    @classmethod
+    def create(cls, root: Path) -> EventStore:
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"--store: {root} exists and is not a directory")
+        for d in (*TABLE_DIRS, "_ledger", ".staging"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        return cls(root)
+
+    @classmethod
+    def open(cls, root: Path | str) -> EventStore:
+        root = Path(root)
+        if not (root / "_ledger").is_dir():
+            raise StoreError(f"{root} is not a careloop event store (no _ledger/); run `careloop ingest` first")
+        return cls(root)
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "_ledger"
+
+    @property
+    def staging(self) -> Path:
+        return self.root / ".staging"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """One writer at a time; a second `careloop ingest` on the same store stops with a clear error."""
+        fd = os.open(self.root / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(f"{self.root} is being written by another careloop process") from None
+            yield
+        finally:
+            os.close(fd)
+
+    def recover(self) -> int:
+        """Undo what an interrupted run left half-done: staged units, and parts whose ledger was never written."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.mkdir()
+        done = {p.stem for p in self.ledger.glob("*.json")}
+        removed = 0
+        for table in TABLE_DIRS:
+            for part in (self.root / table).glob("part-*.parquet"):
+                if part.stem[5:] not in done:
+                    part.unlink()
+                    removed += 1
+        for tmp in self.ledger.glob(".*.tmp"):
+            tmp.unlink()
+        return removed
+
+    def parts(self, table: str) -> list[Path]:
+        return sorted((self.root / table).glob("part-*.parquet"))
+
+    def _source(self, table: str) -> str:
+        parts = self.parts(table)
+        if not parts:
+            return _empty_select(C.TABLES[table])
+        glob = (self.root / table).resolve() / "part-*.parquet"
+        return f"SELECT * FROM read_parquet('{glob}')"
+
+    def connect(self, database: str | Path = ":memory:", *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with one view per table (and `encounters` with its site resolved)."""
+        con = duckdb.connect(str(database), read_only=read_only)
+        if not read_only:
+            self._create_views(con)
+        return con
+
+    def _create_views(self, con: duckdb.DuckDBPyConnection) -> None:
+        for table in TABLE_DIRS:
+            name = "encounters_raw" if table == "encounters" else table
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS {self._source(table)}")
+        con.execute("""
+            CREATE OR REPLACE VIEW directory_keys AS
+            SELECT DISTINCT resource_type, resource_id, name,
+                   resource_type || '?identifier=' || identifier_system || '|' || identifier_value AS cond_ref
+            FROM directory""")
+        con.execute("""
+            CREATE OR REPLACE VIEW encounters AS
+            SELECT e.*,
+                   coalesce(CASE WHEN e.site_ref LIKE 'Organization/%' THEN split_part(e.site_ref, '/', 2) END,
+                            s.resource_id) AS site_id,
+                   coalesce(s.name, s2.name) AS site_name
+            FROM encounters_raw e
+            LEFT JOIN (SELECT DISTINCT cond_ref, resource_id, name FROM directory_keys
+                       WHERE resource_type = 'Organization') s ON s.cond_ref = e.site_ref
+            LEFT JOIN (SELECT DISTINCT resource_id, name FROM directory_keys
+                       WHERE resource_type = 'Organization') s2
+                   ON e.site_ref = 'Organization/' || s2.resource_id""")
+
+    def refresh_catalog(self) -> None:
+        """Rewrite `catalog.duckdb` so a user can open it with the duckdb CLI and query the views."""
+        path = self.root / "catalog.duckdb"
+        tmp = self.root / ".catalog.duckdb.tmp"
+        if tmp.exists():
+            tmp.unlink()
+        con = duckdb.connect(str(tmp))
+        try:
+            self._create_views(con)
+        finally:
+            con.close()
+        os.replace(tmp, path)
