@@ -24,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+CORES = os.cpu_count() or 1
 out_console = Console()
 
 
@@ -62,7 +63,7 @@ def synth(
     patients: Annotated[int, typer.Option("--patients", "-n", help="Number of patients to generate.")] = 5000,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical output.")] = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("hospital"),
-    workers: Annotated[int, typer.Option(help="Worker processes (output does not depend on it).")] = os.cpu_count() or 1,
+    workers: Annotated[int, typer.Option(help="Worker processes (output does not depend on it).")] = CORES,
     start: Annotated[str | None, typer.Option(help="First day of the data window (YYYY-MM-DD).")] = None,
     end: Annotated[str | None, typer.Option(help="Day after the last day of the window (YYYY-MM-DD).")] = None,
     drift: Annotated[bool, typer.Option("--drift", help="From the drift date: creatinine assay shift, ICD-10 "
@@ -134,6 +135,131 @@ def _print_synth_summary(result) -> None:
     )
     out_console.print(f"Bulk export: {result.out}/ndjson/   Bundles: {result.out}/bundles/   "
                       f"Truth: {result.out}/truth/stays.parquet")
+
+
+@app.command()
+def ingest(
+    sources: Annotated[list[str], typer.Argument(help="Bulk export folders, Bundle files or folders, or FHIR base URLs.")],
+    store: Annotated[Path, typer.Option("--store", "-s", help="Event store directory (created if missing).")],
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = CORES,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the IngestReport as one JSON object.")] = False,
+    token: Annotated[str | None, typer.Option(envvar="CARELOOP_FHIR_TOKEN", show_envvar=True,
+                                              help="Bearer token for a FHIR server (prefer the env variable).")] = None,
+    client_id: Annotated[str | None, typer.Option(help="SMART Backend Services client id.")] = None,
+    private_key: Annotated[Path | None, typer.Option(help="PEM private key for the client assertion.")] = None,
+    key_id: Annotated[str | None, typer.Option(help="kid of the signing key.")] = None,
+    alg: Annotated[str, typer.Option(help="Client assertion algorithm: RS384 or ES384.")] = "RS384",
+    token_url: Annotated[str | None, typer.Option(help="Token endpoint (default: from smart-configuration).")] = None,
+    scope: Annotated[str, typer.Option(help="Scopes to request.")] = "system/*.read",
+    types: Annotated[str | None, typer.Option(help="Comma-separated resource types to fetch from a server.")] = None,
+    patient: Annotated[list[str] | None, typer.Option(help="Fetch only this patient's data (repeatable).")] = None,
+    page_size: Annotated[int, typer.Option(help="_count for server searches.")] = 200,
+) -> None:
+    """Ingest FHIR (Bulk NDJSON, Bundles, or a FHIR server) into the event store, losing nothing."""
+    import logging
+
+    from careloop.ingest.runner import ingest as run_ingest
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # request URLs are noise; tokens are never logged
+    rest: dict = {}
+    if any(s.startswith(("http://", "https://")) for s in sources):
+        rest = {"token": token, "client_id": client_id, "key_id": key_id, "algorithm": alg, "token_url": token_url,
+                "scope": scope, "page_size": page_size}
+        if private_key is not None:
+            try:
+                rest["private_key_pem"] = private_key.read_bytes()
+            except OSError as exc:
+                fail(f"--private-key: cannot read {private_key}: {exc.strerror}")
+        if types:
+            rest["types"] = tuple(t.strip() for t in types.split(",") if t.strip())
+        if patient:
+            rest["patients"] = tuple(patient)
+        rest = {k: v for k, v in rest.items() if v is not None}
+    for s in sources:
+        if not s.startswith(("http://", "https://")) and not Path(s).exists():
+            fail(f"source {s} does not exist")
+    with Progress(TextColumn("[bold]ingest[/]"), BarColumn(), TextColumn("{task.completed:,} resources"),
+                  TimeElapsedColumn(), console=console, transient=True, disable=as_json) as bar:
+        task = bar.add_task("ingest", total=None)
+        try:
+            report = run_ingest(list(sources), store, workers=workers, rest_options=rest,
+                                progress=lambda r: bar.advance(task, sum(r.counts["input"].values())))
+        except CareloopError as exc:
+            fail(str(exc))
+            return
+    if as_json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    _print_ingest_report(report)
+
+
+def _print_ingest_report(report) -> None:
+    d = report.to_json()
+    t = Table(title=f"Ingested into {d['store']}")
+    for col in ("resource type", "input", "loaded", "quarantined", "skipped"):
+        t.add_column(col, justify="left" if col == "resource type" else "right")
+    for rtype, v in d["by_type"].items():
+        t.add_row(rtype, *(f"{v[k]:,}" for k in ("input", "loaded", "quarantined", "skipped")))
+    t.add_row("[bold]total[/]", *(f"[bold]{d[k]:,}[/]" for k in ("input", "loaded", "quarantined", "skipped")))
+    out_console.print(t)
+    if d["reasons"]:
+        r = Table(title="Quarantine reasons and skip rules")
+        r.add_column("reason")
+        r.add_column("resources", justify="right")
+        for k, v in d["reasons"].items():
+            r.add_row(k, f"{v:,}")
+        out_console.print(r)
+    rate = f"{d['resources_per_second']:,} resources/s" if d["resources_per_second"] else ""
+    out_console.print(f"reconciled: {d['reconciled']}   units: {d['units']} new, {d['units_already_done']} already "
+                      f"ingested   {d['seconds']:.1f} s {rate}")
+
+
+store_app = typer.Typer(help="Inspect an event store.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("info")
+def store_info(
+    store: Annotated[Path, typer.Argument(help="Event store directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Counts by table and code system, date ranges, top codes, quarantine summary."""
+    from careloop.store import EventStore, info
+
+    try:
+        data = info(EventStore.open(store))
+    except CareloopError as exc:
+        fail(str(exc))
+        return
+    if as_json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    t = Table(title=f"Event store {data['store']}")
+    t.add_column("table")
+    t.add_column("rows", justify="right")
+    for k, v in data["tables"].items():
+        t.add_row(k, f"{v:,}")
+    out_console.print(t)
+    s = Table(title="Events by code system")
+    s.add_column("system")
+    s.add_column("events", justify="right")
+    for k, v in data["events_by_system"].items():
+        s.add_row(k, f"{v:,}")
+    out_console.print(s)
+    c = Table(title="Top codes")
+    for col in ("code", "events", "with a number"):
+        c.add_column(col, justify="left" if col == "code" else "right")
+    for row in data["top_codes"]:
+        c.add_row(row["code"], f"{row['events']:,}", f"{row['numeric']:,}")
+    out_console.print(c)
+    out_console.print(f"subjects: {data['subjects']:,}   event times: {data['event_time_range'][0]} .. "
+                      f"{data['event_time_range'][1]}   encounters: {data['encounters_by_class']}")
+    q = data["quarantine_by_reason"]
+    out_console.print("quarantine: " + (", ".join(f"{k}: {v:,}" for k, v in q.items()) if q else "empty"))
 
 
 if __name__ == "__main__":

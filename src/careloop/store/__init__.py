@@ -108,6 +108,7 @@ class EventStore:
     def connect(self, database: str | Path = ":memory:", *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with one view per table (and `encounters` with its site resolved)."""
         con = duckdb.connect(str(database), read_only=read_only)
+        con.execute("SET TimeZone = 'UTC'")
         if not read_only:
             self._create_views(con)
         return con
@@ -146,3 +147,35 @@ class EventStore:
         finally:
             con.close()
         os.replace(tmp, path)
+
+
+def info(store: EventStore) -> dict:
+    """What is in a store: counts by table and code system, date ranges, top codes, quarantine summary."""
+    con = store.connect()
+    try:
+        tables = {t: con.execute(f"SELECT count(*) FROM {'encounters_raw' if t == 'encounters' else t}").fetchone()[0]
+                  for t in TABLE_DIRS}
+        systems = dict(con.execute(
+            "SELECT split_part(code, '/', 1) AS s, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC").fetchall())
+        lo, hi = con.execute("SELECT min(time), max(time) FROM events WHERE code NOT IN ('MEDS_BIRTH')").fetchone()
+        top = [{"code": c, "events": n, "numeric": k} for c, n, k in con.execute(
+            "SELECT code, count(*), count(numeric_value) FROM events GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 15"
+        ).fetchall()]
+        enc = dict(con.execute("SELECT class, count(*) FROM encounters_raw GROUP BY 1 ORDER BY 2 DESC").fetchall())
+        erange = con.execute("SELECT min(start), max(start) FROM encounters_raw").fetchone()
+        quarantine = dict(con.execute(
+            "SELECT reason, count(*) FROM quarantine GROUP BY 1 ORDER BY 2 DESC").fetchall())
+        subjects = con.execute("SELECT count(DISTINCT subject_id) FROM events").fetchone()[0]
+        units = con.execute("SELECT 1").fetchone() and len(list(store.ledger.glob("*.json")))
+    finally:
+        con.close()
+
+    def iso(x):
+        return None if x is None else x.isoformat()
+
+    return {
+        "store": str(store.root), "subjects": subjects, "tables": tables, "events_by_system": systems,
+        "event_time_range": [iso(lo), iso(hi)], "encounters_by_class": enc,
+        "encounter_start_range": [iso(erange[0]), iso(erange[1])], "top_codes": top,
+        "quarantine_by_reason": quarantine, "ledger_records": units,
+    }
