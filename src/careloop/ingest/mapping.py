@@ -125,7 +125,8 @@ REASONS = (
 
 _MIN_TIME = int(dt.datetime(1850, 1, 1, tzinfo=dt.UTC).timestamp() * 1_000_000)
 _MAX_TIME = int(dt.datetime(2100, 1, 1, tzinfo=dt.UTC).timestamp() * 1_000_000)
-_EPOCH_DATE = dt.date(1970, 1, 1)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
 
 
 _TIME_CACHE: dict[str, int] = {}
@@ -160,7 +161,7 @@ def _parse_time(value: str, field_name: str) -> int:
             d = dt.datetime.fromisoformat(value)
             if d.tzinfo is None:
                 d = d.replace(tzinfo=dt.UTC)  # FHIR requires a zone on times; assume UTC when a feed omits it
-        us = int(d.timestamp()) * 1_000_000 + d.microsecond
+        us = (d - _EPOCH) // _MICROSECOND  # exact integer arithmetic, also before 1970
     except (ValueError, OverflowError) as exc:
         raise Reject("impossible date", f"{field_name}={value!r}") from exc
     if not _MIN_TIME <= us < _MAX_TIME:

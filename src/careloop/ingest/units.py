@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import gzip
 import hashlib
+import os
 import time
 import zlib
 from collections import Counter
@@ -27,7 +28,7 @@ from careloop.contracts import key_hash
 from careloop.ingest import model as M
 from careloop.ingest.mapping import Batch, Context, Reject, Skip, decode, map_resource
 
-NDJSON_CHUNK_BYTES = 24 << 20
+NDJSON_CHUNK_BYTES = int(os.environ.get("CARELOOP_INGEST_CHUNK_BYTES", 24 << 20))  # env: for tests
 BUNDLE_BATCH_FILES = 250
 
 
@@ -295,9 +296,10 @@ def ndjson_lines(path: Path) -> Iterator[bytes]:
             yield tail
 
 
-def ndjson_units(path: Path, digest: str, chunk_bytes: int = NDJSON_CHUNK_BYTES) -> Iterator[Unit]:
+def ndjson_units(path: Path, digest: str, chunk_bytes: int | None = None) -> Iterator[Unit]:
     """Slices of about `chunk_bytes` decompressed bytes, cut at line ends; ids from the file digest and the
     slice number. The parent only finds cut points and counts lines (both in C): workers do the parsing."""
+    chunk_bytes = chunk_bytes or NDJSON_CHUNK_BYTES
     pending: list[bytes] = []
     size = 0
     first = 1
