@@ -52,6 +52,7 @@ schemas = {
 }
 con = duckdb.connect()
 con.execute(f"SET threads TO {threads}")
+con.execute("SET enable_progress_bar = false")
 rows, t0 = 0, time.perf_counter()
 for rtype, (cols, schema) in schemas.items():
     reader = (f"read_ndjson_auto('{src}/{rtype}.ndjson.gz')" if auto

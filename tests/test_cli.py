@@ -55,3 +55,26 @@ def test_synth_prints_a_readable_summary(tmp_path: Path):
     assert result.exit_code == 0, result.output
     for word in ("Patient", "Observation", "readmission", "RUH", "NCH", "LMC"):
         assert word in result.output
+
+
+def test_ingest_and_store_info_speak_clearly_about_bad_input(tmp_path: Path):
+    result = runner.invoke(app, ["ingest", str(tmp_path / "missing"), "--store", str(tmp_path / "s")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+    result = runner.invoke(app, ["store", "info", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "is not a careloop event store" in result.output
+
+
+def test_ingest_json_then_store_info(tmp_path: Path):
+    out = tmp_path / "h"
+    assert runner.invoke(app, ["synth", "-n", "30", "--out", str(out)]).exit_code == 0
+    result = runner.invoke(app, ["ingest", str(out / "ndjson"), "--store", str(tmp_path / "s"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["reconciled"] and report["loaded"] == report["input"] > 0
+    info = runner.invoke(app, ["store", "info", str(tmp_path / "s"), "--json"])
+    data = json.loads(info.stdout)
+    assert data["tables"]["patients"] == 30
+    assert data["events_by_system"]["LOINC"] > 0
+    assert data["quarantine_by_reason"] == {}

@@ -117,7 +117,7 @@ def test_units_are_normalised_and_originals_kept(hospital_store):
     assert bad == 0
     temps = con.execute("SELECT min(numeric_value), max(numeric_value), count(DISTINCT original_unit) "
                         "FROM events WHERE code = 'LOINC/8310-5'").fetchone()
-    assert 34 < temps[0] and temps[1] < 42 and temps[2] == 2  # degF at one site, all in Cel now
+    assert temps[0] > 34 and temps[1] < 42 and temps[2] == 2  # degF at one site, all in Cel now
     weights = con.execute("SELECT DISTINCT unit FROM events WHERE code = 'LOINC/29463-7'").fetchall()
     assert weights == [("kg",)]
 

@@ -359,7 +359,8 @@ def ingest(sources: list[object], store: Path | str, *, workers: int | None = No
                 next_commit += 1
 
         ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pool_cm = _InProcess() if workers == 1 else cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        with pool_cm as pool:
             for unit in _units(sources, plan, rest_options or {}):
                 if isinstance(unit, tuple):
                     order.append(unit)
@@ -382,6 +383,24 @@ def ingest(sources: list[object], store: Path | str, *, workers: int | None = No
         st.refresh_catalog()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+class _InProcess:
+    """An executor that runs each unit at once in this process (one worker: no pool to start)."""
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Callable, *args: object) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:  # handed to the caller through the future, as a pool would
+            fut.set_exception(exc)
+        return fut
 
 
 def _write_file_ledger(st: EventStore, key: str, order: list[object], end: int) -> None:

@@ -1,0 +1,83 @@
+"""Ingesting twice adds nothing; new files add only what is new; a run killed with SIGKILL and re-run gives the
+same store as one clean run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from careloop.ingest.runner import ingest
+from careloop.store import EventStore
+
+EVENTS = ("SELECT subject_id, time, code, numeric_value, text_value, unit, encounter_id, source_resource, source_id "
+          "FROM events ORDER BY ALL")
+
+
+def _snapshot(store: Path) -> dict[str, list]:
+    con = EventStore.open(store).connect()
+    out = {"events": con.execute(EVENTS).fetchall()}
+    for table, key in (("encounters_raw", "encounter_id"), ("patients", "patient_id"), ("notes", "note_id"),
+                       ("quarantine", "source"), ("resources", "resource_key")):
+        cols = "resource_key" if table == "resources" else "*"
+        out[table] = con.execute(f"SELECT {cols} FROM {table} ORDER BY {key}").fetchall()
+    return out
+
+
+def test_ingesting_twice_adds_nothing(hospital: Path, hospital_store, tmp_path: Path):
+    store = tmp_path / "store"
+    shutil.copytree(hospital_store[0], store)
+    before = _snapshot(store)
+    files = sorted(p.name for p in (store / "events").iterdir())
+    again = ingest([hospital / "ndjson"], store, workers=2)
+    d = again.to_json()
+    assert d["loaded"] == 0 and d["quarantined"] == 0
+    assert d["skipped"] == d["input"] == hospital_store[1].total("input")
+    assert d["reasons"] == {"skipped: already ingested": d["input"]}
+    assert sorted(p.name for p in (store / "events").iterdir()) == files
+    assert _snapshot(store) == before
+
+
+def test_new_files_add_only_what_is_new(tmp_path: Path):
+    export = tmp_path / "export"
+    export.mkdir()
+    pat = [{"resourceType": "Patient", "id": f"p{i}", "birthDate": "1950-01-01"} for i in range(5)]
+    (export / "Patient.ndjson").write_bytes(b"\n".join(map(orjson.dumps, pat[:3])) + b"\n")
+    store = tmp_path / "store"
+    assert ingest([export], store, workers=1).total("loaded") == 3
+    # a later export repeats two patients and brings two new ones
+    (export / "Patient-2.ndjson").write_bytes(b"\n".join(map(orjson.dumps, pat[1:])) + b"\n")
+    second = ingest([export], store, workers=1).to_json()
+    assert second["loaded"] == 2
+    assert second["reasons"]["skipped: already ingested"] == 3
+    assert second["reasons"]["skipped: duplicate of a loaded resource (same Type/id; first copy kept)"] == 2
+    con = EventStore.open(store).connect()
+    assert con.execute("SELECT count(*), count(DISTINCT patient_id) FROM patients").fetchone() == (5, 5)
+
+
+def test_a_killed_run_resumes_to_the_same_store(hospital: Path, hospital_store, tmp_path: Path):
+    store = tmp_path / "store"
+    env = {**os.environ, "CARELOOP_INGEST_CHUNK_BYTES": str(2 << 20)}  # many small units
+    cmd = [sys.executable, "-m", "careloop.cli", "ingest", str(hospital / "ndjson"), "--store", str(store),
+           "--workers", "2", "--json"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = list((store / "_ledger").glob("*.json")) if (store / "_ledger").exists() else []
+        if len(done) >= 8:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the parent and its workers, mid-way
+    proc.wait()
+    resumed = subprocess.run(cmd, env=env, capture_output=True, check=True)
+    report = orjson.loads(resumed.stdout)
+    assert report["reconciled"]
+    assert 1 <= report["units_already_done"] < report["units"] + report["units_already_done"]
+    assert _snapshot(store) == _snapshot(hospital_store[0])
