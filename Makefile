@@ -21,6 +21,8 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/careloop synth --patients $(DEMO_PATIENTS) --seed $(SEED) --out $(DEMO_DIR)/hospital --overwrite
+	$(BIN)/careloop ingest $(DEMO_DIR)/hospital/ndjson --store $(DEMO_DIR)/store
+	$(BIN)/careloop store info $(DEMO_DIR)/store
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -32,6 +34,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/synth.py
+	$(BIN)/python bench/ingest.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -154,12 +154,13 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the event stores in bench-out/")
     args = ap.parse_args()
     BENCH_OUT.mkdir(exist_ok=True)
+    load0 = os.getloadavg()[0]  # the machines are noisy: other work on a core slows a run 2.5-3x
     hosps = [hospital(n, args.workers) for n in (args.small, args.large)]
     rows = [bench_ingest(h, args.workers, args.keep) for h in hosps]
     floors = {mode: bench_duckdb(hosps[-1], args.workers, mode) for mode in ("columns", "auto")}
 
     print(f"\ncareloop ingest (FHIR Bulk NDJSON .gz): {args.workers} workers, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.2f} at the end")
+          f"1-min load average {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     print(f"{'patients':>9} {'resources':>10} {'input .gz':>10} {'wall s':>7} {'res/s':>9} {'(report)':>9} "
           f"{'peak MB':>8} {'re-run s':>9}  bar >= {TARGET_RPS:,}/s")
     for r in rows:

@@ -139,7 +139,7 @@ def _print_synth_summary(result) -> None:
 
 @app.command()
 def ingest(
-    sources: Annotated[list[str], typer.Argument(help="Bulk export folders, Bundle files or folders, or FHIR base URLs.")],
+    sources: Annotated[list[str], typer.Argument(help="Bulk export folders, Bundle files or folders, FHIR base URLs.")],
     store: Annotated[Path, typer.Option("--store", "-s", help="Event store directory (created if missing).")],
     workers: Annotated[int, typer.Option(help="Worker processes.")] = CORES,
     as_json: Annotated[bool, typer.Option("--json", help="Print the IngestReport as one JSON object.")] = False,

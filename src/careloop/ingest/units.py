@@ -114,8 +114,9 @@ class _Collector:
         hashes = np.fromiter((key_hash(k) for k in self.keys), dtype=np.int64, count=len(self.keys))
         b = self.batch
         rows = 0
-        for name, cols in (("events", b.event_columns()), ("encounters", b.enc), ("patients", b.pat), ("notes", b.notes),
-                           ("directory", b.dir), ("quarantine", self.q)):
+        tables = (("events", b.event_columns()), ("encounters", b.enc), ("patients", b.pat), ("notes", b.notes),
+                  ("directory", b.dir), ("quarantine", self.q))
+        for name, cols in tables:
             n = len(next(iter(cols.values())))
             if n:
                 schema = C.TABLES[name]
