@@ -92,6 +92,7 @@ QUARANTINE = pa.schema([
 RESOURCES = pa.schema([
     ("resource_key", pa.string()),  # Type/id
     ("key_hash", pa.int64()),  # key_hash(resource_key), for a fast duplicate check
+    ("content_hash", pa.int64()),  # of the resource as received: tells a repeat from an update
     ("source", pa.string()),  # file:line, file#entry[i] or REST page
     ("unit", pa.string()),
 ])
@@ -112,6 +113,11 @@ def key_hash(key: str) -> int:
     b = key.encode()
     v = (zlib.crc32(b) << 32) | zlib.adler32(b)
     return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def content_hash(raw: bytes) -> int:
+    """A signed 64-bit digest of a resource's bytes."""
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
 
 
 def subject_id(patient_id: str) -> int:

@@ -56,7 +56,7 @@ def test_new_files_add_only_what_is_new(tmp_path: Path):
     second = ingest([export], store, workers=1).to_json()
     assert second["loaded"] == 2
     assert second["reasons"]["skipped: already ingested"] == 3
-    assert second["reasons"]["skipped: duplicate of a loaded resource (same Type/id; first copy kept)"] == 2
+    assert second["reasons"]["skipped: duplicate of a loaded resource (same Type/id, same content)"] == 2
     con = EventStore.open(store).connect()
     assert con.execute("SELECT count(*), count(DISTINCT patient_id) FROM patients").fetchone() == (5, 5)
 
@@ -81,3 +81,47 @@ def test_a_killed_run_resumes_to_the_same_store(hospital: Path, hospital_store, 
     assert report["reconciled"]
     assert 1 <= report["units_already_done"] < report["units"] + report["units_already_done"]
     assert _snapshot(store) == _snapshot(hospital_store[0])
+
+
+def test_an_updated_resource_replaces_its_earlier_version(tmp_path: Path):
+    """A later export with an encounter now finished replaces the in-progress copy, in every table."""
+    export = tmp_path / "export"
+    export.mkdir()
+    pat = {"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01"}
+    enc = {"resourceType": "Encounter", "id": "e1", "status": "in-progress", "class": {"code": "IMP"},
+           "subject": {"reference": "Patient/p1"}, "period": {"start": "2024-01-01T10:00:00Z"}}
+    (export / "a.ndjson").write_bytes(orjson.dumps(pat) + b"\n" + orjson.dumps(enc) + b"\n")
+    store = tmp_path / "store"
+    ingest([export], store, workers=1)
+    done = enc | {"status": "finished", "period": {"start": "2024-01-01T10:00:00Z", "end": "2024-01-04T12:00:00Z"},
+                  "hospitalization": {"dischargeDisposition": {"coding": [{"code": "home"}]}}}
+    (export / "b.ndjson").write_bytes(orjson.dumps(done) + b"\n")
+    report = ingest([export], store, workers=1).to_json()
+    assert report["loaded"] == 1
+    assert report["reasons"]["loaded: update replacing an earlier version (same Type/id, new content)"] == 1
+    con = EventStore.open(store).connect()
+    assert con.execute("SELECT status, discharge_disposition FROM encounters_raw").fetchall() == [("finished", "home")]
+    codes = sorted(r[0] for r in con.execute("SELECT code FROM events WHERE source_id = 'e1'").fetchall())
+    assert codes == ["DISCHARGE/home", "ENCOUNTER/IMP"]
+    assert con.execute("SELECT count(*) FROM resources WHERE resource_key = 'Encounter/e1'").fetchone()[0] == 1
+    # the same update again is a repeat, not another update
+    other = pat | {"id": "p2"}
+    (export / "c.ndjson").write_bytes(orjson.dumps(done) + b"\n" + orjson.dumps(other) + b"\n")
+    again = ingest([export], store, workers=1).to_json()
+    assert again["loaded"] == 1  # only the new patient
+    assert again["reasons"]["skipped: duplicate of a loaded resource (same Type/id, same content)"] == 1
+
+
+def test_a_promised_removal_is_finished_after_a_crash(tmp_path: Path):
+    export = tmp_path / "export"
+    export.mkdir()
+    pat = {"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01"}
+    (export / "a.ndjson").write_bytes(orjson.dumps(pat) + b"\n")
+    store = tmp_path / "store"
+    ingest([export], store, workers=1)
+    unit = next((store / "resources").glob("part-*.parquet")).stem[5:]
+    (store / "_journal" / "crashed-unit.json").write_bytes(orjson.dumps({unit: ["Patient/p1"]}))
+    ingest([export], store, workers=1)  # recovery runs first, whatever the sources
+    con = EventStore.open(store).connect()
+    assert con.execute("SELECT count(*) FROM patients").fetchone()[0] == 0
+    assert not list((store / "_journal").iterdir())

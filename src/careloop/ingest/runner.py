@@ -36,15 +36,7 @@ from careloop.ingest.units import (
     ndjson_units,
     process_unit,
 )
-from careloop.store import TABLE_DIRS, EventStore
-
-KEYS = {  # how each table names the resource a row came from
-    "events": ("source_resource", "source_id"),
-    "encounters": ("Encounter", "encounter_id"),
-    "patients": ("Patient", "patient_id"),
-    "notes": ("DocumentReference", "note_id"),
-    "directory": ("resource_type", "resource_id"),
-}
+from careloop.store import KEYS, TABLE_DIRS, EventStore
 
 
 class IngestError(CareloopError):
@@ -220,7 +212,12 @@ class _Committer:
                 dup_in_unit[np.setdiff1d(np.arange(len(hashes)), first)] = True
             candidates = self._seen(hashes) | dup_in_unit
             if candidates.any():
-                hashes = self._drop_duplicates(staged, candidates, counts, reasons)
+                hashes, superseded = self._drop_duplicates(staged, candidates, counts, reasons)
+                if superseded:  # an update: promise, remove the old copies, then commit the new ones
+                    entry = self.store.journal / f"{res.uid}.json"
+                    entry.write_bytes(orjson.dumps({u: sorted(k) for u, k in superseded.items()}))
+                    for unit, keys in superseded.items():
+                        self.store.remove_resources(unit, keys)
         for table in TABLE_DIRS:
             part = staged / f"{table}.parquet"
             if part.exists():
@@ -231,41 +228,50 @@ class _Committer:
         tmp.write_bytes(orjson.dumps(record))
         os.replace(tmp, self.store.ledger / f"{res.uid}.json")
         shutil.rmtree(staged, ignore_errors=True)
+        (self.store.journal / f"{res.uid}.json").unlink(missing_ok=True)
         if len(hashes):
             self._remember(hashes)
         self.report.add(counts, reasons)
         self.report.units += 1
 
     def _drop_duplicates(self, staged: Path, candidates: np.ndarray, counts: dict[str, Counter],
-                         reasons: Counter) -> np.ndarray:
-        """Exact check of the hash hits; drop resources whose Type/id is already loaded (first copy wins)."""
+                         reasons: Counter) -> tuple[np.ndarray, dict[str, set[str]]]:
+        """Exact check of the hash hits. A resource already loaded with the same content is skipped; one with
+        new content is an update: it is kept, and its old copy is returned for removal (by unit)."""
         index = pq.read_table(staged / "resources.parquet")
         keys = index.column("resource_key").to_pylist()
+        chash = index.column("content_hash").to_pylist()
         hit_keys = {keys[i] for i in np.flatnonzero(candidates)}
-        loaded = set()
+        loaded: dict[str, tuple[int, str]] = {}
         parts = sorted((self.store.root / "resources").glob("*.parquet"))
         if parts:
-            dset = ds.dataset(parts, format="parquet")
-            found = dset.to_table(columns=["resource_key"],
-                                  filter=pc.field("resource_key").isin(pa.array(sorted(hit_keys))))
-            loaded = set(found.column(0).to_pylist())
+            found = ds.dataset(parts, format="parquet").to_table(
+                columns=["resource_key", "content_hash", "unit"],
+                filter=pc.field("resource_key").isin(pa.array(sorted(hit_keys))))
+            for k, h, u in zip(*(found.column(c).to_pylist() for c in ("resource_key", "content_hash", "unit")),
+                               strict=True):
+                loaded[k] = (h, u)
         keep = np.ones(len(keys), dtype=bool)
         seen_here: set[str] = set()
+        superseded: dict[str, set[str]] = {}
         for i, k in enumerate(keys):
-            if k in loaded or k in seen_here:
+            rtype = k.split("/", 1)[0]
+            old = loaded.get(k)
+            if k in seen_here or (old is not None and old[0] == chash[i]):
                 keep[i] = False
-                rtype = k.split("/", 1)[0]
                 counts["loaded"][rtype] -= 1
                 counts["skipped"][rtype] += 1
-                reasons["skipped: duplicate of a loaded resource (same Type/id; first copy kept)"] += 1
+                reasons["skipped: duplicate of a loaded resource (same Type/id, same content)"] += 1
+            elif old is not None:
+                superseded.setdefault(old[1], set()).add(k)
+                reasons["loaded: update replacing an earlier version (same Type/id, new content)"] += 1
             seen_here.add(k)
         if keep.all():
-            return index.column("key_hash").to_numpy()
+            return index.column("key_hash").to_numpy(), superseded
         drop = pa.array(sorted({keys[i] for i in np.flatnonzero(~keep)}))
         kept_rows = pa.array(np.flatnonzero(keep))
         pq.write_table(index.take(kept_rows), staged / "resources.parquet", compression="zstd")
-        # rows of the dropped copies leave every table of this unit (the first copy stays, in its own unit)
-        dropped_first = {keys[i] for i in np.flatnonzero(~keep)} - loaded
+        inside = {keys[i] for i in np.flatnonzero(~keep)} - set(loaded)
         for table, (a, b) in KEYS.items():
             part = staged / f"{table}.parquet"
             if not part.exists():
@@ -273,13 +279,13 @@ class _Committer:
             t = pq.read_table(part)
             rtype = t.column(a) if a in t.column_names else pa.array([a] * t.num_rows)
             key = pc.binary_join_element_wise(rtype, t.column(b), "/")
-            if dropped_first:
-                # a duplicate inside this unit: keep the rows of the first occurrence only
-                t = _first_occurrence_rows(t, key, drop, loaded)
+            if inside:
+                # a duplicate inside this unit: keep the rows of its first occurrence only
+                t = _first_occurrence_rows(t, key, drop, set(loaded))
             else:
                 t = t.filter(pc.invert(pc.is_in(key, drop)))
             pq.write_table(t, part, compression="zstd")
-        return index.take(kept_rows).column("key_hash").to_numpy()
+        return index.take(kept_rows).column("key_hash").to_numpy(), superseded
 
 
 def _member(sorted_keys: np.ndarray, hashes: np.ndarray) -> np.ndarray:

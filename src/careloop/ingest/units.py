@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from careloop import contracts as C
-from careloop.contracts import key_hash
+from careloop.contracts import content_hash, key_hash
 from careloop.ingest import model as M
 from careloop.ingest.mapping import Batch, Context, Reject, Skip, decode, map_resource
 
@@ -62,6 +62,7 @@ class _Collector:
         self.batch = Batch()
         self.q: dict[str, list] = {k: [] for k in C.QUARANTINE.names}
         self.keys: list[str] = []
+        self.content: list[int] = []
         self.sources: list[str] = []
         self.counts: dict[str, Counter] = {k: Counter() for k in ("input", "loaded", "quarantined", "skipped")}
         self.reasons: Counter = Counter()
@@ -107,6 +108,7 @@ class _Collector:
         self.counts["input"][rtype] += 1
         self.counts["loaded"][rtype] += 1
         self.keys.append(f"{rtype}/{rid}")
+        self.content.append(content_hash(raw))
         self.sources.append(source)
 
     def write(self, staging: Path) -> tuple[int, np.ndarray]:
@@ -126,7 +128,8 @@ class _Collector:
         if self.keys:
             table = pa.Table.from_arrays(
                 [pa.array(self.keys, pa.string()), pa.array(hashes, pa.int64()),
-                 pa.array(self.sources, pa.string()), pa.array([self.uid] * len(self.keys), pa.string())],
+                 pa.array(self.content, pa.int64()), pa.array(self.sources, pa.string()),
+                 pa.array([self.uid] * len(self.keys), pa.string())],
                 schema=C.RESOURCES)
             pq.write_table(table, staging / "resources.parquet", compression="zstd")
         return rows, hashes

@@ -22,6 +22,13 @@ from careloop import contracts as C
 from careloop.errors import CareloopError
 
 TABLE_DIRS = ("events", "encounters", "patients", "notes", "directory", "quarantine", "resources")
+KEYS = {  # how each table names the resource a row came from: (type column or literal type, id column)
+    "events": ("source_resource", "source_id"),
+    "encounters": ("Encounter", "encounter_id"),
+    "patients": ("Patient", "patient_id"),
+    "notes": ("DocumentReference", "note_id"),
+    "directory": ("resource_type", "resource_id"),
+}
 
 
 class StoreError(CareloopError):
@@ -48,7 +55,7 @@ class EventStore:
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise StoreError(f"--store: {root} exists and is not a directory")
-        for d in (*TABLE_DIRS, "_ledger", ".staging"):
+        for d in (*TABLE_DIRS, "_ledger", "_journal", ".staging"):
             (root / d).mkdir(parents=True, exist_ok=True)
         return cls(root)
 
@@ -80,8 +87,50 @@ class EventStore:
         finally:
             os.close(fd)
 
+    @property
+    def journal(self) -> Path:
+        return self.root / "_journal"
+
+    def remove_resources(self, unit: str, keys: set[str]) -> None:
+        """Drop every row of the given resources from one committed unit's parts (an update replaces them).
+        Idempotent, and each part is replaced atomically, so an interrupted removal can simply be re-run."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        drop = pa.array(sorted(keys))
+        for table in (*KEYS, "resources"):
+            part = self.root / table / f"part-{unit}.parquet"
+            if not part.exists():
+                continue
+            t = pq.read_table(part)
+            if table == "resources":
+                key = t.column("resource_key")
+            else:
+                a, b = KEYS[table]
+                rtype = t.column(a) if a in t.column_names else pa.array([a] * t.num_rows)
+                key = pc.binary_join_element_wise(rtype, t.column(b), "/")
+            mask = pc.is_in(key, drop)
+            if not pc.any(mask).as_py():
+                continue
+            tmp = part.with_suffix(".tmp")
+            pq.write_table(t.filter(pc.invert(mask)), tmp, compression="zstd")
+            os.replace(tmp, part)
+
+    def apply_journal(self) -> None:
+        """Finish removals that a killed run had promised (see `remove_resources`)."""
+        import orjson
+
+        for entry in sorted(self.journal.glob("*.json")):
+            for unit, keys in orjson.loads(entry.read_bytes()).items():
+                self.remove_resources(unit, set(keys))
+            entry.unlink()
+
     def recover(self) -> int:
-        """Undo what an interrupted run left half-done: staged units, and parts whose ledger was never written."""
+        """Undo what an interrupted run left half-done: staged units, and parts whose ledger was never written;
+        finish promised removals of superseded resources."""
+        self.journal.mkdir(exist_ok=True)
+        self.apply_journal()
         shutil.rmtree(self.staging, ignore_errors=True)
         self.staging.mkdir()
         done = {p.stem for p in self.ledger.glob("*.json")}
