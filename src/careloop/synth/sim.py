@@ -505,6 +505,8 @@ def simulate(idx: int, cfg: SynthConfig, world: World) -> Person:
                 stay = _stay(p, site, world, cfg, rng, ids, t, elective=True, prior_unplanned=unplanned_times,
                              prior_ed=ed_times)
             else:
+                if scheduled is not None:
+                    continue  # the drawn readmission happens first: the patient lives to it
                 p.death = t
                 break
         # after a stay

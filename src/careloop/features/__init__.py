@@ -1,0 +1,1 @@
+"""Point-in-time features over the event store."""

@@ -1,0 +1,236 @@
+"""Build a task's cohort from the event store: index stays, exclusion steps with counts, labels, splits.
+
+The task compiles to SQL over the store's tables (`encounters`, `patients`); the same SQL runs on DuckDB and,
+through `careloop.engines`, on Spark. Splits are assigned afterwards in Python from a hash of
+(seed, patient id), so both engines give identical splits and no patient is ever in two splits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from careloop.tasks.spec import AgeUnder, Task
+
+US_PER_DAY = 86_400_000_000
+
+
+@dataclass
+class CohortResult:
+    """The cohort table and how it was reached: one step per inclusion or exclusion rule."""
+
+    task: str
+    table: pa.Table  # encounter_id, patient_id, subject_id, index_time, label, split, + context columns
+    steps: list[dict] = field(default_factory=list)  # {"step", "removed", "remaining"}
+    data_end: dt.datetime | None = None
+
+    def summary(self) -> dict:
+        labels = self.table.column("label")
+        split = self.table.column("split").to_pylist()
+        by_split = {}
+        for name in ("train", "calibration", "test", "excluded"):
+            mask = pa.array([s == name for s in split])
+            lab = pc.filter(labels, mask)
+            n = len(lab)
+            known = n - lab.null_count
+            pos = pc.sum(pc.cast(lab, pa.int64())).as_py() or 0
+            by_split[name] = {"stays": n, "labelled": known, "censored": n - known, "positives": pos,
+                              "prevalence": round(pos / known, 4) if known else None,
+                              "patients": len(set(pc.filter(self.table.column("patient_id"), mask).to_pylist()))}
+        lab = self.table.column("label")
+        known = len(lab) - lab.null_count
+        pos = pc.sum(pc.cast(lab, pa.int64())).as_py() or 0
+        return {"task": self.task, "stays": self.table.num_rows, "labelled": known, "censored": len(lab) - known,
+                "positives": pos, "prevalence": round(pos / known, 4) if known else None,
+                "data_end": self.data_end.isoformat() if self.data_end else None,
+                "steps": self.steps, "splits": by_split}
+
+
+class Dialect:
+    """The few SQL spellings that differ between engines."""
+
+    name = "duckdb"
+
+    def q(self, ident: str) -> str:
+        return f'"{ident}"'
+
+    def micros(self, col: str) -> str:
+        return f"epoch_us({col})"
+
+    def from_micros(self, expr: str) -> str:
+        return f"make_timestamptz({expr})"
+
+    def age_years(self, birth: str, at_us: str) -> str:
+        return f"(({at_us}) - epoch_us(CAST({birth} AS TIMESTAMPTZ))) / {US_PER_DAY * 365.25}"
+
+
+class SparkDialect(Dialect):
+    name = "spark"
+
+    def q(self, ident: str) -> str:
+        return f"`{ident}`"
+
+    def micros(self, col: str) -> str:
+        return f"unix_micros({col})"
+
+    def from_micros(self, expr: str) -> str:
+        return f"timestamp_micros({expr})"
+
+    def age_years(self, birth: str, at_us: str) -> str:
+        return f"(({at_us}) - unix_micros(CAST({birth} AS TIMESTAMP))) / {US_PER_DAY * 365.25}"
+
+
+def _in(values: tuple[str, ...]) -> str:
+    return "(" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + ")"
+
+
+def candidates_sql(task: Task, d: Dialect) -> str:
+    """Every candidate index stay with the facts the exclusion rules and labels need (no filtering yet)."""
+    ix = task.index
+    offset_us = int(ix.offset / dt.timedelta(microseconds=1))
+    if ix.event == "discharge":
+        index_us = f"{d.micros('e.' + d.q('end'))} + {offset_us}"
+        where = f"e.status = 'finished' AND e.{d.q('end')} IS NOT NULL"
+    else:
+        index_us = f"{d.micros('e.start')} + {offset_us}"
+        where = "e.start IS NOT NULL"
+    lab = task.label
+    if lab.kind == "next_admission":
+        within = int(lab.within / dt.timedelta(microseconds=1))  # type: ignore[operator]
+        prio = (f" AND coalesce(r.priority, '') NOT IN {_in(lab.exclude_priority)}" if lab.exclude_priority else "")
+        event_sql = f"""EXISTS (SELECT 1 FROM encounters r WHERE r.subject_id = c.subject_id
+                   AND r.class IN {_in(lab.encounter_class)}{prio}
+                   AND r.encounter_id <> c.encounter_id
+                   AND {d.micros('r.start')} > c.index_us AND {d.micros('r.start')} <= c.index_us + {within})"""
+        window_end = f"c.index_us + {within}"
+    else:
+        event_sql = ("(c.disposition = 'exp' OR (c.death_us IS NOT NULL AND c.death_us >= c.index_us "
+                     "AND (c.discharge_us IS NULL OR c.death_us <= c.discharge_us)))")
+        window_end = "coalesce(c.discharge_us, 9223372036854775807)"
+    return f"""
+    WITH c AS (
+      SELECT e.encounter_id, e.patient_id, e.subject_id, e.site_name, e.site_id, e.priority, e.admit_source,
+             e.discharge_disposition AS disposition, e.status,
+             {d.micros('e.start')} AS admit_us, {d.micros('e.' + d.q('end'))} AS discharge_us,
+             {index_us} AS index_us,
+             {d.micros('p.deceased_time')} AS death_us, p.birth_date
+      FROM encounters e LEFT JOIN patients p ON p.subject_id = e.subject_id
+      WHERE e.class IN {_in(ix.encounter_class)} AND {where}
+    )
+    SELECT c.*, {d.age_years('c.birth_date', 'c.index_us')} AS age_at_index,
+           {event_sql} AS event_seen,
+           {window_end} AS window_end_us
+    FROM c"""
+
+
+def exclusion_masks(task: Task, t: pa.Table, data_end_us: int) -> list[tuple[str, pa.Array]]:
+    """(step name, rows it removes) in the order the task lists them, after the index rule itself."""
+    disp = t.column("disposition")
+    death = t.column("death_us")
+    index_us = t.column("index_us")
+    discharge = t.column("discharge_us")
+    steps: list[tuple[str, pa.Array]] = [("index time after the end of the data", pc.greater(index_us, data_end_us))]
+    for rule in task.exclude:
+        if isinstance(rule, AgeUnder):
+            age = t.column("age_at_index")
+            steps.append((f"age under {rule.age_under:g}", pc.fill_null(pc.less(age, rule.age_under), True)))
+            continue
+        if rule == "died_in_stay":
+            died = pc.or_(pc.fill_null(pc.equal(disp, "exp"), False),
+                          pc.fill_null(pc.less_equal(death, index_us), False))
+            steps.append(("died in the stay", died))
+        elif rule == "transfer_out":
+            steps.append(("transferred to another acute hospital", pc.fill_null(pc.equal(disp, "other-hcf"), False)))
+        elif rule == "against_medical_advice":
+            steps.append(("left against medical advice", pc.fill_null(pc.equal(disp, "aadvice"), False)))
+        elif rule == "hospice":
+            steps.append(("discharged to hospice", pc.fill_null(pc.equal(disp, "hosp"), False)))
+        elif rule == "out_of_hospital_at_index":
+            gone = pc.or_(pc.fill_null(pc.less_equal(discharge, index_us), False),
+                          pc.fill_null(pc.less_equal(death, index_us), False))
+            steps.append(("discharged or dead before the index time", gone))
+    return steps
+
+
+def split_of(seed: int, patient_id: str, fractions: dict[str, float]) -> str:
+    """A patient's split from a hash of (seed, patient id): stable across engines, runs and data sizes."""
+    h = hashlib.blake2b(f"{seed}:{patient_id}".encode(), digest_size=8).digest()
+    u = int.from_bytes(h, "big") / 2**64
+    acc = 0.0
+    for name in ("train", "calibration", "test"):
+        acc += fractions.get(name, 0.0)
+        if u < acc:
+            return name
+    return "test"
+
+
+def assign_splits(task: Task, patient_ids: list[str], index_us: list[int], sites: list[str | None],
+                  site_ids: list[str | None]) -> list[str]:
+    """Patient-level splits; optionally temporal (test from a date) or by site (a held-out site)."""
+    sp = task.split
+    train_frac = {k: v for k, v in sp.fractions.items() if k != "test"}
+    total = sum(train_frac.values()) or 1.0
+    dev = {k: v / total for k, v in train_frac.items()}  # train/calibration shares outside the test set
+    if sp.by == "patient":
+        return [split_of(sp.seed, p, sp.fractions) for p in patient_ids]
+    if sp.by == "time":
+        cut = int(dt.datetime.combine(sp.test_from, dt.time(), dt.UTC).timestamp() * 1_000_000)  # type: ignore[arg-type]
+        before = {p for p, t in zip(patient_ids, index_us, strict=True) if t < cut}
+        out = []
+        for p, t in zip(patient_ids, index_us, strict=True):
+            if t >= cut:
+                out.append("excluded" if p in before else "test")  # a patient seen before the cut stays out of test
+            else:
+                out.append(split_of(sp.seed, p, dev))
+        return out
+    held = sp.test_site
+    at_site = {p for p, s, sid in zip(patient_ids, sites, site_ids, strict=True) if held in (s, sid)}
+    out = []
+    for p, s, sid in zip(patient_ids, sites, site_ids, strict=True):
+        if held in (s, sid):
+            out.append("test")
+        else:
+            out.append("excluded" if p in at_site else split_of(sp.seed, p, dev))
+    return out
+
+
+def build_cohort(task: Task, con, *, dialect: Dialect | None = None, data_end: dt.datetime | None = None
+                 ) -> CohortResult:
+    """Run the task on an engine connection exposing `sql(query) -> pyarrow.Table` (see careloop.engines)."""
+    d = dialect or Dialect()
+    t = con.arrow(candidates_sql(task, d))
+    if data_end is None:
+        end_us = con.arrow(f"SELECT max(greatest(coalesce({d.micros(d.q('end'))}, 0), {d.micros('start')})) AS m "
+                           "FROM encounters").column(0)[0].as_py() or 0
+    else:
+        end_us = int(data_end.timestamp() * 1_000_000)
+    steps = [{"step": f"index: {task.index.event} of {', '.join(task.index.encounter_class)} encounters"
+              + (f" + {task.index.offset}" if task.index.offset else ""), "removed": 0, "remaining": t.num_rows}]
+    alive = pa.repeat(True, t.num_rows)
+    for name, mask in exclusion_masks(task, t, end_us):
+        removed = pc.and_(alive, mask)
+        alive = pc.and_(alive, pc.invert(mask))
+        remaining = pc.sum(pc.cast(alive, pa.int64())).as_py() or 0
+        steps.append({"step": f"exclude: {name}", "removed": pc.sum(pc.cast(removed, pa.int64())).as_py() or 0,
+                      "remaining": remaining})
+    t = t.filter(alive)
+    seen = t.column("event_seen")
+    censored = pc.greater(t.column("window_end_us"), end_us) if task.censor_at_data_end else pa.repeat(False, len(t))
+    label = pc.if_else(censored, pa.scalar(None, pa.bool_()), pc.fill_null(seen, False))
+    pids = t.column("patient_id").to_pylist()
+    splits = assign_splits(task, pids, t.column("index_us").to_pylist(), t.column("site_name").to_pylist(),
+                           t.column("site_id").to_pylist())
+    index_time = pc.cast(t.column("index_us"), pa.timestamp("us", tz="UTC"))
+    out = pa.table({
+        "encounter_id": t.column("encounter_id"), "patient_id": t.column("patient_id"),
+        "subject_id": t.column("subject_id"), "index_time": index_time, "label": label,
+        "split": pa.array(splits, pa.string()),
+        "admit_time": pc.cast(t.column("admit_us"), pa.timestamp("us", tz="UTC")),
+        "site": t.column("site_name"), "age_at_index": t.column("age_at_index"),
+    }).sort_by([("subject_id", "ascending"), ("index_time", "ascending"), ("encounter_id", "ascending")])
+    result = CohortResult(task.name, out, steps, dt.datetime.fromtimestamp(end_us / 1e6, dt.UTC))
+    return result

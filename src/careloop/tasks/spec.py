@@ -1,0 +1,241 @@
+"""Prediction tasks as small declarative YAML, loaded into strict models with errors that name the line.
+
+A task says when a prediction is made (the index), who is excluded, what the label is and over which horizon,
+how censoring works, and how patients are split. It compiles to one SQL query per engine (`cohort.py`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from careloop.errors import CareloopError
+
+ENCOUNTER_CLASSES = ("IMP", "EMER", "AMB", "OBSENC", "HH", "VR", "SS", "ACUTE", "NONAC", "PRENC")
+PRIORITIES = ("EL", "EM", "UR", "A", "R", "S")
+EXCLUSIONS = ("died_in_stay", "transfer_out", "against_medical_advice", "hospice", "out_of_hospital_at_index")
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(m|h|d|w)\s*$")
+_UNIT = {"m": dt.timedelta(minutes=1), "h": dt.timedelta(hours=1), "d": dt.timedelta(days=1),
+         "w": dt.timedelta(weeks=1)}
+
+
+class TaskSpecError(CareloopError):
+    """A task file is invalid; the message lists every problem with its file and line."""
+
+
+def parse_duration(text: str | int | float) -> dt.timedelta:
+    """'30d', '24h', '90m', '2w' -> timedelta.
+
+    >>> parse_duration("30d").days
+    30
+    """
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return dt.timedelta(days=float(text))
+    m = _DURATION.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a duration (use e.g. 30d, 24h, 90m, 2w)")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Index(_Strict):
+    event: Literal["discharge", "admission"]
+    encounter_class: tuple[str, ...] = ("IMP",)
+    offset: dt.timedelta = dt.timedelta(0)
+
+    @field_validator("offset", mode="before")
+    @classmethod
+    def _offset(cls, v: object) -> dt.timedelta:
+        d = v if isinstance(v, dt.timedelta) else parse_duration(v)  # type: ignore[arg-type]
+        if d < dt.timedelta(0):
+            raise ValueError("the index offset must not be negative (a prediction cannot precede its event)")
+        return d
+
+    @field_validator("encounter_class")
+    @classmethod
+    def _classes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _known(v, ENCOUNTER_CLASSES, "encounter class")
+
+
+class AgeUnder(_Strict):
+    age_under: Annotated[float, Field(gt=0, le=130)]
+
+
+class Label(_Strict):
+    kind: Literal["next_admission", "death_before_discharge"]
+    within: dt.timedelta | None = None
+    encounter_class: tuple[str, ...] = ("IMP",)
+    exclude_priority: tuple[str, ...] = ()
+
+    @field_validator("within", mode="before")
+    @classmethod
+    def _within(cls, v: object) -> dt.timedelta | None:
+        if v is None:
+            return None
+        d = v if isinstance(v, dt.timedelta) else parse_duration(v)  # type: ignore[arg-type]
+        if d <= dt.timedelta(0):
+            raise ValueError(f"the horizon must be positive, got {v!r}: a label inside an empty window can never "
+                             "be true")
+        return d
+
+    @field_validator("encounter_class")
+    @classmethod
+    def _classes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("no encounter class: the label can never be true")
+        return _known(v, ENCOUNTER_CLASSES, "encounter class")
+
+    @field_validator("exclude_priority")
+    @classmethod
+    def _priorities(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _known(v, PRIORITIES, "priority")
+
+    @model_validator(mode="after")
+    def _horizon(self) -> Label:
+        if self.kind == "next_admission" and self.within is None:
+            raise ValueError("a next_admission label needs a horizon ('within: 30d')")
+        if self.kind == "death_before_discharge" and self.within is not None:
+            raise ValueError("death_before_discharge has no horizon (it runs to discharge); remove 'within'")
+        if set(PRIORITIES) <= set(self.exclude_priority):
+            raise ValueError("every priority is excluded: the label can never be true")
+        return self
+
+
+class Split(_Strict):
+    by: Literal["patient", "time", "site"] = "patient"
+    fractions: dict[Literal["train", "calibration", "test"], Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: {"train": 0.6, "calibration": 0.2, "test": 0.2})
+    seed: Annotated[int, Field(ge=0)] = 0
+    test_from: dt.date | None = None  # by: time
+    test_site: str | None = None  # by: site (name, id or key as in the encounters table)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Split:
+        total = sum(self.fractions.values())
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"split fractions must sum to 1, got {total:g}")
+        if self.by == "time" and self.test_from is None:
+            raise ValueError("split by time needs 'test_from: YYYY-MM-DD'")
+        if self.by == "site" and not self.test_site:
+            raise ValueError("split by site needs 'test_site'")
+        return self
+
+
+class Task(_Strict):
+    """A prediction task. Load with `Task.from_yaml(path)` or `load_task(name)`."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+    description: str
+    index: Index
+    exclude: tuple[str | AgeUnder, ...] = ()
+    label: Label
+    censor_at_data_end: bool = True
+    split: Split = Field(default_factory=Split)
+
+    @field_validator("exclude")
+    @classmethod
+    def _exclusions(cls, v: tuple[str | AgeUnder, ...]) -> tuple[str | AgeUnder, ...]:
+        for item in v:
+            if isinstance(item, str) and item not in EXCLUSIONS:
+                hint = difflib.get_close_matches(item, EXCLUSIONS, n=1)
+                raise ValueError(f"unknown exclusion {item!r}" + (f" (did you mean {hint[0]!r}?)" if hint else
+                                                                  f" (known: {', '.join(EXCLUSIONS)})"))
+        return v
+
+    @property
+    def min_age(self) -> float | None:
+        ages = [e.age_under for e in self.exclude if isinstance(e, AgeUnder)]
+        return max(ages) if ages else None
+
+    @property
+    def exclusions(self) -> tuple[str, ...]:
+        return tuple(e for e in self.exclude if isinstance(e, str))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Task:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise TaskSpecError(f"{path}: cannot read task file ({exc.strerror})") from None
+        return cls.from_text(text, source=str(path))
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<task>") -> Task:
+        try:
+            node = yaml.compose(text)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise TaskSpecError(f"{source}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(data, dict):
+            raise TaskSpecError(f"{source}:1: a task file is a mapping (name, index, label, ...)")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                loc = [p for p in err["loc"] if not (isinstance(p, str) and p in ("str", "AgeUnder"))]
+                line = _line_of(node, loc)
+                where = ".".join(str(p) for p in loc) or "task"
+                msg = err["msg"].removeprefix("Value error, ")
+                if err["type"] == "extra_forbidden":
+                    msg = f"unknown field {loc[-1]!r}"
+                problems.append(f"{source}:{line}: {where}: {msg}")
+            raise TaskSpecError("\n".join(dict.fromkeys(problems))) from None
+
+
+def _known(values: tuple[str, ...], allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    for v in values:
+        if v not in allowed:
+            raise ValueError(f"unknown {what} {v!r} (known: {', '.join(allowed)})")
+    return values
+
+
+def _line_of(node: yaml.Node | None, loc: list) -> int:
+    """1-based line of the deepest YAML node on the error's path."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == key), None)
+            if match is None:
+                break
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def task_dirs() -> list[Path]:
+    """Where tasks are looked up by name: $CARELOOP_TASKS, then the repository's tasks/ folder."""
+    dirs = [Path(p) for p in os.environ.get("CARELOOP_TASKS", "").split(os.pathsep) if p]
+    dirs.append(Path(__file__).resolve().parents[3] / "tasks")
+    return dirs
+
+
+def load_task(name_or_path: str | Path) -> Task:
+    """A task by file path or by name (`readmission-30d`)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return Task.from_yaml(p)
+    for d in task_dirs():
+        for suffix in (".yaml", ".yml"):
+            if (d / f"{name_or_path}{suffix}").exists():
+                return Task.from_yaml(d / f"{name_or_path}{suffix}")
+    known = sorted({f.stem for d in task_dirs() if d.is_dir() for f in d.glob("*.y*ml")})
+    raise TaskSpecError(f"unknown task {str(name_or_path)!r} (known: {', '.join(known) or 'none'})")
