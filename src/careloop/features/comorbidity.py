@@ -67,9 +67,7 @@ CHARLSON: dict[str, tuple[str, ...]] = {
         "E100 E101 E106 E108 E109 E110 E111 E116 E118 E119 E120 E121 E126 E128 E129 "
         "E130 E131 E136 E138 E139 E140 E141 E146 E148 E149"
     ),
-    "diabetes_complicated": _prefixes(
-        "E102-E105 E107 E112-E115 E117 E122-E125 E127 E132-E135 E137 E142-E145 E147"
-    ),
+    "diabetes_complicated": _prefixes("E102-E105 E107 E112-E115 E117 E122-E125 E127 E132-E135 E137 E142-E145 E147"),
     "hemiplegia_paraplegia": _prefixes("G041 G114 G801 G802 G81 G82 G830-G834 G839"),
     "renal": _prefixes("I120 I131 N032-N037 N052-N057 N18 N19 N250 Z490-Z492 Z940 Z992"),
     "malignancy": _prefixes("C00-C26 C30-C34 C37-C41 C43 C45-C58 C60-C76 C81-C85 C88 C90-C97"),
@@ -123,9 +121,7 @@ ELIXHAUSER: dict[str, tuple[str, ...]] = {
     "diabetes_complicated": _prefixes("E102-E108 E112-E118 E122-E128 E132-E138 E142-E148"),
     "hypothyroidism": _prefixes("E00-E03 E890"),
     "renal_failure": _prefixes("I120 I131 N18 N19 N250 Z490-Z492 Z940 Z992"),
-    "liver_disease": _prefixes(
-        "B18 I85 I864 I982 K70 K711 K713-K715 K717 K72-K74 K760 K762-K769 Z944"
-    ),
+    "liver_disease": _prefixes("B18 I85 I864 I982 K70 K711 K713-K715 K717 K72-K74 K760 K762-K769 Z944"),
     "peptic_ulcer": _prefixes("K257 K259 K267 K269 K277 K279 K287 K289"),
     "hiv_aids": _prefixes("B20-B22 B24"),
     "lymphoma": _prefixes("C81-C85 C88 C96 C900 C902"),

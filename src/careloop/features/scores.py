@@ -117,6 +117,13 @@ def _below(value: float | None, threshold: float) -> int:
     return int(value is not None and not math.isnan(value) and value < threshold)
 
 
+def _admission_points(n: int) -> int:
+    # Admissions in the previous 12 months, not counting the index one: 0-1: 0, 2-5: 2, >5: 5.
+    if n <= 1:
+        return 0
+    return 2 if n <= 5 else 5
+
+
 def hospital_points(
     *,
     hemoglobin_g_dl: float | None,
@@ -140,17 +147,13 @@ def hospital_points(
     """
     _non_negative("admissions_12m", admissions_12m)
     _non_negative("los_days", los_days)
-    if admissions_12m <= 1:
-        admissions = 0
-    else:
-        admissions = 2 if admissions_12m <= 5 else 5
     return HospitalPoints(
         hemoglobin=_below(hemoglobin_g_dl, 12.0),
         oncology=2 if oncology else 0,
         sodium=_below(sodium_mmol_l, 135.0),
         procedure=1 if procedure else 0,
         index_type=1 if urgent else 0,
-        admissions=admissions,
+        admissions=_admission_points(admissions_12m),
         length_of_stay=2 if los_days >= 5 else 0,
     )
 

@@ -181,6 +181,7 @@ class Context:
 
     full_urls: dict[str, tuple[str, str]] = field(default_factory=dict)  # urn:uuid:x -> (type, id)
     conditional: dict[str, tuple[str, str]] = field(default_factory=dict)  # Type?identifier=s|v -> (type, id)
+    patients: dict[str, str] = field(default_factory=dict)  # resolved subject references (a cache)
 
 
 _LOCAL_TYPES = frozenset({"Patient", "Encounter", "Condition", "Observation", "Practitioner", "Organization",
@@ -273,11 +274,13 @@ def _codes(concept: M.CodeableConcept | None) -> list[str]:
 
 
 def _first_code(concept: M.CodeableConcept | None, what: str) -> str:
-    codes = _codes(concept)
-    if not codes:
-        systems = [c.system for c in concept.coding] if concept else []
-        raise Reject("unknown code system for a required field", f"{what}: systems {systems}")
-    return codes[0]
+    if concept is not None:
+        for c in concept.coding:
+            prefix = SYSTEMS.get(c.system)
+            if prefix and c.code:
+                return f"{prefix}/{c.code}"
+    systems = [c.system for c in concept.coding] if concept else []
+    raise Reject("unknown code system for a required field", f"{what}: systems {systems}")
 
 
 def _plain_code(concept: M.CodeableConcept | None) -> str | None:
@@ -308,9 +311,14 @@ def _encounter_id(ref: M.Reference | None, ctx: Context) -> str | None:
 def _subject(ref: M.Reference | None, ctx: Context, key: str = "subject") -> str:
     if ref is None or not ref.reference:
         raise Reject("missing subject", f"no {key}.reference")
-    hit = resolve(ref.reference, ctx)
+    text = ref.reference
+    pid = ctx.patients.get(text)  # the same few patients are referenced over and over within a unit
+    if pid is not None:
+        return pid
+    hit = resolve(text, ctx)
     if hit is None or hit[0] != "Patient":
-        raise Reject("unresolvable reference", f"{key}={ref.reference!r}")
+        raise Reject("unresolvable reference", f"{key}={text!r}")
+    ctx.patients[text] = hit[1]
     return hit[1]
 
 

@@ -184,20 +184,30 @@ class _Committer:
         if not parts:
             return np.empty(0, dtype=np.int64)
         col = ds.dataset(parts, format="parquet").to_table(columns=["key_hash"]).column(0)
-        return np.unique(col.to_numpy())
+        known = col.to_numpy().copy()
+        known.sort()
+        return known
 
     def _seen(self, hashes: np.ndarray) -> np.ndarray:
-        mask = _member(self.known, hashes)
+        """Which hashes are already in the store. Needles are sorted first, so the binary searches walk the big
+        sorted array in order (cache-friendly), then the answer is put back in the caller's order."""
+        order = np.argsort(hashes, kind="stable")
+        needles = hashes[order]
+        hit = _member(self.known, needles)
         for arr in self.fresh:
-            mask |= _member(arr, hashes)
-        return mask
+            hit |= _member(arr, needles)
+        out = np.empty(len(hashes), dtype=bool)
+        out[order] = hit
+        return out
 
     def _remember(self, hashes: np.ndarray) -> None:
+        """Add committed hashes; small sorted runs are merged into the big one now and then (amortised)."""
         self.fresh.append(np.sort(hashes))
         self.fresh_n += len(hashes)
-        if len(self.fresh) > 16:
-            self.known = np.union1d(self.known, np.concatenate(self.fresh))
-            self.fresh, self.fresh_n = [], 0
+        if self.fresh_n > max(1_000_000, len(self.known) // 4) or len(self.fresh) > 8:
+            merged = np.concatenate([self.known, *self.fresh])
+            merged.sort(kind="stable")  # duplicates are harmless for membership
+            self.known, self.fresh, self.fresh_n = merged, [], 0
 
     def commit(self, res: UnitResult) -> None:
         staged = self.store.staging / res.uid
