@@ -67,6 +67,18 @@ class Dialect:
     def age_years(self, birth: str, at_us: str) -> str:
         return f"(({at_us}) - epoch_us(CAST({birth} AS TIMESTAMPTZ))) / {US_PER_DAY * 365.25}"
 
+    def starts(self, col: str, prefix: str) -> str:
+        return f"starts_with({col}, '{prefix}')"
+
+    def order_key(self, t: str, v: str) -> str:
+        return f"struct_pack(t := {t}, v := {v})"
+
+    def distinct_list(self, expr: str, cond: str) -> str:
+        return f"list(DISTINCT {expr}) FILTER (WHERE {cond})"
+
+    def day_number(self, us: str) -> str:
+        return f"floor(({us}) / {US_PER_DAY})"
+
 
 class SparkDialect(Dialect):
     name = "spark"
@@ -82,6 +94,15 @@ class SparkDialect(Dialect):
 
     def age_years(self, birth: str, at_us: str) -> str:
         return f"(({at_us}) - unix_micros(CAST({birth} AS TIMESTAMP))) / {US_PER_DAY * 365.25}"
+
+    def starts(self, col: str, prefix: str) -> str:
+        return f"startswith({col}, '{prefix}')"
+
+    def order_key(self, t: str, v: str) -> str:
+        return f"struct({t} AS t, {v} AS v)"
+
+    def distinct_list(self, expr: str, cond: str) -> str:
+        return f"collect_set(CASE WHEN {cond} THEN {expr} END)"
 
 
 def _in(values: tuple[str, ...]) -> str:
