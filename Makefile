@@ -23,6 +23,9 @@ demo: $(STAMP)
 	$(BIN)/careloop synth --patients $(DEMO_PATIENTS) --seed $(SEED) --out $(DEMO_DIR)/hospital --overwrite
 	$(BIN)/careloop ingest $(DEMO_DIR)/hospital/ndjson --store $(DEMO_DIR)/store
 	$(BIN)/careloop store info $(DEMO_DIR)/store
+	$(BIN)/careloop cohort --task readmission-30d --store $(DEMO_DIR)/store --out $(DEMO_DIR)/cohort/readmission-30d.parquet
+	$(BIN)/careloop features --cohort $(DEMO_DIR)/cohort/readmission-30d.parquet --store $(DEMO_DIR)/store \
+		--features readmission --out $(DEMO_DIR)/features/readmission-30d.parquet
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -216,6 +216,99 @@ def _print_ingest_report(report) -> None:
                       f"ingested   {d['seconds']:.1f} s {rate}")
 
 
+@app.command()
+def cohort(
+    task: Annotated[str, typer.Option(help="Task name (e.g. readmission-30d) or path to a task YAML.")],
+    store: Annotated[Path, typer.Option("--store", "-s", help="Event store directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Cohort Parquet file to write.")],
+    engine: Annotated[str, typer.Option(help="duckdb (default) or spark.")] = "duckdb",
+    data_end: Annotated[str | None, typer.Option(help="End of the data (default: the last encounter time).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Build a task's cohort: index stays, exclusion steps with counts, labels (null when censored), splits."""
+    import orjson
+    import pyarrow.parquet as pq
+
+    from careloop.engines import engine as make_engine
+    from careloop.tasks.cohort import build_cohort
+    from careloop.tasks.spec import load_task
+
+    end = None
+    if data_end:
+        d = _date(data_end, "--data-end")
+        end = dt.datetime.combine(d, dt.time(), dt.UTC) if d else None
+    try:
+        spec = load_task(task)
+        eng = make_engine(engine, store)
+        result = build_cohort(spec, eng, dialect=eng.dialect, data_end=end)
+    except CareloopError as exc:
+        fail(str(exc))
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(result.table, out, compression="zstd")
+    summary = result.summary()
+    out.with_suffix(".summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    if as_json:
+        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    t = Table(title=f"Cohort {spec.name}: {out}")
+    t.add_column("step")
+    t.add_column("removed", justify="right")
+    t.add_column("remaining", justify="right")
+    for st in summary["steps"]:
+        t.add_row(st["step"], f"{st['removed']:,}", f"{st['remaining']:,}")
+    out_console.print(t)
+    sp = Table(title="Splits (by patient)")
+    for col in ("split", "stays", "patients", "labelled", "censored", "positives", "prevalence"):
+        sp.add_column(col, justify="left" if col == "split" else "right")
+    for name, v in summary["splits"].items():
+        if v["stays"]:
+            prev = f"{v['prevalence']:.1%}" if v["prevalence"] is not None else "-"
+            sp.add_row(name, f"{v['stays']:,}", f"{v['patients']:,}", f"{v['labelled']:,}", f"{v['censored']:,}",
+                       f"{v['positives']:,}", prev)
+    out_console.print(sp)
+
+
+@app.command()
+def features(
+    cohort_file: Annotated[Path, typer.Option("--cohort", help="Cohort Parquet from `careloop cohort`.")],
+    store: Annotated[Path, typer.Option("--store", "-s", help="Event store directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Feature matrix Parquet file to write.")],
+    feature_set: Annotated[str, typer.Option("--features", help="Feature set name or YAML path.")] = "readmission",
+    engine: Annotated[str, typer.Option(help="duckdb (default) or spark.")] = "duckdb",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Extract point-in-time features for a cohort: one row per index stay, with missingness per feature."""
+    import orjson
+    import pyarrow.parquet as pq
+
+    from careloop.engines import engine as make_engine
+    from careloop.features.engine import extract
+    from careloop.features.spec import load_feature_set
+
+    try:
+        fs = load_feature_set(feature_set)
+        if not cohort_file.exists():
+            raise CareloopError(f"--cohort: {cohort_file} does not exist (run `careloop cohort` first)")
+        table = pq.read_table(cohort_file)
+        result = extract(fs, table, make_engine(engine, store))
+    except CareloopError as exc:
+        fail(str(exc))
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(result.table, out, compression="zstd")
+    out.with_suffix(".summary.json").write_bytes(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2))
+    if as_json:
+        sys.stdout.write(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    t = Table(title=f"Features {fs.name}: {result.table.num_rows:,} index stays -> {out}")
+    for col in ("feature", "description", "missing"):
+        t.add_column(col, justify="right" if col == "missing" else "left")
+    for c in result.summary["columns"]:
+        t.add_row(c["column"], c["description"][:60], f"{c['missing_fraction']:.0%}")
+    out_console.print(t)
+
+
 store_app = typer.Typer(help="Inspect an event store.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
 
