@@ -9,9 +9,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from careloop.ingest.runner import IngestReport, ingest
 from careloop.synth import generate, make_config
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"  # the repo's sibling, here and in CI
+FIXTURES = SHARED / "fixtures"
 
 
 def make_hospital(out: Path, **kw) -> Path:
@@ -46,3 +48,22 @@ def resources(hospital: Path) -> Callable[[str], list[dict]]:
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def synthea_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, IngestReport]:
+    store = tmp_path_factory.mktemp("synthea-store")
+    report = ingest([FIXTURES / "synthea-bulk-ndjson", FIXTURES / "synthea-r4-bundles"], store, workers=2)
+    return store, report
+
+
+@pytest.fixture(scope="session")
+def hospital_store(hospital: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, IngestReport]:
+    store = tmp_path_factory.mktemp("hospital-store")
+    return store, ingest([hospital / "ndjson"], store, workers=2)
+
+
+@pytest.fixture(scope="session")
+def hospital_bundle_store(hospital: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, IngestReport]:
+    store = tmp_path_factory.mktemp("hospital-bundle-store")
+    return store, ingest([hospital / "bundles"], store, workers=2)

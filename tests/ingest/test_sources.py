@@ -15,8 +15,7 @@ import pytest
 
 from careloop.contracts import subject_id
 from careloop.store import EventStore
-from tests.conftest import read_ndjson
-from tests.ingest.conftest import FIXTURES
+from tests.conftest import FIXTURES, read_ndjson
 
 
 def _count_bulk(folder: Path) -> Counter:

@@ -250,5 +250,6 @@ def summarize(fs: FeatureSet, table: pa.Table) -> dict:
     label = table.column("label")
     known = n - label.null_count
     pos = pc.sum(pc.cast(label, pa.int64())).as_py() or 0
-    return {"feature_set": fs.name, "rows": n, "labelled": known, "prevalence": round(pos / known, 4) if known else None,
+    prevalence = round(pos / known, 4) if known else None
+    return {"feature_set": fs.name, "rows": n, "labelled": known, "prevalence": prevalence,
             "columns": cols}

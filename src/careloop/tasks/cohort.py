@@ -105,6 +105,10 @@ class SparkDialect(Dialect):
         return f"collect_set(CASE WHEN {cond} THEN {expr} END)"
 
 
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
 def _in(values: tuple[str, ...]) -> str:
     return "(" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + ")"
 
@@ -190,7 +194,7 @@ def split_of(seed: int, patient_id: str, fractions: dict[str, float]) -> str:
 
 
 def assign_splits(task: Task, patient_ids: list[str], index_us: list[int], sites: list[str | None],
-                  site_ids: list[str | None]) -> list[str]:
+                  site_ids: list[str | None], held_ids: list[str] | None = None) -> list[str]:
     """Patient-level splits; optionally temporal (test from a date) or by site (a held-out site)."""
     sp = task.split
     train_frac = {k: v for k, v in sp.fractions.items() if k != "test"}
@@ -208,11 +212,11 @@ def assign_splits(task: Task, patient_ids: list[str], index_us: list[int], sites
             else:
                 out.append(split_of(sp.seed, p, dev))
         return out
-    held = sp.test_site
-    at_site = {p for p, s, sid in zip(patient_ids, sites, site_ids, strict=True) if held in (s, sid)}
+    held = set(held_ids or ()) | {sp.test_site}
+    at_site = {p for p, s, sid in zip(patient_ids, sites, site_ids, strict=True) if s in held or sid in held}
     out = []
     for p, s, sid in zip(patient_ids, sites, site_ids, strict=True):
-        if held in (s, sid):
+        if s in held or sid in held:
             out.append("test")
         else:
             out.append("excluded" if p in at_site else split_of(sp.seed, p, dev))
@@ -243,8 +247,13 @@ def build_cohort(task: Task, con, *, dialect: Dialect | None = None, data_end: d
     censored = pc.greater(t.column("window_end_us"), end_us) if task.censor_at_data_end else pa.repeat(False, len(t))
     label = pc.if_else(censored, pa.scalar(None, pa.bool_()), pc.fill_null(seen, False))
     pids = t.column("patient_id").to_pylist()
+    held = None
+    if task.split.by == "site":  # the held-out site by name, id, or any identifier of its Organization
+        key = _lit(task.split.test_site)  # type: ignore[arg-type]
+        held = con.arrow("SELECT DISTINCT resource_id FROM directory WHERE resource_type = 'Organization' AND "
+                         f"(identifier_value = {key} OR name = {key} OR resource_id = {key})").column(0).to_pylist()
     splits = assign_splits(task, pids, t.column("index_us").to_pylist(), t.column("site_name").to_pylist(),
-                           t.column("site_id").to_pylist())
+                           t.column("site_id").to_pylist(), held)
     index_time = pc.cast(t.column("index_us"), pa.timestamp("us", tz="UTC"))
     out = pa.table({
         "encounter_id": t.column("encounter_id"), "patient_id": t.column("patient_id"),
