@@ -78,3 +78,26 @@ def test_ingest_json_then_store_info(tmp_path: Path):
     assert data["tables"]["patients"] == 30
     assert data["events_by_system"]["LOINC"] > 0
     assert data["quarantine_by_reason"] == {}
+
+
+def test_cohort_and_features_commands_write_parquet_and_summaries(tmp_path: Path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "h"
+    assert runner.invoke(app, ["synth", "-n", "150", "--seed", "4", "--out", str(out)]).exit_code == 0
+    assert runner.invoke(app, ["ingest", str(out / "ndjson"), "--store", str(tmp_path / "s")]).exit_code == 0
+    res = runner.invoke(app, ["cohort", "--task", "readmission-30d", "--store", str(tmp_path / "s"), "--out",
+                              str(tmp_path / "c.parquet"), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    cohort = pq.read_table(tmp_path / "c.parquet")
+    assert {"encounter_id", "patient_id", "index_time", "label", "split"} <= set(cohort.column_names)
+    assert summary["stays"] == cohort.num_rows == summary["steps"][-1]["remaining"]
+    res = runner.invoke(app, ["features", "--cohort", str(tmp_path / "c.parquet"), "--store", str(tmp_path / "s"),
+                              "--out", str(tmp_path / "f.parquet"), "--json"])
+    assert res.exit_code == 0, res.output
+    feats = pq.read_table(tmp_path / "f.parquet")
+    assert feats.num_rows == cohort.num_rows and "lace" in feats.column_names
+    assert json.loads(res.stdout)["columns"][0]["missing_fraction"] == 0.0
+    bad = runner.invoke(app, ["cohort", "--task", "no-such-task", "--store", str(tmp_path / "s"), "--out", "x"])
+    assert bad.exit_code == 2 and "unknown task" in bad.output

@@ -37,12 +37,18 @@ class SparkEngine:
     dialect = SparkDialect()
 
     def __init__(self, store: Path | str, *, master: str = "local[2]", spark=None) -> None:
+        import os
+
         from pyspark.sql import SparkSession
 
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local mode talks on loopback only
         self.store = EventStore.open(store)
         self.spark = spark or (SparkSession.builder.master(master).appName("careloop")
                                .config("spark.sql.session.timeZone", "UTC")
                                .config("spark.ui.enabled", "false")
+                               .config("spark.driver.host", "127.0.0.1")
+                               .config("spark.driver.bindAddress", "127.0.0.1")
+                               .config("spark.ui.showConsoleProgress", "false")
                                .config("spark.sql.shuffle.partitions", "4")
                                .config("spark.driver.memory", "2g")
                                .getOrCreate())

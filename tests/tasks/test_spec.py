@@ -58,5 +58,5 @@ def test_all_problems_are_reported_together():
 
 
 def test_unknown_task_name_lists_the_known_ones():
-    with pytest.raises(TaskSpecError, match="known: .*readmission-30d"):
+    with pytest.raises(TaskSpecError, match=r"known: .*readmission-30d"):
         load_task("readmision-30d")

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from careloop.features.comorbidity import charlson_index, van_walraven_score
 from careloop.features.scores import hospital_score, lace_score
 from careloop.features.spec import Feature, FeatureSet, window_us
-from careloop.tasks.cohort import US_PER_DAY, Dialect
+from careloop.tasks.cohort import US_PER_DAY, Dialect, div
 
 
 @dataclass
@@ -79,7 +79,7 @@ def events_sql(fs: FeatureSet, d: Dialect) -> str:
                     "mean": f"avg(e.numeric_value) FILTER (WHERE {cond})",
                     "count": f"count(CASE WHEN {cond} THEN 1 END)",
                     "trend": f"({last}) - ({first})",
-                    "hours_since": f"(max(c.index_us - {t}) FILTER (WHERE {cond})) / 3600000000.0",
+                    "hours_since": div(f"max(c.index_us - {t}) FILTER (WHERE {cond})", "3600000000"),
                 }[agg]
                 cols.append(f"{expr} AS {f.name}_{agg}")
     wanted = _event_filter(fs, d)
@@ -126,8 +126,8 @@ def encounters_sql(fs: FeatureSet, d: Dialect) -> str:
                         f"AND coalesce(r.end_us, r.start_us) < c.admit_us THEN 1 END) AS {f.name}")
         elif f.kind == "days_since_discharge":
             classes = ", ".join(map(_lit, f.classes))
-            cols.append(f"(max(c.admit_us) - max(CASE WHEN r.class IN ({classes}) AND r.end_us <= c.admit_us "
-                        f"THEN r.end_us END)) / {float(US_PER_DAY)} AS {f.name}")
+            gap = f"max(c.admit_us) - max(CASE WHEN r.class IN ({classes}) AND r.end_us <= c.admit_us THEN r.end_us END)"
+            cols.append(f"{div(gap, str(US_PER_DAY))} AS {f.name}")
     select = ",\n  ".join(["c.encounter_id", *cols]) if cols else "c.encounter_id"
     return f"""
 SELECT {select}

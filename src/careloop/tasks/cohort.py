@@ -50,6 +50,11 @@ class CohortResult:
                 "steps": self.steps, "splits": by_split}
 
 
+def div(a: str, b: str) -> str:
+    """Floating-point division in every engine (Spark would otherwise make a decimal of a float literal)."""
+    return f"CAST({a} AS DOUBLE) / CAST({b} AS DOUBLE)"
+
+
 class Dialect:
     """The few SQL spellings that differ between engines."""
 
@@ -65,7 +70,7 @@ class Dialect:
         return f"make_timestamptz({expr})"
 
     def age_years(self, birth: str, at_us: str) -> str:
-        return f"(({at_us}) - epoch_us(CAST({birth} AS TIMESTAMPTZ))) / {US_PER_DAY * 365.25}"
+        return div(f"({at_us}) - epoch_us(CAST({birth} AS TIMESTAMPTZ))", str(US_PER_DAY * 365.25))
 
     def starts(self, col: str, prefix: str) -> str:
         return f"starts_with({col}, '{prefix}')"
@@ -93,7 +98,7 @@ class SparkDialect(Dialect):
         return f"timestamp_micros({expr})"
 
     def age_years(self, birth: str, at_us: str) -> str:
-        return f"(({at_us}) - unix_micros(CAST({birth} AS TIMESTAMP))) / {US_PER_DAY * 365.25}"
+        return div(f"({at_us}) - unix_micros(CAST({birth} AS TIMESTAMP))", str(US_PER_DAY * 365.25))
 
     def starts(self, col: str, prefix: str) -> str:
         return f"startswith({col}, '{prefix}')"
