@@ -126,7 +126,8 @@ def encounters_sql(fs: FeatureSet, d: Dialect) -> str:
                         f"AND coalesce(r.end_us, r.start_us) < c.admit_us THEN 1 END) AS {f.name}")
         elif f.kind == "days_since_discharge":
             classes = ", ".join(map(_lit, f.classes))
-            gap = f"max(c.admit_us) - max(CASE WHEN r.class IN ({classes}) AND r.end_us <= c.admit_us THEN r.end_us END)"
+            last_end = f"max(CASE WHEN r.class IN ({classes}) AND r.end_us <= c.admit_us THEN r.end_us END)"
+            gap = f"max(c.admit_us) - {last_end}"
             cols.append(f"{div(gap, str(US_PER_DAY))} AS {f.name}")
     select = ",\n  ".join(["c.encounter_id", *cols]) if cols else "c.encounter_id"
     return f"""
