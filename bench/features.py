@@ -2,16 +2,17 @@
 
 Target (issue): 100,000 index stays on 2 cores, faster than meds-tab. The store is a synthetic hospital big enough
 to give 100,000 real index stays of the `readmission-30d` task (about 0.5 per patient, so 200,000 patients),
-made once under bench-out/features/ and reused. careloop extracts the `readmission` feature set (DuckDB, 2 threads).
-meds-tab 0.1 (0.2.0 writes empty matrices, see ../shared/PERFORMANCE.md) runs from its own venv on the same events
-exported as a MEDS dataset (subject-sharded data/train/*.parquet sorted by subject_id, time), with labels at the same
-index times (its task-specific mode: aggregates only at label times), windows 1d/30d/365d/full, aggs code/count,
-value/count, value/sum, value/min, value/max, and 2 workers (hydra joblib launcher). Each tool runs as a subprocess;
-peak memory is the largest RSS of its process tree, sampled every 100 ms. Correctness: careloop's sodium/potassium of
-the stay, and meds-tab's full-history count and max of sodium/creatinine, are checked row by row against independent
-DuckDB queries over the events; an empty meds-tab matrix fails the check.
+made once under bench-out/features/ and reused. careloop extracts the `readmission` feature set (DuckDB, 2 threads)
+for the first 100,000 stays. meds-tab 0.1 (0.2.0 writes empty matrices, see ../shared/PERFORMANCE.md) runs from its
+own venv, through its documented pipeline (describe, tabularize-static, tabularize-time-series with 2 hydra joblib
+workers, cache-task), with windows 1d/30d/365d/full and aggs code/count, value/count/sum/min/max. It loops in Python
+over every event time, so it runs on the first --medstab-rows stays only: all events of their subjects exported as
+a MEDS dataset (data/train/<shard>.parquet sorted by subject_id, time; labels at the same index times), and careloop
+is timed again on exactly those rows for the ratio. Each tool runs as a subprocess; peak memory is the largest RSS of
+its process tree, sampled every 100 ms. Correctness: careloop's sodium/potassium min/max of the stay, and meds-tab's
+full-history count and max of sodium and creatinine, are checked row by row against independent DuckDB queries.
 
-    python bench/features.py                      # 200k patients, 100k index stays, careloop + meds-tab
+    python bench/features.py                      # 200k patients, 100k stays; meds-tab on the first 1,000
     python bench/features.py --patients 20000 --rows 10000 --skip-medstab
 """
 
@@ -99,14 +100,14 @@ def build_store(patients: int) -> Path:
 
 
 def export_meds(con, cohort_fp: Path, meds: Path, shard_subjects: int) -> int:
-    """The store's events as a MEDS dataset (data/train/<shard>.parquet) plus labels at the index times."""
+    """All events of the cohort's subjects as a MEDS dataset (data/train/<shard>.parquet), labels at its index times."""
     shutil.rmtree(meds, ignore_errors=True)
     (meds / "data" / "train").mkdir(parents=True)
     (meds / "labels" / "train").mkdir(parents=True)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE shard_of AS SELECT subject_id,
         (dense_rank() OVER (ORDER BY subject_id) - 1) // {shard_subjects} AS shard
-        FROM (SELECT DISTINCT subject_id FROM events)""")
-    n = con.execute("SELECT max(shard) + 1 FROM shard_of").fetchone()[0]
+        FROM (SELECT DISTINCT subject_id FROM read_parquet('{cohort_fp}'))""")
+    n = con.execute("SELECT max(shard) + 1 FROM shard_of").fetchall()[0][0]
     for i in range(n):
         con.execute(f"""COPY (SELECT e.subject_id, timezone('UTC', e.time) AS time, e.code,
               CAST(e.numeric_value AS FLOAT) AS numeric_value
@@ -182,23 +183,24 @@ def check_medstab(con, meds: Path, shards: int) -> str:
                      "CAST(regexp_extract(filename, '(\\d+)\\.parquet$', 1) AS INT), file_row_number").to_arrow_table()
     con.register("lab", labels.append_column("rn", [np.arange(labels.num_rows)]))
     nnz = {(w, a): np.count_nonzero(medstab_matrix(meds, shards, w, a)[1]) for w in WINDOWS for a in AGGS}
-    empty = [f"{w}/{a}" for (w, a), v in nnz.items() if v == 0]
-    bad, n = 0, 0
-    for code in ("LOINC/2951-2", "LOINC/2160-0"):
-        want = con.execute(f"""SELECT count(e.code) AS cnt, max(e.numeric_value) AS mx FROM lab l
-            LEFT JOIN events e ON e.subject_id = l.subject_id AND e.code = '{code}' AND e.time IS NOT NULL
-              AND timezone('UTC', e.time) <= l.prediction_time
-            GROUP BY l.rn ORDER BY l.rn""").fetchnumpy()
-        for agg, col in (("code/count", "cnt"), ("value/max", "mx")):
-            feats, m = medstab_matrix(meds, shards, "full", agg)
-            w = np.nan_to_num(np.ma.filled(want[col].astype(float), np.nan))
+    empty = sorted({a for (_, a), v in nnz.items() if v == 0})
+    parts, ok = [], not empty
+    for agg, col in (("code/count", "cnt"), ("value/max", "mx")):
+        bad, n = 0, 0
+        feats, m = medstab_matrix(meds, shards, "full", agg)
+        for code in ("LOINC/2951-2", "LOINC/2160-0"):
+            want = con.execute(f"""SELECT count(e.code) AS cnt, max(e.numeric_value) AS mx FROM lab l
+                LEFT JOIN events e ON e.subject_id = l.subject_id AND e.code = '{code}' AND e.time IS NOT NULL
+                  AND timezone('UTC', e.time) <= l.prediction_time
+                GROUP BY l.rn ORDER BY l.rn""").fetchnumpy()[col]
+            w = np.nan_to_num(np.ma.filled(want.astype(float), np.nan))
             bad += compare(m[:, feats.index(code)], w)
             n += len(w)
-    ok = not empty and bad == 0
-    return (f"{'OK' if ok else 'FAIL'}: {n - bad:,}/{n:,} values equal (full-history count and max of sodium, "
-            f"creatinine); {len(nnz) - len(empty)}/{len(nnz)} time-series matrices non-empty"
-            + (f" (empty: {', '.join(empty)})" if empty else ""))
-
+        ok = ok and bad == 0
+        parts.append(f"full/{agg} {n - bad:,}/{n:,} equal")
+    return (f"{'OK' if ok else 'FAIL'}: sodium+creatinine vs DuckDB: {'; '.join(parts)}; "
+            f"{len(nnz) - len(empty) * len(WINDOWS)}/{len(nnz)} time-series matrices non-empty"
+            + (f" (all-zero in every window: {', '.join(empty)})" if empty else ""))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -208,6 +210,9 @@ def main() -> None:
     ap.add_argument("--medstab-venv", type=Path, default=ROOT / "bench-out" / "medstab-venv",
                     help="a venv with `pip install meds-tab==0.1` (kept apart from careloop's)")
     ap.add_argument("--shard-subjects", type=int, default=20_000, help="subjects per MEDS shard")
+    ap.add_argument("--medstab-rows", type=int, default=1_000,
+                    help="meds-tab (and careloop again) on the first N index stays: meds-tab 0.1 tabularises every "
+                         "event time in a Python loop, hours at 100k stays")
     ap.add_argument("--skip-medstab", action="store_true")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -227,44 +232,50 @@ def main() -> None:
     cohort_fp, feats_fp, meds = OUT / "cohort.parquet", OUT / "careloop-features.parquet", OUT / "meds"
     pq.write_table(cohort, cohort_fp)
     con: duckdb.DuckDBPyConnection = eng.con
-    n_events, n_codes = con.execute("SELECT count(*), count(DISTINCT code) FROM events").fetchone()
+    n_events, n_codes = con.execute("SELECT count(*), count(DISTINCT code) FROM events").fetchall()[0]
     rows = cohort.num_rows
     print(f"data: {args.patients:,} patients, {n_events:,} events, {n_codes} codes; {rows:,} index stays "
           f"(readmission-30d, discharge), {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}", flush=True)
 
-    cl_wall, cl_peak, out = run([sys.executable, "-c", CHILD, str(store), str(cohort_fp), str(feats_fp),
-                                 str(args.threads)], log=OUT / "careloop-extract.log")
-    info = json.loads(out)
-    cl_check = check_careloop(con, cohort_fp, feats_fp)
-    results = [("careloop extract", info["wall"], cl_wall, cl_peak, f"{info['columns']} cols", cl_check)]
+    def careloop(cohort_fp: Path, feats_fp: Path, label: str) -> tuple:
+        wall, peak, out = run([sys.executable, "-c", CHILD, str(store), str(cohort_fp), str(feats_fp),
+                               str(args.threads)], log=OUT / "careloop-extract.log")
+        info = json.loads(out)
+        return (label, info["rows"], info["wall"], wall, peak, f"{info['columns']} cols",
+                check_careloop(con, cohort_fp, feats_fp))
 
+    results = [careloop(cohort_fp, feats_fp, "careloop")]
     mt_error = None
     if not args.skip_medstab:
+        sub_fp = OUT / "cohort-medstab.parquet"
+        pq.write_table(cohort.slice(0, args.medstab_rows), sub_fp)
+        results.append(careloop(sub_fp, OUT / "careloop-features-medstab.parquet", "careloop (subset)"))
         try:
             if not (args.medstab_venv / "bin" / "meds-tab-describe").exists():
                 raise RuntimeError(f"no meds-tab in {args.medstab_venv}: python -m venv {args.medstab_venv} && "
                                    f"{args.medstab_venv}/bin/pip install meds-tab==0.1")
             t0 = time.perf_counter()
-            shards = export_meds(con, cohort_fp, meds, args.shard_subjects)
-            print(f"MEDS export: {shards} shards in {time.perf_counter() - t0:.1f} s (not timed)", flush=True)
+            shards = export_meds(con, sub_fp, meds, args.shard_subjects)
+            n_sub = con.execute(f"SELECT count(*) FROM read_parquet('{meds}/data/train/*.parquet')").fetchall()[0][0]
+            print(f"meds-tab subset: the first {args.medstab_rows:,} index stays, all {n_sub:,} events of their "
+                  f"subjects, {shards} MEDS shards (export {time.perf_counter() - t0:.1f} s, not timed)", flush=True)
             mt_wall, mt_peak, steps = run_medstab(args.medstab_venv, meds, 2)
             ncols = sum(len(medstab_matrix(meds, shards, w, a)[0]) for w in WINDOWS for a in AGGS)
             detail = ", ".join(f"{n} {w:.0f}s" for n, w in steps)
-            results.append(("meds-tab 0.1", mt_wall, mt_wall, mt_peak, f"{ncols} ts cols; {detail}",
-                            check_medstab(con, meds, shards)))
+            results.append(("meds-tab 0.1", args.medstab_rows, mt_wall, mt_wall, mt_peak,
+                            f"{ncols} ts cols; {detail}", check_medstab(con, meds, shards)))
         except Exception as exc:  # report why, and still print careloop's figures
             mt_error = str(exc)
     print(f"\n{'tool':<18}{'rows':>9}{'wall s':>9}{'rows/s':>10}{'peak MB':>9}  (process wall s) notes")
-    for name, w, pw, peak, note, _ in results:
-        print(f"{name:<18}{rows:>9,}{w:>9.1f}{rows / w:>10,.0f}{peak / 1e6:>9,.0f}  ({pw:.1f}) {note}")
-    if len(results) == 2:
-        print(f"ratio meds-tab / careloop wall: {results[1][1] / results[0][1]:.1f}x "
-              f"(process wall incl. start-up: {results[1][2] / results[0][2]:.1f}x)")
+    for name, n, w, pw, peak, note, _ in results:
+        print(f"{name:<18}{n:>9,}{w:>9.1f}{n / w:>10,.0f}{peak / 1e6:>9,.0f}  ({pw:.1f}) {note}")
+    if len(results) == 3:
+        print(f"ratio meds-tab / careloop on the same {args.medstab_rows:,} rows: {results[2][2] / results[1][2]:.0f}x "
+              f"(process wall incl. start-up: {results[2][3] / results[1][3]:.0f}x)")
     for name, *_, check in results:
         print(f"check {name}: {check}")
     if mt_error:
         print(f"meds-tab not run: {mt_error}")
-
 
 if __name__ == "__main__":
     main()

@@ -2,9 +2,9 @@
 
 Two synthetic hospitals 10x apart (made once with `careloop synth`, reused from bench-out/ when present) are
 ingested into fresh stores, then ingested again into the same stores (every file is recognised by its digest,
-so the re-run should load nothing and take well under a second). Peak memory is the largest sum of RSS over
-careloop and its worker processes, sampled every 100 ms (pages shared after fork count in each process, so
-the figure errs high). Beside it runs the floor from ../shared/PERFORMANCE.md on the large export: DuckDB
+so the re-run should load nothing and take well under a second). Peak memory is the largest sum of PSS over
+careloop and its worker processes, sampled every 100 ms (pages shared after fork are counted once).
+Beside it runs the floor from ../shared/PERFORMANCE.md on the large export: DuckDB
 reading Observation and Encounter .ndjson.gz and writing 5 flattened fields per resource to Parquet, with the
 same number of threads, once with an explicit schema and once with read_ndjson_auto (the documented method).
 
@@ -24,11 +24,10 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import psutil
+from _memory import PeakSampler
 
 BENCH_OUT = Path(__file__).resolve().parents[1] / "bench-out"  # on the project's disk, not a tmpfs or /tmp
 TARGET_RPS = 100_000
@@ -62,35 +61,14 @@ print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0}))
 """
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
-
-
 def run_sampled(cmd: list[str], what: str) -> tuple[dict, float, int]:
-    """Run cmd, sampling its process tree RSS every 100 ms; return (JSON on stdout, wall seconds, peak bytes)."""
-    peak = 0
+    """Run cmd, sampling its process tree memory (PSS) every 100 ms; (JSON on stdout, wall s, peak bytes)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    ps = psutil.Process(proc.pid)
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            with contextlib.suppress(psutil.Error):
-                peak = max(peak, _tree_rss(ps))
-            time.sleep(0.1)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    stdout, stderr = proc.communicate()
+    with PeakSampler(proc.pid) as sampler:
+        stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t0
-    done.set()
-    th.join()
+    peak = sampler.peak
     if proc.returncode != 0:
         raise SystemExit(f"{what} failed with exit code {proc.returncode}: {stderr.decode()[-2000:]}")
     return json.loads(stdout), wall, peak

@@ -1,7 +1,7 @@
 """Benchmark `careloop synth`: patients/s, resources/s, bytes written and peak memory of the process tree.
 
 Target (issue 2): 100,000 patients in at most 3 minutes on 2 cores, peak memory at most 1.5 GB.
-Peak memory is the largest sum of RSS over careloop and its worker processes, sampled every 100 ms
+Peak memory is the largest sum of PSS (shared pages counted once) over careloop and its workers, sampled every 100 ms
 (pages shared after fork are counted in each process, so the figure errs high).
 
     python bench/synth.py                   # 100,000 patients, 2 workers
@@ -11,54 +11,31 @@ Peak memory is the largest sum of RSS over careloop and its worker processes, sa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
+from _memory import PeakSampler
 
 BENCH_OUT = Path(__file__).resolve().parents[1] / "bench-out"  # on the project's disk, not a tmpfs or /tmp
 TARGET_SECONDS = 180.0
 TARGET_PEAK_GB = 1.5
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
-
-
 def run(patients: int, workers: int, seed: int, out: Path) -> dict:
     cmd = [sys.executable, "-m", "careloop.cli", "synth", "--patients", str(patients), "--workers", str(workers),
            "--seed", str(seed), "--out", str(out), "--overwrite", "--json"]
-    peak = 0
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    ps = psutil.Process(proc.pid)
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            with contextlib.suppress(psutil.Error):
-                peak = max(peak, _tree_rss(ps))
-            time.sleep(0.1)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    stdout, _ = proc.communicate()
+    with PeakSampler(proc.pid) as sampler:
+        stdout, _ = proc.communicate()
     wall = time.perf_counter() - t0
-    done.set()
-    th.join()
+    peak = sampler.peak
     if proc.returncode != 0:
         raise SystemExit(f"careloop synth failed with exit code {proc.returncode}")
     summary = json.loads(stdout)
@@ -91,7 +68,7 @@ def main() -> None:
     print(f"  patients/s         {args.patients / r['wall']:,.0f}")
     print(f"  resources/s        {n_res / r['wall']:,.0f}")
     print(f"  bytes written      {r['disk'] / 1e9:.2f} GB on disk ({r['disk'] / r['wall'] / 1e6:.0f} MB/s)")
-    print(f"  peak memory        {r['peak'] / 1e9:.2f} GB (process tree RSS; target <= {TARGET_PEAK_GB} GB)")
+    print(f"  peak memory        {r['peak'] / 1e9:.2f} GB (process tree PSS; target <= {TARGET_PEAK_GB} GB)")
 
 
 if __name__ == "__main__":

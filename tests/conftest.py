@@ -29,8 +29,9 @@ def read_ndjson(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def hospital(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 3,000-patient hospital (two workers, small shards) that most synth tests read."""
-    return make_hospital(tmp_path_factory.mktemp("hospital"), patients=3000, seed=7, workers=2, shard_size=100)
+    """The default synthetic hospital (`careloop synth` defaults: 5,000 patients, seed 0), made with two workers;
+    most synth, ingest, task and feature tests read it."""
+    return make_hospital(tmp_path_factory.mktemp("hospital"), patients=5000, seed=0, workers=2)
 
 
 @pytest.fixture(scope="session")

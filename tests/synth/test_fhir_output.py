@@ -71,7 +71,7 @@ def test_bundles_are_transactions_whose_references_resolve(hospital: Path):
             for ident in r.get("identifier", []):
                 info[f"{r['resourceType']}?identifier={ident['system']}|{ident['value']}"] = r
     files = sorted(p for p in (hospital / "bundles").glob("*.json.gz") if "Information" not in p.name)
-    assert len(files) == 3000
+    assert len(files) == 5000
     Bundle = get_fhir_model_class("Bundle")
     for path in random.Random(1).sample(files, 40):
         bundle = json.loads(gzip.decompress(path.read_bytes()))
