@@ -47,7 +47,9 @@ from careloop.features.spec import load_feature_set
 store, cohort_fp, out_fp, threads = sys.argv[1:5]
 cohort = pq.read_table(cohort_fp)
 t0 = time.perf_counter()
-res = extract(load_feature_set("readmission"), cohort, DuckDBEngine(store, threads=int(threads)))
+eng = DuckDBEngine(store, threads=int(threads))
+eng.con.execute("SET enable_progress_bar = false")  # it would print to our stdout
+res = extract(load_feature_set("readmission"), cohort, eng)
 wall = time.perf_counter() - t0
 pq.write_table(res.table, out_fp)
 print(json.dumps({"wall": wall, "rows": res.table.num_rows, "columns": res.table.num_columns}))
@@ -240,7 +242,7 @@ def main() -> None:
     def careloop(cohort_fp: Path, feats_fp: Path, label: str) -> tuple:
         wall, peak, out = run([sys.executable, "-c", CHILD, str(store), str(cohort_fp), str(feats_fp),
                                str(args.threads)], log=OUT / "careloop-extract.log")
-        info = json.loads(out)
+        info = json.loads(out.strip().splitlines()[-1])
         return (label, info["rows"], info["wall"], wall, peak, f"{info['columns']} cols",
                 check_careloop(con, cohort_fp, feats_fp))
 
