@@ -38,6 +38,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/synth.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/features.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -8,8 +8,9 @@ own venv, through its documented pipeline (describe, tabularize-static, tabulari
 workers, cache-task), with windows 1d/30d/365d/full and aggs code/count, value/count/sum/min/max. It loops in Python
 over every event time, so it runs on the first --medstab-rows stays only: all events of their subjects exported as
 a MEDS dataset (data/train/<shard>.parquet sorted by subject_id, time; labels at the same index times), and careloop
-is timed again on exactly those rows for the ratio. Each tool runs as a subprocess; peak memory is the largest RSS of
-its process tree, sampled every 100 ms. Correctness: careloop's sodium/potassium min/max of the stay, and meds-tab's
+is timed again on exactly those rows for the ratio. Each tool runs as a subprocess; peak memory is the largest PSS of
+its process tree (shared pages counted once), sampled every 100 ms.
+Correctness: careloop's sodium/potassium min/max of the stay, and meds-tab's
 full-history count and max of sodium and creatinine, are checked row by row against independent DuckDB queries.
 
     python bench/features.py                      # 200k patients, 100k stays; meds-tab on the first 1,000
@@ -19,19 +20,18 @@ full-history count and max of sodium and creatinine, are checked row by row agai
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
+
+from _memory import PeakSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench-out" / "features"
@@ -41,6 +41,7 @@ AGGS = ["code/count", "value/count", "value/sum", "value/min", "value/max"]
 CHILD = """
 import json, sys, time
 import pyarrow.parquet as pq
+from _memory import PeakSampler
 from careloop.engines import DuckDBEngine
 from careloop.features.engine import extract
 from careloop.features.spec import load_feature_set
@@ -57,30 +58,14 @@ print(json.dumps({"wall": wall, "rows": res.table.num_rows, "columns": res.table
 
 
 def run(cmd: list[str], log: Path | None = None) -> tuple[float, int, str]:
-    """Run `cmd`; (wall s, peak RSS of its process tree, stdout). Raises with the log's tail on failure."""
-    peak, done = 0, threading.Event()
+    """Run `cmd`; (wall s, peak PSS of its process tree, stdout). Raises with the log's tail on failure."""
     t0 = time.perf_counter()
     err = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
-    ps = psutil.Process(proc.pid)
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            total = 0
-            with contextlib.suppress(psutil.Error):
-                for p in [ps, *ps.children(recursive=True)]:
-                    with contextlib.suppress(psutil.Error):
-                        total += p.memory_info().rss
-            peak = max(peak, total)
-            time.sleep(0.1)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    stdout, _ = proc.communicate()
+    with PeakSampler(proc.pid) as sampler:
+        stdout, _ = proc.communicate()
     wall = time.perf_counter() - t0
-    done.set()
-    th.join()
+    peak = sampler.peak
     if log:
         err.close()
     if proc.returncode != 0:

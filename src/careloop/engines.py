@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from careloop.store import EventStore
+from careloop.store import RESOLVED_VIEWS, EventStore
 from careloop.tasks.cohort import Dialect, SparkDialect
 
 
@@ -66,23 +66,8 @@ class SparkEngine:
                 parts = [empty]
             df = self.spark.read.parquet(*[str(p) for p in parts])
             df.createOrReplaceTempView("encounters_raw" if table == "encounters" else table)
-        self.spark.sql("""
-            CREATE OR REPLACE TEMP VIEW directory_keys AS
-            SELECT DISTINCT resource_type, resource_id, name,
-                   concat(resource_type, '?identifier=', identifier_system, '|', identifier_value) AS cond_ref
-            FROM directory""")
-        self.spark.sql("""
-            CREATE OR REPLACE TEMP VIEW encounters AS
-            SELECT e.*,
-                   coalesce(CASE WHEN e.site_ref LIKE 'Organization/%' THEN split_part(e.site_ref, '/', 2) END,
-                            s.resource_id) AS site_id,
-                   coalesce(s.name, s2.name) AS site_name
-            FROM encounters_raw e
-            LEFT JOIN (SELECT DISTINCT cond_ref, resource_id, name FROM directory_keys
-                       WHERE resource_type = 'Organization') s ON s.cond_ref = e.site_ref
-            LEFT JOIN (SELECT DISTINCT resource_id, name FROM directory_keys
-                       WHERE resource_type = 'Organization') s2
-                   ON e.site_ref = concat('Organization/', s2.resource_id)""")
+        for sql in RESOLVED_VIEWS:
+            self.spark.sql(sql)
 
     def arrow(self, sql: str) -> pa.Table:
         return self.spark.sql(sql).toArrow()

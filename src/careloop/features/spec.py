@@ -9,11 +9,11 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from careloop.errors import CareloopError
-from careloop.tasks.spec import ENCOUNTER_CLASSES, _line_of, parse_duration
+from careloop.specfile import parse_spec, read_spec
+from careloop.tasks.spec import ENCOUNTER_CLASSES, parse_duration
 
 _NAME = r"^[a-z][a-z0-9_]*$"
 
@@ -111,33 +111,11 @@ class FeatureSet(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> FeatureSet:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise FeatureSpecError(f"{path}: cannot read feature file ({exc.strerror})") from None
-        return cls.from_text(text, source=str(path))
+        return cls.from_text(*read_spec(path, FeatureSpecError, "feature"))
 
     @classmethod
     def from_text(cls, text: str, source: str = "<features>") -> FeatureSet:
-        try:
-            node = yaml.compose(text)
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            raise FeatureSpecError(f"{source}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            problems = []
-            for err in exc.errors():
-                loc = list(err["loc"])
-                msg = err["msg"].removeprefix("Value error, ")
-                if err["type"] == "extra_forbidden":
-                    msg = f"unknown field {loc[-1]!r}"
-                problems.append(f"{source}:{_line_of(node, loc)}: {'.'.join(map(str, loc))}: {msg}")
-            raise FeatureSpecError("\n".join(dict.fromkeys(problems))) from None
+        return parse_spec(cls, text, source, FeatureSpecError)
 
 
 def feature_dirs() -> list[Path]:

@@ -35,6 +35,27 @@ class StoreError(CareloopError):
     """The store directory is missing, locked by another run, or not a careloop store."""
 
 
+# Views over the raw tables that every engine creates the same way (plain SQL both DuckDB and Spark speak):
+# `encounters` resolves its site, written as Organization/<id> or Organization?identifier=system|value.
+RESOLVED_VIEWS = (
+    """CREATE OR REPLACE TEMP VIEW directory_keys AS
+       SELECT DISTINCT resource_type, resource_id, name,
+              concat(resource_type, '?identifier=', identifier_system, '|', identifier_value) AS cond_ref
+       FROM directory""",
+    """CREATE OR REPLACE TEMP VIEW encounters AS
+       SELECT e.*,
+              coalesce(CASE WHEN e.site_ref LIKE 'Organization/%' THEN split_part(e.site_ref, '/', 2) END,
+                       s.resource_id) AS site_id,
+              coalesce(s.name, s2.name) AS site_name
+       FROM encounters_raw e
+       LEFT JOIN (SELECT DISTINCT cond_ref, resource_id, name FROM directory_keys
+                  WHERE resource_type = 'Organization') s ON s.cond_ref = e.site_ref
+       LEFT JOIN (SELECT DISTINCT resource_id, name FROM directory_keys
+                  WHERE resource_type = 'Organization') s2
+              ON e.site_ref = concat('Organization/', s2.resource_id)""",
+)
+
+
 def _empty_select(schema) -> str:
     cols = ", ".join(f"CAST(NULL AS {_duck_type(f.type)}) AS \"{f.name}\"" for f in schema)
     return f"SELECT {cols} WHERE FALSE"
@@ -166,23 +187,8 @@ class EventStore:
         for table in TABLE_DIRS:
             name = "encounters_raw" if table == "encounters" else table
             con.execute(f"CREATE OR REPLACE VIEW {name} AS {self._source(table)}")
-        con.execute("""
-            CREATE OR REPLACE VIEW directory_keys AS
-            SELECT DISTINCT resource_type, resource_id, name,
-                   resource_type || '?identifier=' || identifier_system || '|' || identifier_value AS cond_ref
-            FROM directory""")
-        con.execute("""
-            CREATE OR REPLACE VIEW encounters AS
-            SELECT e.*,
-                   coalesce(CASE WHEN e.site_ref LIKE 'Organization/%' THEN split_part(e.site_ref, '/', 2) END,
-                            s.resource_id) AS site_id,
-                   coalesce(s.name, s2.name) AS site_name
-            FROM encounters_raw e
-            LEFT JOIN (SELECT DISTINCT cond_ref, resource_id, name FROM directory_keys
-                       WHERE resource_type = 'Organization') s ON s.cond_ref = e.site_ref
-            LEFT JOIN (SELECT DISTINCT resource_id, name FROM directory_keys
-                       WHERE resource_type = 'Organization') s2
-                   ON e.site_ref = 'Organization/' || s2.resource_id""")
+        for sql in RESOLVED_VIEWS:  # persistent views here, so catalog.duckdb keeps them for users
+            con.execute(sql.replace("TEMP VIEW", "VIEW"))
 
     def refresh_catalog(self) -> None:
         """Rewrite `catalog.duckdb` so a user can open it with the duckdb CLI and query the views."""

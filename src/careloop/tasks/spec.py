@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from careloop.errors import CareloopError
+from careloop.specfile import parse_spec, read_spec
 
 ENCOUNTER_CLASSES = ("IMP", "EMER", "AMB", "OBSENC", "HH", "VR", "SS", "ACUTE", "NONAC", "PRENC")
 PRIORITIES = ("EL", "EM", "UR", "A", "R", "S")
@@ -163,37 +163,11 @@ class Task(_Strict):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Task:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise TaskSpecError(f"{path}: cannot read task file ({exc.strerror})") from None
-        return cls.from_text(text, source=str(path))
+        return cls.from_text(*read_spec(path, TaskSpecError, "task"))
 
     @classmethod
     def from_text(cls, text: str, source: str = "<task>") -> Task:
-        try:
-            node = yaml.compose(text)
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            raise TaskSpecError(f"{source}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-        if not isinstance(data, dict):
-            raise TaskSpecError(f"{source}:1: a task file is a mapping (name, index, label, ...)")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            problems = []
-            for err in exc.errors():
-                loc = [p for p in err["loc"] if not (isinstance(p, str) and p in ("str", "AgeUnder"))]
-                line = _line_of(node, loc)
-                where = ".".join(str(p) for p in loc) or "task"
-                msg = err["msg"].removeprefix("Value error, ")
-                if err["type"] == "extra_forbidden":
-                    msg = f"unknown field {loc[-1]!r}"
-                problems.append(f"{source}:{line}: {where}: {msg}")
-            raise TaskSpecError("\n".join(dict.fromkeys(problems))) from None
+        return parse_spec(cls, text, source, TaskSpecError)
 
 
 def _known(values: tuple[str, ...], allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -201,24 +175,6 @@ def _known(values: tuple[str, ...], allowed: tuple[str, ...], what: str) -> tupl
         if v not in allowed:
             raise ValueError(f"unknown {what} {v!r} (known: {', '.join(allowed)})")
     return values
-
-
-def _line_of(node: yaml.Node | None, loc: list) -> int:
-    """1-based line of the deepest YAML node on the error's path."""
-    line = node.start_mark.line + 1 if node is not None else 1
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next(((k, v) for k, v in node.value if k.value == key), None)
-            if match is None:
-                break
-            line = match[0].start_mark.line + 1
-            node = match[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
 
 
 def task_dirs() -> list[Path]:
