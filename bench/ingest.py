@@ -126,8 +126,8 @@ def bench_duckdb(hosp: Path, threads: int, mode: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--small", type=int, default=3_000, help="patients in the small hospital")
-    ap.add_argument("--large", type=int, default=30_000, help="patients in the large hospital")
+    ap.add_argument("--small", type=int, default=10_000, help="patients in the small hospital")
+    ap.add_argument("--large", type=int, default=100_000, help="patients in the large hospital")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--keep", action="store_true", help="keep the event stores in bench-out/")
     args = ap.parse_args()

@@ -6,6 +6,7 @@ One loader for every kind of spec, so that all of them report errors the same wa
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TypeVar
 
@@ -70,3 +71,18 @@ def line_of(node: yaml.Node | None, loc: list) -> int:
         else:
             break
     return line
+
+
+def find_spec(name_or_path: str | Path, env: str, folder: str, error: type[CareloopError], what: str) -> Path:
+    """A spec file by path, or by name in the folders of `$env` and then the repository's `folder/`."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    dirs = [Path(d) for d in os.environ.get(env, "").split(os.pathsep) if d]
+    dirs.append(Path(__file__).resolve().parents[2] / folder)
+    for d in dirs:
+        for suffix in (".yaml", ".yml"):
+            if (d / f"{name_or_path}{suffix}").exists():
+                return d / f"{name_or_path}{suffix}"
+    known = sorted({f.stem for d in dirs if d.is_dir() for f in d.glob("*.y*ml")})
+    raise error(f"unknown {what} {str(name_or_path)!r} (known: {', '.join(known) or 'none'})")

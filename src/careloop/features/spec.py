@@ -5,14 +5,13 @@ index time and an aggregation. A feature set compiles to SQL for either engine (
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from careloop.errors import CareloopError
-from careloop.specfile import parse_spec, read_spec
+from careloop.specfile import find_spec, parse_spec, read_spec
 from careloop.tasks.spec import ENCOUNTER_CLASSES, parse_duration
 
 _NAME = r"^[a-z][a-z0-9_]*$"
@@ -118,21 +117,10 @@ class FeatureSet(BaseModel):
         return parse_spec(cls, text, source, FeatureSpecError)
 
 
-def feature_dirs() -> list[Path]:
-    dirs = [Path(p) for p in os.environ.get("CARELOOP_FEATURES", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[3] / "features")
-    return dirs
-
-
 def load_feature_set(name_or_path: str | Path) -> FeatureSet:
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        return FeatureSet.from_yaml(p)
-    for d in feature_dirs():
-        if (d / f"{name_or_path}.yaml").exists():
-            return FeatureSet.from_yaml(d / f"{name_or_path}.yaml")
-    known = sorted({f.stem for d in feature_dirs() if d.is_dir() for f in d.glob("*.yaml")})
-    raise FeatureSpecError(f"unknown feature set {str(name_or_path)!r} (known: {', '.join(known) or 'none'})")
+    """A feature set by path or by name (`readmission`, looked up in $CARELOOP_FEATURES, then features/)."""
+    return FeatureSet.from_yaml(find_spec(name_or_path, "CARELOOP_FEATURES", "features", FeatureSpecError,
+                                          "feature set"))
 
 
 def window_us(window: str | None) -> int | None:

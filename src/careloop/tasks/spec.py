@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -16,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from careloop.errors import CareloopError
-from careloop.specfile import parse_spec, read_spec
+from careloop.specfile import find_spec, parse_spec, read_spec
 
 ENCOUNTER_CLASSES = ("IMP", "EMER", "AMB", "OBSENC", "HH", "VR", "SS", "ACUTE", "NONAC", "PRENC")
 PRIORITIES = ("EL", "EM", "UR", "A", "R", "S")
@@ -177,21 +176,6 @@ def _known(values: tuple[str, ...], allowed: tuple[str, ...], what: str) -> tupl
     return values
 
 
-def task_dirs() -> list[Path]:
-    """Where tasks are looked up by name: $CARELOOP_TASKS, then the repository's tasks/ folder."""
-    dirs = [Path(p) for p in os.environ.get("CARELOOP_TASKS", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[3] / "tasks")
-    return dirs
-
-
 def load_task(name_or_path: str | Path) -> Task:
-    """A task by file path or by name (`readmission-30d`)."""
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        return Task.from_yaml(p)
-    for d in task_dirs():
-        for suffix in (".yaml", ".yml"):
-            if (d / f"{name_or_path}{suffix}").exists():
-                return Task.from_yaml(d / f"{name_or_path}{suffix}")
-    known = sorted({f.stem for d in task_dirs() if d.is_dir() for f in d.glob("*.y*ml")})
-    raise TaskSpecError(f"unknown task {str(name_or_path)!r} (known: {', '.join(known) or 'none'})")
+    """A task by file path or by name (`readmission-30d`, looked up in $CARELOOP_TASKS, then tasks/)."""
+    return Task.from_yaml(find_spec(name_or_path, "CARELOOP_TASKS", "tasks", TaskSpecError, "task"))
