@@ -182,6 +182,7 @@ class Context:
     full_urls: dict[str, tuple[str, str]] = field(default_factory=dict)  # urn:uuid:x -> (type, id)
     conditional: dict[str, tuple[str, str]] = field(default_factory=dict)  # Type?identifier=s|v -> (type, id)
     patients: dict[str, str] = field(default_factory=dict)  # resolved subject references (a cache)
+    encounters: dict[str, str | None] = field(default_factory=dict)  # resolved encounter references (a cache)
 
 
 _LOCAL_TYPES = frozenset({"Patient", "Encounter", "Condition", "Observation", "Practitioner", "Organization",
@@ -302,10 +303,16 @@ def _code_in(concept: M.CodeableConcept | None, system: str) -> str | None:
 
 
 def _encounter_id(ref: M.Reference | None, ctx: Context) -> str | None:
-    if ref is None:
+    if ref is None or not ref.reference:
         return None
-    hit = resolve(ref.reference, ctx)
-    return hit[1] if hit and hit[0] == "Encounter" else None
+    text = ref.reference
+    eid = ctx.encounters.get(text, "")  # cached per unit, like subjects ("" = not cached yet)
+    if eid != "":
+        return eid
+    hit = resolve(text, ctx)
+    eid = hit[1] if hit and hit[0] == "Encounter" else None
+    ctx.encounters[text] = eid
+    return eid
 
 
 def _subject(ref: M.Reference | None, ctx: Context, key: str = "subject") -> str:

@@ -105,13 +105,15 @@ class _Collector:
             self.counts["skipped"][s.rtype] += 1
             self.reasons[f"skipped: {s.rule}"] += 1
             return
-        self.counts["input"][rtype] += 1
-        self.counts["loaded"][rtype] += 1
+        # loaded resources are counted from `keys` when the unit is written (one less Counter update each)
         self.keys.append(f"{rtype}/{rid}")
         self.content.append(content_hash(raw))
         self.sources.append(source)
 
     def write(self, staging: Path) -> tuple[int, np.ndarray]:
+        loaded = Counter(k.partition("/")[0] for k in self.keys)
+        self.counts["loaded"].update(loaded)
+        self.counts["input"].update(loaded)
         staging.mkdir(parents=True, exist_ok=True)
         hashes = np.fromiter((key_hash(k) for k in self.keys), dtype=np.int64, count=len(self.keys))
         b = self.batch
