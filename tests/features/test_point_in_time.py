@@ -92,3 +92,14 @@ def test_an_event_at_the_index_time_is_seen(hospital_store, tmp_path: Path):
     pq.write_table(pa.table(ev, schema=C.EVENTS), store / "events" / "part-at-index.parquet")
     out = extract(fs, cohort, DuckDBEngine(store)).table.to_pylist()[0]
     assert out["sodium_last"] == 99.0
+
+
+def test_a_prediction_during_the_stay_sees_nothing_of_its_end(hospital_store):
+    """At admission + 24 h the discharge (disposition, final ward) has not happened yet."""
+    fs = load_feature_set("readmission")
+    eng = DuckDBEngine(hospital_store[0])
+    cohort = build_cohort(load_task("inhospital-mortality-24h"), eng).table
+    rows = extract(fs, cohort, eng).table.to_pylist()
+    assert len(rows) > 1000
+    assert all(r["discharge_disposition"] is None for r in rows)
+    assert all(abs(r["los_days"] - 1.0) < 1e-9 for r in rows)

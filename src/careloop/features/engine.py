@@ -140,9 +140,11 @@ GROUP BY c.encounter_id"""
 
 
 def index_sql(d: Dialect) -> str:
-    """Facts of the index stay known at admission, and the patient's birth date."""
+    """Facts of the index stay known at admission (and its discharge ward once it has ended), and the birth date."""
     return f"""
-SELECT c.encounter_id, e.priority, e.admit_source, dk.name AS location_name,
+SELECT c.encounter_id, e.priority, e.admit_source,
+       -- the discharge ward is known only once the stay has ended: never before the index time
+       CASE WHEN {d.micros(d.q('end'))} <= c.index_us THEN dk.name END AS location_name,
        {d.micros("CAST(p.birth_date AS TIMESTAMP)")} AS birth_us
 FROM cohort_idx c
 LEFT JOIN encounters e ON e.encounter_id = c.encounter_id
