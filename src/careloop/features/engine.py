@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from careloop.features.comorbidity import charlson_index, van_walraven_score
 from careloop.features.scores import hospital_score, lace_score
 from careloop.features.spec import Feature, FeatureSet, window_us
-from careloop.tasks.cohort import US_PER_DAY, Dialect, div
+from careloop.tasks.cohort import US_PER_DAY, Dialect, div, sql_literal
 
 
 @dataclass
@@ -28,10 +28,6 @@ class FeatureResult:
     feature_set: str
     table: pa.Table
     summary: dict = field(default_factory=dict)
-
-
-def _lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
 
 
 def _window_cond(f: Feature, t: str) -> str:
@@ -56,18 +52,18 @@ def events_sql(fs: FeatureSet, d: Dialect) -> str:
             cols.append(f"max_by(substr(e.code, {n + 1}), {d.order_key(t, 'e.code')}) FILTER (WHERE {cond}) "
                         f"AS {f.name}")
         elif f.kind == "latest_text":
-            cond = f"e.code = {_lit(f.code)} AND {win}"  # type: ignore[arg-type]
+            cond = f"e.code = {sql_literal(f.code)} AND {win}"  # type: ignore[arg-type]
             cols.append(f"max_by(e.text_value, {d.order_key(t, 'e.text_value')}) FILTER (WHERE {cond}) AS {f.name}")
         elif f.kind == "distinct_codes":
             cond = f"{d.starts('e.code', f.prefix)} AND {win}"
             cols.append(f"count(DISTINCT CASE WHEN {cond} THEN e.code END) AS {f.name}")
         elif f.kind == "event_count":
-            cond = f"e.source_resource = {_lit(f.source)} AND {win}"  # type: ignore[arg-type]
+            cond = f"e.source_resource = {sql_literal(f.source)} AND {win}"  # type: ignore[arg-type]
             cols.append(f"count(CASE WHEN {cond} THEN 1 END) AS {f.name}")
         elif f.kind == "comorbidity":
             cols.append(f"{d.distinct_list('e.code', d.starts('e.code', 'ICD10CM/'))} AS {f.name}__codes")
         elif f.kind == "measurement":
-            cond = f"e.code = {_lit(f.code)} AND e.numeric_value IS NOT NULL AND {win}"  # type: ignore[arg-type]
+            cond = f"e.code = {sql_literal(f.code)} AND e.numeric_value IS NOT NULL AND {win}"  # type: ignore[arg-type]
             key = d.order_key(t, "e.numeric_value")
             last = f"max_by(e.numeric_value, {key}) FILTER (WHERE {cond})"
             first = f"min_by(e.numeric_value, {key}) FILTER (WHERE {cond})"
@@ -108,10 +104,10 @@ def _event_filter(fs: FeatureSet, d: Dialect) -> str:
             prefixes.add("ICD10CM/")
     parts = []
     if codes:
-        parts.append("code IN (" + ", ".join(map(_lit, sorted(codes))) + ")")
+        parts.append("code IN (" + ", ".join(map(sql_literal, sorted(codes))) + ")")
     parts += [d.starts("code", p) for p in sorted(prefixes)]
     if sources:
-        parts.append("source_resource IN (" + ", ".join(map(_lit, sorted(sources))) + ")")
+        parts.append("source_resource IN (" + ", ".join(map(sql_literal, sorted(sources))) + ")")
     return "(" + " OR ".join(parts or ["FALSE"]) + ")"
 
 
@@ -121,11 +117,11 @@ def encounters_sql(fs: FeatureSet, d: Dialect) -> str:
     for f in fs.features:
         if f.kind == "encounter_count":
             back = window_us(f.window)
-            classes = ", ".join(map(_lit, f.classes))
+            classes = ", ".join(map(sql_literal, f.classes))
             cols.append(f"count(CASE WHEN r.class IN ({classes}) AND r.start_us >= c.admit_us - {back} "
                         f"AND coalesce(r.end_us, r.start_us) < c.admit_us THEN 1 END) AS {f.name}")
         elif f.kind == "days_since_discharge":
-            classes = ", ".join(map(_lit, f.classes))
+            classes = ", ".join(map(sql_literal, f.classes))
             last_end = f"max(CASE WHEN r.class IN ({classes}) AND r.end_us <= c.admit_us THEN r.end_us END)"
             gap = f"max(c.admit_us) - {last_end}"
             cols.append(f"{div(gap, str(US_PER_DAY))} AS {f.name}")

@@ -110,12 +110,13 @@ class SparkDialect(Dialect):
         return f"collect_set(CASE WHEN {cond} THEN {expr} END)"
 
 
-def _lit(value: str) -> str:
+def sql_literal(value: str) -> str:
+    """A SQL string literal (quotes doubled), the same in DuckDB and Spark."""
     return "'" + value.replace("'", "''") + "'"
 
 
 def _in(values: tuple[str, ...]) -> str:
-    return "(" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + ")"
+    return "(" + ", ".join(map(sql_literal, values)) + ")"
 
 
 def candidates_sql(task: Task, d: Dialect) -> str:
@@ -254,7 +255,7 @@ def build_cohort(task: Task, con, *, dialect: Dialect | None = None, data_end: d
     pids = t.column("patient_id").to_pylist()
     held = None
     if task.split.by == "site":  # the held-out site by name, id, or any identifier of its Organization
-        key = _lit(task.split.test_site)  # type: ignore[arg-type]
+        key = sql_literal(task.split.test_site)  # type: ignore[arg-type]
         held = con.arrow("SELECT DISTINCT resource_id FROM directory WHERE resource_type = 'Organization' AND "
                          f"(identifier_value = {key} OR name = {key} OR resource_id = {key})").column(0).to_pylist()
     splits = assign_splits(task, pids, t.column("index_us").to_pylist(), t.column("site_name").to_pylist(),
