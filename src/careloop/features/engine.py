@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from careloop.errors import CareloopError
 from careloop.features.comorbidity import charlson_index, van_walraven_score
 from careloop.features.scores import hospital_score, lace_score
 from careloop.features.spec import Feature, FeatureSet, window_us
@@ -152,82 +153,89 @@ LEFT JOIN (SELECT DISTINCT resource_id, name FROM directory WHERE resource_type 
 def extract(fs: FeatureSet, cohort: pa.Table, engine) -> FeatureResult:
     """The feature matrix of `cohort` (a table from `careloop cohort`) on `engine` (DuckDB or Spark)."""
     d: Dialect = engine.dialect
-    idx = pa.table({
-        "encounter_id": cohort.column("encounter_id"),
-        "subject_id": cohort.column("subject_id"),
-        "index_us": pc.cast(pc.cast(cohort.column("index_time"), pa.timestamp("us", tz="UTC")), pa.int64()),
-        "admit_us": pc.cast(pc.cast(cohort.column("admit_time"), pa.timestamp("us", tz="UTC")), pa.int64()),
-    })
+    index_us = pc.cast(pc.cast(cohort.column("index_time"), pa.timestamp("us", tz="UTC")), pa.int64())
+    admit_us = pc.cast(pc.cast(cohort.column("admit_time"), pa.timestamp("us", tz="UTC")), pa.int64())
+    idx = pa.table({"encounter_id": cohort.column("encounter_id"), "subject_id": cohort.column("subject_id"),
+                    "index_us": index_us, "admit_us": admit_us})
     _register(engine, idx)
-    ev = _by_id(engine.arrow(events_sql(fs, d)))
-    en = _by_id(engine.arrow(encounters_sql(fs, d)))
-    ix = _by_id(engine.arrow(index_sql(d)))
     ids = cohort.column("encounter_id").to_pylist()
-    index_us = idx.column("index_us").to_pylist()
-    admit_us = idx.column("admit_us").to_pylist()
-    out: dict[str, list] = {c: [] for c in ("encounter_id", "patient_id", "index_time", "label", "split")}
-    for c in ("encounter_id", "patient_id", "index_time", "label", "split"):
-        out[c] = cohort.column(c).to_pylist()
-    values: dict[str, list] = {c: [] for c in fs.columns}
-    for i, eid in enumerate(ids):
-        row_e, row_n, row_x = ev.get(eid, {}), en.get(eid, {}), ix.get(eid, {})
-        computed: dict[str, object] = {}
-        for f in fs.features:
-            if f.kind == "age":
-                b = row_x.get("birth_us")
-                computed[f.name] = None if b is None else (index_us[i] - b) / (US_PER_DAY * 365.25)
-            elif f.kind == "length_of_stay":
-                computed[f.name] = (index_us[i] - admit_us[i]) / US_PER_DAY
-            elif f.kind == "emergent":
-                p = row_x.get("priority")
-                computed[f.name] = None if p is None else p in ("EM", "UR")
-            elif f.kind == "admit_source":
-                computed[f.name] = row_x.get("admit_source")
-            elif f.kind == "comorbidity":
-                codes = row_e.get(f"{f.name}__codes") or []
-                computed[f.name] = charlson_index(codes) if f.index == "charlson" else van_walraven_score(codes)
-            elif f.kind in ("encounter_count", "days_since_discharge"):
-                computed[f.name] = row_n.get(f.name, 0 if f.kind == "encounter_count" else None)
-            elif f.kind == "score":
-                continue
-            else:
-                for c in f.columns:
-                    computed[c] = row_e.get(c)
-        for f in fs.features:
-            if f.kind == "score":
-                computed[f.name] = _score(f.score, computed, row_x, index_us[i], admit_us[i])  # type: ignore[arg-type]
-        for c in fs.columns:
-            values[c].append(computed.get(c))
-    table = pa.table(out)
+    ev = _aligned(engine.arrow(events_sql(fs, d)), ids)
+    en = _aligned(engine.arrow(encounters_sql(fs, d)), ids)
+    ix = _aligned(engine.arrow(index_sql(d)), ids)
+    cols: dict[str, pa.Array] = {}
+    for f in fs.features:
+        if f.kind == "age":
+            cols[f.name] = _per(pc.subtract(index_us, ix.column("birth_us")), US_PER_DAY * 365.25)
+        elif f.kind == "length_of_stay":
+            cols[f.name] = _per(pc.subtract(index_us, admit_us), US_PER_DAY)
+        elif f.kind == "emergent":
+            prio = ix.column("priority")
+            cols[f.name] = pc.if_else(pc.is_null(prio), pa.scalar(None, pa.bool_()),
+                                      pc.is_in(prio, pa.array(["EM", "UR"])))
+        elif f.kind == "admit_source":
+            cols[f.name] = ix.column("admit_source")
+        elif f.kind == "comorbidity":
+            score = charlson_index if f.index == "charlson" else van_walraven_score
+            cols[f.name] = pa.array([score(c or []) for c in ev.column(f"{f.name}__codes").to_pylist()], pa.float64())
+        elif f.kind == "encounter_count":
+            cols[f.name] = pc.fill_null(en.column(f.name), 0)
+        elif f.kind == "days_since_discharge":
+            cols[f.name] = en.column(f.name)
+        elif f.kind != "score":
+            for c in f.columns:
+                cols[c] = ev.column(c)
+    for f in fs.features:
+        if f.kind == "score":
+            cols[f.name] = _scores(f.score, cols, ix, index_us, admit_us)  # type: ignore[arg-type]
+    table = cohort.select(["encounter_id", "patient_id", "index_time", "label", "split"])
     for c in fs.columns:
-        table = table.append_column(c, _array(values[c]))
+        table = table.append_column(c, _numeric(cols[c]))
     return FeatureResult(fs.name, table, summarize(fs, table))
 
 
-def _score(name: str, f: dict, row_x: dict, index_us: int, admit_us: int) -> int:
+def _aligned(t: pa.Table, ids: list[str]) -> pa.Table:
+    """Rows of a per-stay query put in cohort order (each query returns exactly one row per index stay)."""
+    pos = {eid: i for i, eid in enumerate(t.column("encounter_id").to_pylist())}
+    if len(pos) != len(ids) or t.num_rows != len(ids):
+        raise CareloopError(f"feature query returned {t.num_rows} rows for {len(ids)} index stays")
+    return t.take(pa.array([pos[e] for e in ids], pa.int64()))
+
+
+def _per(delta_us: pa.Array, unit_us: float) -> pa.Array:
+    return pc.divide(pc.cast(delta_us, pa.float64()), unit_us)
+
+
+def _scores(name: str, cols: dict[str, pa.Array], ix: pa.Table, index_us: pa.Array, admit_us: pa.Array
+            ) -> pa.Array:
+    """LACE or HOSPITAL per stay, from the features already computed (missing inputs count as normal)."""
+    n = len(index_us)
+
+    def get(c: str) -> list:
+        return cols[c].to_pylist() if c in cols else [None] * n
+
     # LACE and HOSPITAL count length of stay in calendar days (discharge date minus admission date)
-    los_days = math.floor(index_us / US_PER_DAY) - math.floor(admit_us / US_PER_DAY)
-    emergent = row_x.get("priority") in ("EM", "UR")
+    days = [math.floor(i / US_PER_DAY) - math.floor(a / US_PER_DAY)
+            for i, a in zip(index_us.to_pylist(), admit_us.to_pylist(), strict=True)]
+    emergent = [p in ("EM", "UR") for p in ix.column("priority").to_pylist()]
     if name == "lace":
-        return lace_score(los_days=los_days, emergent=emergent, charlson=int(f.get("charlson_index") or 0),
-                          ed_visits_6m=int(f.get("ed_visits_180d") or 0))
-    return hospital_score(
-        hemoglobin_g_dl=f.get("hemoglobin_last"), oncology="oncolog" in (row_x.get("location_name") or "").lower(),
-        sodium_mmol_l=f.get("sodium_last"), procedure=bool(f.get("procedures_in_stay")), urgent=emergent,
-        admissions_12m=int(f.get("admissions_365d") or 0), los_days=los_days)
+        out = [lace_score(los_days=los, emergent=em, charlson=int(ch or 0), ed_visits_6m=int(ed or 0))
+               for los, em, ch, ed in zip(days, emergent, get("charlson_index"), get("ed_visits_180d"), strict=True)]
+    else:
+        oncology = ["oncolog" in (loc or "").lower() for loc in ix.column("location_name").to_pylist()]
+        out = [hospital_score(hemoglobin_g_dl=hb, oncology=onc, sodium_mmol_l=na, procedure=bool(pr), urgent=em,
+                              admissions_12m=int(adm or 0), los_days=los)
+               for hb, onc, na, pr, em, adm, los in zip(get("hemoglobin_last"), oncology, get("sodium_last"),
+                                                        get("procedures_in_stay"), emergent, get("admissions_365d"),
+                                                        days, strict=True)]
+    return pa.array(out, pa.float64())
 
 
-def _array(values: list) -> pa.Array:
-    arr = pa.array(values)
-    if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_decimal(arr.type):
+def _numeric(arr: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Counts, sums and scores as float64, so both engines give the same types; text and booleans unchanged."""
+    t = arr.type
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t):
         return pc.cast(arr, pa.float64())
-    if pa.types.is_null(arr.type):
-        return pa.array(values, pa.float64())
     return arr
-
-
-def _by_id(t: pa.Table) -> dict[str, dict]:
-    return {r["encounter_id"]: r for r in t.to_pylist()}
 
 
 def _register(engine, idx: pa.Table) -> None:
