@@ -41,7 +41,6 @@ AGGS = ["code/count", "value/count", "value/sum", "value/min", "value/max"]
 CHILD = """
 import json, sys, time
 import pyarrow.parquet as pq
-from _memory import PeakSampler
 from careloop.engines import DuckDBEngine
 from careloop.features.engine import extract
 from careloop.features.spec import load_feature_set
