@@ -1,11 +1,14 @@
-"""Run an ingest: enumerate units, map them in worker processes, commit them in order, report.
+"""Run an ingest: enumerate units, map them in worker processes, commit them in order, settle duplicates, report.
 
 Commit protocol (what makes a run idempotent and safe to kill at any point):
-1. a worker writes a unit's parts to `STORE/.staging/<uid>/`;
-2. the parent, in unit order, drops resources already in the store (a `Type/id` seen before), moves the parts
-   to `STORE/<table>/part-<uid>.parquet`, then writes `STORE/_ledger/<uid>.json`;
-3. at start, parts without a ledger entry (a run killed between 2's moves and its ledger write) are deleted
-   and the staging area is cleared, so a re-run redoes exactly the unfinished units.
+1. a worker writes a unit's parts to `STORE/.staging/<uid>/` (a resource repeated inside the unit is kept once);
+2. the parent, in unit order, moves the parts to `STORE/<table>/part-<uid>.parquet`, then writes
+   `STORE/_ledger/<uid>.json` (with its commit sequence number);
+3. at the end, resources loaded more than once (same Type/id, from different units or runs) are settled: the
+   latest version's content stays, once; removals are journalled in `STORE/_journal/` before they are made;
+4. at start, journalled removals are finished, parts without a ledger entry (a run killed between 2's moves and
+   its ledger write) are deleted and the staging area is cleared, so a re-run redoes exactly what was unfinished,
+   and step 3 settles anything a killed run left unsettled.
 """
 
 from __future__ import annotations
@@ -20,12 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+import duckdb
 import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from careloop.errors import CareloopError
 from careloop.ingest.units import (
@@ -36,7 +35,7 @@ from careloop.ingest.units import (
     ndjson_units,
     process_unit,
 )
-from careloop.store import KEYS, TABLE_DIRS, EventStore
+from careloop.store import TABLE_DIRS, EventStore
 
 
 class IngestError(CareloopError):
@@ -171,165 +170,92 @@ def _units(sources: Iterable[object], plan: _Plan, rest_options: dict) -> Iterat
 
 
 class _Committer:
+    """Moves each unit's parts into the store, in unit order, and records it in the ledger. Duplicates across
+    units are settled once at the end of the run (`settle_duplicates`), so committing needs no in-memory index
+    and memory does not grow with the store."""
+
     def __init__(self, store: EventStore, report: IngestReport) -> None:
         self.store = store
         self.report = report
-        self.known = self._load_known()
-        self.fresh: list[np.ndarray] = []
-        self.fresh_n = 0
-        self.file_counts: dict[str, dict] = {}
-
-    def _load_known(self) -> np.ndarray:
-        parts = sorted((self.store.root / "resources").glob("*.parquet"))
-        if not parts:
-            return np.empty(0, dtype=np.int64)
-        col = ds.dataset(parts, format="parquet").to_table(columns=["key_hash"]).column(0)
-        known = col.to_numpy().copy()
-        known.sort()
-        return known
-
-    def _seen(self, hashes: np.ndarray) -> np.ndarray:
-        """Which hashes are already in the store. Needles are sorted first, so the binary searches walk the big
-        sorted array in order (cache-friendly), then the answer is put back in the caller's order."""
-        order = np.argsort(hashes, kind="stable")
-        needles = hashes[order]
-        hit = _member(self.known, needles)
-        for arr in self.fresh:
-            hit |= _member(arr, needles)
-        out = np.empty(len(hashes), dtype=bool)
-        out[order] = hit
-        return out
-
-    def _remember(self, hashes: np.ndarray) -> None:
-        """Add committed hashes; small sorted runs are merged into the big one now and then (amortised)."""
-        self.fresh.append(np.sort(hashes))
-        self.fresh_n += len(hashes)
-        if self.fresh_n > max(1_000_000, len(self.known) // 4) or len(self.fresh) > 8:
-            merged = np.concatenate([self.known, *self.fresh])
-            merged.sort(kind="stable")  # duplicates are harmless for membership
-            self.known, self.fresh, self.fresh_n = merged, [], 0
+        self.seq = time.time_ns()
+        self.units: set[str] = set()
 
     def commit(self, res: UnitResult) -> None:
         staged = self.store.staging / res.uid
-        counts = {k: Counter(v) for k, v in res.counts.items()}
-        reasons = Counter(res.reasons)
-        hashes = res.key_hashes
-        if len(hashes):
-            dup_in_unit = np.zeros(len(hashes), dtype=bool)
-            ordered = np.sort(hashes)
-            if (ordered[1:] == ordered[:-1]).any():  # rare: the same Type/id twice in one unit
-                _, first = np.unique(hashes, return_index=True)
-                dup_in_unit[np.setdiff1d(np.arange(len(hashes)), first)] = True
-            candidates = self._seen(hashes) | dup_in_unit
-            if candidates.any():
-                hashes, superseded = self._drop_duplicates(staged, candidates, counts, reasons)
-                if superseded:  # an update: promise, remove the old copies, then commit the new ones
-                    entry = self.store.journal / f"{res.uid}.json"
-                    entry.write_bytes(orjson.dumps({u: sorted(k) for u, k in superseded.items()}))
-                    for unit, keys in superseded.items():
-                        self.store.remove_resources(unit, keys)
         for table in TABLE_DIRS:
             part = staged / f"{table}.parquet"
             if part.exists():
                 os.replace(part, self.store.root / table / f"part-{res.uid}.parquet")
-        record = {"uid": res.uid, "label": res.label, "counts": {k: dict(v) for k, v in counts.items()},
-                  "reasons": dict(reasons), "rows": res.rows}
+        self.seq = max(self.seq + 1, time.time_ns())  # commit order, for "the latest version wins"
+        record = {"uid": res.uid, "label": res.label, "seq": self.seq,
+                  "counts": {k: dict(v) for k, v in res.counts.items()}, "reasons": dict(res.reasons),
+                  "rows": res.rows}
         tmp = self.store.ledger / f".{res.uid}.tmp"
         tmp.write_bytes(orjson.dumps(record))
         os.replace(tmp, self.store.ledger / f"{res.uid}.json")
         shutil.rmtree(staged, ignore_errors=True)
-        (self.store.journal / f"{res.uid}.json").unlink(missing_ok=True)
-        if len(hashes):
-            self._remember(hashes)
-        self.report.add(counts, reasons)
+        self.units.add(res.uid)
+        self.report.add(res.counts, res.reasons)
         self.report.units += 1
 
-    def _drop_duplicates(self, staged: Path, candidates: np.ndarray, counts: dict[str, Counter],
-                         reasons: Counter) -> tuple[np.ndarray, dict[str, set[str]]]:
-        """Exact check of the hash hits. A resource already loaded with the same content is skipped; one with
-        new content is an update: it is kept, and its old copy is returned for removal (by unit)."""
-        index = pq.read_table(staged / "resources.parquet")
-        keys = index.column("resource_key").to_pylist()
-        chash = index.column("content_hash").to_pylist()
-        hit_keys = {keys[i] for i in np.flatnonzero(candidates)}
-        loaded: dict[str, tuple[int, str]] = {}
-        parts = sorted((self.store.root / "resources").glob("*.parquet"))
-        if parts:
-            found = ds.dataset(parts, format="parquet").to_table(
-                columns=["resource_key", "content_hash", "unit"],
-                filter=pc.field("resource_key").isin(pa.array(sorted(hit_keys))))
-            for k, h, u in zip(*(found.column(c).to_pylist() for c in ("resource_key", "content_hash", "unit")),
-                               strict=True):
-                loaded[k] = (h, u)
-        keep = np.ones(len(keys), dtype=bool)
-        seen_here: set[str] = set()
-        superseded: dict[str, set[str]] = {}
-        for i, k in enumerate(keys):
-            rtype = k.split("/", 1)[0]
-            old = loaded.get(k)
-            if k in seen_here or (old is not None and old[0] == chash[i]):
-                keep[i] = False
+
+SETTLE_MEMORY = "512MB"  # DuckDB's limit for the duplicate check; beyond it, it spills to disk
+
+
+def settle_duplicates(store: EventStore, report: IngestReport, run_units: set[str]) -> int:
+    """Resources loaded more than once (same Type/id) keep one copy: the latest version's content, and among
+    copies with that content the first loaded. Removals are journalled before they are made. Returns how many
+    copies were removed."""
+    parts = store.parts("resources")
+    if not parts:
+        return 0
+    files = "[" + ", ".join(f"'{p}'" for p in parts) + "]"
+    con = duckdb.connect()
+    try:
+        con.execute(f"SET memory_limit = '{SETTLE_MEMORY}'")
+        con.execute(f"SET temp_directory = '{store.staging / 'duckdb-spill'}'")
+        rows = con.execute(f"""
+            WITH r AS (SELECT resource_key, key_hash, content_hash, unit FROM read_parquet({files})),
+                 twice AS (SELECT key_hash FROM r GROUP BY key_hash HAVING count(*) > 1)
+            SELECT resource_key, list(unit), list(content_hash)
+            FROM r WHERE key_hash IN (SELECT key_hash FROM twice)
+            GROUP BY resource_key HAVING count(*) > 1""").fetchall()
+    finally:
+        con.close()
+    if not rows:
+        return 0
+    seq: dict[str, int] = {}
+    for _, units, _ in rows:
+        for u in units:
+            if u not in seq:
+                rec = store.ledger / f"{u}.json"
+                seq[u] = orjson.loads(rec.read_bytes()).get("seq", 0) if rec.exists() else 0
+    removals: dict[str, set[str]] = {}
+    counts: dict[str, Counter] = {"loaded": Counter(), "skipped": Counter()}
+    reasons: Counter = Counter()
+    for key, units, hashes in rows:
+        copies = sorted(zip(units, hashes, strict=True), key=lambda c: seq[c[0]])
+        latest = copies[-1][1]
+        keep = next(c for c in copies if c[1] == latest)
+        rtype = key.split("/", 1)[0]
+        for unit, h in copies:
+            if (unit, h) == keep:
+                continue
+            removals.setdefault(unit, set()).add(key)
+            if unit in run_units:  # counted as loaded by this run: it was not, after all
                 counts["loaded"][rtype] -= 1
                 counts["skipped"][rtype] += 1
-                reasons["skipped: duplicate of a loaded resource (same Type/id, same content)"] += 1
-            elif old is not None:
-                superseded.setdefault(old[1], set()).add(k)
-                reasons["loaded: update replacing an earlier version (same Type/id, new content)"] += 1
-            seen_here.add(k)
-        if keep.all():
-            return index.column("key_hash").to_numpy(), superseded
-        drop = pa.array(sorted({keys[i] for i in np.flatnonzero(~keep)}))
-        kept_rows = pa.array(np.flatnonzero(keep))
-        pq.write_table(index.take(kept_rows), staged / "resources.parquet", compression="zstd")
-        inside = {keys[i] for i in np.flatnonzero(~keep)} - set(loaded)
-        for table, (a, b) in KEYS.items():
-            part = staged / f"{table}.parquet"
-            if not part.exists():
-                continue
-            t = pq.read_table(part)
-            rtype = t.column(a) if a in t.column_names else pa.array([a] * t.num_rows)
-            key = pc.binary_join_element_wise(rtype, t.column(b), "/")
-            if inside:
-                # a duplicate inside this unit: keep the rows of its first occurrence only
-                t = _first_occurrence_rows(t, key, drop, set(loaded))
-            else:
-                t = t.filter(pc.invert(pc.is_in(key, drop)))
-            pq.write_table(t, part, compression="zstd")
-        return index.take(kept_rows).column("key_hash").to_numpy(), superseded
-
-
-def _member(sorted_keys: np.ndarray, hashes: np.ndarray) -> np.ndarray:
-    """Which of `hashes` are in the sorted array (binary search: no hashing, no copies of the big side)."""
-    if not len(sorted_keys):
-        return np.zeros(len(hashes), dtype=bool)
-    idx = np.searchsorted(sorted_keys, hashes)
-    idx[idx == len(sorted_keys)] = len(sorted_keys) - 1
-    return sorted_keys[idx] == hashes
-
-
-def _first_occurrence_rows(t: pa.Table, key: pa.Array, drop: pa.Array, loaded: set[str]) -> pa.Table:
-    """Keep rows of keys not dropped, and for keys duplicated within the unit only their first run of rows."""
-    keys = key.to_pylist()
-    drop_set = set(drop.to_pylist())
-    keep = []
-    finished: set[str] = set()
-    current = None
-    for k in keys:
-        if k not in drop_set:
-            keep.append(True)
-            continue
-        if k in loaded:
-            keep.append(False)
-            continue
-        if current != k and k in finished:
-            keep.append(False)
-            continue
-        if current != k:
-            if current is not None:
-                finished.add(current)
-            current = k
-        keep.append(True)
-    return t.filter(pa.array(keep))
+                reasons["skipped: duplicate of a loaded resource (same Type/id, same content)" if h == latest
+                        else "skipped: superseded by a newer version in the same run"] += 1
+        if keep[0] in run_units and any(h != latest for _, h in copies):
+            reasons["loaded: update replacing an earlier version (same Type/id, new content)"] += 1
+    entry = store.journal / f"settle-{time.time_ns()}.json"
+    entry.write_bytes(orjson.dumps({u: sorted(k) for u, k in removals.items()}))
+    for unit, keys in removals.items():
+        store.remove_resources(unit, keys)
+    entry.unlink()
+    report.add(counts, reasons)
+    return sum(len(k) for k in removals.values())
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -396,6 +322,7 @@ def ingest(sources: list[object], store: Path | str, *, workers: int | None = No
                 drain(block=bool(pending))
                 if not pending and next_commit == before:
                     break
+        settle_duplicates(st, report, committer.units)
         st.refresh_catalog()
     report.seconds = time.perf_counter() - t0
     return report

@@ -62,6 +62,7 @@ class _Collector:
         self.batch = Batch()
         self.q: dict[str, list] = {k: [] for k in C.QUARANTINE.names}
         self.keys: list[str] = []
+        self.seen: set[str] = set()
         self.content: list[int] = []
         self.sources: list[str] = []
         self.counts: dict[str, Counter] = {k: Counter() for k in ("input", "loaded", "quarantined", "skipped")}
@@ -89,6 +90,13 @@ class _Collector:
         # (tests/ingest/test_quarantine.py checks this for a panel whose second component is bad)
         try:
             res = decode(raw)
+            rid = res.id or fallback_id
+            if rid and f"{type(res).__name__}/{rid}" in self.seen:  # the same resource twice in one unit
+                rtype = type(res).__name__
+                self.counts["input"][rtype] += 1
+                self.counts["skipped"][rtype] += 1
+                self.reasons["skipped: same Type/id again in the same batch of input (first copy kept)"] += 1
+                return
             try:
                 rtype, rid = map_resource(res, ctx, self.batch, fallback_id)
             except Reject as r:
@@ -106,7 +114,9 @@ class _Collector:
             self.reasons[f"skipped: {s.rule}"] += 1
             return
         # loaded resources are counted from `keys` when the unit is written (one less Counter update each)
-        self.keys.append(f"{rtype}/{rid}")
+        key = f"{rtype}/{rid}"
+        self.keys.append(key)
+        self.seen.add(key)
         self.content.append(content_hash(raw))
         self.sources.append(source)
 
