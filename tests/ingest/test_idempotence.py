@@ -124,4 +124,32 @@ def test_a_promised_removal_is_finished_after_a_crash(tmp_path: Path):
     ingest([export], store, workers=1)  # recovery runs first, whatever the sources
     con = EventStore.open(store).connect()
     assert con.execute("SELECT count(*) FROM patients").fetchone()[0] == 0
-    assert not list((store / "_journal").iterdir())
+    assert [p.name for p in (store / "_journal").iterdir()] == ["settled.json"]  # no promise left
+
+
+def test_a_run_killed_before_settling_is_settled_by_the_next(tmp_path: Path, monkeypatch):
+    from careloop.ingest import runner
+
+    export = tmp_path / "export"
+    export.mkdir()
+    pat = [{"resourceType": "Patient", "id": f"p{i}", "birthDate": "1950-01-01"} for i in range(4)]
+    (export / "a.ndjson").write_bytes(b"\n".join(map(orjson.dumps, pat[:3])) + b"\n")
+    store = tmp_path / "store"
+    ingest([export], store, workers=1)
+    (export / "b.ndjson").write_bytes(b"\n".join(map(orjson.dumps, pat[1:])) + b"\n")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "settle_duplicates", killed)
+    try:
+        ingest([export], store, workers=1)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    con = EventStore.open(store).connect()
+    assert con.execute("SELECT count(*) FROM patients").fetchone()[0] == 6  # both copies of p1 and p2, unsettled
+    again = ingest([export], store, workers=1).to_json()
+    assert again["loaded"] == 0
+    con = EventStore.open(store).connect()
+    assert con.execute("SELECT count(*), count(DISTINCT patient_id) FROM patients").fetchone() == (4, 4)

@@ -322,7 +322,7 @@ def ingest(sources: list[object], store: Path | str, *, workers: int | None = No
                 drain(block=bool(pending))
                 if not pending and next_commit == before:
                     break
-        settle_duplicates(st, report, committer.units)
+        _settle_if_needed(st, report, committer.units)
         st.refresh_catalog()
     report.seconds = time.perf_counter() - t0
     return report
@@ -344,6 +344,18 @@ class _InProcess:
         except BaseException as exc:  # handed to the caller through the future, as a pool would
             fut.set_exception(exc)
         return fut
+
+
+def _settle_if_needed(st: EventStore, report: IngestReport, run_units: set[str]) -> None:
+    """Settle duplicates unless nothing was committed since the last settling (a re-run of known input)."""
+    marker = st.journal / "settled.json"
+    committed = sum(1 for p in st.ledger.glob("*.json") if not p.name.startswith("file-"))
+    if not run_units and marker.exists() and orjson.loads(marker.read_bytes()).get("units") == committed:
+        return
+    settle_duplicates(st, report, run_units)
+    tmp = st.journal / ".settled.tmp"
+    tmp.write_bytes(orjson.dumps({"units": committed}))
+    os.replace(tmp, marker)
 
 
 def _write_file_ledger(st: EventStore, key: str, order: list[object], end: int) -> None:

@@ -143,6 +143,8 @@ class EventStore:
         import orjson
 
         for entry in sorted(self.journal.glob("*.json")):
+            if entry.name == "settled.json":  # a marker, not a promise
+                continue
             for unit, keys in orjson.loads(entry.read_bytes()).items():
                 self.remove_resources(unit, set(keys))
             entry.unlink()
