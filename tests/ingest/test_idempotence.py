@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from careloop.ingest.runner import ingest
 from careloop.store import EventStore
@@ -142,10 +143,8 @@ def test_a_run_killed_before_settling_is_settled_by_the_next(tmp_path: Path, mon
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "settle_duplicates", killed)
-    try:
+    with pytest.raises(KeyboardInterrupt):
         ingest([export], store, workers=1)
-    except KeyboardInterrupt:
-        pass
     monkeypatch.undo()
     con = EventStore.open(store).connect()
     assert con.execute("SELECT count(*) FROM patients").fetchone()[0] == 6  # both copies of p1 and p2, unsettled
