@@ -64,7 +64,8 @@ class _Collector:
         self.keys: list[str] = []
         self.seen: set[str] = set()
         self.content: list[int] = []
-        self.sources: list[str] = []
+        self.sources: list[str | tuple[str, int]] = []
+        self.types: list[str] = []
         self.counts: dict[str, Counter] = {k: Counter() for k in ("input", "loaded", "quarantined", "skipped")}
         self.reasons: Counter = Counter()
 
@@ -113,15 +114,16 @@ class _Collector:
             self.counts["skipped"][s.rtype] += 1
             self.reasons[f"skipped: {s.rule}"] += 1
             return
-        # loaded resources are counted from `keys` when the unit is written (one less Counter update each)
+        # loaded resources are counted once per unit, from `types`, when the unit is written
         key = f"{rtype}/{rid}"
         self.keys.append(key)
+        self.types.append(rtype)
         self.seen.add(key)
         self.content.append(content_hash(raw))
         self.sources.append(source)
 
     def write(self, staging: Path) -> tuple[int, np.ndarray]:
-        loaded = Counter(k.partition("/")[0] for k in self.keys)
+        loaded = Counter(self.types)
         self.counts["loaded"].update(loaded)
         self.counts["input"].update(loaded)
         staging.mkdir(parents=True, exist_ok=True)
@@ -149,14 +151,22 @@ class _Collector:
                     pa.array(self.keys, pa.string()),
                     pa.array(hashes, pa.int64()),
                     pa.array(self.content, pa.int64()),
-                    pa.array([s if isinstance(s, str) else s[0] for s in self.sources], pa.string()),
-                    pa.array([None if isinstance(s, str) else s[1] for s in self.sources], pa.int64()),
+                    *_source_columns(self.sources),
                     pa.array([self.uid] * len(self.keys), pa.string()),
                 ],
                 schema=C.RESOURCES,
             )
             pq.write_table(table, staging / "resources.parquet", compression="zstd")
         return rows, hashes
+
+
+def _source_columns(sources: list[str | tuple[str, int]]) -> tuple[pa.Array, pa.Array]:
+    """(source, line) columns of the resource index. An NDJSON unit is a slice of one file, so its sources are
+    (that file, line) pairs; a Bundle or REST unit gives labels."""
+    if sources and isinstance(sources[0], tuple):
+        lines = pa.array([s[1] for s in sources], pa.int64())  # type: ignore[index]
+        return pa.repeat(pa.scalar(sources[0][0], pa.string()), len(sources)), lines
+    return pa.array(sources, pa.string()), pa.nulls(len(sources), pa.int64())
 
 
 def _bundle_context(entries: list[M.Entry]) -> tuple[Context, list[M.Head | None]]:
