@@ -45,6 +45,12 @@ BAD = [  # (line, reason)
 ]
 
 
+def test_every_declared_reason_has_a_case_here():
+    from careloop.ingest.mapping import REASONS
+
+    assert {reason for _, reason in BAD} == set(REASONS)
+
+
 @pytest.fixture
 def bad_export(tmp_path: Path) -> Path:
     folder = tmp_path / "export"

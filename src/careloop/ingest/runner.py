@@ -116,7 +116,6 @@ class _Plan:
     def __init__(self, store: EventStore, report: IngestReport) -> None:
         self.store = store
         self.report = report
-        self.file_units: dict[str, list[str]] = {}  # file ledger key -> its unit ids
 
     def done(self, uid: str) -> dict | None:
         p = self.store.ledger / f"{uid}.json"

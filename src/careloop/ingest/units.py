@@ -48,7 +48,6 @@ class UnitResult:
     label: str
     counts: dict[str, Counter]  # input/loaded/quarantined/skipped by resource type
     reasons: Counter  # quarantine reasons and skip rules
-    key_hashes: np.ndarray  # key_hash of each resource loaded, in order
     seconds: float = 0.0
     rows: int = 0
     extra: dict = field(default_factory=dict)
@@ -122,7 +121,7 @@ class _Collector:
         self.content.append(content_hash(raw))
         self.sources.append(source)
 
-    def write(self, staging: Path) -> tuple[int, np.ndarray]:
+    def write(self, staging: Path) -> int:
         loaded = Counter(self.types)
         self.counts["loaded"].update(loaded)
         self.counts["input"].update(loaded)
@@ -157,7 +156,7 @@ class _Collector:
                 schema=C.RESOURCES,
             )
             pq.write_table(table, staging / "resources.parquet", compression="zstd")
-        return rows, hashes
+        return rows
 
 
 def _source_columns(sources: list[str | tuple[str, int]]) -> tuple[pa.Array, pa.Array]:
@@ -281,8 +280,8 @@ def _process_unit(unit: Unit, staging_root: str, t0: float) -> UnitResult:
             col.quarantine(unit.label, None, None, "unparseable JSON", str(exc)[:200], unit.data)
         else:
             _take_bundle(col, bundle, unit.label)
-    rows, hashes = col.write(Path(staging_root) / unit.uid)
-    return UnitResult(unit.uid, unit.label, col.counts, col.reasons, hashes, time.perf_counter() - t0, rows)
+    rows = col.write(Path(staging_root) / unit.uid)
+    return UnitResult(unit.uid, unit.label, col.counts, col.reasons, time.perf_counter() - t0, rows)
 
 
 # --- enumerating units ---------------------------------------------------------------------------
