@@ -4,6 +4,8 @@ children, so pages shared after fork are counted once, not once per worker as a 
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
 import threading
 import time
 
@@ -42,3 +44,15 @@ class PeakSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def run_sampled(cmd: list[str], what: str) -> tuple[dict, float, int]:
+    """Run cmd, sampling its process tree memory (PSS) every 100 ms; (JSON on stdout, wall s, peak bytes)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with PeakSampler(proc.pid) as sampler:
+        stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed with exit code {proc.returncode}: {stderr.decode()[-2000:]}")
+    return json.loads(stdout), wall, sampler.peak

@@ -22,12 +22,10 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from _memory import PeakSampler
+from _memory import run_sampled
 
 BENCH_OUT = Path(__file__).resolve().parents[1] / "bench-out"  # on the project's disk, not a tmpfs or /tmp
 TARGET_RPS = 100_000
@@ -59,19 +57,6 @@ for rtype, (cols, schema) in schemas.items():
     rows += con.execute(f"COPY (SELECT {cols} FROM {reader}) TO '{out}/{rtype}.parquet' (FORMAT parquet)").fetchone()[0]
 print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0}))
 """
-
-
-def run_sampled(cmd: list[str], what: str) -> tuple[dict, float, int]:
-    """Run cmd, sampling its process tree memory (PSS) every 100 ms; (JSON on stdout, wall s, peak bytes)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    with PeakSampler(proc.pid) as sampler:
-        stdout, stderr = proc.communicate()
-    wall = time.perf_counter() - t0
-    peak = sampler.peak
-    if proc.returncode != 0:
-        raise SystemExit(f"{what} failed with exit code {proc.returncode}: {stderr.decode()[-2000:]}")
-    return json.loads(stdout), wall, peak
 
 
 def hospital(patients: int, workers: int) -> Path:

@@ -11,16 +11,13 @@ Peak memory is the largest sum of PSS (shared pages counted once) over careloop 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _memory import PeakSampler
+from _memory import run_sampled
 
 BENCH_OUT = Path(__file__).resolve().parents[1] / "bench-out"  # on the project's disk, not a tmpfs or /tmp
 TARGET_SECONDS = 180.0
@@ -30,15 +27,7 @@ TARGET_PEAK_GB = 1.5
 def run(patients: int, workers: int, seed: int, out: Path) -> dict:
     cmd = [sys.executable, "-m", "careloop.cli", "synth", "--patients", str(patients), "--workers", str(workers),
            "--seed", str(seed), "--out", str(out), "--overwrite", "--json"]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    with PeakSampler(proc.pid) as sampler:
-        stdout, _ = proc.communicate()
-    wall = time.perf_counter() - t0
-    peak = sampler.peak
-    if proc.returncode != 0:
-        raise SystemExit(f"careloop synth failed with exit code {proc.returncode}")
-    summary = json.loads(stdout)
+    summary, wall, peak = run_sampled(cmd, "careloop synth")
     disk = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"summary": summary, "wall": wall, "peak": peak, "disk": disk}
 

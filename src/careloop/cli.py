@@ -42,6 +42,13 @@ def main(
     """careloop: EHR data -> events -> cohorts -> features -> validated models -> CDS Hooks -> monitoring."""
 
 
+def _print_json(obj: object) -> None:
+    """The --json output of every command: one indented JSON object on stdout."""
+    import orjson
+
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
 def fail(message: str) -> None:
     """One clear line on stderr and exit code 2; never a traceback for a user's mistake."""
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
@@ -105,9 +112,7 @@ def synth(
             fail(f"cannot write {cfg.out}: {exc.strerror or exc}")
             return
     if as_json:
-        import orjson
-
-        sys.stdout.write(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        _print_json(result.to_json())
         return
     _print_synth_summary(result)
 
@@ -188,9 +193,7 @@ def ingest(
             fail(str(exc))
             return
     if as_json:
-        import orjson
-
-        sys.stdout.write(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        _print_json(report.to_json())
         return
     _print_ingest_report(report)
 
@@ -249,7 +252,7 @@ def cohort(
     summary = result.summary()
     out.with_suffix(".summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     if as_json:
-        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+        _print_json(summary)
         return
     t = Table(title=f"Cohort {spec.name}: {out}")
     t.add_column("step")
@@ -299,7 +302,7 @@ def features(
     pq.write_table(result.table, out, compression="zstd")
     out.with_suffix(".summary.json").write_bytes(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2))
     if as_json:
-        sys.stdout.write(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+        _print_json(result.summary)
         return
     t = Table(title=f"Features {fs.name}: {result.table.num_rows:,} index stays -> {out}")
     for col in ("feature", "description", "missing"):
@@ -327,9 +330,7 @@ def store_info(
         fail(str(exc))
         return
     if as_json:
-        import orjson
-
-        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        _print_json(data)
         return
     t = Table(title=f"Event store {data['store']}")
     t.add_column("table")

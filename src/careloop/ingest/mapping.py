@@ -221,6 +221,12 @@ EVENT_COLUMNS = ("subject_id", "time", "code", "numeric_value", "text_value", "u
                  "original_unit", "encounter_id", "source_resource", "source_id")
 
 
+def append_row(cols: dict[str, list], **values: object) -> None:
+    """Append one row to a table held as column lists; every column must be given (KeyError otherwise)."""
+    for name, col in cols.items():
+        col.append(values[name])
+
+
 class Batch:
     """Column buffers for every table of one unit of work."""
 
@@ -367,18 +373,9 @@ def map_patient(res: M.Patient, rid: str, ctx: Context, b: Batch) -> None:
     zip_code = res.address[0].postalCode if res.address else None
     org = keep_reference(_ref(res.managingOrganization), ctx)
     sex = res.gender
-    p = b.pat
-    p["subject_id"].append(sid)
-    p["patient_id"].append(rid)
-    p["birth_date"].append(None if birth is None else birth // 86_400_000_000)
-    p["sex"].append(sex)
-    p["race"].append(race)
-    p["ethnicity"].append(eth)
-    p["language"].append(lang)
-    p["marital_status"].append(_plain_code(res.maritalStatus))
-    p["postal_code"].append(zip_code)
-    p["deceased_time"].append(death)
-    p["managing_org_ref"].append(org)
+    append_row(b.pat, subject_id=sid, patient_id=rid, birth_date=None if birth is None else birth // 86_400_000_000,
+               sex=sex, race=race, ethnicity=eth, language=lang, marital_status=_plain_code(res.maritalStatus),
+               postal_code=zip_code, deceased_time=death, managing_org_ref=org)
     if birth is not None:
         b.event(sid, birth, "MEDS_BIRTH", None, None, None, None, None, None, "Patient", rid)
     for code in (f"GENDER/{sex}" if sex else None, f"RACE/{race}" if race else None,
@@ -408,23 +405,14 @@ def map_encounter(res: M.Encounter, rid: str, ctx: Context, b: Batch) -> None:
     type_code = None
     if res.type:
         type_code = (_codes(res.type[0]) or [_plain_code(res.type[0])])[0]
-    e = b.enc
-    e["encounter_id"].append(rid)
-    e["subject_id"].append(sid)
-    e["patient_id"].append(pid)
-    e["class"].append(cls)
-    e["status"].append(res.status)
-    e["start"].append(start)
-    e["end"].append(end)
-    e["priority"].append(_plain_code(res.priority))
-    e["type_code"].append(type_code)
-    e["admit_source"].append(_plain_code(hosp.admitSource))
-    e["discharge_disposition"].append(_code_in(dispo, "http://terminology.hl7.org/CodeSystem/discharge-disposition")
-                                      or _plain_code(dispo))
-    e["discharge_disposition_nubc"].append(_code_in(dispo, "https://www.nubc.org/CodeSystem/PatDischargeStatus"))
-    e["site_ref"].append(keep_reference(_ref(res.serviceProvider), ctx))
-    e["location_ref"].append(loc)
-    e["reason_code"].append((_codes(res.reasonCode[0]) or [None])[0] if res.reasonCode else None)
+    hl7_dispo = _code_in(dispo, "http://terminology.hl7.org/CodeSystem/discharge-disposition") or _plain_code(dispo)
+    append_row(b.enc, encounter_id=rid, subject_id=sid, patient_id=pid, status=res.status, start=start, end=end,
+               priority=_plain_code(res.priority), type_code=type_code, admit_source=_plain_code(hosp.admitSource),
+               discharge_disposition=hl7_dispo,
+               discharge_disposition_nubc=_code_in(dispo, "https://www.nubc.org/CodeSystem/PatDischargeStatus"),
+               site_ref=keep_reference(_ref(res.serviceProvider), ctx), location_ref=loc,
+               reason_code=(_codes(res.reasonCode[0]) or [None])[0] if res.reasonCode else None,
+               **{"class": cls})  # a Python keyword
     b.event(sid, start, f"ENCOUNTER/{cls}", None, None, None, None, None, rid, "Encounter", rid)
     if end is not None and res.status == "finished":
         d = _plain_code(dispo)
@@ -551,13 +539,7 @@ def map_document_reference(res: M.DocumentReference, rid: str, ctx: Context, b: 
     sid = b.subject(pid)
     enc = _encounter_id(res.context.encounter[0], ctx) if res.context and res.context.encounter else None
     text = _note_text(res)
-    n = b.notes
-    n["note_id"].append(rid)
-    n["subject_id"].append(sid)
-    n["time"].append(t)
-    n["encounter_id"].append(enc)
-    n["type_code"].append(code)
-    n["text"].append(text)
+    append_row(b.notes, note_id=rid, subject_id=sid, time=t, encounter_id=enc, type_code=code, text=text)
     b.event(sid, t, code, None, rid, None, None, None, enc, "DocumentReference", rid)
 
 
@@ -600,14 +582,9 @@ def map_directory(res: M.Organization | M.Location | M.Practitioner, rid: str, c
         name, part_of, rtype = res.name, keep_reference(_ref(res.partOf), ctx), "Organization"
     else:
         name, part_of, rtype = res.name, keep_reference(_ref(res.managingOrganization), ctx), "Location"
-    d = b.dir
     for ident in res.identifier or [M.Identifier()]:
-        d["resource_type"].append(rtype)
-        d["resource_id"].append(rid)
-        d["name"].append(name)
-        d["identifier_system"].append(ident.system)
-        d["identifier_value"].append(ident.value)
-        d["part_of"].append(part_of)
+        append_row(b.dir, resource_type=rtype, resource_id=rid, name=name, identifier_system=ident.system,
+                   identifier_value=ident.value, part_of=part_of)
 
 
 MAPPERS = {

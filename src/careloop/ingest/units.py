@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from careloop import contracts as C
 from careloop.contracts import content_hash, key_hash
 from careloop.ingest import model as M
-from careloop.ingest.mapping import Batch, Context, Reject, Skip, decode, map_resource
+from careloop.ingest.mapping import Batch, Context, Reject, Skip, append_row, decode, map_resource
 
 NDJSON_CHUNK_BYTES = int(os.environ.get("CARELOOP_INGEST_CHUNK_BYTES", 12 << 20))  # env: for tests
 BUNDLE_BATCH_FILES = 250
@@ -71,15 +71,11 @@ class _Collector:
     def quarantine(
         self, source: str, rtype: str | None, rid: str | None, reason: str, detail: str, raw: object
     ) -> None:
-        q = self.q
-        q["source"].append(source)
-        q["resource_type"].append(rtype)
-        q["resource_id"].append(rid)
-        q["reason"].append(reason)
-        q["detail"].append(detail)
         if not isinstance(raw, bytes | str):
             raw = orjson.dumps(raw)  # serialised only when quarantined, off the hot path
-        q["raw"].append(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        append_row(self.q, source=source, resource_type=rtype, resource_id=rid, reason=reason, detail=detail,
+                   raw=text)
         self.counts["quarantined"][rtype or "unknown"] += 1
         self.reasons[f"quarantined: {reason}"] += 1
 
