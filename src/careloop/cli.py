@@ -358,3 +358,250 @@ def store_info(
 
 if __name__ == "__main__":
     app()
+
+
+def _steps(label: str, as_json: bool):
+    """A spinner with the current step (training has phases, not a count), and a callback that moves it on."""
+    from rich.progress import SpinnerColumn
+
+    bar = Progress(SpinnerColumn(), TextColumn(f"[bold]{label}[/]"), TextColumn("{task.description}"),
+                   TimeElapsedColumn(), console=console, transient=True, disable=as_json)
+    return bar
+
+
+@app.command()
+def train(
+    registry: Annotated[Path, typer.Option("--registry", "-r", help="Registry folder for the new bundle.")],
+    task: Annotated[str | None, typer.Option(help="Task name or YAML (with --store).")] = None,
+    store: Annotated[Path | None, typer.Option("--store", "-s", help="Event store directory.")] = None,
+    feature_set: Annotated[str, typer.Option("--features", help="Feature set name or YAML (with --store).")]
+    = "readmission",
+    table: Annotated[Path | None, typer.Option("--table", help="Flat extract (.csv/.tsv/.parquet), one row per stay.")]
+    = None,
+    label: Annotated[str | None, typer.Option(help="Label column (with --table).")] = None,
+    positive: Annotated[str | None, typer.Option(help="Label value that counts as the outcome (with --table).")]
+    = None,
+    id_col: Annotated[str | None, typer.Option("--id", help="Patient id column: splits are by patient.")] = None,
+    row_id: Annotated[str | None, typer.Option("--row-id", help="Row (stay) id column, kept out of the inputs.")]
+    = None,
+    group: Annotated[list[str] | None, typer.Option("--group", help="Group attribute for fairness (repeatable).")]
+    = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Column not to use as an input "
+                                                      "(repeatable; default with --store: race, ethnicity).")] = None,
+    categorical: Annotated[list[str] | None, typer.Option("--categorical", help="Treat a numeric column as "
+                                                          "categorical (repeatable).")] = None,
+    missing: Annotated[list[str] | None, typer.Option("--missing", help="Missing-value marker in a CSV (repeatable; "
+                                                      "default: '', ?, NA, N/A, NULL, NaN, None).")] = None,
+    split_column: Annotated[str | None, typer.Option(help="Column holding train/calibration/test (with --table).")]
+    = None,
+    name: Annotated[str | None, typer.Option(help="Bundle name (default: the task, or the table's stem).")] = None,
+    estimator: Annotated[list[str] | None, typer.Option("--estimator", help="lightgbm and/or logistic "
+                                                        "(default both; the better on calibration is chosen).")]
+    = None,
+    calibration: Annotated[str, typer.Option(help="sigmoid (logistic recalibration) or isotonic.")] = "sigmoid",
+    policy: Annotated[str, typer.Option(help="Operating point: budget, ppv, sensitivity or threshold.")] = "budget",
+    target: Annotated[float, typer.Option(help="Policy target: share flagged, PPV, sensitivity or threshold.")]
+    = 0.10,
+    documentation: Annotated[Path | None, typer.Option(help="YAML of the facts only people can supply "
+                                                       "(developer, intended use...).")] = None,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples for the 95% intervals.")] = 1000,
+    min_group_size: Annotated[int, typer.Option(help="Smaller fairness groups are suppressed.")] = 50,
+    tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="Fairness tolerance METRIC=VALUE "
+                                                        "(repeatable), e.g. auroc=0.05, tpr=0.1.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for splits, estimators and the bootstrap.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the bundle summary as JSON before its path.")]
+    = False,
+) -> None:
+    """Train LightGBM and logistic models, calibrate, validate with CIs, check fairness, explain, and register an
+    immutable bundle with its HTML/JSON report, model card and HTI-1 source attributes. The last line printed is
+    the bundle's path."""
+    from careloop.workflows import _data
+    from careloop.workflows.train import TrainConfig
+    from careloop.workflows.train import train as run_train
+
+    try:
+        if (table is None) == (store is None):
+            raise CareloopError("give either --store DIR with --task NAME, or --table FILE")
+        if policy not in ("budget", "ppv", "sensitivity", "threshold"):
+            raise CareloopError(f"--policy: {policy!r} is not one of budget, ppv, sensitivity, threshold")
+        if not 0 < target < 1:
+            raise CareloopError(f"--target: {target} must lie strictly between 0 and 1")
+        if n_boot < 100:
+            raise CareloopError("--n-boot: at least 100 resamples are needed for a 95% interval")
+        tolerances = _tolerances(tolerance or [])
+        doc = documentation
+        if table is not None:
+            if not label or not id_col:
+                raise CareloopError("--table needs --label and --id (and --positive unless the label is boolean)")
+            if doc is None:
+                raise CareloopError("--table needs --documentation FILE (the model card's human facts; "
+                                    "start from documentation/readmission-30d.yaml)")
+            data = _data.from_table(table, label=label, positive=positive, id_col=id_col, groups=tuple(group or ()),
+                                    row_id=row_id, exclude=tuple(exclude or ()),
+                                    categorical=tuple(categorical or ()),
+                                    missing=tuple(missing) if missing else _data.MISSING_MARKERS,
+                                    split_col=split_column, seed=seed)
+            bundle_name = name or table.name.split(".")[0]
+        else:
+            if not task:
+                raise CareloopError("--store needs --task")
+            if doc is None:
+                default = Path(__file__).resolve().parents[2] / "documentation" / f"{Path(task).stem}.yaml"
+                doc = default if default.is_file() else None
+            if doc is None:
+                raise CareloopError(f"no documentation/{Path(task).stem}.yaml: give --documentation FILE")
+            with _steps("train", as_json) as bar:
+                t = bar.add_task("preparing data", total=None)
+                data = _data.from_store(store, task, feature_set, groups=tuple(group) if group else None,
+                                        exclude=tuple(exclude) if exclude is not None else _data.PROTECTED_DEFAULT,
+                                        progress=lambda m: bar.update(t, description=m))
+            bundle_name = name or Path(task).stem
+        cfg = TrainConfig(name=bundle_name, estimators=tuple(estimator or ("lightgbm", "logistic")),
+                          calibration=calibration, policy=policy, target=target, n_boot=n_boot, seed=seed,
+                          min_group_size=min_group_size, tolerances=tolerances, documentation=doc)
+        with _steps("train", as_json) as bar:
+            t = bar.add_task("starting", total=None)
+            bundle = run_train(data, registry, cfg, progress=lambda m: bar.update(t, description=m))
+    except (CareloopError, ValueError) as exc:
+        fail(str(exc))
+        return
+    if as_json:
+        _print_json(bundle.summary())
+    else:
+        _print_train_summary(bundle)
+    print(bundle.path)
+
+
+def _tolerances(items: list[str]) -> dict[str, float] | None:
+    if not items:
+        return None
+    out = {}
+    for it in items:
+        key, _, value = it.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise CareloopError(f"--tolerance: {it!r} is not METRIC=NUMBER") from None
+    return out
+
+
+def _fmt(est: dict | None, pct: bool = False) -> str:
+    if not est or est.get("estimate") is None:
+        return "-"
+    f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.3f}")
+    ci = est.get("ci")
+    return f"{f(est['estimate'])} ({f(ci[0])}–{f(ci[1])})" if ci else f(est["estimate"])
+
+
+def _print_train_summary(bundle) -> None:
+    rep = bundle.read_json("report.json")
+    t = Table(title=f"{rep['title']} — test split, 95% bootstrap intervals")
+    for col in ("score", "AUROC", "AUPRC", "Brier", "cal. slope", "sens. at op.", "PPV at op."):
+        t.add_column(col, justify="left" if col == "score" else "right")
+    for k, ev in rep["scores"].items():
+        m, op = ev["metrics"], ev.get("operating_point") or {}
+        t.add_row(k + (" ★" if k == rep["primary"] else ""), _fmt(m["auroc"]), _fmt(m["auprc"]), _fmt(m["brier"]),
+                  _fmt(m["calibration_slope"]), _fmt(op.get("sensitivity"), True), _fmt(op.get("ppv"), True))
+    out_console.print(t)
+    out_console.print(f"[bold]Operating point:[/] {rep['operating_point']['rationale']}")
+    flags = rep["fairness"]["flags"]
+    if flags:
+        out_console.print(f"[bold red]Fairness: {len(flags)} disparity flag(s)[/]")
+        for f in flags:
+            out_console.print(f"  • {f['message']}", highlight=False)
+    else:
+        out_console.print("[green]Fairness: no disparity beyond tolerance[/]")
+    out_console.print(f"Report: {bundle.path / 'report.html'}")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Predictions file (.parquet or .csv).")],
+    table: Annotated[Path | None, typer.Option("--table", help="Flat table to score.")] = None,
+    store: Annotated[Path | None, typer.Option("--store", "-s", help="Event store (with --task).")] = None,
+    task: Annotated[str | None, typer.Option(help="Task whose index stays to score.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Score every row of a table, or every index stay of a task, with a verified bundle."""
+    from careloop.registry import verify
+    from careloop.workflows.predict import predict as run_predict
+
+    try:
+        bundle = verify(model)
+        summary = run_predict(bundle, out, table=table, store=store, task=task)
+    except (CareloopError, ValueError) as exc:
+        fail(str(exc))
+        return
+    if as_json:
+        _print_json(summary)
+    else:
+        out_console.print(f"{summary['rows']:,} predictions → {out} (bundle {bundle.bundle_id[:12]}, "
+                          f"{summary['flagged'] if summary['flagged'] is not None else '-'} flagged)")
+
+
+models_app = typer.Typer(help="List and inspect registered model bundles.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(
+    registry: Annotated[Path, typer.Option("--registry", "-r", help="Registry folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Every bundle in the registry, newest first, with its integrity checked."""
+    from careloop.registry import BundleIntegrityError, Registry, verify
+
+    rows = []
+    for b in Registry(registry).bundles():
+        try:
+            verify(b.path)
+            row = {**b.summary(), "integrity": "ok"}
+        except BundleIntegrityError as exc:
+            row = {"bundle_id": b.bundle_id, "name": b.name, "created": b.created, "path": str(b.path),
+                   "integrity": f"FAILED: {exc}"}
+        rows.append(row)
+    if as_json:
+        _print_json(rows)
+        return
+    t = Table(title=f"Model bundles in {registry}")
+    for col in ("id", "name", "created", "estimator", "test AUROC", "threshold", "integrity"):
+        t.add_column(col)
+    for r in rows:
+        auc, thr = r.get("test_auroc"), r.get("threshold")
+        t.add_row(r["bundle_id"][:12], r["name"], r["created"], r.get("estimator") or "-",
+                  f"{auc:.3f}" if auc is not None else "-", f"{thr:.3f}" if thr is not None else "-",
+                  r["integrity"] if r["integrity"] == "ok" else "[red]FAILED[/]")
+    out_console.print(t)
+
+
+@models_app.command("show")
+def models_show(
+    ref: Annotated[str, typer.Argument(help="Bundle path, directory name, or id prefix.")],
+    registry: Annotated[Path, typer.Option("--registry", "-r", help="Registry folder.")] = Path("registry"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """One bundle: identity, lineage, metrics, operating point and files (verified first)."""
+    from careloop.registry import RegistryError, load
+
+    try:
+        b = load(ref, registry)
+    except (CareloopError, RegistryError) as exc:
+        fail(str(exc))
+        return
+    meta = b.metadata
+    doc = {**b.summary(), "code_version": meta.get("code_version"),
+           "training_fingerprint": meta.get("training_fingerprint"), "operating_point": meta.get("operating_point"),
+           "metrics": meta.get("metrics"), "features": meta.get("features"), "files": b.files}
+    if as_json:
+        _print_json(doc)
+        return
+    t = Table(title=f"Bundle {b.name} ({b.bundle_id})", show_header=False)
+    for k in ("path", "created", "task", "estimator", "code_version", "training_fingerprint"):
+        t.add_row(k, str(doc.get(k)))
+    for k, v in (doc["metrics"] or {}).items():
+        if v is not None:
+            t.add_row(f"test {k}", f"{v:.4f}")
+    t.add_row("operating point", (doc["operating_point"] or {}).get("rationale", "-"))
+    t.add_row("files", ", ".join(sorted(b.files)))
+    out_console.print(t)

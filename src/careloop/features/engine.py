@@ -142,6 +142,8 @@ def index_sql(d: Dialect) -> str:
 SELECT c.encounter_id, e.priority, e.admit_source,
        -- the discharge ward is known only once the stay has ended: never before the index time
        CASE WHEN {d.micros(d.q('end'))} <= c.index_us THEN dk.name END AS location_name,
+       -- the principal diagnosis is coded at discharge: likewise
+       CASE WHEN {d.micros(d.q('end'))} <= c.index_us THEN e.reason_code END AS reason_code,
        {d.micros("CAST(p.birth_date AS TIMESTAMP)")} AS birth_us
 FROM cohort_idx c
 LEFT JOIN encounters e ON e.encounter_id = c.encounter_id
@@ -174,6 +176,8 @@ def extract(fs: FeatureSet, cohort: pa.Table, engine) -> FeatureResult:
                                       pc.is_in(prio, pa.array(["EM", "UR"])))
         elif f.kind == "admit_source":
             cols[f.name] = ix.column("admit_source")
+        elif f.kind == "principal_diagnosis":
+            cols[f.name] = ix.column("reason_code")
         elif f.kind == "comorbidity":
             score = charlson_index if f.index == "charlson" else van_walraven_score
             cols[f.name] = pa.array([score(c or []) for c in ev.column(f"{f.name}__codes").to_pylist()], pa.float64())

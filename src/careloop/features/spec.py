@@ -27,6 +27,7 @@ class Feature(BaseModel):
     name: Annotated[str, Field(pattern=_NAME)]
     description: Annotated[str, Field(min_length=3)]
     kind: Literal["age", "static", "latest_code", "latest_text", "length_of_stay", "emergent", "admit_source",
+                  "principal_diagnosis",
                   "encounter_count", "days_since_discharge", "distinct_codes", "event_count", "comorbidity",
                   "measurement", "score"]
     window: str | None = None  # "stay", "all" or a duration such as 180d; windows always end at the index time

@@ -1,0 +1,142 @@
+"""The two estimators careloop trains: gradient-boosted trees (LightGBM) and a ridge logistic regression.
+
+Both expose the same small surface: `fit`, `raw_score` (log-odds before calibration), `contributions` (per input
+column, in log-odds, with the expected value last: SHAP for the trees, the exact linear attribution for the
+logistic model), and a save format that is text, never a pickle, so a bundle can be hashed, read and reviewed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pyarrow as pa
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+
+from careloop.modeling._frame import Preprocessor
+
+LGBM_DEFAULTS = {
+    "objective": "binary", "learning_rate": 0.05, "num_leaves": 15, "min_data_in_leaf": 40,
+    "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
+    "cat_smooth": 20.0, "min_data_per_group": 50, "max_cat_to_onehot": 8, "verbose": -1,
+    "deterministic": True, "force_row_wise": True,
+}
+MAX_ROUNDS = 2000
+EARLY_STOP = 50
+C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return np.log(p / (1 - p))
+
+
+class GradientBoosting:
+    """LightGBM binary classifier with early stopping on a held-out part of the training patients."""
+
+    name = "lightgbm"
+    model_file = "model.lgb.txt"
+
+    def __init__(self, pre: Preprocessor, *, seed: int = 0, threads: int = 0, params: dict | None = None) -> None:
+        self.pre = pre
+        self.params = {**LGBM_DEFAULTS, "seed": seed, "num_threads": threads, **(params or {})}
+        self.booster: lgb.Booster | None = None
+
+    def fit(self, train: pa.Table, y: np.ndarray, valid: pa.Table, y_valid: np.ndarray) -> GradientBoosting:
+        cats = [c.name for c in self.pre.categorical]
+        dtrain = lgb.Dataset(self.pre.frame(train), label=y, categorical_feature=cats, free_raw_data=True)
+        dvalid = lgb.Dataset(self.pre.frame(valid), label=y_valid, reference=dtrain, categorical_feature=cats)
+        self.booster = lgb.train(self.params, dtrain, num_boost_round=MAX_ROUNDS, valid_sets=[dvalid],
+                                 callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
+        return self
+
+    @property
+    def hyperparameters(self) -> dict:
+        return {**{k: v for k, v in self.params.items() if k not in ("verbose", "num_threads")},
+                "rounds": int(self.booster.best_iteration or self.booster.current_iteration())}
+
+    def raw_score(self, table: pa.Table) -> np.ndarray:
+        return self.booster.predict(self.pre.frame(table), raw_score=True, num_iteration=self.booster.best_iteration)
+
+    def contributions(self, table: pa.Table) -> np.ndarray:
+        return self.booster.predict(self.pre.frame(table), pred_contrib=True,
+                                    num_iteration=self.booster.best_iteration)
+
+    def save(self, folder: Path) -> None:
+        self.booster.save_model(str(folder / self.model_file), num_iteration=self.booster.best_iteration)
+
+    @classmethod
+    def load(cls, folder: Path, pre: Preprocessor) -> GradientBoosting:
+        m = cls(pre)
+        m.booster = lgb.Booster(model_file=str(folder / cls.model_file))
+        return m
+
+
+class Logistic:
+    """L2-regularised logistic regression on the preprocessor's design matrix; C chosen on held-out patients."""
+
+    name = "logistic"
+    model_file = "model.logistic.json"
+
+    def __init__(self, pre: Preprocessor, *, seed: int = 0, threads: int = 0, params: dict | None = None) -> None:
+        self.pre = pre
+        self.seed = seed
+        self.C: float | None = (params or {}).get("C")
+        self.coef: np.ndarray | None = None
+        self.intercept = 0.0
+        self.centre: np.ndarray | None = None  # mean design row of the training data (attribution baseline)
+
+    def fit(self, train: pa.Table, y: np.ndarray, valid: pa.Table, y_valid: np.ndarray) -> Logistic:
+        x, _ = self.pre.design(train)
+        xv, _ = self.pre.design(valid)
+        grid = (self.C,) if self.C else C_GRID
+        best = None
+        for c in grid:
+            m = LogisticRegression(C=c, max_iter=2000, tol=1e-6).fit(x, y)
+            loss = log_loss(y_valid, m.predict_proba(xv)[:, 1], labels=[0, 1])
+            if best is None or loss < best[0] - 1e-9:
+                best = (loss, c, m)
+        _, self.C, m = best
+        self.coef = m.coef_[0].astype(np.float64)
+        self.intercept = float(m.intercept_[0])
+        self.centre = x.mean(axis=0)
+        return self
+
+    @property
+    def hyperparameters(self) -> dict:
+        return {"penalty": "l2", "C": self.C, "design_columns": len(self.coef)}
+
+    def raw_score(self, table: pa.Table) -> np.ndarray:
+        x, _ = self.pre.design(table)
+        return x @ self.coef + self.intercept
+
+    def contributions(self, table: pa.Table) -> np.ndarray:
+        """Exact attribution of a linear model: coef * (x - mean x), summed per source column; bias last."""
+        x, owner = self.pre.design(table)
+        per_design = (x - self.centre) * self.coef
+        k = len(self.pre.columns)
+        to_source = np.zeros((len(owner), k))
+        to_source[np.arange(len(owner)), owner] = 1.0
+        out = np.empty((x.shape[0], k + 1))
+        out[:, :k] = per_design @ to_source
+        out[:, k] = float(self.centre @ self.coef + self.intercept)
+        return out
+
+    def save(self, folder: Path) -> None:
+        doc = {"C": self.C, "intercept": self.intercept, "coef": self.coef.tolist(), "centre": self.centre.tolist()}
+        (folder / self.model_file).write_text(json.dumps(doc, indent=1))
+
+    @classmethod
+    def load(cls, folder: Path, pre: Preprocessor) -> Logistic:
+        doc = json.loads((folder / cls.model_file).read_text())
+        m = cls(pre, params={"C": doc["C"]})
+        m.intercept = float(doc["intercept"])
+        m.coef = np.asarray(doc["coef"], dtype=np.float64)
+        m.centre = np.asarray(doc["centre"], dtype=np.float64)
+        return m
+
+
+ESTIMATORS = {GradientBoosting.name: GradientBoosting, Logistic.name: Logistic}

@@ -1,0 +1,157 @@
+"""How a feature table becomes a model's input, learned on the training split and frozen into the bundle.
+
+The same `Preprocessor` gives LightGBM its frame (numbers as float64 with NaN for missing, categoricals with the
+training categories in a fixed order) and the logistic model its design matrix (median-imputed standardised
+numbers, a missing indicator per number that was ever missing in training, one-hot categories). Its state is
+plain JSON, so a bundle needs no pickle and the service rebuilds it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from careloop.errors import CareloopError
+
+OTHER = "__other__"  # categories too rare in training, and any category never seen in training
+MISSING = "__missing__"
+
+
+class FrameError(CareloopError):
+    pass
+
+
+def _is_categorical(arr: pa.ChunkedArray | pa.Array) -> bool:
+    t = arr.type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)
+
+
+def _as_float(arr: pa.ChunkedArray, name: str) -> np.ndarray:
+    t = arr.type
+    if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        arr = pc.cast(arr, pa.float64())
+    else:
+        raise FrameError(f"column {name!r} of type {t} is neither numeric, boolean nor text")
+    return arr.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+
+def _as_text(arr: pa.ChunkedArray) -> np.ndarray:
+    """Text values as an object array with None for missing."""
+    if pa.types.is_dictionary(arr.type):
+        arr = pc.cast(arr, pa.string())
+    return np.asarray(arr.to_pylist(), dtype=object)
+
+
+@dataclass
+class NumericColumn:
+    name: str
+    median: float
+    mean: float  # of the imputed values, for standardising
+    scale: float
+    had_missing: bool
+
+
+@dataclass
+class CategoricalColumn:
+    name: str
+    categories: list[str]  # in training frequency order; OTHER and MISSING last when present
+    design: list[str] = field(default_factory=list)  # one-hot levels (all but the reference level)
+
+
+@dataclass
+class Preprocessor:
+    """Column roles and statistics learned on training rows; `to_dict`/`from_dict` round-trip exactly."""
+
+    numeric: list[NumericColumn]
+    categorical: list[CategoricalColumn]
+
+    @property
+    def columns(self) -> list[str]:
+        return [c.name for c in self.numeric] + [c.name for c in self.categorical]
+
+    @classmethod
+    def fit(cls, table: pa.Table, columns: list[str], *, categorical: set[str] | None = None,
+            min_category_count: int = 20) -> Preprocessor:
+        """Learn roles (text is categorical unless told) and statistics from the training rows."""
+        categorical = set(categorical or ())
+        nums, cats = [], []
+        for name in columns:
+            arr = table.column(name)
+            if name in categorical or _is_categorical(arr):
+                values = _as_text(arr)
+                present = values[values != None]  # noqa: E711 (elementwise)
+                labels, counts = np.unique(present.astype(str), return_counts=True) if len(present) else ([], [])
+                order = sorted(zip(labels, counts, strict=True), key=lambda lc: (-lc[1], lc[0]))
+                kept = [str(v) for v, n in order if n >= min_category_count]
+                rare = any(n < min_category_count for _, n in order)
+                cats_ = kept + ([OTHER] if rare or not kept else []) + ([MISSING] if len(present) < len(values) else [])
+                cats.append(CategoricalColumn(name, cats_, design=cats_[1:]))
+            else:
+                x = _as_float(arr, name)
+                finite = x[np.isfinite(x)]
+                median = float(np.median(finite)) if len(finite) else 0.0
+                filled = np.where(np.isfinite(x), x, median)
+                sd = float(filled.std())
+                nums.append(NumericColumn(name, median, float(filled.mean()), sd if sd > 0 else 1.0,
+                                          bool(len(finite) < len(x))))
+        return cls(nums, cats)
+
+    def check(self, table: pa.Table) -> None:
+        missing = [c for c in self.columns if c not in table.column_names]
+        if missing:
+            raise FrameError(f"input lacks {len(missing)} column(s) the model needs: {', '.join(missing[:8])}")
+
+    def _codes(self, table: pa.Table, col: CategoricalColumn) -> np.ndarray:
+        """Index of each row's category in `col.categories` (unseen → OTHER, missing → MISSING)."""
+        arr = table.column(col.name)
+        arr = pc.cast(arr, pa.string()) if not pa.types.is_string(arr.type) else arr
+        idx = pc.index_in(arr, value_set=pa.array(col.categories, pa.string()))
+        lookup = {c: i for i, c in enumerate(col.categories)}
+        other = lookup.get(OTHER, -1)
+        miss = lookup.get(MISSING, other)
+        idx = pc.if_else(pc.is_null(arr), miss, pc.fill_null(idx, other))
+        return idx.to_numpy(zero_copy_only=False).astype(np.int32)
+
+    def frame(self, table: pa.Table) -> pd.DataFrame:
+        """LightGBM's input: float64 numbers with NaN, categoricals with the training categories."""
+        self.check(table)
+        data: dict[str, object] = {}
+        for c in self.numeric:
+            data[c.name] = _as_float(table.column(c.name), c.name)
+        for c in self.categorical:
+            codes = self._codes(table, c)
+            data[c.name] = pd.Categorical.from_codes(codes, categories=c.categories)
+        return pd.DataFrame(data, columns=self.columns)
+
+    def design(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """The logistic model's design matrix and, for each design column, the index of its source column."""
+        self.check(table)
+        blocks, owner = [], []
+        for j, c in enumerate(self.numeric):
+            x = _as_float(table.column(c.name), c.name)
+            isna = ~np.isfinite(x)
+            blocks.append((np.where(isna, c.median, x) - c.mean) / c.scale)
+            owner.append(j)
+            if c.had_missing:
+                blocks.append(isna.astype(np.float64))
+                owner.append(j)
+        base = len(self.numeric)
+        for j, c in enumerate(self.categorical):
+            codes = self._codes(table, c)
+            for level in range(1, len(c.categories)):
+                blocks.append((codes == level).astype(np.float64))
+                owner.append(base + j)
+        n = table.num_rows
+        x = np.column_stack(blocks) if blocks else np.zeros((n, 0))
+        return x, np.asarray(owner, dtype=np.int64)
+
+    def to_dict(self) -> dict:
+        return {"numeric": [vars(c) for c in self.numeric], "categorical": [vars(c) for c in self.categorical]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessor:
+        return cls([NumericColumn(**c) for c in d["numeric"]], [CategoricalColumn(**c) for c in d["categorical"]])

@@ -1,0 +1,79 @@
+"""Fit the candidate estimators on the training patients, calibrate them, and pick one, never looking at test."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+from sklearn.metrics import roc_auc_score
+
+from careloop.errors import CareloopError
+from careloop.modeling._calibration import Calibrator, Method
+from careloop.modeling._estimators import ESTIMATORS
+from careloop.modeling._frame import Preprocessor
+from careloop.modeling._model import RiskModel
+
+INNER_VALID = 0.15  # share of training patients held out for early stopping and the choice of C
+SIMPLER_WITHIN = 0.005  # AUROC margin inside which the logistic model is preferred
+
+
+class TrainingError(CareloopError):
+    pass
+
+
+def inner_split(patient_ids: list[str], seed: int) -> np.ndarray:
+    """True for training rows whose patient is held out for early stopping (patient-level, seeded)."""
+    def held(pid: str) -> bool:
+        h = hashlib.blake2b(f"inner:{seed}:{pid}".encode(), digest_size=8).digest()
+        return int.from_bytes(h, "big") / 2**64 < INNER_VALID
+    return np.fromiter((held(p) for p in patient_ids), dtype=bool, count=len(patient_ids))
+
+
+@dataclass
+class Candidates:
+    models: dict[str, RiskModel]
+    chosen: str
+    selection: str
+    calibration_auroc: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def model(self) -> RiskModel:
+        return self.models[self.chosen]
+
+
+def fit_candidates(train: pa.Table, y_train: np.ndarray, train_patients: list[str], calib: pa.Table,
+                   y_calib: np.ndarray, *, columns: list[str], categorical: set[str] | None = None,
+                   estimators: tuple[str, ...] = ("lightgbm", "logistic"), calibration: Method = "sigmoid",
+                   seed: int = 0, threads: int = 0, progress=None) -> Candidates:
+    """Train each estimator on the training split, calibrate on the calibration split, choose by calibration AUROC."""
+    for name, y in (("training", y_train), ("calibration", y_calib)):
+        if len(y) == 0 or y.min() == y.max():
+            raise TrainingError(f"the {name} split needs both outcomes; it has {len(y)} rows, {int(y.sum())} positive")
+    unknown = [e for e in estimators if e not in ESTIMATORS]
+    if unknown:
+        raise TrainingError(f"unknown estimator {unknown[0]!r} (choose from {', '.join(ESTIMATORS)})")
+    pre = Preprocessor.fit(train, columns, categorical=categorical)
+    held = inner_split(train_patients, seed)
+    if held.all() or not held.any():
+        held = np.arange(len(held)) % 7 == 0  # too few patients for a hashed hold-out: every 7th row
+    fit_rows, valid_rows = pa.array(~held), pa.array(held)
+    fit_t, valid_t = train.filter(fit_rows), train.filter(valid_rows)
+    models, aurocs = {}, {}
+    for name in estimators:
+        if progress:
+            progress(f"fitting {name}")
+        est = ESTIMATORS[name](pre, seed=seed, threads=threads).fit(fit_t, y_train[~held], valid_t, y_train[held])
+        raw_cal = np.asarray(est.raw_score(calib), dtype=np.float64)
+        models[name] = RiskModel(pre, est, Calibrator(calibration).fit(raw_cal, y_calib))
+        aurocs[name] = float(roc_auc_score(y_calib, raw_cal))
+    best = max(aurocs, key=aurocs.get)
+    chosen, why = best, f"highest AUROC on the calibration split ({aurocs[best]:.3f})"
+    if "logistic" in aurocs and best != "logistic" and aurocs[best] - aurocs["logistic"] < SIMPLER_WITHIN:
+        chosen = "logistic"
+        why = (f"logistic regression ({aurocs['logistic']:.3f}) is within {SIMPLER_WITHIN} AUROC of {best} "
+               f"({aurocs[best]:.3f}) on the calibration split and is preferred for its transparency")
+    others = ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items() if k != chosen)
+    selection = f"Chose {chosen}: {why}" + (f"; other candidates: {others}." if others else ".")
+    return Candidates(models, chosen, selection, aurocs)

@@ -1,0 +1,158 @@
+"""Immutable model bundles: a directory whose content hash is its identity.
+
+`Registry(root).register(staging, name)` hashes every file of a finished bundle (SHA-256), derives the bundle id
+from the sorted list of (path, hash), writes `MANIFEST.json`, makes the files read-only and moves the directory
+to `root/<name>-<id12>/`. `load` re-hashes every file first and refuses a bundle with a changed, missing or extra
+file, so what the service runs is exactly what the committee reviewed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from careloop.errors import CareloopError
+
+MANIFEST = "MANIFEST.json"
+METADATA = "bundle.json"
+
+
+class BundleIntegrityError(CareloopError):
+    """A bundle's files no longer match its manifest: it must not be used."""
+
+
+class RegistryError(CareloopError):
+    pass
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def content_id(files: dict[str, str]) -> str:
+    """The bundle id: SHA-256 over the sorted `path hash` lines (names and contents, nothing else)."""
+    text = "".join(f"{p} {h}\n" for p, h in sorted(files.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    bundle_id: str
+    name: str
+    created: str
+    files: dict[str, str]
+
+    @property
+    def metadata(self) -> dict:
+        return json.loads((self.path / METADATA).read_text())
+
+    def read_json(self, name: str) -> dict:
+        return json.loads((self.path / name).read_text())
+
+    def model(self):
+        """The bundle's RiskModel (verified on load)."""
+        from careloop.modeling import RiskModel
+
+        return RiskModel.load(self.path)
+
+    def summary(self) -> dict:
+        meta = self.metadata
+        return {"bundle_id": self.bundle_id, "name": self.name, "created": self.created, "path": str(self.path),
+                "task": meta.get("task"), "estimator": meta.get("estimator"),
+                "test_auroc": meta.get("metrics", {}).get("auroc"),
+                "threshold": (meta.get("operating_point") or {}).get("threshold"), "files": len(self.files)}
+
+
+def verify(path: str | Path) -> Bundle:
+    """Re-hash every file of the bundle at `path`; raise BundleIntegrityError naming the first difference."""
+    folder = Path(path)
+    mf = folder / MANIFEST
+    if not mf.is_file():
+        raise BundleIntegrityError(f"{folder}: not a model bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(mf.read_text())
+        recorded: dict[str, str] = manifest["files"]
+    except (ValueError, KeyError) as e:
+        raise BundleIntegrityError(f"{folder}: unreadable {MANIFEST} ({e})") from None
+    present = _files(folder)
+    for name in sorted(set(recorded) - set(present)):
+        raise BundleIntegrityError(f"{folder}: file {name} is missing; the bundle was changed after registration")
+    for name in sorted(set(present) - set(recorded)):
+        raise BundleIntegrityError(f"{folder}: file {name} was added after registration")
+    for name in present:
+        if _sha256(folder / name) != recorded[name]:
+            raise BundleIntegrityError(f"{folder}: file {name} was modified after registration (hash mismatch)")
+    if content_id(recorded) != manifest.get("bundle_id"):
+        raise BundleIntegrityError(f"{folder}: the manifest's bundle id does not match its file list")
+    return Bundle(folder, manifest["bundle_id"], manifest["name"], manifest["created"], recorded)
+
+
+class Registry:
+    """A folder of bundles. Bundles are never modified; registering identical content twice is a no-op."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def register(self, staging: str | Path, name: str) -> Bundle:
+        staging = Path(staging)
+        files = {p: _sha256(staging / p) for p in _files(staging)}
+        bid = content_id(files)
+        target = self.root / f"{name}-{bid[:12]}"
+        if target.exists():
+            shutil.rmtree(staging)
+            return verify(target)
+        created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        manifest = {"bundle_id": bid, "name": name, "created": created, "algorithm": "sha256", "files": files}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        for p in [*files, MANIFEST]:
+            os.chmod(staging / p, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, target)
+        return verify(target)
+
+    def bundles(self) -> list[Bundle]:
+        """Every bundle under the root, newest first; a damaged one is reported, not hidden (see `check`)."""
+        out = []
+        for mf in sorted(self.root.glob(f"*/{MANIFEST}")):
+            m = json.loads(mf.read_text())
+            out.append(Bundle(mf.parent, m["bundle_id"], m["name"], m["created"], m["files"]))
+        return sorted(out, key=lambda b: (b.created, b.bundle_id), reverse=True)
+
+    def find(self, ref: str) -> Bundle:
+        """A bundle by path, directory name, or a unique prefix of its id (at least 6 characters)."""
+        p = Path(ref)
+        if (p / MANIFEST).is_file():
+            return verify(p)
+        hits = [b for b in self.bundles()
+                if b.path.name == ref or (len(ref) >= 6 and b.bundle_id.startswith(ref))]
+        if not hits:
+            raise RegistryError(f"no bundle {ref!r} in {self.root}")
+        if len(hits) > 1:
+            raise RegistryError(f"{ref!r} matches {len(hits)} bundles; give more of the id")
+        return verify(hits[0].path)
+
+
+def load(ref: str | Path, registry: str | Path | None = None) -> Bundle:
+    """Verify and open a bundle by path (or by id within `registry`)."""
+    if registry is None or (Path(ref) / MANIFEST).is_file():
+        return verify(ref)
+    return Registry(registry).find(str(ref))
+
+
+__all__ = ["MANIFEST", "METADATA", "Bundle", "BundleIntegrityError", "Registry", "RegistryError", "content_id",
+           "load", "verify"]

@@ -1,0 +1,253 @@
+"""`careloop train`: fit, calibrate, choose an operating point, validate on test, explain, document, register.
+
+The order matters and is enforced here: estimators see only the training patients, calibration, model choice and
+the operating point see only the calibration split, and the test split is scored once, at the end, for the report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from careloop import __version__
+from careloop.errors import CareloopError
+from careloop.workflows._data import TrainingData
+
+PREDICTIONS = "predictions.parquet"
+EXAMPLES = 5
+IMPORTANCE_SAMPLE = 5000
+
+
+@dataclass
+class TrainConfig:
+    name: str = "model"
+    estimators: tuple[str, ...] = ("lightgbm", "logistic")
+    calibration: str = "sigmoid"
+    policy: str = "budget"  # budget | ppv | sensitivity | threshold
+    target: float = 0.10
+    n_boot: int = 1000
+    seed: int = 0
+    min_group_size: int = 50
+    tolerances: dict[str, float] | None = None
+    documentation: Path | None = None
+    threads: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def code_version() -> str:
+    """careloop's version and, when run from a git checkout, the commit (with +dirty for local changes)."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"careloop {__version__} (git {rev}{'+dirty' if dirty else ''})"
+    except (OSError, subprocess.SubprocessError):
+        return f"careloop {__version__}"
+
+
+def fingerprint(data: TrainingData) -> str:
+    """SHA-256 of the rows the model was developed on (ids, labels, splits and every feature, in row order)."""
+    cols = ["row_id", "patient_id", "label", "split", *data.features]
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, data.table.select(cols).schema) as w:
+        w.write_table(data.table.select(cols).combine_chunks())
+    return "sha256:" + hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
+def pseudonym(values: list[str], salt: str) -> list[str]:
+    """Stable pseudonyms for ids stored in a bundle (predictions are kept, patient ids are not)."""
+    return [hashlib.blake2b(f"{salt}:{v}".encode(), digest_size=8).hexdigest() for v in values]
+
+
+def _y(t: pa.Table) -> np.ndarray:
+    return t.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _split_summary(t: pa.Table) -> dict:
+    y = _y(t)
+    times = t.column("index_time") if "index_time" in t.column_names else None
+    first = last = None
+    if times is not None and len(times):
+        first, last = pc.min(times).as_py(), pc.max(times).as_py()
+    return {"stays": t.num_rows, "patients": len(pc.unique(t.column("patient_id"))), "positives": int(y.sum()),
+            "prevalence": float(y.mean()) if len(y) else None,
+            "first_index": first.isoformat() if first else None, "last_index": last.isoformat() if last else None}
+
+
+def _missingness(data: TrainingData, train: pa.Table, test: pa.Table, labels: dict[str, str]) -> list[dict]:
+    out = []
+    for c in data.features:
+        out.append({"column": c, "label": labels.get(c, c),
+                    "train": train.column(c).null_count / max(train.num_rows, 1),
+                    "test": test.column(c).null_count / max(test.num_rows, 1)})
+    return out
+
+
+def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None):
+    """Train, validate and register; return the registered `Bundle`."""
+    from careloop.evaluation import choose_operating_point, compare, evaluate, fairness
+    from careloop.explain import column_infos, display, global_importance, reasons
+    from careloop.modeling import Calibrator, fit_candidates
+    from careloop.registry import Registry
+    from careloop.reports import load_facts, write_reports
+
+    step = progress or (lambda _msg: None)
+    facts = load_facts(config.documentation)  # fail on a bad documentation file before any work
+    data.table = data.table.filter(pc.is_valid(data.table.column("label")))
+    train_t, calib_t, test_t = (data.split(s) for s in ("train", "calibration", "test"))
+    for name, t in (("train", train_t), ("calibration", calib_t), ("test", test_t)):
+        y = _y(t)
+        if t.num_rows == 0 or y.min() == y.max():
+            raise CareloopError(f"the {name} split has {t.num_rows} labelled rows and {int(y.sum())} positives: "
+                                "it needs both outcomes (more data, or other split fractions)")
+    cands = fit_candidates(train_t, _y(train_t), train_t.column("patient_id").to_pylist(), calib_t, _y(calib_t),
+                           columns=data.features, categorical=data.categorical, estimators=config.estimators,
+                           calibration=config.calibration, seed=config.seed, threads=config.threads,
+                           progress=step)
+    model = cands.model
+    y_cal, y_test = _y(calib_t), _y(test_t)
+    clusters = test_t.column("patient_id").to_pylist()
+
+    step("scoring the calibration and test splits")
+    scores_cal = {f"careloop {k}": m.predict_proba(calib_t) for k, m in cands.models.items()}
+    scores_test = {f"careloop {k}": m.predict_proba(test_t) for k, m in cands.models.items()}
+    for col, label in data.comparators.items():  # published scores, mapped to risk on the calibration split
+        raw_cal = calib_t.column(col).to_numpy(zero_copy_only=False).astype(float)
+        raw_test = test_t.column(col).to_numpy(zero_copy_only=False).astype(float)
+        ok = np.isfinite(raw_cal)
+        cal = Calibrator("sigmoid").fit(raw_cal[ok], y_cal[ok])
+        fill = float(np.nanmedian(raw_cal))
+        scores_cal[label] = cal(np.where(np.isfinite(raw_cal), raw_cal, fill))
+        scores_test[label] = cal(np.where(np.isfinite(raw_test), raw_test, fill))
+    primary = f"careloop {cands.chosen}"
+    order = [primary, *[k for k in scores_test if k != primary]]
+
+    step("choosing the operating point on the calibration split")
+    ops = {k: choose_operating_point(y_cal, scores_cal[k], policy=config.policy, target=config.target)
+           for k in order}
+    op = ops[primary]
+
+    step(f"evaluating on the test split ({test_t.num_rows:,} stays, {config.n_boot} bootstrap resamples)")
+    evals = {k: evaluate(y_test, scores_test[k], clusters=clusters, threshold=ops[k].threshold, n_boot=config.n_boot,
+                         seed=config.seed, probabilistic=k.startswith("careloop"))
+             for k in order}
+    comparisons = compare(y_test, {k: scores_test[k] for k in order}, primary, clusters=clusters,
+                          n_boot=config.n_boot, seed=config.seed)
+
+    step("assessing fairness")
+    groups = {a: test_t.column(c).to_pylist() for a, c in data.groups.items()}
+    labels = {(a, v): display(a, v) for a, vals in groups.items() for v in set(vals) if v is not None}
+    fair = fairness(y_test, scores_test[primary], groups, threshold=op.threshold, clusters=clusters,
+                    min_group_size=config.min_group_size, tolerances=config.tolerances, labels=labels,
+                    n_boot=config.n_boot, seed=config.seed)
+
+    step("explaining")
+    infos = column_infos(data.describe, data.units) if data.describe else []
+    sample = test_t if test_t.num_rows <= IMPORTANCE_SAMPLE else test_t.take(
+        np.random.default_rng(config.seed).choice(test_t.num_rows, IMPORTANCE_SAMPLE, replace=False))
+    contrib = model.contributions(sample)
+    importance = global_importance(contrib, infos)
+    top = np.argsort(-scores_test[primary], kind="stable")[:EXAMPLES]
+    ex_rows = test_t.take(pa.array(top)).select(data.features)
+    ex_reasons = reasons(model.contributions(ex_rows), ex_rows.to_pylist(), infos, top=3)
+    examples = [{"risk": float(scores_test[primary][i]), "reasons": [r.to_dict() for r in rs]}
+                for i, rs in zip(top, ex_reasons, strict=True)]
+
+    label_of = {i.column: i.label for i in infos}
+    report = {
+        "schema": "careloop.validation-report/1", "kind": "model",
+        "title": f"{config.name}: {data.source.get('task', data.source.get('label'))}",
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "model": {"name": config.name, "bundle_id": None, "version": code_version(),
+                  "task": data.source.get("task", data.source.get("label")),
+                  "feature_set": data.source.get("feature_set", data.source.get("file")),
+                  "estimator": cands.chosen,
+                  "candidates": {f"careloop {k}": {"calibration_auroc": {"estimate": v, "ci": None}}
+                                 for k, v in cands.calibration_auroc.items()},
+                  "selection": cands.selection,
+                  "calibration": {"method": config.calibration, "fitted_on": "calibration"},
+                  "hyperparameters": model.estimator.hyperparameters, "code_version": code_version(),
+                  "training_fingerprint": fingerprint(data), "n_features": len(data.features),
+                  "features": data.features, "excluded_inputs": data.source.get("excluded_inputs", []),
+                  "dropped_columns": data.excluded_columns},
+        "data": {"source": _source_text(data), "label": data.source.get("label"),
+                 "positive": data.source.get("positive"),
+                 "splits": {s: _split_summary(t) for s, t in (("train", train_t), ("calibration", calib_t),
+                                                              ("test", test_t))},
+                 "excluded": data.steps, "censored": data.source.get("censored"),
+                 "missingness": _missingness(data, train_t, test_t, label_of)},
+        "primary": primary,
+        "scores": {k: evals[k].to_dict() for k in order},
+        "comparisons": comparisons,
+        "operating_point": op.to_dict(),
+        "operating_points": {k: ops[k].to_dict() for k in order},
+        "fairness": fair.to_dict(),
+        "importance": importance,
+        "example_reasons": examples,
+        "team": None,
+    }
+
+    step("writing the bundle")
+    registry.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=registry))
+    try:
+        model.save(staging)
+        for fname, text in data.specs.items():
+            (staging / fname).write_text(text)
+        if config.documentation:
+            (staging / "documentation.yaml").write_text(Path(config.documentation).read_text())
+        _write_predictions(staging, data, calib_t, test_t, scores_cal, scores_test)
+        write_reports(report, facts, staging)
+        meta = {"name": config.name, "created": report["created"], "task": report["model"]["task"],
+                "source": data.source, "estimator": cands.chosen, "features": data.features,
+                "categorical": sorted(data.categorical), "describe": data.describe, "units": data.units,
+                "groups": data.groups, "operating_point": op.to_dict(),
+                "metrics": {k: v["estimate"] for k, v in report["scores"][primary]["metrics"].items()
+                            if isinstance(v, dict)},
+                "code_version": report["model"]["code_version"],
+                "training_fingerprint": report["model"]["training_fingerprint"],
+                "scope": {"min_age": data.source.get("min_age")}}
+        (staging / "bundle.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+        return Registry(registry).register(staging, config.name)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _source_text(data: TrainingData) -> str:
+    s = data.source
+    if s["kind"] == "store":
+        return (f"Event store {s['store']}: task {s['task']} ({s['task_description']}), feature set "
+                f"{s['feature_set']}")
+    return f"Flat extract {s['file']} (one row per stay; patient id column {s['id']})"
+
+
+def _write_predictions(folder: Path, data: TrainingData, calib_t: pa.Table, test_t: pa.Table,
+                       scores_cal: dict, scores_test: dict) -> None:
+    """Every score on the calibration and test rows, with labels, pseudonymous ids and groups: the report's
+    numbers can be recomputed from this file alone."""
+    parts = []
+    for split, t, scores in (("calibration", calib_t, scores_cal), ("test", test_t, scores_test)):
+        cols = {"row": pseudonym(t.column("row_id").to_pylist(), "row"),
+                "cluster": pseudonym(t.column("patient_id").to_pylist(), "patient"),
+                "split": [split] * t.num_rows, "label": _y(t)}
+        for k, v in scores.items():
+            cols[f"score:{k}"] = v
+        for a, c in data.groups.items():
+            cols[f"group:{a}"] = t.column(c)
+        parts.append(pa.table(cols))
+    pq.write_table(pa.concat_tables(parts), folder / PREDICTIONS, compression="zstd")

@@ -1,0 +1,100 @@
+"""Bundles: the id is the content hash, recomputed here; any change after registration is refused."""
+
+import hashlib
+import json
+import os
+import stat
+
+import pytest
+
+from careloop.registry import MANIFEST, BundleIntegrityError, Registry, RegistryError, load, verify
+
+
+def _staging(tmp_path, name="stage", text="v1"):
+    d = tmp_path / name
+    (d / "sub").mkdir(parents=True)
+    (d / "model.json").write_text(json.dumps({"w": text}))
+    (d / "report.html").write_text("<html>report</html>")
+    (d / "sub" / "extra.txt").write_text("nested")
+    (d / "bundle.json").write_text(json.dumps({"task": "t", "metrics": {"auroc": 0.8}}))
+    return d
+
+
+def _independent_id(folder):
+    lines = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            rel = p.relative_to(folder).as_posix()
+            lines.append((rel, hashlib.sha256(p.read_bytes()).hexdigest()))
+    return hashlib.sha256("".join(f"{r} {h}\n" for r, h in sorted(lines)).encode()).hexdigest()
+
+
+def test_register_names_the_bundle_by_its_content_hash(tmp_path):
+    stage = _staging(tmp_path)
+    expect = _independent_id(stage)
+    b = Registry(tmp_path / "reg").register(stage, "readmission")
+    assert b.bundle_id == expect
+    assert b.path.name == f"readmission-{expect[:12]}"
+    assert not stage.exists()
+    assert verify(b.path).bundle_id == expect
+    mode = os.stat(b.path / "model.json").st_mode
+    assert not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+
+
+def test_identical_content_registers_once(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    a = reg.register(_staging(tmp_path, "s1"), "m")
+    b = reg.register(_staging(tmp_path, "s2"), "m")
+    assert a.path == b.path and len(reg.bundles()) == 1
+    c = reg.register(_staging(tmp_path, "s3", text="v2"), "m")
+    assert c.bundle_id != a.bundle_id and len(reg.bundles()) == 2
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda d: (d / "model.json").write_text('{"w": "evil"}'), "model.json was modified"),
+    (lambda d: (d / "sub" / "extra.txt").unlink(), "sub/extra.txt is missing"),
+    (lambda d: (d / "new.txt").write_text("x"), "new.txt was added"),
+    (lambda d: (d / "report.html").write_bytes(b"<html>report</html> "), "report.html was modified"),
+])
+def test_tampered_bundle_fails_to_load(tmp_path, tamper, message):
+    b = Registry(tmp_path / "reg").register(_staging(tmp_path), "m")
+    for p in b.path.rglob("*"):
+        if p.is_file():
+            p.chmod(0o644)
+    tamper(b.path)
+    with pytest.raises(BundleIntegrityError, match=message):
+        load(b.path)
+
+
+def test_a_forged_manifest_is_detected(tmp_path):
+    b = Registry(tmp_path / "reg").register(_staging(tmp_path), "m")
+    mf = b.path / MANIFEST
+    mf.chmod(0o644)
+    m = json.loads(mf.read_text())
+    (b.path / "model.json").chmod(0o644)
+    (b.path / "model.json").write_text("{}")
+    m["files"]["model.json"] = hashlib.sha256(b"{}").hexdigest()  # hashes updated, id left alone
+    mf.write_text(json.dumps(m))
+    with pytest.raises(BundleIntegrityError, match="bundle id does not match"):
+        verify(b.path)
+
+
+def test_find_by_prefix_and_name(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    a = reg.register(_staging(tmp_path, "s1"), "m")
+    assert reg.find(a.bundle_id[:8]).path == a.path
+    assert reg.find(a.path.name).path == a.path
+    assert load(a.bundle_id[:10], tmp_path / "reg").bundle_id == a.bundle_id
+    with pytest.raises(RegistryError, match="no bundle"):
+        reg.find("ffffffffff")
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(BundleIntegrityError, match="not a model bundle"):
+        verify(tmp_path)
+
+
+def test_summary_reads_metadata(tmp_path):
+    b = Registry(tmp_path / "reg").register(_staging(tmp_path), "m")
+    s = b.summary()
+    assert s["test_auroc"] == 0.8 and s["task"] == "t" and s["files"] == 4
