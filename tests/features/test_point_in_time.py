@@ -102,4 +102,17 @@ def test_a_prediction_during_the_stay_sees_nothing_of_its_end(hospital_store):
     rows = extract(fs, cohort, eng).table.to_pylist()
     assert len(rows) > 1000
     assert all(r["discharge_disposition"] is None for r in rows)
+    assert all(r["principal_diagnosis"] is None for r in rows)  # coded at discharge
     assert all(abs(r["los_days"] - 1.0) < 1e-9 for r in rows)
+
+
+def test_principal_diagnosis_is_the_index_stays_reason_code(hospital_store):
+    fs = load_feature_set("readmission")
+    eng = DuckDBEngine(hospital_store[0])
+    cohort = build_cohort(load_task("readmission-30d"), eng).table
+    got = dict(zip(cohort.column("encounter_id").to_pylist(),
+                   extract(fs, cohort, eng).table.column("principal_diagnosis").to_pylist(), strict=True))
+    ref = eng.arrow("SELECT encounter_id, reason_code FROM encounters WHERE class = 'IMP'").to_pylist()
+    expect = {r["encounter_id"]: r["reason_code"] for r in ref if r["encounter_id"] in got}
+    assert len(expect) == len(got) and got == expect
+    assert sum(v is not None for v in got.values()) > 0.95 * len(got)
