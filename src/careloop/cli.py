@@ -498,7 +498,8 @@ def _print_train_summary(bundle) -> None:
     t = Table(title=f"{rep['title']} — test split, 95% bootstrap intervals")
     for col in ("score", "AUROC", "AUPRC", "Brier", "cal. slope", "sens. at op.", "PPV at op."):
         t.add_column(col, justify="left" if col == "score" else "right")
-    for k, ev in rep["scores"].items():
+    for k in rep.get("order") or rep["scores"]:
+        ev = rep["scores"][k]
         m, op = ev["metrics"], ev.get("operating_point") or {}
         t.add_row(k + (" ★" if k == rep["primary"] else ""), _fmt(m["auroc"]), _fmt(m["auprc"]), _fmt(m["brier"]),
                   _fmt(m["calibration_slope"]), _fmt(op.get("sensitivity"), True), _fmt(op.get("ppv"), True))

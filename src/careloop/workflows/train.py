@@ -11,6 +11,7 @@ import hashlib
 import json
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,12 +99,21 @@ def _missingness(data: TrainingData, train: pa.Table, test: pa.Table, labels: di
 def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None):
     """Train, validate and register; return the registered `Bundle`."""
     from careloop.evaluation import choose_operating_point, compare, evaluate, fairness
-    from careloop.explain import column_infos, display, global_importance, reasons
+    from careloop.explain import column_infos, column_infos_for_table, display, global_importance, reasons
     from careloop.modeling import Calibrator, fit_candidates
     from careloop.registry import Registry
     from careloop.reports import load_facts, write_reports
 
-    step = progress or (lambda _msg: None)
+    timings: dict[str, float] = {}
+    clock = {"phase": "checking inputs", "t": time.perf_counter()}
+
+    def step(msg: str) -> None:
+        now = time.perf_counter()
+        timings[clock["phase"]] = timings.get(clock["phase"], 0.0) + now - clock["t"]
+        clock.update(phase=msg.split(" (")[0], t=now)
+        if progress:
+            progress(msg)
+
     facts = load_facts(config.documentation)  # fail on a bad documentation file before any work
     data.table = data.table.filter(pc.is_valid(data.table.column("label")))
     train_t, calib_t, test_t = (data.split(s) for s in ("train", "calibration", "test"))
@@ -154,14 +164,17 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
                     n_boot=config.n_boot, seed=config.seed)
 
     step("explaining")
-    infos = column_infos(data.describe, data.units) if data.describe else []
+    if data.source["kind"] == "table":
+        infos = column_infos_for_table(data.features, sorted(c.name for c in model.preprocessor.categorical))
+    else:
+        infos = column_infos(data.describe, data.units)
     sample = test_t if test_t.num_rows <= IMPORTANCE_SAMPLE else test_t.take(
         np.random.default_rng(config.seed).choice(test_t.num_rows, IMPORTANCE_SAMPLE, replace=False))
     contrib = model.contributions(sample)
-    importance = global_importance(contrib, infos)
+    importance = global_importance(contrib, infos, columns=model.columns)
     top = np.argsort(-scores_test[primary], kind="stable")[:EXAMPLES]
     ex_rows = test_t.take(pa.array(top)).select(data.features)
-    ex_reasons = reasons(model.contributions(ex_rows), ex_rows.to_pylist(), infos, top=3)
+    ex_reasons = reasons(model.contributions(ex_rows), ex_rows.to_pylist(), infos, top=3, columns=model.columns)
     examples = [{"risk": float(scores_test[primary][i]), "reasons": [r.to_dict() for r in rs]}
                 for i, rs in zip(top, ex_reasons, strict=True)]
 
@@ -189,6 +202,7 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
                  "excluded": data.steps, "censored": data.source.get("censored"),
                  "missingness": _missingness(data, train_t, test_t, label_of)},
         "primary": primary,
+        "order": order,
         "scores": {k: evals[k].to_dict() for k in order},
         "comparisons": comparisons,
         "operating_point": op.to_dict(),
@@ -210,6 +224,7 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
             (staging / "documentation.yaml").write_text(Path(config.documentation).read_text())
         _write_predictions(staging, data, calib_t, test_t, scores_cal, scores_test)
         write_reports(report, facts, staging)
+        step("registering")
         meta = {"name": config.name, "created": report["created"], "task": report["model"]["task"],
                 "source": data.source, "estimator": cands.chosen, "features": data.features,
                 "categorical": sorted(data.categorical), "describe": data.describe, "units": data.units,
@@ -218,7 +233,7 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
                             if isinstance(v, dict)},
                 "code_version": report["model"]["code_version"],
                 "training_fingerprint": report["model"]["training_fingerprint"],
-                "scope": {"min_age": data.source.get("min_age")}}
+                "scope": {"min_age": data.source.get("min_age")}, "timings_s": timings}
         (staging / "bundle.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
         return Registry(registry).register(staging, config.name)
     except BaseException:
