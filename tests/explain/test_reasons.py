@@ -58,7 +58,8 @@ def naive(c: np.ndarray, top: int, direction: str, min_contribution: float) -> l
 @pytest.mark.parametrize("top", [1, 3, 5, K, K + 4])
 @pytest.mark.parametrize("min_contribution", [0.0, 0.8])
 def test_matches_a_naive_sort(frame, contrib, infos, direction, top, min_contribution):
-    got = reasons(contrib, frame, infos, top=top, direction=direction, min_contribution=min_contribution)
+    got = reasons(contrib, frame, infos, top=top, direction=direction, min_contribution=min_contribution,
+                  distinct=False)
     want = naive(contrib, top, direction, min_contribution)
     assert [[infos.index(next(i for i in infos if i.column == r.column)) for r in rs] for rs in got] == want
     for i, rs in enumerate(got):
@@ -167,7 +168,21 @@ def test_fast_on_many_rows():
     values = rng.integers(0, 4, (n, k)).astype(float)
     c = rng.normal(size=(n, k + 1))
     t = time.perf_counter()
-    got = reasons(c, values, infos, top=3)
+    got = reasons(c, values, infos, top=3, distinct=False)
     elapsed = time.perf_counter() - t
     assert len(got) == n and all(len(rs) == 3 for rs in got[:100])
     assert elapsed < 10, f"{elapsed:.1f}s for {n:,} rows"
+
+
+def test_distinct_names_each_measure_once():
+    infos = [ColumnInfo("adm_180d", "adm_180d", "encounter_count", "180d", label="admissions"),
+             ColumnInfo("adm_365d", "adm_365d", "encounter_count", "365d", label="admissions"),
+             ColumnInfo("sodium_last", "sodium", "measurement", "stay", "last", label="sodium"),
+             ColumnInfo("sodium_min", "sodium", "measurement", "stay", "min", label="sodium"),
+             ColumnInfo("age", "age", "age", label="age")]
+    rows = [{"adm_180d": 3.0, "adm_365d": 5.0, "sodium_last": 128.0, "sodium_min": 126.0, "age": 80.0}]
+    c = np.array([[0.9, 0.8, 0.7, 0.6, 0.1]])
+    got = reasons(c, rows, infos, top=3)
+    assert [r.column for r in got[0]] == ["adm_180d", "sodium_last", "age"]
+    assert [r.column for r in reasons(c, rows, infos, top=3, distinct=False)[0]] == ["adm_180d", "adm_365d",
+                                                                                    "sodium_last"]

@@ -100,7 +100,7 @@ _MISSING = object()
 
 def reasons(contributions: np.ndarray, rows: object, infos: Sequence[ColumnInfo], *, top: int = 3,
             direction: Direction = "raises", min_contribution: float = 0.0,
-            columns: Sequence[str] | None = None) -> list[list[Reason]]:
+            columns: Sequence[str] | None = None, distinct: bool = True) -> list[list[Reason]]:
     """Per row, the `top` columns that contribute most to the risk, as Reasons with the row's own values.
 
     `contributions` is (n, k) or (n, k+1) with the bias term last (LightGBM `pred_contrib`, SHAP), its columns in the
@@ -110,6 +110,8 @@ def reasons(contributions: np.ndarray, rows: object, infos: Sequence[ColumnInfo]
     (protective factors), most negative first; "both" ranks by absolute value. A column whose contribution in that
     direction is zero or below `min_contribution` is skipped, so a row may get fewer than `top`. Equal contributions
     among the chosen rank in column order. Selection is vectorised; phrases are built for the chosen cells only.
+    With `distinct` (the default) a row names each measure once: "12 admissions in the past 6 months" is not
+    followed by "14 admissions in the past year", nor "sodium 128 at discharge" by "lowest sodium 127".
     """
     if direction not in ("raises", "lowers", "both"):
         raise ValueError(f"direction must be 'raises', 'lowers' or 'both', got {direction!r}")
@@ -119,7 +121,8 @@ def reasons(contributions: np.ndarray, rows: object, infos: Sequence[ColumnInfo]
     n = c.shape[0]
     if _n_rows(rows) != n:
         raise ValueError(f"{n} rows of contributions but {_n_rows(rows)} rows of values")
-    top = min(int(top), k)
+    want = min(int(top), k)
+    top = min(want * 4, k) if distinct else want  # candidates: enough to skip repeats of a measure
     if n == 0 or top <= 0:
         return [[] for _ in range(n)]
     score = c if direction == "raises" else -c if direction == "lowers" else np.abs(c)
@@ -141,9 +144,17 @@ def reasons(contributions: np.ndarray, rows: object, infos: Sequence[ColumnInfo]
     cache: dict[tuple[int, object], tuple[object, str]] = {}
     out: list[list[Reason]] = []
     for i in range(n):
-        row_out = []
+        row_out: list[Reason] = []
+        seen: set[str] = set()
         for pos in range(counts[i]):
+            if len(row_out) == want:
+                break
             j = idx_l[i][pos]
+            if distinct:
+                family = infos[j].label or infos[j].column
+                if family in seen:
+                    continue
+                seen.add(family)
             value = cells[i][pos]
             try:
                 key = (j, value)
