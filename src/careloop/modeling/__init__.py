@@ -9,7 +9,7 @@ from careloop.modeling._calibration import Calibrator
 from careloop.modeling._estimators import ESTIMATORS, GradientBoosting, Logistic
 from careloop.modeling._frame import FrameError, Preprocessor
 from careloop.modeling._model import RiskModel
-from careloop.modeling._train import Candidates, TrainingError, fit_candidates, inner_split
+from careloop.modeling._train import Candidates, TrainingError, fit_candidates, inner_folds
 
 __all__ = ["ESTIMATORS", "Calibrator", "Candidates", "FrameError", "GradientBoosting", "Logistic", "Preprocessor",
-           "RiskModel", "TrainingError", "fit_candidates", "inner_split"]
+           "RiskModel", "TrainingError", "fit_candidates", "inner_folds"]

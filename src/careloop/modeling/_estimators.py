@@ -45,12 +45,25 @@ class GradientBoosting:
         self.params = {**LGBM_DEFAULTS, "seed": seed, "num_threads": threads, **(params or {})}
         self.booster: lgb.Booster | None = None
 
-    def fit(self, train: pa.Table, y: np.ndarray, valid: pa.Table, y_valid: np.ndarray) -> GradientBoosting:
+    def fit(self, train: pa.Table, y: np.ndarray, folds: np.ndarray) -> GradientBoosting:
+        """Early stopping on held-out patients: with two folds (0 = held out) the model trained on the rest is kept;
+        with more, cross-validation picks the number of rounds and the model is refitted on every row."""
         cats = [c.name for c in self.pre.categorical]
-        dtrain = lgb.Dataset(self.pre.frame(train), label=y, categorical_feature=cats, free_raw_data=True)
-        dvalid = lgb.Dataset(self.pre.frame(valid), label=y_valid, reference=dtrain, categorical_feature=cats)
-        self.booster = lgb.train(self.params, dtrain, num_boost_round=MAX_ROUNDS, valid_sets=[dvalid],
-                                 callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
+        frame = self.pre.frame(train)
+        k = int(folds.max()) + 1
+        if k == 2:
+            fit, held = folds != 0, folds == 0
+            dtrain = lgb.Dataset(frame[fit], label=y[fit], categorical_feature=cats)
+            dvalid = lgb.Dataset(frame[held], label=y[held], reference=dtrain, categorical_feature=cats)
+            self.booster = lgb.train(self.params, dtrain, num_boost_round=MAX_ROUNDS, valid_sets=[dvalid],
+                                     callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
+            return self
+        dtrain = lgb.Dataset(frame, label=y, categorical_feature=cats, free_raw_data=False)
+        splits = [(np.flatnonzero(folds != f), np.flatnonzero(folds == f)) for f in range(k)]
+        cv = lgb.cv({**self.params, "metric": "binary_logloss"}, dtrain, num_boost_round=MAX_ROUNDS, folds=splits,
+                    callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)], stratified=False)
+        rounds = len(next(iter(cv.values())))
+        self.booster = lgb.train(self.params, dtrain, num_boost_round=rounds)
         return self
 
     @property
@@ -89,17 +102,22 @@ class Logistic:
         self.intercept = 0.0
         self.centre: np.ndarray | None = None  # mean design row of the training data (attribution baseline)
 
-    def fit(self, train: pa.Table, y: np.ndarray, valid: pa.Table, y_valid: np.ndarray) -> Logistic:
+    def fit(self, train: pa.Table, y: np.ndarray, folds: np.ndarray) -> Logistic:
+        """C by held-out log loss over the patient folds (fold 0 only when there are two), then a refit on all rows."""
         x, _ = self.pre.design(train)
-        xv, _ = self.pre.design(valid)
+        k = int(folds.max()) + 1
+        held_out = [0] if k == 2 else list(range(k))
         grid = (self.C,) if self.C else C_GRID
-        best = None
+        losses = []
         for c in grid:
-            m = LogisticRegression(C=c, max_iter=2000, tol=1e-6).fit(x, y)
-            loss = log_loss(y_valid, m.predict_proba(xv)[:, 1], labels=[0, 1])
-            if best is None or loss < best[0] - 1e-9:
-                best = (loss, c, m)
-        _, self.C, m = best
+            total = 0.0
+            for f in held_out:
+                tr, te = folds != f, folds == f
+                m = LogisticRegression(C=c, max_iter=2000, tol=1e-6).fit(x[tr], y[tr])
+                total += log_loss(y[te], m.predict_proba(x[te])[:, 1], labels=[0, 1]) * te.sum()
+            losses.append(total)
+        self.C = grid[int(np.argmin(losses))]
+        m = LogisticRegression(C=self.C, max_iter=2000, tol=1e-6).fit(x, y)
         self.coef = m.coef_[0].astype(np.float64)
         self.intercept = float(m.intercept_[0])
         self.centre = x.mean(axis=0)

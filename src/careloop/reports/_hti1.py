@@ -356,7 +356,8 @@ def fairness_text(report: dict) -> str:
         return "No subgroup analysis in the report."
     tol = fair.get("tolerances") or {}
     text = (f"Subgroups of the test split by {', '.join(attrs)}; each gap is the group minus the overall figure with a "
-            f"paired-bootstrap 95% CI, flagged when beyond its tolerance and its interval excludes no difference "
+            f"paired-bootstrap 95% CI, flagged when beyond its tolerance and significant after a Bonferroni "
+            f"correction over every group and measure tested "
             f"(tolerances: {', '.join(f'{metric_name(k)} {v:g}' for k, v in tol.items()) or 'none'}; error rates at "
             f"the operating threshold {fpct(fair.get('threshold'))}; groups under {fair.get('min_group_size')} stays "
             f"or with fewer than 10 positives or negatives are suppressed).")

@@ -275,7 +275,8 @@ def _fairness(report: dict) -> dict:
                       "rows": rows, "suppressed": [{"group": s.get("label") or s.get("group"), "n": count(s.get("n")),
                                                     "reason": s.get("reason")} for s in block.get("suppressed") or []]})
     return {"threshold": fpct(fair.get("threshold")), "min_group_size": fair.get("min_group_size", "n/a"),
-            "tolerances": [f"{metric_name(k)} ±{v:g}" for k, v in tol.items()], "attributes": attrs}
+            "tolerances": [f"{metric_name(k)} ±{v:g}" for k, v in tol.items()], "attributes": attrs,
+            "comparisons": (fair.get("multiplicity") or {}).get("comparisons", "all")}
 
 
 def _importance(report: dict) -> list[dict]:

@@ -227,7 +227,8 @@ def _fairness(report: dict) -> dict:
         interp = "Disparities beyond tolerance: " + "; ".join(
             str(f.get("message") or f"{f.get('attribute')} {f.get('group')} {f.get('metric')}") for f in flags) + "."
     else:
-        interp = "No subgroup gap lies beyond its tolerance with an interval that excludes no difference."
+        interp = ("No subgroup gap lies beyond its tolerance with significance after a Bonferroni correction over "
+                  "every group and measure tested.")
     if suppressed:
         interp += " Too small to assess: " + ", ".join(suppressed) + "."
     interp += (" Error-rate gaps at the operating point (sensitivity, false-positive rate, PPV, flag rate) are "
@@ -241,7 +242,8 @@ def _fairness(report: dict) -> dict:
             f"; groups under {fair.get('min_group_size', 'n/a')} stays or with fewer than 10 positives or negatives "
             f"are suppressed.",
             "ValidationProcessAndJustification": "A disparity is flagged when a gap's point estimate lies beyond its "
-            "tolerance and its 95% interval excludes no difference; observed/expected gaps are log ratios."}
+            "tolerance and it stays significant after a Bonferroni correction over every group and measure tested; "
+            "observed/expected gaps are log ratios."}
 
 
 def _safety(report: dict) -> dict:
