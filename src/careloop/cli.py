@@ -356,9 +356,6 @@ def store_info(
     out_console.print("quarantine: " + (", ".join(f"{k}: {v:,}" for k, v in q.items()) if q else "empty"))
 
 
-if __name__ == "__main__":
-    app()
-
 
 def _steps(label: str, as_json: bool):
     """A spinner with the current step (training has phases, not a count), and a callback that moves it on."""
@@ -606,3 +603,7 @@ def models_show(
     t.add_row("operating point", (doc["operating_point"] or {}).get("rationale", "-"))
     t.add_row("files", ", ".join(sorted(b.files)))
     out_console.print(t)
+
+
+if __name__ == "__main__":
+    app()
