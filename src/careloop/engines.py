@@ -31,6 +31,35 @@ class DuckDBEngine:
         self.con.close()
 
 
+class ArrowEngine:
+    """DuckDB over in-memory Arrow tables with the store's table names and views: the same feature SQL, run on one
+    patient's data at serving time (the service builds these tables from prefetched FHIR)."""
+
+    dialect = Dialect()
+
+    def __init__(self, tables: dict[str, pa.Table], *, threads: int = 1) -> None:
+        import duckdb
+
+        from careloop import contracts as C
+
+        self.con = duckdb.connect()
+        self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute(f"SET threads TO {int(threads)}")
+        for name, schema in C.TABLES.items():
+            table = tables.get(name)
+            if table is None:
+                table = schema.empty_table()
+            self.con.register("encounters_raw" if name == "encounters" else name, table)
+        for sql in RESOLVED_VIEWS:
+            self.con.execute(sql)
+
+    def arrow(self, sql: str) -> pa.Table:
+        return self.con.sql(sql).to_arrow_table()
+
+    def close(self) -> None:
+        self.con.close()
+
+
 class SparkEngine:
     """Spark SQL over the same Parquet parts (local mode here; a cluster URL in production)."""
 

@@ -17,6 +17,7 @@ from careloop.evaluation._fairness import (
     fairness,
 )
 from careloop.evaluation._operating_point import OperatingPoint, choose_operating_point
+from careloop.evaluation._recording import RecordingFinding, recording_disparity
 from careloop.evaluation._result import CalibrationBin, DecisionPoint, Estimate, Evaluation, ThresholdRow
 from careloop.evaluation._validate import EvaluationError
 
@@ -33,10 +34,12 @@ __all__ = [
     "FairnessReport",
     "GroupResult",
     "OperatingPoint",
+    "RecordingFinding",
     "SuppressedGroup",
     "ThresholdRow",
     "choose_operating_point",
     "compare",
     "evaluate",
     "fairness",
+    "recording_disparity",
 ]

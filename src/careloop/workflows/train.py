@@ -163,6 +163,7 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
                     min_group_size=config.min_group_size, tolerances=config.tolerances, labels=labels,
                     n_boot=config.n_boot, seed=config.seed)
 
+    recording = _recording(data, train_t, test_t, groups, clusters, labels, config)
     step("explaining")
     if data.source["kind"] == "table":
         infos = column_infos_for_table(data.features, sorted(c.name for c in model.preprocessor.categorical))
@@ -207,7 +208,7 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
         "comparisons": comparisons,
         "operating_point": op.to_dict(),
         "operating_points": {k: ops[k].to_dict() for k in order},
-        "fairness": fair.to_dict(),
+        "fairness": _with_recording(fair.to_dict(), recording),
         "importance": importance,
         "example_reasons": examples,
         "team": None,
@@ -241,6 +242,47 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
 
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+DOCUMENTATION_KINDS = ("comorbidity",)  # columns computed from recorded diagnoses
+DERIVED_KINDS = ("comorbidity", "score")  # never predictors of the recording check (LACE contains Charlson)
+
+
+def _recording(data: TrainingData, train_t: pa.Table, test_t: pa.Table, groups: dict, clusters: list, labels: dict,
+               config: TrainConfig) -> list:
+    """Recording disparity of the documentation-derived columns (see careloop.evaluation._recording)."""
+    from careloop.evaluation import recording_disparity
+    from careloop.modeling import Preprocessor
+
+    kinds = {d["column"]: d.get("kind") for d in data.describe}
+    targets = [c for c in data.features if kinds.get(c) in DOCUMENTATION_KINDS]
+    predictors = [c for c in data.features if kinds.get(c) not in DERIVED_KINDS]
+    if not targets or not predictors or not groups:
+        return []
+    pre = Preprocessor.fit(train_t, predictors, categorical=data.categorical)
+    x_train, _ = pre.design(train_t)
+    x_test, _ = pre.design(test_t)
+
+    def cols(t: pa.Table) -> dict:
+        return {c: t.column(c).to_numpy(zero_copy_only=False).astype(float) for c in targets}
+
+    return recording_disparity(x_train, cols(train_t), x_test, cols(test_t), groups, clusters=clusters,
+                               labels=labels, min_group_size=config.min_group_size, n_boot=config.n_boot,
+                               seed=config.seed)
+
+
+def _with_recording(fair: dict, findings: list) -> dict:
+    """The fairness block, with the recording check's findings and its flags among the others."""
+    fair["recording"] = {"method": "ridge regression of each diagnosis-derived column on the stay's other data "
+                                   "(training split); group mean standardised residual minus the overall mean on the "
+                                   "test split; cluster bootstrap; Bonferroni over groups x columns",
+                         "tolerance_sd": 0.25, "findings": [f.to_dict() for f in findings]}
+    for f in findings:
+        if f.flagged:
+            fair["flags"].append({"attribute": f.attribute, "group": f.group, "metric": f"recorded {f.column}",
+                                  "gap": f.gap.to_dict(), "tolerance": 0.25, "p_adjusted": f.p_adjusted,
+                                  "message": f.message})
+    return fair
 
 
 def _source_text(data: TrainingData) -> str:
