@@ -43,6 +43,7 @@ class TrainingData:
     specs: dict[str, str] = field(default_factory=dict)  # file name -> text, copied into the bundle
     excluded_columns: list[dict] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
+    directory: pa.Table | None = None  # the store's Organizations and Locations, for scoring at the bedside
 
     def split(self, name: str) -> pa.Table:
         return self.table.filter(pc.equal(self.table.column("split"), name))
@@ -125,7 +126,8 @@ def from_store(store: Path, task_name: str, features: str = "readmission", *, en
                 "censored": sum(v["censored"] for v in summary["splits"].values()),
                 "excluded_inputs": list(exclude)},
         specs={"task.yaml": Path(task_path).read_text(), "features.yaml": Path(fs_path).read_text()},
-        steps=[{"step": s["step"], "stays": s["removed"]} for s in cohort.steps])
+        steps=[{"step": s["step"], "stays": s["removed"]} for s in cohort.steps],
+        directory=eng.arrow("SELECT * FROM directory"))
 
 
 def _units(eng, codes: list[str]) -> dict[str, str]:

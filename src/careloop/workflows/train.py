@@ -148,6 +148,7 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
     ops = {k: choose_operating_point(y_cal, scores_cal[k], policy=config.policy, target=config.target)
            for k in order}
     op = ops[primary]
+    band = _threshold_band(y_cal, scores_cal[primary], calib_t.column("patient_id").to_pylist(), config)
 
     step(f"evaluating on the test split ({test_t.num_rows:,} stays, {config.n_boot} bootstrap resamples)")
     evals = {k: evaluate(y_test, scores_test[k], clusters=clusters, threshold=ops[k].threshold, n_boot=config.n_boot,
@@ -206,7 +207,7 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
         "order": order,
         "scores": {k: evals[k].to_dict() for k in order},
         "comparisons": comparisons,
-        "operating_point": op.to_dict(),
+        "operating_point": {**op.to_dict(), "threshold_ci": band},
         "operating_points": {k: ops[k].to_dict() for k in order},
         "fairness": _with_recording(fair.to_dict(), recording),
         "importance": importance,
@@ -224,12 +225,15 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
         if config.documentation:
             (staging / "documentation.yaml").write_text(Path(config.documentation).read_text())
         _write_predictions(staging, data, calib_t, test_t, scores_cal, scores_test)
+        if data.directory is not None:
+            pq.write_table(data.directory, staging / "directory.parquet")
         write_reports(report, facts, staging)
         step("registering")
         meta = {"name": config.name, "created": report["created"], "task": report["model"]["task"],
                 "source": data.source, "estimator": cands.chosen, "features": data.features,
                 "categorical": sorted(data.categorical), "describe": data.describe, "units": data.units,
-                "groups": data.groups, "operating_point": op.to_dict(),
+                "groups": data.groups, "operating_point": report["operating_point"],
+                "input_ranges": _input_ranges(model, train_t),
                 "metrics": {k: v["estimate"] for k, v in report["scores"][primary]["metrics"].items()
                             if isinstance(v, dict)},
                 "code_version": report["model"]["code_version"],
@@ -283,6 +287,41 @@ def _with_recording(fair: dict, findings: list) -> dict:
                                   "gap": f.gap.to_dict(), "tolerance": 0.25, "p_adjusted": f.p_adjusted,
                                   "message": f.message})
     return fair
+
+
+def _threshold_band(y: np.ndarray, p: np.ndarray, patients: list, config: TrainConfig, n_boot: int = 200) -> list:
+    """The 95% interval of the operating threshold itself: the policy re-applied to bootstrap resamples of the
+    calibration patients. The service treats a risk inside this band as too close to call (it says so, without
+    a warning), so that which side of the line a patient falls is not left to chance."""
+    from careloop.evaluation import EvaluationError, choose_operating_point
+
+    rng = np.random.default_rng(config.seed)
+    ids, codes = np.unique(np.asarray(patients, dtype=object).astype(str), return_inverse=True)
+    thresholds = []
+    for _ in range(n_boot):
+        counts = rng.multinomial(len(ids), np.full(len(ids), 1 / len(ids)))[codes]
+        idx = np.repeat(np.arange(len(y)), counts)
+        try:
+            thresholds.append(choose_operating_point(y[idx], p[idx], policy=config.policy,
+                                                     target=config.target).threshold)
+        except EvaluationError:
+            continue
+    if len(thresholds) < 20:
+        return None
+    lo, hi = np.percentile(thresholds, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def _input_ranges(model, train_t: pa.Table) -> dict:
+    """Training ranges (0.5th-99.5th percentiles) of the numeric inputs: the service's out-of-distribution check."""
+    out = {}
+    for c in model.preprocessor.numeric:
+        x = train_t.column(c.name).to_numpy(zero_copy_only=False).astype(float)
+        x = x[np.isfinite(x)]
+        if len(x):
+            lo, hi = np.percentile(x, [0.5, 99.5])
+            out[c.name] = [float(lo), float(hi)]
+    return out
 
 
 def _source_text(data: TrainingData) -> str:
