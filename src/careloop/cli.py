@@ -605,5 +605,59 @@ def models_show(
     out_console.print(t)
 
 
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory (verified before serving).")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Service YAML: trusted clients, admin credential, "
+                                                              "state store URL, base URL, alert policy.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    workers: Annotated[int, typer.Option(help="Uvicorn worker threads for scoring (the event loop is one).")] = 1,
+) -> None:
+    """Serve the model as CDS Hooks 2.0 services (discovery, encounter-discharge, patient-view, feedback)."""
+    import uvicorn
+
+    from careloop.serve.app import Service, create_app
+    from careloop.serve.config import load_config
+
+    try:
+        cfg = load_config(config)
+        service = Service(model, cfg)
+    except (CareloopError, ValueError) as exc:
+        fail(str(exc))
+        return
+    console.print(f"careloop serving bundle {service.bundle.bundle_id[:12]} at http://{host}:{port}/cds-services "
+                  f"(state {cfg.state.split('://')[0]})", highlight=False)
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning", access_log=False)
+
+
+audit_app = typer.Typer(help="Check the service's audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    state: Annotated[str, typer.Option("--state", help="State store URL (sqlite:///path or postgresql://...).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Walk the hash chain; exit 1 and name the first bad record if the log was edited, cut or reordered."""
+    from careloop.audit import AuditLog
+
+    try:
+        result = AuditLog.open(state).verify()
+    except CareloopError as exc:
+        fail(str(exc))
+        return
+    doc = {"ok": result.ok, "checked": result.checked, "first_bad": result.first_bad, "reason": result.reason}
+    if as_json:
+        _print_json(doc)
+    elif result.ok:
+        out_console.print(f"audit log intact: {result.checked:,} records verified")
+    else:
+        out_console.print(f"[bold red]audit log altered[/]: first bad record {result.first_bad} ({result.reason})")
+    if not result.ok:
+        raise typer.Exit(code=1)
+
 if __name__ == "__main__":
     app()

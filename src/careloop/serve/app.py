@@ -1,0 +1,539 @@
+"""The CDS Hooks 2.0 service: discovery, the readmission-risk services, feedback, admin, and the audit of all of it.
+
+The web layer is thin: `Service` holds the verified model bundle, the state store and the audit log and decides
+(`Service.handle`); FastAPI routes authenticate, parse, enforce the deadline and turn decisions into responses.
+Every call, including refusals, is appended to the hash-chained audit log, with no token, name or note in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import threading
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow.parquet as pq
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from careloop.serve import cards as C
+from careloop.serve.features import PREFETCH, REQUIRED_KEYS, bedside_features, collect, fetch_prefetch
+
+MAX_BODY = 5 * 1024 * 1024  # bytes; a larger request is refused with 413 before it is parsed
+SERVICES = {
+    "readmission-risk": ("encounter-discharge", "30-day readmission risk at discharge"),
+    "readmission-risk-patient-view": ("patient-view", "30-day readmission risk of the current inpatient stay"),
+}
+MIN_AGE = 18.0
+
+
+class FhirAuthorization(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    access_token: str = Field(min_length=1)
+    token_type: Literal["Bearer"]
+    expires_in: int
+    scope: str = Field(min_length=1)
+    subject: str = Field(min_length=1)
+    patient: str | None = None
+
+
+class HookRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    hook: str = Field(min_length=1)
+    hookInstance: str = Field(min_length=1)  # field names as the CDS Hooks specification spells them
+    fhirServer: str | None = None
+    fhirAuthorization: FhirAuthorization | None = None
+    context: dict[str, Any]
+    prefetch: dict[str, Any] | None = None
+
+
+class FeedbackItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    card: str = Field(min_length=1)
+    outcome: Literal["accepted", "overridden"]
+    acceptedSuggestions: list[dict[str, str]] | None = None
+    overrideReason: dict[str, Any] | None = None
+    outcomeTimestamp: dt.datetime
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=100)
+
+
+class SwitchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool
+
+
+def outcome(status: int, text: str) -> JSONResponse:
+    """A non-2xx answer with a FHIR OperationOutcome body (CDS Hooks 3.0 ballot recommends one)."""
+    code = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 412: "incomplete", 413: "too-costly"}.get(
+        status, "exception"
+    )
+    body = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": text}]}
+    return JSONResponse(body, status_code=status)
+
+
+@dataclass
+class Decision:
+    cards: list[dict]
+    patient: str | None = None
+    score: float | None = None
+    deferral: str | None = None
+    digest: str | None = None
+    note: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Service:
+    """Everything a request needs, loaded once: the bundle (verified), the model, its features, the state store."""
+
+    def __init__(self, bundle_path: Path, config, *, verifier=None, store=None) -> None:
+        from careloop.audit import AuditLog
+        from careloop.explain import column_infos
+        from careloop.features.spec import FeatureSet
+        from careloop.registry import verify
+        from careloop.reports import load_facts
+        from careloop.serve.auth import AdminAuth, TokenVerifier
+        from careloop.state import StateStore
+
+        self.config = config
+        self.bundle = verify(bundle_path)
+        self.meta = self.bundle.metadata
+        if "features.yaml" not in self.bundle.files:
+            raise ValueError("this bundle was trained on a flat table; the service needs a feature set")
+        self.model = self.bundle.model()
+        self.fs = FeatureSet.from_text((self.bundle.path / "features.yaml").read_text(), "features.yaml")
+        directory = self.bundle.path / "directory.parquet"
+        self.directory = pq.read_table(directory) if directory.is_file() else None
+        self.infos = column_infos(self.meta.get("describe") or [], self.meta.get("units") or {})
+        op = self.meta["operating_point"]
+        self.threshold = float(op["threshold"])
+        self.band = tuple(op["threshold_ci"]) if op.get("threshold_ci") else None
+        self.ranges = self.meta.get("input_ranges") or {}
+        self.model_key = self.bundle.bundle_id
+        facts = (
+            load_facts(self.bundle.path / "documentation.yaml")
+            if "documentation.yaml" in self.bundle.files
+            else load_facts(None)
+        )
+        self.intended_use = str(facts.intended_use_and_workflow or "see the model card")
+        self.not_for = str(facts.cautioned_out_of_scope_settings or "see the model card")
+        self.store = store or StateStore(config.state)
+        self.audit = AuditLog(self.store)
+        self.verifier = verifier or TokenVerifier(
+            config.trusted_clients,
+            claim_jti=self.store.claim_jti,
+            max_lifetime_s=config.max_token_lifetime_s,
+            skew_s=config.clock_skew_s,
+        )
+        self.admin = AdminAuth(config.admin)
+        self._lock = threading.Lock()
+
+    # -- audit ----------------------------------------------------------------------------------------
+    def record(
+        self,
+        kind: str,
+        result: str,
+        *,
+        claims=None,
+        req: HookRequest | None = None,
+        decision=None,
+        service: str | None = None,
+        request_id: str | None = None,
+        detail: dict | None = None,
+    ) -> None:
+        from careloop.audit import audit_event
+
+        ev = audit_event(
+            kind=kind,
+            outcome=result,
+            client=getattr(claims, "iss", None),
+            service=service,
+            patient=(decision.patient if decision else None) or (_patient_of(req) if req else None),
+            hook_instance=req.hookInstance if req else None,
+            jti=getattr(claims, "jti", None),
+            request_id=request_id,
+            model_hash=self.bundle.bundle_id,
+            input_digest=decision.digest if decision else None,
+            score=decision.score if decision else None,
+            cards=[{"uuid": c["uuid"], "indicator": c["indicator"]} for c in decision.cards] if decision else None,
+            deferral_reason=decision.deferral if decision else None,
+            detail=detail,
+        )
+        self.audit.append(ev)
+
+    # -- the decision ---------------------------------------------------------------------------------
+    def card_context(self, patient: str, encounter: str | None) -> C.CardContext:
+        return C.CardContext(
+            patient,
+            encounter,
+            self.config.base_url,
+            self.bundle.bundle_id,
+            self.bundle.name,
+            str(self.meta.get("code_version", "")),
+            self.intended_use,
+            self.not_for,
+        )
+
+    def defer(self, ctx: C.CardContext, reason: str, **kw) -> Decision:
+        cards = [C.deferral_card(ctx, reason)] if self.config.alert.deferral == "card" else []
+        return Decision(cards, ctx.patient_id, deferral=reason, **kw)
+
+    def handle(self, service_id: str, req: HookRequest, now: dt.datetime | None = None) -> Decision:
+        now = now or dt.datetime.now(dt.UTC)
+        patient = _patient_of(req)
+        encounter = req.context.get("encounterId") if service_id == "readmission-risk" else None
+        ctx = self.card_context(patient, encounter)
+        prefetch = dict(req.prefetch or {})
+        missing = [k for k in PREFETCH if k not in prefetch]
+        if missing and req.fhirServer and req.fhirAuthorization:  # no prefetch: ask the EHR's FHIR server
+            prefetch |= fetch_prefetch(
+                req.fhirServer,
+                req.fhirAuthorization.access_token,
+                patient,
+                missing,
+                timeout=self.config.deadline_ms / 1000,
+            )
+        pre = collect(prefetch, patient)
+        digest = pre.digest()
+        if pre.outcomes:
+            return self.defer(ctx, f"the EHR could not supply {', '.join(pre.outcomes)}", digest=digest)
+        if any(k in pre.missing for k in REQUIRED_KEYS):
+            return self.defer(ctx, "required data (the patient and their encounters) is missing", digest=digest)
+        feats = bedside_features(self.fs, pre, patient, encounter, directory=self.directory, now=now)
+        extra = {"foreign_resources": pre.foreign} if pre.foreign else {}
+        if feats.row is None:
+            return self.defer(ctx, feats.reason or "the stay cannot be scored", digest=digest, extra=extra)
+        if feats.encounter_class != "IMP":
+            return self.defer(ctx, "not an inpatient stay (out of scope)", digest=digest, extra=extra)
+        if feats.age is None or feats.age < MIN_AGE:
+            return self.defer(ctx, "patient under 18 (out of scope: an adult model)", digest=digest, extra=extra)
+        ood = self.out_of_distribution(feats.row)
+        if ood:
+            return self.defer(ctx, f"inputs outside the training data ({ood})", digest=digest, extra=extra)
+        risk = float(self.model.predict_proba(feats.row)[0])
+        decision = Decision([], patient, score=risk, digest=digest, extra=extra)
+        if self.band and self.band[0] <= risk < self.band[1]:
+            decision.cards = [C.near_threshold_card(ctx, risk, self.band)]
+            decision.note = "near threshold"
+            return decision
+        if risk < self.threshold:
+            decision.note = "below threshold"
+            return decision
+        return self.alert(service_id, ctx, decision, feats.row, now)
+
+    def out_of_distribution(self, row) -> str | None:
+        """Numeric inputs far outside the training range (0.5th-99.5th percentile, widened by half the range)."""
+        far = []
+        for col, (lo, hi) in self.ranges.items():
+            v = row.column(col)[0].as_py() if col in row.column_names else None
+            if v is None:
+                continue
+            pad = 0.5 * (hi - lo) if hi > lo else 1.0
+            if v < lo - pad or v > hi + pad:
+                far.append(col)
+        return ", ".join(far[:3]) if len(far) >= 2 else None
+
+    def alert(self, service_id: str, ctx: C.CardContext, decision: Decision, row, now: dt.datetime) -> Decision:
+        """Repeat suppression, the unit's daily budget, then the card with its reasons."""
+        from careloop.explain import reasons
+
+        a = self.config.alert
+        last = self.store.last_card(service_id, ctx.patient_id, self.model_key)
+        if (
+            last
+            and last.get("risk") is not None
+            and now - _aware(last["at"]) < dt.timedelta(hours=a.repeat_window_h)
+            and abs(decision.score - last["risk"]) <= a.repeat_delta
+        ):
+            decision.note = "repeat suppressed"
+            return decision
+        unit = None
+        if a.daily_budget_per_unit:
+            unit = "hospital"
+            midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+            if self.store.cards_since(service_id, unit, midnight) >= a.daily_budget_per_unit:
+                decision.note = "daily budget reached"
+                return decision
+        rs = reasons(self.model.contributions(row), row.to_pylist(), self.infos, top=3, columns=self.model.columns)
+        budget = self.meta["operating_point"].get("rationale", "")
+        budget_text = (
+            "set to flag about "
+            + (
+                f"{self.meta['operating_point']['target']:.0%} of discharges"
+                if self.meta["operating_point"].get("policy") == "budget"
+                else "the chosen share of discharges"
+            )
+            if budget
+            else "see the card"
+        )
+        band = "top 10% of discharges" if self.meta["operating_point"].get("policy") == "budget" else "high risk"
+        card = C.risk_card(
+            ctx,
+            decision.score,
+            self.threshold,
+            [r.phrase for r in rs[0]],
+            band=band,
+            budget_text=budget_text,
+            today=now.date(),
+        )
+        self.store.record_card(
+            card["uuid"], service_id, ctx.patient_id, self.model_key, decision.score, "warning", unit, now
+        )
+        decision.cards = [card]
+        return decision
+
+
+def _aware(t) -> dt.datetime:
+    if isinstance(t, str):
+        t = dt.datetime.fromisoformat(t)
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def _patient_of(req: HookRequest | None) -> str | None:
+    if req is None:
+        return None
+    p = req.context.get("patientId")
+    return p if isinstance(p, str) and p else None
+
+
+def create_app(service: Service) -> FastAPI:
+    app = FastAPI(
+        title="careloop CDS Hooks service",
+        version="2.0",
+        description="CDS Hooks 2.0 services for 30-day readmission risk, with feedback and audit.",
+    )
+    app.state.service = service
+    base = service.config.base_url.rstrip("/")
+
+    @app.get("/cds-services")
+    def discovery() -> dict:
+        return {
+            "services": [
+                {
+                    "hook": hook,
+                    "id": sid,
+                    "title": title,
+                    "description": f"{title}: calibrated risk, reasons, and a follow-up suggestion above "
+                    "the alert threshold; defers to clinical judgement when out of scope.",
+                    "prefetch": dict(PREFETCH),
+                }
+                for sid, (hook, title) in SERVICES.items()
+            ]
+        }
+
+    async def body_of(request: Request) -> bytes | None:
+        size = request.headers.get("content-length")
+        if size and size.isdigit() and int(size) > MAX_BODY:
+            return None
+        raw = await request.body()
+        return None if len(raw) > MAX_BODY else raw
+
+    @app.post("/cds-services/{service_id}")
+    async def call(service_id: str, request: Request):
+        rid = request.headers.get("x-request-id") or str(uuidlib.uuid4())
+        if service_id not in SERVICES:
+            return outcome(404, f"no CDS service {service_id!r}")
+        from careloop.serve.auth import AuthError
+
+        try:
+            claims = service.verifier.verify(request.headers.get("authorization"), f"{base}/cds-services/{service_id}")
+        except AuthError as e:
+            service.record(
+                "auth-failure",
+                "serious",
+                service=service_id,
+                request_id=rid,
+                detail={"reason": str(e.reason)[:200], "iss": e.iss},
+            )
+            return JSONResponse({}, status_code=401)
+        raw = await body_of(request)
+        if raw is None:
+            service.record(
+                "bad-request",
+                "minor",
+                claims=claims,
+                service=service_id,
+                request_id=rid,
+                detail={"reason": "request too large"},
+            )
+            return outcome(413, f"request larger than {MAX_BODY} bytes")
+        try:
+            req = HookRequest.model_validate_json(raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            msg = f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}"
+            service.record(
+                "bad-request", "minor", claims=claims, service=service_id, request_id=rid, detail={"reason": msg[:200]}
+            )
+            return outcome(400, msg)
+        problem = _check_request(service_id, req)
+        if problem:
+            service.record(
+                "bad-request",
+                "minor",
+                claims=claims,
+                req=req,
+                service=service_id,
+                request_id=rid,
+                detail={"reason": problem},
+            )
+            return outcome(400, problem)
+        if not service.store.enabled(service.model_key):
+            service.record("kill-switch", "minor", claims=claims, req=req, service=service_id, request_id=rid)
+            return {"cards": []}
+        if _prefetch_absent(req) and not req.fhirAuthorization:
+            service.record("precondition-failed", "minor", claims=claims, req=req, service=service_id, request_id=rid)
+            return outcome(412, "the prefetch data is missing and no FHIR server access was granted")
+        try:
+            decision = await asyncio.wait_for(
+                asyncio.to_thread(service.handle, service_id, req), service.config.deadline_ms / 1000
+            )
+        except TimeoutError:
+            service.record(
+                "timeout",
+                "minor",
+                claims=claims,
+                req=req,
+                service=service_id,
+                request_id=rid,
+                detail={"deadline_ms": service.config.deadline_ms},
+            )
+            return {"cards": []}
+        service.record(
+            "cds-call",
+            "success",
+            claims=claims,
+            req=req,
+            decision=decision,
+            service=service_id,
+            request_id=rid,
+            detail={"note": decision.note, **decision.extra} if decision.note or decision.extra else None,
+        )
+        return {"cards": decision.cards}
+
+    @app.post("/cds-services/{service_id}/feedback")
+    async def feedback(service_id: str, request: Request):
+        from careloop.serve.auth import AuthError
+
+        rid = request.headers.get("x-request-id") or str(uuidlib.uuid4())
+        if service_id not in SERVICES:
+            return outcome(404, f"no CDS service {service_id!r}")
+        try:
+            claims = service.verifier.verify(
+                request.headers.get("authorization"), f"{base}/cds-services/{service_id}/feedback"
+            )
+        except AuthError as e:
+            service.record(
+                "auth-failure",
+                "serious",
+                service=service_id,
+                request_id=rid,
+                detail={"reason": str(e.reason)[:200], "iss": e.iss},
+            )
+            return JSONResponse({}, status_code=401)
+        raw = await body_of(request)
+        if raw is None:
+            return outcome(413, f"request larger than {MAX_BODY} bytes")
+        try:
+            fb = FeedbackRequest.model_validate_json(raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            return outcome(400, f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}")
+        new = 0
+        for item in fb.feedback:
+            if item.outcome == "accepted" and not item.acceptedSuggestions:
+                return outcome(400, "feedback: 'accepted' needs acceptedSuggestions")
+            if item.outcomeTimestamp.tzinfo is None:
+                return outcome(400, "feedback: outcomeTimestamp needs a time zone (RFC 3339)")
+            if service.store.card(item.card) is None:
+                return outcome(404, f"feedback: unknown card {item.card}")
+        for item in fb.feedback:
+            d = json.loads(item.model_dump_json(exclude_none=True))
+            added = service.store.add_feedback(service_id, d, client=claims.iss)
+            new += int(added)
+            service.record(
+                "feedback",
+                "success",
+                claims=claims,
+                service=service_id,
+                request_id=rid,
+                detail={
+                    "card": item.card,
+                    "outcome": item.outcome,
+                    "new": added,
+                    "reason": ((item.overrideReason or {}).get("reason") or {}).get("code"),
+                },
+            )
+        return {"received": len(fb.feedback), "new": new}
+
+    @app.post("/admin/models/{model_key}/enabled")
+    async def switch(model_key: str, request: Request):
+        from careloop.serve.auth import AuthError
+
+        try:
+            who = service.admin.check(request.headers.get("authorization"))
+        except AuthError as e:
+            service.record("auth-failure", "serious", detail={"reason": str(e.reason)[:200], "route": "admin"})
+            return JSONResponse({}, status_code=401)
+        try:
+            body = SwitchRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            return outcome(400, e.errors()[0]["msg"])
+        if model_key not in (service.model_key, service.model_key[:12]):
+            return outcome(404, f"no model {model_key!r} is served here")
+        service.store.set_enabled(service.model_key, body.enabled, by=who)
+        service.record("admin-change", "success", detail={"by": who, "enabled": body.enabled})
+        return {"model": service.model_key, "enabled": body.enabled}
+
+    @app.get("/admin/status")
+    async def status(request: Request):
+        from careloop.serve.auth import AuthError
+
+        try:
+            service.admin.check(request.headers.get("authorization"))
+        except AuthError:
+            return JSONResponse({}, status_code=401)
+        v = service.audit.verify()
+        return {
+            "model": service.model_key,
+            "enabled": service.store.enabled(service.model_key),
+            "audit": {"ok": v.ok, "checked": v.checked, "first_bad": v.first_bad},
+        }
+
+    @app.get("/models/{key}/card", response_class=HTMLResponse)
+    def model_card(key: str):
+        if not service.model_key.startswith(key) or len(key) < 6:
+            return PlainTextResponse("unknown model", status_code=404)
+        return HTMLResponse((service.bundle.path / "report.html").read_text())
+
+    return app
+
+
+def _check_request(service_id: str, req: HookRequest) -> str | None:
+    hook = SERVICES[service_id][0]
+    if req.hook != hook:
+        return f"hook: this service answers {hook!r}, not {req.hook!r}"
+    if req.fhirAuthorization and not req.fhirServer:
+        return "fhirServer is required when fhirAuthorization is given"
+    if not _patient_of(req):
+        return "context.patientId is required"
+    if service_id == "readmission-risk" and not isinstance(req.context.get("encounterId"), str):
+        return "context.encounterId is required for encounter-discharge"
+    return None
+
+
+def _prefetch_absent(req: HookRequest) -> bool:
+    """No prefetch key the service needs was sent at all (a null value counts as sent: 'no data')."""
+    pf = req.prefetch or {}
+    return any(k not in pf for k in REQUIRED_KEYS)
+
+
+__all__ = ["SERVICES", "Service", "create_app"]
