@@ -68,3 +68,19 @@ def hospital_store(hospital: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def hospital_bundle_store(hospital: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, IngestReport]:
     store = tmp_path_factory.mktemp("hospital-bundle-store")
     return store, ingest([hospital / "bundles"], store, workers=2)
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(hospital_store, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The readmission model trained on the session's hospital by `careloop train` (its last line is the path)."""
+    from typer.testing import CliRunner
+
+    from careloop.cli import app
+
+    reg = tmp_path_factory.mktemp("registry")
+    res = CliRunner().invoke(app, ["train", "--task", "readmission-30d", "--store", str(hospital_store[0]),
+                                   "--registry", str(reg), "--n-boot", "200"])
+    assert res.exit_code == 0, res.output
+    path = Path(res.output.strip().splitlines()[-1])
+    assert path.parent == reg and path.is_dir()
+    return path

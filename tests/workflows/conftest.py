@@ -18,12 +18,6 @@ def run_cli(*args: str):
 
 
 @pytest.fixture(scope="session")
-def trained(hospital_store, tmp_path_factory) -> Path:
+def trained(trained_bundle) -> Path:
     """`careloop train --task readmission-30d --store ...`: the bundle's path (the command's last line)."""
-    reg = tmp_path_factory.mktemp("registry")
-    res = run_cli("train", "--task", "readmission-30d", "--store", hospital_store[0], "--registry", reg,
-                  "--n-boot", N_BOOT)
-    assert res.exit_code == 0, res.output
-    path = Path(res.output.strip().splitlines()[-1])
-    assert path.parent == reg and path.is_dir()
-    return path
+    return trained_bundle

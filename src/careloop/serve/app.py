@@ -123,8 +123,8 @@ class Service:
             if "documentation.yaml" in self.bundle.files
             else load_facts(None)
         )
-        self.intended_use = str(facts.intended_use_and_workflow or "see the model card")
-        self.not_for = str(facts.cautioned_out_of_scope_settings or "see the model card")
+        self.intended_use = str(facts.intended_use or "see the model card")
+        self.not_for = str(facts.out_of_scope or "see the model card")
         self.store = store or StateStore(config.state)
         self.audit = AuditLog(self.store)
         self.verifier = verifier or TokenVerifier(
@@ -186,14 +186,17 @@ class Service:
         cards = [C.deferral_card(ctx, reason)] if self.config.alert.deferral == "card" else []
         return Decision(cards, ctx.patient_id, deferral=reason, **kw)
 
-    def handle(self, service_id: str, req: HookRequest, now: dt.datetime | None = None) -> Decision:
+    def handle(self, service_id: str, req: HookRequest, now: dt.datetime | None = None,
+               client_iss: str | None = None) -> Decision:
+        """Score one request, or say why not. The EHR's FHIR server is read only when it lies under the token's
+        issuer (the EHR's own FHIR base, as Epic sets `iss`): an attacker-chosen `fhirServer` is never fetched."""
         now = now or dt.datetime.now(dt.UTC)
         patient = _patient_of(req)
         encounter = req.context.get("encounterId") if service_id == "readmission-risk" else None
         ctx = self.card_context(patient, encounter)
         prefetch = dict(req.prefetch or {})
         missing = [k for k in PREFETCH if k not in prefetch]
-        if missing and req.fhirServer and req.fhirAuthorization:  # no prefetch: ask the EHR's FHIR server
+        if missing and req.fhirServer and req.fhirAuthorization and _under(req.fhirServer, client_iss):
             prefetch |= fetch_prefetch(
                 req.fhirServer,
                 req.fhirAuthorization.access_token,
@@ -291,6 +294,13 @@ class Service:
         return decision
 
 
+def _under(url: str, base: str | None) -> bool:
+    if not base:
+        return False
+    url, base = url.rstrip("/"), base.rstrip("/")
+    return url == base or url.startswith(base + "/")
+
+
 def _aware(t) -> dt.datetime:
     if isinstance(t, str):
         t = dt.datetime.fromisoformat(t)
@@ -357,7 +367,7 @@ def create_app(service: Service) -> FastAPI:
         raw = await body_of(request)
         if raw is None:
             service.record(
-                "bad-request",
+                "cds-call",
                 "minor",
                 claims=claims,
                 service=service_id,
@@ -371,13 +381,13 @@ def create_app(service: Service) -> FastAPI:
             err = e.errors()[0]
             msg = f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}"
             service.record(
-                "bad-request", "minor", claims=claims, service=service_id, request_id=rid, detail={"reason": msg[:200]}
+                "cds-call", "minor", claims=claims, service=service_id, request_id=rid, detail={"reason": msg[:200]}
             )
             return outcome(400, msg)
         problem = _check_request(service_id, req)
         if problem:
             service.record(
-                "bad-request",
+                "cds-call",
                 "minor",
                 claims=claims,
                 req=req,
@@ -390,11 +400,13 @@ def create_app(service: Service) -> FastAPI:
             service.record("kill-switch", "minor", claims=claims, req=req, service=service_id, request_id=rid)
             return {"cards": []}
         if _prefetch_absent(req) and not req.fhirAuthorization:
-            service.record("precondition-failed", "minor", claims=claims, req=req, service=service_id, request_id=rid)
+            service.record("cds-call", "minor", claims=claims, req=req, service=service_id, request_id=rid,
+                           detail={"reason": "412: no prefetch and no FHIR access"})
             return outcome(412, "the prefetch data is missing and no FHIR server access was granted")
         try:
             decision = await asyncio.wait_for(
-                asyncio.to_thread(service.handle, service_id, req), service.config.deadline_ms / 1000
+                asyncio.to_thread(service.handle, service_id, req, None, claims.iss),
+                service.config.deadline_ms / 1000
             )
         except TimeoutError:
             service.record(

@@ -1,0 +1,118 @@
+"""A running careloop service on loopback for tests and the benchmark: keys, config, prefetch, signed requests."""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import orjson
+import uvicorn
+import yaml
+
+from careloop.serve.app import Service, create_app
+from careloop.serve.auth import hash_admin_token, sign_request_token
+from careloop.serve.config import load_config
+from careloop.serve.features import PREFETCH
+
+ISS = "https://ehr.careloop-test.example/fhir"
+ADMIN_SECRET = "admin-secret-for-tests-only-0123456789"
+KEY_OF = {"Patient": "patient", "Encounter": "encounters", "Condition": "conditions", "Observation": "observations",
+          "MedicationRequest": "medications", "Procedure": "procedures", "Coverage": "coverage"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(folder: Path, *, state: str, jwks: dict, port: int, **alert) -> Path:
+    doc = {"trusted_clients": [{"iss": ISS, "jwks": jwks}],
+           "admin": {"token_sha256": hash_admin_token(ADMIN_SECRET), "name": "test-admin"},
+           "state": state, "base_url": f"http://127.0.0.1:{port}", "deadline_ms": alert.pop("deadline_ms", 3000),
+           "alert": {"repeat_window_h": 72, "repeat_delta": 0.10, "deferral": "card", **alert}}
+    path = folder / "service.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+class Running:
+    """uvicorn serving the app in a thread; `url`, `stop()`."""
+
+    def __init__(self, bundle: Path, config: Path, port: int) -> None:
+        self.service = Service(bundle, load_config(config))
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        cfg = uvicorn.Config(create_app(self.service), host="127.0.0.1", port=port, log_level="warning",
+                             access_log=False)
+        self.server = uvicorn.Server(cfg)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        for _ in range(200):
+            try:
+                httpx.get(f"{self.url}/cds-services", timeout=0.5)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("the service did not start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.service.store.close()
+
+
+def patient_resources(ndjson: Path, patients: set[str]) -> dict[str, dict[str, list[dict]]]:
+    """Each patient's resources from a Bulk export, grouped by prefetch key (references as a FHIR server has them)."""
+    out: dict[str, dict[str, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    for f in sorted(ndjson.glob("*.ndjson.gz")):
+        rtype = f.name.split(".")[0]
+        if rtype not in KEY_OF:
+            continue
+        with gzip.open(f) as fh:
+            for line in fh:
+                r = orjson.loads(line)
+                if rtype == "Patient":
+                    pid = r["id"]
+                else:
+                    ref = next((r[k]["reference"] for k in ("subject", "patient", "beneficiary") if k in r), "")
+                    pid = ref.rsplit("/", 1)[-1]
+                if pid in patients:
+                    out[pid][KEY_OF[rtype]].append(r)
+    return out
+
+
+def prefetch_of(resources: dict[str, list[dict]]) -> dict:
+    """The prefetch an EHR sends for the service's templates: a Patient, and searchset Bundles."""
+    pf: dict = {"patient": resources["patient"][0]}
+    for key in PREFETCH:
+        if key != "patient":
+            pf[key] = {"resourceType": "Bundle", "type": "searchset",
+                       "entry": [{"resource": r} for r in resources.get(key, [])]}
+    return pf
+
+
+def hook_request(patient: str, encounter: str | None, prefetch: dict | None, hook: str = "encounter-discharge"
+                 ) -> dict:
+    body = {"hook": hook, "hookInstance": str(uuid.uuid4()),
+            "context": {"userId": "Practitioner/example", "patientId": patient}}
+    if encounter:
+        body["context"]["encounterId"] = encounter
+    if prefetch is not None:
+        body["prefetch"] = prefetch
+    return body
+
+
+def bearer(key: bytes, kid: str, aud: str, alg: str = "RS384", **kw) -> dict:
+    return {"Authorization": f"Bearer {sign_request_token(key, kid, ISS, aud, alg=alg, **kw)}"}
+
+
+def as_json(path: Path) -> dict:
+    return json.loads(path.read_text())

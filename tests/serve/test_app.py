@@ -1,0 +1,326 @@
+"""The CDS Hooks service over real HTTP on loopback, with real signed JWTs, on the synthetic hospital."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+import jsonschema
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+from fhir.resources.R4B.appointment import Appointment
+from fhir.resources.R4B.servicerequest import ServiceRequest
+from typer.testing import CliRunner
+
+from careloop.cli import app as cli
+from careloop.engines import DuckDBEngine
+from careloop.features.engine import extract
+from careloop.features.spec import load_feature_set
+from careloop.registry import verify
+from careloop.serve.auth import sign_request_token
+from careloop.serve.features import bedside_features, collect
+from careloop.serve.schema import DISCOVERY, RESPONSE
+from careloop.tasks.cohort import build_cohort
+from careloop.tasks.spec import load_task
+from tests.fhir_server.harness import make_ec_key, make_rsa_key
+
+from .harness import (
+    ADMIN_SECRET,
+    ISS,
+    Running,
+    bearer,
+    free_port,
+    hook_request,
+    patient_resources,
+    prefetch_of,
+    write_config,
+)
+
+SPEC = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "cds-hooks-spec-examples"
+
+
+@pytest.fixture(scope="module")
+def keys():
+    rsa_pem, rsa_jwk = make_rsa_key()
+    ec_pem, ec_jwk = make_ec_key()
+    return {"rsa": (rsa_pem, rsa_jwk["kid"]), "ec": (ec_pem, ec_jwk["kid"]), "jwks": {"keys": [rsa_jwk, ec_jwk]}}
+
+
+@pytest.fixture(scope="module")
+def stays(hospital_store, trained_bundle):
+    """Test-split index stays with their training features and the model's risk."""
+    eng = DuckDBEngine(hospital_store[0])
+    cohort = build_cohort(load_task("readmission-30d"), eng).table
+    cohort = cohort.filter(pc.equal(cohort.column("split"), "test"))
+    feats = extract(load_feature_set("readmission"), cohort, eng).table
+    model = verify(trained_bundle).model()
+    risk = model.predict_proba(feats)
+    return feats, risk
+
+
+@pytest.fixture(scope="module")
+def chosen(stays, trained_bundle, hospital):
+    feats, risk = stays
+    thr = verify(trained_bundle).metadata["operating_point"]["threshold_ci"][1]
+    order = np.argsort(-risk)
+    high = [int(i) for i in order[:40] if risk[i] > thr + 0.03][:6]
+    low = [int(i) for i in order[-6:]]
+    rows = feats.take(high + low).to_pylist()
+    res = patient_resources(hospital / "ndjson", {r["patient_id"] for r in rows})
+    return rows[: len(high)], rows[len(high):], res
+
+
+@pytest.fixture(scope="module")
+def running(trained_bundle, keys, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("service")
+    port = free_port()
+    cfg = write_config(folder, state=f"sqlite:///{folder / 'state.db'}", jwks=keys["jwks"], port=port)
+    r = Running(trained_bundle, cfg, port)
+    r.state_url = f"sqlite:///{folder / 'state.db'}"
+    yield r
+    r.stop()
+
+
+def call(running, body, *, key=None, alg="RS384", service="readmission-risk", headers=None, **kw):
+    key = key or running.keys
+    pem, kid = key
+    aud = f"{running.url}/cds-services/{service}"
+    h = headers if headers is not None else bearer(pem, kid, aud, alg=alg, **kw)
+    return httpx.post(aud, json=body, headers=h, timeout=30)
+
+
+@pytest.fixture(autouse=True)
+def _keys(running, keys):
+    running.keys = keys["rsa"]
+
+
+def test_discovery_is_valid_and_every_service_answers(running):
+    d = httpx.get(f"{running.url}/cds-services").json()
+    jsonschema.validate(d, DISCOVERY)
+    assert {s["id"]: s["hook"] for s in d["services"]} == {"readmission-risk": "encounter-discharge",
+                                                            "readmission-risk-patient-view": "patient-view"}
+    for s in d["services"]:
+        assert "{{context.patientId}}" in s["prefetch"]["observations"]
+
+
+def test_bedside_features_equal_training_features_to_the_last_digit(chosen, trained_bundle):
+    high, low, res = chosen
+    b = verify(trained_bundle)
+    import pyarrow.parquet as pq
+
+    directory = pq.read_table(b.path / "directory.parquet")
+    fs = load_feature_set("readmission")
+    for row in high + low:
+        pre = collect(prefetch_of(res[row["patient_id"]]), row["patient_id"])
+        out = bedside_features(fs, pre, row["patient_id"], row["encounter_id"], directory=directory)
+        got = out.row.to_pylist()[0]
+        assert {c: got[c] for c in fs.columns} == {c: row[c] for c in fs.columns}
+
+
+def test_high_risk_patient_gets_an_actionable_warning(running, chosen):
+    high, _, res = chosen
+    row = high[0]
+    r = call(running, hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]])))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    jsonschema.validate(body, RESPONSE)
+    (card,) = body["cards"]
+    assert card["indicator"] == "warning" and len(card["summary"]) < 140
+    assert "Main reasons" in card["detail"] and "Intended use" in card["detail"] and "Not for" in card["detail"]
+    assert card["selectionBehavior"] == "any" and card["overrideReasons"]
+    Appointment.model_validate(card["suggestions"][0]["actions"][0]["resource"])
+    ServiceRequest.model_validate(card["suggestions"][1]["actions"][0]["resource"])
+    assert httpx.get(card["links"][0]["url"]).status_code == 200  # the model card resolves
+
+
+def test_low_risk_patient_gets_no_card(running, chosen):
+    _, low, res = chosen
+    row = low[0]
+    r = call(running, hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]])))
+    assert r.status_code == 200 and r.json() == {"cards": []}
+
+
+def test_repeat_card_is_suppressed_within_the_window(running, chosen):
+    high, _, res = chosen
+    row = high[1]
+    body = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))
+    first = call(running, body).json()
+    body["hookInstance"] = str(uuid.uuid4())
+    second = call(running, body).json()
+    assert len(first["cards"]) == 1 and second == {"cards": []}
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda p: p.update(encounters=None), "required data"),
+    (lambda p: p.update(patient=None), "required data"),
+    (lambda p: p.update(observations={"resourceType": "OperationOutcome", "issue": []}), "could not supply"),
+])
+def test_missing_or_failed_prefetch_defers(running, chosen, mutate, reason):
+    high, _, res = chosen
+    row = high[2]
+    pf = prefetch_of(res[row["patient_id"]])
+    mutate(pf)
+    r = call(running, hook_request(row["patient_id"], row["encounter_id"], pf))
+    assert r.status_code == 200, r.text
+    jsonschema.validate(r.json(), RESPONSE)
+    (card,) = r.json()["cards"]
+    assert card["indicator"] == "info" and "defers to clinical judgement" in card["summary"]
+    assert reason in card["detail"]
+
+
+def test_no_prefetch_and_no_fhir_access_is_412(running, chosen):
+    high, _, res = chosen
+    r = call(running, hook_request(high[0]["patient_id"], high[0]["encounter_id"], None))
+    assert r.status_code == 412 and r.json()["resourceType"] == "OperationOutcome"
+    pf = prefetch_of(res[high[0]["patient_id"]])
+    del pf["encounters"]  # a required key omitted (the client could not get it) is the same
+    assert call(running, hook_request(high[0]["patient_id"], high[0]["encounter_id"], pf)).status_code == 412
+
+
+def test_child_is_out_of_scope(running, chosen):
+    high, _, res = chosen
+    row = high[3]
+    pf = prefetch_of(res[row["patient_id"]])
+    pf["patient"] = dict(pf["patient"], birthDate="2015-06-01")
+    (card,) = call(running, hook_request(row["patient_id"], row["encounter_id"], pf)).json()["cards"]
+    assert "under 18" in card["detail"]
+
+
+def test_another_patients_data_is_not_used(running, chosen):
+    high, _, res = chosen
+    a, b = high[4], high[5] if len(high) > 5 else high[0]
+    pf = prefetch_of(res[a["patient_id"]])
+    pf["conditions"]["entry"] += [{"resource": r} for r in res[b["patient_id"]]["conditions"]]
+    r = call(running, hook_request(a["patient_id"], a["encounter_id"], pf))
+    assert r.status_code == 200
+    clean = collect(prefetch_of(res[a["patient_id"]]), a["patient_id"])
+    mixed = collect(pf, a["patient_id"])
+    assert mixed.digest() == clean.digest() and mixed.foreign == len(res[b["patient_id"]]["conditions"])
+
+
+@pytest.mark.parametrize("example", ["docs-hook-encounter-discharge.01.hook-context.json",
+                                     "docs-hook-patient-view.01.hook-context.json",
+                                     "docs-hook-patient-view.02.hook-context.json"])
+def test_spec_hook_contexts_are_accepted(running, example):
+    ctx = json.loads((SPEC / example).read_text())["context"]
+    service = "readmission-risk" if "encounterId" in ctx and "discharge" in example else \
+        "readmission-risk-patient-view"
+    hook = "encounter-discharge" if service == "readmission-risk" else "patient-view"
+    body = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": ctx,
+            "prefetch": {"patient": None, "encounters": None}}
+    r = call(running, body, service=service)
+    assert r.status_code == 200, r.text
+    jsonschema.validate(r.json(), RESPONSE)
+
+
+def test_spec_request_example_is_accepted(running):
+    body = json.loads((SPEC / "hl7ig-index.02.hook-request.json").read_text())
+    r = call(running, body, service="readmission-risk-patient-view")
+    assert r.status_code == 200, r.text  # its fhirServer is not under our client's iss: never fetched; it defers
+    jsonschema.validate(r.json(), RESPONSE)
+
+
+@pytest.mark.parametrize("case", ["none", "expired", "hs256", "wrong-aud", "unknown-iss", "garbage"])
+def test_bad_tokens_get_a_bare_401(running, keys, case):
+    pem, kid = keys["rsa"]
+    aud = f"{running.url}/cds-services/readmission-risk"
+    token = {"none": None,
+             "expired": sign_request_token(pem, kid, ISS, aud, now=__import__("time").time() - 4000),
+             "hs256": None, "wrong-aud": sign_request_token(pem, kid, ISS, aud + "-other"),
+             "unknown-iss": sign_request_token(pem, kid, "https://evil.example", aud), "garbage": "abc.def.ghi"}[case]
+    if case == "hs256":
+        import jwt
+
+        token = jwt.encode({"iss": ISS, "aud": aud, "jti": "x", "exp": 2**31}, "secret", algorithm="HS256",
+                           headers={"kid": kid})
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    r = call(running, hook_request("p", "e", None), headers=headers)
+    assert r.status_code == 401 and r.content in (b"{}", b"")
+
+
+def test_es384_accepted_and_replay_refused(running, keys, chosen):
+    _, low, res = chosen
+    row = low[1]
+    aud = f"{running.url}/cds-services/readmission-risk"
+    token = sign_request_token(keys["ec"][0], keys["ec"][1], ISS, aud, alg="ES384")
+    body = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))
+    h = {"Authorization": f"Bearer {token}"}
+    assert httpx.post(aud, json=body, headers=h, timeout=30).status_code == 200
+    assert httpx.post(aud, json=body, headers=h, timeout=30).status_code == 401
+
+
+@pytest.mark.parametrize("body, status", [
+    ({"hook": "encounter-discharge", "context": {"patientId": "p", "encounterId": "e"}}, 400),  # no hookInstance
+    ({"hook": "patient-view", "hookInstance": "x", "context": {"patientId": "p", "encounterId": "e"}}, 400),
+    ({"hook": "encounter-discharge", "hookInstance": "x", "context": {"patientId": "p", "encounterId": "e"},
+      "fhirAuthorization": {"access_token": "t", "token_type": "Bearer", "expires_in": 30, "scope": "s",
+                            "subject": "c"}}, 400),  # fhirAuthorization without fhirServer
+    ([1, 2, 3], 400),
+])
+def test_malformed_requests_get_4xx_with_an_outcome(running, body, status):
+    r = call(running, body)
+    assert r.status_code == status and r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_oversized_request_is_413(running):
+    big = {"hook": "encounter-discharge", "hookInstance": "x", "context": {"patientId": "p", "encounterId": "e"},
+           "prefetch": {"patient": {"resourceType": "Patient", "id": "p", "text": "x" * (6 * 1024 * 1024)}}}
+    assert call(running, big).status_code == 413
+
+
+def test_feedback_validated_idempotent_and_stored(running, chosen):
+    high, _, res = chosen
+    row = high[0]
+    body = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))
+    cards = call(running, body).json()["cards"]
+    if not cards:  # suppressed as a repeat of the card issued earlier in this module: issue one for another stay
+        row = high[-1]
+        body = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))
+        cards = call(running, body).json()["cards"]
+    card = cards[0]
+    url = f"{running.url}/cds-services/readmission-risk/feedback"
+
+    def post(fb, **kw):
+        pem, kid = running.keys
+        return httpx.post(url, json={"feedback": [fb]}, headers=bearer(pem, kid, url, **kw), timeout=10)
+
+    when = "2026-11-22T10:00:00Z"
+    assert post({"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": when}).status_code == 400
+    assert post({"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": when}).status_code == 404
+    fb = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": when,
+          "overrideReason": {"reason": card["overrideReasons"][0], "userComment": "seen in clinic"}}
+    assert post(fb).json() == {"received": 1, "new": 1}
+    assert post(fb).json() == {"received": 1, "new": 0}
+    assert httpx.post(url, json={"feedback": [fb]}, timeout=10).status_code == 401
+    stored = running.service.store.feedback("readmission-risk")
+    assert sum(f.get("card") == card["uuid"] for f in stored) == 1
+
+
+def test_kill_switch_needs_an_admin_and_takes_effect_at_once(running, chosen, keys):
+    high, _, res = chosen
+    row = high[-2]
+    key = running.service.model_key[:12]
+    url = f"{running.url}/admin/models/{key}/enabled"
+    pem, kid = keys["rsa"]
+    ehr = bearer(pem, kid, url)
+    assert httpx.post(url, json={"enabled": False}, headers=ehr).status_code == 401
+    admin = {"Authorization": f"Bearer {ADMIN_SECRET}"}
+    assert httpx.post(url, json={"enabled": False}, headers=admin).json()["enabled"] is False
+    body = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))
+    assert call(running, body).json() == {"cards": []}
+    assert httpx.post(url, json={"enabled": True}, headers=admin).json()["enabled"] is True
+    body["hookInstance"] = str(uuid.uuid4())
+    assert call(running, body).status_code == 200
+
+
+def test_audit_log_records_everything_without_tokens_and_verifies(running):
+    records = running.service.audit.records()
+    kinds = {json.dumps(r, default=str).count("auth-failure") > 0 for r in records}
+    assert kinds == {True, False}
+    text = json.dumps(records, default=str)
+    assert "eyJ" not in text and "Bearer" not in text and ADMIN_SECRET not in text
+    res = CliRunner().invoke(cli, ["audit", "verify", "--state", running.state_url, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["ok"] is True
