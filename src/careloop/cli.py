@@ -401,6 +401,10 @@ def train(
     = 0.10,
     documentation: Annotated[Path | None, typer.Option(help="YAML of the facts only people can supply "
                                                        "(developer, intended use...).")] = None,
+    clinician: Annotated[Path | None, typer.Option(help="Table of the clinicians' own risk estimates per stay "
+                                                   "(encounter_id + --clinician-column): adds the team section and "
+                                                   "a learned deferral policy.")] = None,
+    clinician_column: Annotated[str, typer.Option(help="Column of --clinician.")] = "clinician_risk_30d",
     n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples for the 95% intervals.")] = 1000,
     min_group_size: Annotated[int, typer.Option(help="Smaller fairness groups are suppressed.")] = 50,
     tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="Fairness tolerance METRIC=VALUE "
@@ -455,7 +459,8 @@ def train(
             bundle_name = name or Path(task).stem
         cfg = TrainConfig(name=bundle_name, estimators=tuple(estimator or ("lightgbm", "logistic")),
                           calibration=calibration, policy=policy, target=target, n_boot=n_boot, seed=seed,
-                          min_group_size=min_group_size, tolerances=tolerances, documentation=doc)
+                          min_group_size=min_group_size, tolerances=tolerances, documentation=doc,
+                          clinician=clinician, clinician_column=clinician_column)
         with _steps("train", as_json) as bar:
             t = bar.add_task("starting", total=None)
             bundle = run_train(data, registry, cfg, progress=lambda m: bar.update(t, description=m))
@@ -658,6 +663,133 @@ def audit_verify(
         out_console.print(f"[bold red]audit log altered[/]: first bad record {result.first_bad} ({result.reason})")
     if not result.ok:
         raise typer.Exit(code=1)
+
+
+deferral_app = typer.Typer(help="Learned deferral between the model and the clinician (CoDoC and an alternative).",
+                           no_args_is_help=True)
+app.add_typer(deferral_app, name="deferral")
+
+
+def _table(path: Path):
+    from careloop.workflows._data import read_table
+
+    return read_table(path).to_pandas()
+
+
+@deferral_app.command("fit")
+def deferral_fit(
+    tune: Annotated[Path, typer.Option(help="Tuning table (.csv/.parquet): score, clinician opinion, truth.")],
+    val: Annotated[Path, typer.Option(help="Validation table: model selection only.")],
+    score: Annotated[str, typer.Option(help="Score column (probabilities in [0, 1]).")],
+    clinician: Annotated[str, typer.Option(help="Clinician opinion column: 0/1, or a probability (cut at 0.5).")],
+    label: Annotated[str, typer.Option(help="Truth column (0/1).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Policy JSON to write.")],
+    transform: Annotated[str | None, typer.Option(help="Declared score transform: logistic (log-odds) or rank.")]
+    = None,
+    seed: Annotated[int, typer.Option(help="Seed of the validation bootstrap.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the policy summary as JSON.")] = False,
+) -> None:
+    """Fit deferral policies on --tune, choose on --val (sensitivity non-inferior to the clinician, specificity
+    above), and write the chosen policy with its hash."""
+    from careloop.deferral import fit_policy
+
+    try:
+        policy = fit_policy(_table(tune), _table(val), score=score, clinician=clinician, label=label, seed=seed,
+                            score_transform=transform)
+    except (CareloopError, ValueError) as exc:
+        fail(str(exc).splitlines()[0])
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(policy.to_json())
+    d = policy.to_dict()
+    summary = {"policy": str(out), "learner": d["learner"], "hash": policy.hash, "theta": d["theta"],
+               "intervals": d["intervals"], "reason": d["selection"].get("reason")}
+    if as_json:
+        _print_json(summary)
+    else:
+        out_console.print(f"{d['learner']} policy {policy.hash[:12]}: defer scores in {d['intervals']} "
+                          f"(AI threshold {d['theta']:.3f}) -> {out}", highlight=False)
+
+
+@deferral_app.command("evaluate")
+def deferral_evaluate(
+    policy: Annotated[Path, typer.Option(help="Policy JSON from `careloop deferral fit`.")],
+    table: Annotated[Path, typer.Option(help="Held-out table (test set): touched once.")],
+    score: Annotated[str, typer.Option(help="Score column.")],
+    clinician: Annotated[str, typer.Option(help="Clinician opinion column.")],
+    label: Annotated[str, typer.Option(help="Truth column.")],
+    cluster: Annotated[str | None, typer.Option(help="Patient id column for a cluster bootstrap.")] = None,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the team evaluation as one JSON object.")] = False,
+) -> None:
+    """Team against clinician alone and AI alone, with paired bootstrap 95% intervals and the deferral rate."""
+    from careloop.deferral import DeferralPolicy, table_columns, team_evaluation
+
+    try:
+        pol = DeferralPolicy.from_json(policy.read_text()) if policy.is_file() else None
+        if pol is None:
+            raise CareloopError(f"--policy: {policy} does not exist")
+        df = _table(table)
+        s, c, y = table_columns(df, score=score, clinician=clinician, label=label, name=table.name)
+        clusters = None
+        if cluster:
+            if cluster not in df:
+                raise CareloopError(f"--cluster: no column {cluster!r} in {table.name}")
+            clusters = df[cluster].astype(str).to_numpy()
+        result = team_evaluation(pol, s, c, y, clusters=clusters, n_boot=n_boot, seed=seed)
+    except (CareloopError, ValueError) as exc:
+        fail(str(exc).splitlines()[0])
+        return
+    flat = {k: (v["estimate"] if isinstance(v, dict) and "estimate" in v else v) for k, v in result.items()
+            if k in ("sensitivity", "specificity", "deferral_rate", "ppv")}
+    for who in ("clinician_alone", "ai_alone"):
+        flat[who] = {k: result[who][k]["estimate"] for k in ("sensitivity", "specificity", "deferral_rate", "ppv")
+                     if k in result[who]}
+    doc = {**flat, "detail": result}
+    if as_json:
+        _print_json(doc)
+        return
+    t = Table(title=f"Clinician and AI as a team: {table.name}")
+    for col in ("", "sensitivity", "specificity", "PPV", "deferral rate"):
+        t.add_column(col, justify="left" if not col else "right")
+    for name, block in (("team", result), ("clinician alone", result["clinician_alone"]),
+                        ("AI alone", result["ai_alone"])):
+        t.add_row(name, _fmt(block.get("sensitivity"), True), _fmt(block.get("specificity"), True),
+                  _fmt(block.get("ppv"), True), _fmt(block.get("deferral_rate"), True))
+    out_console.print(t)
+
+
+@app.command()
+def evaluate(
+    table: Annotated[Path, typer.Option(help="Cases (.csv/.parquet) with one or more score columns and the truth.")],
+    score: Annotated[list[str], typer.Option("--score", help="Score column (repeatable): e.g. several products.")],
+    label: Annotated[str, typer.Option(help="Truth column.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.html/json, model card, HTI-1.")],
+    positive: Annotated[str | None, typer.Option(help="Label value that counts as the outcome (default 1/true).")]
+    = None,
+    group: Annotated[list[str] | None, typer.Option("--group", help="Group attribute for fairness (repeatable).")]
+    = None,
+    id_col: Annotated[str | None, typer.Option("--id", help="Patient id column (cluster bootstrap).")] = None,
+    policy: Annotated[str, typer.Option(help="Operating point policy: budget, ppv, sensitivity or threshold.")]
+    = "budget",
+    target: Annotated[float, typer.Option(help="Policy target.")] = 0.10,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples.")] = 1000,
+    documentation: Annotated[Path | None, typer.Option(help="YAML of the facts people supply.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+) -> None:
+    """Local validation of any model's scores (e.g. third-party products) on the hospital's own cases: the same
+    report as for careloop's own models, the scores side by side."""
+    from careloop.workflows.scores import evaluate_scores
+
+    try:
+        paths = evaluate_scores(table, scores=list(score), label=label, positive=positive, groups=list(group or []),
+                                id_col=id_col, out=out, policy=policy, target=target, n_boot=n_boot,
+                                documentation=documentation, seed=seed)
+    except (CareloopError, ValueError) as exc:
+        fail(str(exc).splitlines()[0])
+        return
+    out_console.print(f"report: {paths['report.html']}")
 
 if __name__ == "__main__":
     app()

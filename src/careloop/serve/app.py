@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow.parquet as pq
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
@@ -117,6 +118,11 @@ class Service:
         self.threshold = float(op["threshold"])
         self.band = tuple(op["threshold_ci"]) if op.get("threshold_ci") else None
         self.ranges = self.meta.get("input_ranges") or {}
+        self.policy = None  # a learned deferral policy, hashed with the bundle (careloop train --clinician)
+        if "deferral_policy.json" in self.bundle.files:
+            from careloop.deferral import DeferralPolicy
+
+            self.policy = DeferralPolicy.from_json((self.bundle.path / "deferral_policy.json").read_text())
         self.model_key = self.bundle.bundle_id
         facts = (
             load_facts(self.bundle.path / "documentation.yaml")
@@ -222,6 +228,12 @@ class Service:
         if ood:
             return self.defer(ctx, f"inputs outside the training data ({ood})", digest=digest, extra=extra)
         risk = float(self.model.predict_proba(feats.row)[0])
+        if self.policy is not None and bool(self.policy.defers(np.asarray([risk]))[0]):
+            d = self.defer(ctx, f"in this risk range clinicians' own judgement has been more accurate than the model "
+                                f"(learned deferral policy {self.policy.hash[:12]})", digest=digest,
+                           extra={**extra, "deferral_policy": self.policy.hash})
+            d.score = risk
+            return d
         decision = Decision([], patient, score=risk, digest=digest, extra=extra)
         if self.band and self.band[0] <= risk < self.band[1]:
             decision.cards = [C.near_threshold_card(ctx, risk, self.band)]

@@ -41,6 +41,8 @@ class TrainConfig:
     min_group_size: int = 50
     tolerances: dict[str, float] | None = None
     documentation: Path | None = None
+    clinician: Path | None = None  # a table of row id -> the clinician's own risk estimate, for the team section
+    clinician_column: str = "clinician_risk_30d"
     threads: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -165,6 +167,7 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
                     n_boot=config.n_boot, seed=config.seed)
 
     recording = _recording(data, train_t, test_t, groups, clusters, labels, config)
+    team, policy = _team(data, calib_t, test_t, scores_cal[primary], scores_test[primary], config, step)
     step("explaining")
     if data.source["kind"] == "table":
         infos = column_infos_for_table(data.features, sorted(c.name for c in model.preprocessor.categorical))
@@ -212,7 +215,7 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
         "fairness": _with_recording(fair.to_dict(), recording),
         "importance": importance,
         "example_reasons": examples,
-        "team": None,
+        "team": team,
     }
 
     step("writing the bundle")
@@ -225,6 +228,8 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
         if config.documentation:
             (staging / "documentation.yaml").write_text(Path(config.documentation).read_text())
         _write_predictions(staging, data, calib_t, test_t, scores_cal, scores_test)
+        if policy is not None:
+            (staging / "deferral_policy.json").write_text(policy.to_json())
         if data.directory is not None:
             pq.write_table(data.directory, staging / "directory.parquet")
         write_reports(report, facts, staging)
@@ -287,6 +292,40 @@ def _with_recording(fair: dict, findings: list) -> dict:
                                   "gap": f.gap.to_dict(), "tolerance": 0.25, "p_adjusted": f.p_adjusted,
                                   "message": f.message})
     return fair
+
+
+def _clinician(data: TrainingData, t: pa.Table, config: TrainConfig) -> np.ndarray:
+    from careloop.workflows._data import read_table
+
+    c = read_table(Path(config.clinician))
+    key = "encounter_id" if "encounter_id" in c.column_names else c.column_names[0]
+    if config.clinician_column not in c.column_names:
+        raise CareloopError(f"--clinician: no column {config.clinician_column!r} in {Path(config.clinician).name}")
+    lookup = dict(zip(pc.cast(c.column(key), pa.string()).to_pylist(),
+                      c.column(config.clinician_column).to_pylist(), strict=True))
+    vals = [lookup.get(r) for r in t.column("row_id").to_pylist()]
+    if any(v is None for v in vals):
+        raise CareloopError(f"--clinician: {sum(v is None for v in vals)} stay(s) have no clinician estimate")
+    return np.asarray(vals, dtype=float)
+
+
+def _team(data: TrainingData, calib_t: pa.Table, test_t: pa.Table, p_cal: np.ndarray, p_test: np.ndarray,
+          config: TrainConfig, step) -> tuple[dict | None, object]:
+    """Clinician and AI as a team: a deferral policy tuned and chosen on the two halves of the calibration split
+    (by patient), evaluated once on the test split."""
+    if config.clinician is None:
+        return None, None
+    from careloop.deferral import fit_policy, team_evaluation
+
+    step("learning when to defer to the clinician")
+    c_cal, c_test = _clinician(data, calib_t, config), _clinician(data, test_t, config)
+    y_cal, y_test = _y(calib_t), _y(test_t)
+    half = np.asarray([int(h, 16) % 2 == 0 for h in pseudonym(calib_t.column("patient_id").to_pylist(), "half")])
+    policy = fit_policy((p_cal[half], c_cal[half], y_cal[half]), (p_cal[~half], c_cal[~half], y_cal[~half]),
+                        seed=config.seed, clinician_threshold="prevalence")
+    team = team_evaluation(policy, p_test, c_test, y_test, clusters=test_t.column("patient_id").to_pylist(),
+                           n_boot=config.n_boot, seed=config.seed)
+    return team, policy
 
 
 def _threshold_band(y: np.ndarray, p: np.ndarray, patients: list, config: TrainConfig, n_boot: int = 200) -> list:

@@ -1,0 +1,185 @@
+"""Engine plumbing shared by the state store and the audit log: URLs, SQLite transaction modes, UTC times, upserts.
+
+SQLite: pysqlite's own transaction handling is switched off (``isolation_level = None``) and careloop issues
+``BEGIN`` itself, ``BEGIN IMMEDIATE`` for every write, so that a write transaction takes the database's write
+lock up front (no deferred-to-write upgrade that fails with SQLITE_BUSY) and writers from other threads and
+processes queue on ``busy_timeout``. Files use WAL; ``sqlite://`` (memory) is one shared connection behind a lock.
+
+PostgreSQL: ``postgresql://`` URLs are mapped to the psycopg 3 driver; READ COMMITTED; a connection pool.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import DateTime, Table, event
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import TypeDecorator
+
+from careloop.errors import CareloopError
+
+
+class StateError(CareloopError):
+    """The state store cannot do what was asked: a bad URL or argument, or a database that refuses."""
+
+
+BEGIN_OPTION = "careloop_begin"  # execution option read by the SQLite "begin" listener: "IMMEDIATE" or "DEFERRED"
+
+
+def normalize_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` use psycopg 3; SQLite URLs pass; anything else is refused."""
+    if not isinstance(url, str) or not url:
+        raise StateError("state store URL must be a non-empty string such as sqlite:///state.db or postgresql://...")
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    if url.startswith(("postgresql+", "sqlite://", "sqlite+pysqlite://")):
+        return url
+    raise StateError(f"unsupported state store URL {masked(url)!r}: use sqlite:///PATH, sqlite:// or postgresql://...")
+
+
+def masked(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: show only its scheme
+        return url.split(":", 1)[0] + ":..."
+
+
+def create_engine_for(url: str, *, pool_size: int, max_overflow: int, sqlite_synchronous: str) -> Engine:
+    from sqlalchemy import create_engine
+
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        memory = database in ("", ":memory:") or database.startswith("file::memory:")
+        if memory:
+            engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+        else:
+            Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(
+                url,
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                connect_args={"check_same_thread": False, "timeout": 30},
+            )
+        _sqlite_listeners(engine, memory=memory, synchronous=sqlite_synchronous)
+        return engine
+    if parsed.get_backend_name() != "postgresql":
+        raise StateError(f"unsupported database {parsed.get_backend_name()!r}: SQLite or PostgreSQL")
+    return create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
+
+
+def _sqlite_listeners(engine: Engine, *, memory: bool, synchronous: str) -> None:
+    if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise StateError(f"sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # autocommit at the driver level: the "begin" listener below opens txns
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute("PRAGMA busy_timeout = 30000")
+            if not memory:
+                cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            cur.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(BEGIN_OPTION, "DEFERRED")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware datetimes in, aware UTC datetimes out. PostgreSQL stores timestamptz; SQLite a naive UTC string
+    (fixed width, so that string order is time order)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utc(value: datetime, name: str = "time") -> datetime:
+    """An aware datetime converted to UTC; a naive one is refused (its zone would be a guess)."""
+    if not isinstance(value, datetime):
+        raise StateError(f"{name} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise StateError(f"{name} must be timezone-aware (e.g. datetime.now(UTC)), got naive {value.isoformat()}")
+    return value.astimezone(UTC)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso_z(value: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z`` and microseconds: ``2024-05-01T10:00:00.000000Z``."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_instant(text: str, name: str = "timestamp") -> datetime:
+    """An ISO 8601 date-time with a zone (``Z`` or an offset), as an aware UTC datetime."""
+    if not isinstance(text, str):
+        raise StateError(f"{name} must be an ISO 8601 string, not {type(text).__name__}")
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise StateError(f"{name} is not an ISO 8601 date-time: {text[:40]!r}") from None
+    if value.tzinfo is None:
+        raise StateError(f"{name} must carry a time zone (Z or +hh:mm): {text[:40]!r}")
+    return value.astimezone(UTC)
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no whitespace, UTF-8 text kept as is, NaN and infinities refused."""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StateError(f"value is not JSON (finite numbers, strings, lists, objects): {exc}") from None
+
+
+def finite(value: float | None, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise StateError(f"{name} must be a finite number or None, not {value!r}")
+    return float(value)
+
+
+def upsert(dialect: str, table: Table, values: dict[str, Any], keys: list[str], update: list[str], where: Any = None):
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE SET update... [WHERE where]`` in either dialect."""
+    insert = pg_dialect.insert if dialect == "postgresql" else sqlite_dialect.insert
+    stmt = insert(table).values(**values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.c[k] for k in keys],
+        set_={k: stmt.excluded[k] for k in update},
+        where=where,
+    )
+    return stmt.execution_options(preserve_rowcount=True)  # callers read rowcount: 1 inserted/updated, 0 not
+
+
+def insert_ignore(dialect: str, table: Table, values: dict[str, Any]):
+    """``INSERT ... ON CONFLICT DO NOTHING`` in either dialect."""
+    insert = pg_dialect.insert if dialect == "postgresql" else sqlite_dialect.insert
+    return insert(table).values(**values).on_conflict_do_nothing().execution_options(preserve_rowcount=True)

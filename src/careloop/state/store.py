@@ -1,0 +1,459 @@
+"""The CDS Hooks service's state: jti replay cache, cards shown, feedback, kill switches and admin settings.
+
+One class, :class:`StateStore`, over SQLAlchemy Core, identical on SQLite and PostgreSQL. Every public method is
+one short transaction; the store is safe to share between threads (the service's threadpool) and between
+processes (several workers on one database). Correctness under races comes from the database, not from Python:
+a unique key plus ``INSERT ... ON CONFLICT`` decides which of two concurrent jti claims or feedback posts wins.
+
+Tables (created if absent, never altered by the app):
+
+``careloop_jti``       (iss, jti) primary key, expires_at: the replay cache
+``careloop_card``      id, uuid unique, service, patient, model_hash, risk, indicator, unit, at
+``careloop_feedback``  id, service, card, outcome, outcome_at, override_code ... unique (card, outcome, outcome_at,
+                       override_code): idempotent feedback
+``careloop_switch``    model_key primary key, enabled, changed_at, changed_by: kill switches
+``careloop_setting``   key primary key, value (canonical JSON), changed_at, changed_by
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    delete,
+    func,
+    select,
+    text,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
+
+from careloop.state._db import (
+    BEGIN_OPTION,
+    StateError,
+    UTCDateTime,
+    canonical_json,
+    create_engine_for,
+    finite,
+    insert_ignore,
+    iso_z,
+    masked,
+    now_utc,
+    parse_instant,
+    upsert,
+    utc,
+)
+
+# pg_advisory_xact_lock keys ("careloop" in ASCII, then +1, +2...): DDL at start-up, audit appends.
+PG_LOCK_DDL = 0x636172656C6F6F70
+PG_LOCK_AUDIT = PG_LOCK_DDL + 1
+
+_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements only an INTEGER PRIMARY KEY
+MAX_KEY = 1024  # longest iss, jti, uuid, patient id... the store accepts (B-tree keys must stay small)
+OUTCOMES = ("accepted", "overridden")
+INDICATORS = ("info", "warning", "critical")
+
+metadata = MetaData()
+
+jti_table = Table(
+    "careloop_jti",
+    metadata,
+    Column("iss", String, primary_key=True),
+    Column("jti", String, primary_key=True),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("careloop_jti_expires", "expires_at"),
+)
+
+card_table = Table(
+    "careloop_card",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("uuid", String, nullable=False, unique=True),
+    Column("service", String, nullable=False),
+    Column("patient", String, nullable=False),
+    Column("model_hash", String, nullable=False),
+    Column("risk", Float, nullable=True),
+    Column("indicator", String, nullable=False),
+    Column("unit", String, nullable=True),
+    Column("at", UTCDateTime, nullable=False),
+    Index("careloop_card_patient", "service", "patient", "model_hash", "at"),
+    Index("careloop_card_unit", "service", "unit", "at"),
+)
+
+feedback_table = Table(
+    "careloop_feedback",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("service", String, nullable=False),
+    Column("card", String, nullable=False),
+    Column("outcome", String, nullable=False),
+    Column("outcome_at", UTCDateTime, nullable=False),
+    # '' when there is no override reason: NULLs would be distinct in the unique key and let duplicates in
+    Column("override_code", String, nullable=False, server_default=""),
+    Column("override_system", String, nullable=True),
+    Column("override_display", String, nullable=True),
+    Column("user_comment", Text, nullable=True),
+    Column("accepted_suggestions", Text, nullable=False),  # JSON list of suggestion ids
+    Column("client", String, nullable=False),
+    Column("user", String, nullable=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    UniqueConstraint("card", "outcome", "outcome_at", "override_code", name="careloop_feedback_once"),
+    Index("careloop_feedback_service", "service", "id"),
+)
+
+switch_table = Table(
+    "careloop_switch",
+    metadata,
+    Column("model_key", String, primary_key=True),
+    Column("enabled", Boolean, nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+    Column("changed_by", String, nullable=False),
+)
+
+setting_table = Table(
+    "careloop_setting",
+    metadata,
+    Column("key", String, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+    Column("changed_by", String, nullable=False),
+)
+
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")  # visible ASCII, no spaces: ids, URLs, uuids, hashes
+
+
+def _key(value: Any, name: str, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_KEY:
+        raise StateError(f"{name} must be a non-empty string of at most {MAX_KEY} characters, not {value!r:.60}")
+    if not _PRINTABLE.fullmatch(value):
+        raise StateError(f"{name} must be visible ASCII without spaces: {value!r:.60}")
+    return value
+
+
+def _text(value: Any, name: str, *, limit: int = 4096) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise StateError(f"{name} must be a string of at most {limit} characters")
+    return value
+
+
+class StateStore:
+    """The service's state in one SQL database: ``sqlite:///PATH`` (default for the app), ``sqlite://`` (memory,
+    one process) or ``postgresql://user@host:port/db`` (psycopg 3). Creates its tables if absent.
+
+    Thread-safe and process-safe; every method is one transaction. Times are aware datetimes (naive ones are
+    refused) and come back in UTC.
+    """
+
+    JTI_PURGE_INTERVAL = 60.0  # seconds between opportunistic purges of expired jti entries, per process
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        max_overflow: int = 30,
+        sqlite_synchronous: str = "FULL",
+    ) -> None:
+        self.url = url
+        self.engine: Engine = create_engine_for(
+            url, pool_size=pool_size, max_overflow=max_overflow, sqlite_synchronous=sqlite_synchronous
+        )
+        self.dialect: str = self.engine.dialect.name  # "sqlite" or "postgresql"
+        database = self.engine.url.database or ""
+        self.memory = self.dialect == "sqlite" and (database in ("", ":memory:") or "memory" in database)
+        # SQLite has one writer at a time: in-process writers queue on this lock instead of spinning on
+        # busy_timeout (other processes still queue on the file lock). Memory databases share one connection,
+        # so every transaction takes the lock.
+        self._lock = threading.RLock()
+        self._next_jti_purge = 0.0
+        try:
+            with self.transaction(write=True, ddl=True) as conn:
+                metadata.create_all(conn)
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    # ------------------------------------------------------------------ plumbing
+    def __repr__(self) -> str:
+        return f"StateStore({masked(self.url)!r})"
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self, *, write: bool, ddl: bool = False, snapshot: bool = False) -> Iterator[Connection]:
+        """One transaction on a pooled connection. ``write=True`` takes the write lock up front on SQLite
+        (``BEGIN IMMEDIATE``); ``ddl=True`` also serialises schema creation between PostgreSQL clients;
+        ``snapshot=True`` makes every statement see the same snapshot on PostgreSQL (REPEATABLE READ; a SQLite
+        transaction always does). Database errors come out as :class:`StateError` (the original chained)."""
+        lock = self._lock if (self.memory or (write and self.dialect == "sqlite")) else nullcontext()
+        try:
+            with lock, self.engine.connect() as conn:
+                if self.dialect == "sqlite":
+                    conn.execution_options(**{BEGIN_OPTION: "IMMEDIATE" if write else "DEFERRED"})
+                elif snapshot:
+                    conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    if ddl and self.dialect == "postgresql":
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_LOCK_DDL})
+                    yield conn
+        except sa_exc.DBAPIError as exc:
+            orig = exc.orig if exc.orig is not None else exc
+            first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+            raise StateError(f"database error ({type(orig).__name__}): {first[:300]}") from exc
+
+    # ------------------------------------------------------------------ jti replay cache
+    def claim_jti(self, iss: str, jti: str, expires_at: datetime, *, now: datetime | None = None) -> bool:
+        """True the first time (iss, jti) is seen, or when its previous claim has expired; False for a replay.
+        Race-safe: of concurrent claims (threads or processes) exactly one returns True."""
+        _key(iss, "iss")
+        _key(jti, "jti")
+        exp = utc(expires_at, "expires_at")
+        now = utc(now, "now") if now is not None else now_utc()
+        stmt = upsert(
+            self.dialect,
+            jti_table,
+            {"iss": iss, "jti": jti, "expires_at": exp},
+            keys=["iss", "jti"],
+            update=["expires_at"],
+            where=jti_table.c.expires_at <= now,
+        )
+        with self.transaction(write=True) as conn:
+            won = conn.execute(stmt).rowcount == 1
+            if time.monotonic() >= self._next_jti_purge:
+                self._next_jti_purge = time.monotonic() + self.JTI_PURGE_INTERVAL
+                conn.execute(delete(jti_table).where(jti_table.c.expires_at <= now))
+        return won
+
+    def purge_expired_jti(self, now: datetime | None = None) -> int:
+        """Delete expired replay-cache entries now; returns how many."""
+        now = utc(now, "now") if now is not None else now_utc()
+        with self.transaction(write=True) as conn:
+            return conn.execute(delete(jti_table).where(jti_table.c.expires_at <= now)).rowcount
+
+    # ------------------------------------------------------------------ cards
+    def record_card(
+        self,
+        uuid: str,
+        service: str,
+        patient: str,
+        model_hash: str,
+        risk: float | None,
+        indicator: str,
+        unit: str | None,
+        at: datetime,
+    ) -> None:
+        """Remember a card shown (for feedback validation, repeat suppression and the daily budget). Recording
+        the same card twice is a no-op; the same uuid with different content is an error."""
+        if indicator not in INDICATORS:
+            raise StateError(f"indicator must be one of {', '.join(INDICATORS)}, not {indicator!r}")
+        row = {
+            "uuid": _key(uuid, "uuid"),
+            "service": _key(service, "service"),
+            "patient": _key(patient, "patient"),
+            "model_hash": _key(model_hash, "model_hash"),
+            "risk": finite(risk, "risk"),
+            "indicator": indicator,
+            "unit": _key(unit, "unit", optional=True),
+            "at": utc(at, "at"),
+        }
+        with self.transaction(write=True) as conn:
+            if conn.execute(insert_ignore(self.dialect, card_table, row)).rowcount == 1:
+                return
+            stored = conn.execute(select(card_table).where(card_table.c.uuid == uuid)).mappings().first()
+        if stored is None or any(stored[k] != v for k, v in row.items()):
+            raise StateError(f"card {uuid} was already recorded with different content")
+
+    @staticmethod
+    def _card(row: Any) -> dict | None:
+        if row is None:
+            return None
+        return {k: row[k] for k in ("uuid", "service", "patient", "model_hash", "risk", "indicator", "unit", "at")}
+
+    def card(self, uuid: str) -> dict | None:
+        """The card recorded under this uuid: uuid, service, patient, model_hash, risk, indicator, unit, at."""
+        with self.transaction(write=False) as conn:
+            row = conn.execute(select(card_table).where(card_table.c.uuid == uuid)).mappings().first()
+        return self._card(row)
+
+    def last_card(self, service: str, patient: str, model_hash: str) -> dict | None:
+        """The newest card (by ``at``, then by recording order) for this patient from this service and model."""
+        c = card_table.c
+        q = (
+            select(card_table)
+            .where(c.service == service, c.patient == patient, c.model_hash == model_hash)
+            .order_by(c.at.desc(), c.id.desc())
+            .limit(1)
+        )
+        with self.transaction(write=False) as conn:
+            return self._card(conn.execute(q).mappings().first())
+
+    def cards_since(self, service: str, unit: str | None, since: datetime) -> int:
+        """How many cards this service has shown in ``unit`` at or after ``since``; ``unit=None`` counts the
+        cards recorded without a unit."""
+        c = card_table.c
+        where_unit = c.unit.is_(None) if unit is None else c.unit == unit
+        q = select(func.count()).select_from(card_table).where(c.service == service, where_unit, c.at >= utc(since))
+        with self.transaction(write=False) as conn:
+            return int(conn.execute(q).scalar_one())
+
+    # ------------------------------------------------------------------ feedback
+    def add_feedback(
+        self,
+        service: str,
+        item: dict,
+        *,
+        client: str,
+        user: str | None = None,
+        received_at: datetime | None = None,
+    ) -> bool:
+        """Store one CDS Hooks Feedback object (card, outcome, acceptedSuggestions, overrideReason,
+        outcomeTimestamp). True if new; False if the same feedback (card uuid + outcome + outcomeTimestamp
+        + override reason code) was stored before, by this or a concurrent call."""
+        if not isinstance(item, dict):
+            raise StateError("feedback item must be a JSON object")
+        card = _key(item.get("card"), "feedback card")
+        outcome = item.get("outcome")
+        if outcome not in OUTCOMES:
+            raise StateError(f"feedback outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r:.40}")
+        outcome_at = parse_instant(item.get("outcomeTimestamp"), "outcomeTimestamp")  # type: ignore[arg-type]
+        accepted = item.get("acceptedSuggestions") or []
+        if not isinstance(accepted, list) or not all(isinstance(s, dict) for s in accepted):
+            raise StateError("acceptedSuggestions must be a list of objects with an id")
+        accepted_ids = [_key(s.get("id"), "acceptedSuggestions[].id") for s in accepted]
+        override = item.get("overrideReason") or {}
+        if not isinstance(override, dict):
+            raise StateError("overrideReason must be an object")
+        reason = override.get("reason") or {}
+        if not isinstance(reason, dict):
+            raise StateError("overrideReason.reason must be a Coding")
+        row = {
+            "service": _key(service, "service"),
+            "card": card,
+            "outcome": outcome,
+            "outcome_at": outcome_at,
+            "override_code": _key(reason.get("code"), "overrideReason.reason.code", optional=True) or "",
+            "override_system": _text(reason.get("system"), "overrideReason.reason.system", limit=MAX_KEY),
+            "override_display": _text(reason.get("display"), "overrideReason.reason.display", limit=MAX_KEY),
+            "user_comment": _text(override.get("userComment"), "overrideReason.userComment"),
+            "accepted_suggestions": canonical_json(accepted_ids),
+            "client": _key(client, "client"),
+            "user": _key(user, "user", optional=True),
+            "received_at": utc(received_at, "received_at") if received_at is not None else now_utc(),
+        }
+        with self.transaction(write=True) as conn:
+            return conn.execute(insert_ignore(self.dialect, feedback_table, row)).rowcount == 1
+
+    def feedback(self, service: str | None = None) -> list[dict]:
+        """The feedback export (HTI-1 (b)(11)), oldest first: intervention (service), card, action (outcome),
+        accepted_suggestions, override_code/system/display, comment, user, client, date (outcomeTimestamp),
+        received, location (the card's unit), model_hash. Times are ISO 8601 UTC strings."""
+        f, c = feedback_table.c, card_table.c
+        q = (
+            select(feedback_table, c.unit, c.model_hash)
+            .select_from(feedback_table.outerjoin(card_table, c.uuid == f.card))
+            .order_by(f.id)
+        )
+        if service is not None:
+            q = q.where(f.service == service)
+        with self.transaction(write=False) as conn:
+            rows = conn.execute(q).mappings().all()
+        return [
+            {
+                "intervention": r["service"],
+                "card": r["card"],
+                "action": r["outcome"],
+                "accepted_suggestions": json.loads(r["accepted_suggestions"]),
+                "override_code": r["override_code"] or None,
+                "override_system": r["override_system"],
+                "override_display": r["override_display"],
+                "comment": r["user_comment"],
+                "user": r["user"],
+                "client": r["client"],
+                "date": iso_z(r["outcome_at"]),
+                "received": iso_z(r["received_at"]),
+                "location": r["unit"],
+                "model_hash": r["model_hash"],
+            }
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------ kill switch and settings
+    def enabled(self, model_key: str) -> bool:
+        """Whether the model may produce cards; True unless an administrator switched it off."""
+        with self.transaction(write=False) as conn:
+            value = conn.execute(
+                select(switch_table.c.enabled).where(switch_table.c.model_key == model_key)
+            ).scalar_one_or_none()
+        return True if value is None else bool(value)
+
+    def set_enabled(self, model_key: str, enabled: bool, *, by: str, at: datetime | None = None) -> None:
+        if not isinstance(enabled, bool):
+            raise StateError(f"enabled must be True or False, not {enabled!r}")
+        row = {
+            "model_key": _key(model_key, "model_key"),
+            "enabled": enabled,
+            "changed_at": utc(at, "at") if at is not None else now_utc(),
+            "changed_by": _key(by, "by"),
+        }
+        with self.transaction(write=True) as conn:
+            stmt = upsert(self.dialect, switch_table, row, ["model_key"], ["enabled", "changed_at", "changed_by"])
+            conn.execute(stmt)
+
+    def switches(self) -> dict[str, dict]:
+        """Every model_key an administrator has set: {model_key: {enabled, changed_at, changed_by}}."""
+        with self.transaction(write=False) as conn:
+            rows = conn.execute(select(switch_table).order_by(switch_table.c.model_key)).mappings().all()
+        return {r["model_key"]: {k: r[k] for k in ("enabled", "changed_at", "changed_by")} for r in rows}
+
+    def setting(self, key: str, default: Any = None) -> Any:
+        with self.transaction(write=False) as conn:
+            value = conn.execute(
+                select(setting_table.c.value).where(setting_table.c.key == key)
+            ).scalar_one_or_none()
+        return default if value is None else json.loads(value)
+
+    def set_setting(self, key: str, value: Any, *, by: str, at: datetime | None = None) -> None:
+        """Store a JSON value (None, bool, number, string, list, object) under ``key``."""
+        row = {
+            "key": _key(key, "key"),
+            "value": canonical_json(value),
+            "changed_at": utc(at, "at") if at is not None else now_utc(),
+            "changed_by": _key(by, "by"),
+        }
+        with self.transaction(write=True) as conn:
+            conn.execute(upsert(self.dialect, setting_table, row, ["key"], ["value", "changed_at", "changed_by"]))
+
+    def settings(self) -> dict[str, Any]:
+        """Every stored setting: {key: value}."""
+        with self.transaction(write=False) as conn:
+            rows = conn.execute(select(setting_table.c.key, setting_table.c.value).order_by(setting_table.c.key))
+            return {k: json.loads(v) for k, v in rows}

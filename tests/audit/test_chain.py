@@ -1,0 +1,383 @@
+"""The hash chain on SQLite and PostgreSQL: verification, tampering, concurrency, append-only triggers, checkpoints,
+retention."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing as mp
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from careloop.audit import GENESIS, AuditError, AuditLog, entry_hash, summarize
+from careloop.errors import ConfigError
+from careloop.state import StateError, StateStore, canonical_json
+from tests.audit.helpers import T0, make_events, tampering
+from tests.state.test_store import START_METHOD
+
+N = 1000
+EVENTS = make_events(N)
+
+
+@pytest.fixture
+def log(db_url):
+    log = AuditLog.open(db_url)
+    yield log
+    log.close()
+
+
+@pytest.fixture
+def full_log(log):
+    out = log.append_many(EVENTS)
+    assert [r["seq"] for r in out] == list(range(1, N + 1))
+    return log
+
+
+def _row(conn, seq: int) -> dict:
+    return dict(conn.exec_driver_sql(f"SELECT * FROM careloop_audit WHERE seq = {seq}").mappings().one())
+
+
+def _move(conn, pairs: list[tuple[int, int]]) -> None:
+    """Renumber records (old seq -> new seq) without tripping the primary key midway."""
+    for old, _ in pairs:
+        conn.exec_driver_sql(f"UPDATE careloop_audit SET seq = {-old} WHERE seq = {old}")
+    for old, new in pairs:
+        conn.exec_driver_sql(f"UPDATE careloop_audit SET seq = {new} WHERE seq = {-old}")
+
+
+def test_thousand_appends_verify(full_log):
+    res = full_log.verify()
+    assert res.ok and res.checked == N and res.first_bad is None and res.reason is None
+    assert bool(res)
+    recs = full_log.records()
+    assert [r["seq"] for r in recs] == list(range(1, N + 1))
+    assert recs[0]["prev_hash"] == GENESIS
+    for a, b in itertools.pairwise(recs):
+        assert b["prev_hash"] == a["entry_hash"]
+    r = recs[41]
+    assert r["entry_hash"] == entry_hash(r["prev_hash"], 42, canonical_json(EVENTS[41]))
+    assert full_log.head() == {"seq": N, "hash": recs[-1]["entry_hash"]}
+
+
+def test_append_returns_seq_hash_prev(log):
+    first = log.append(EVENTS[0])
+    second = log.append(EVENTS[1])
+    assert first == {"seq": 1, "hash": entry_hash(GENESIS, 1, canonical_json(EVENTS[0])), "prev": GENESIS}
+    assert second["seq"] == 2 and second["prev"] == first["hash"]
+    assert log.append_many([]) == []
+    assert log.verify().ok
+
+
+def test_empty_log_verifies(log):
+    assert log.verify() == log.verify().__class__(True, 0)
+    assert log.head() == {"seq": 0, "hash": GENESIS}
+
+
+# Each tampering, done as a DBA with the triggers disabled, and the seq verify() must name first.
+def _edit_field(conn):
+    event = json.loads(_row(conn, 500)["event"])
+    event["entity"][-1]["detail"][1]["valueString"] = "0.01"  # the score
+    conn.exec_driver_sql(f"UPDATE careloop_audit SET event = {_q(canonical_json(event))} WHERE seq = 500")
+    return 500
+
+
+def _edit_column(conn):  # hide a record from a patient's report by editing the indexed column only
+    conn.exec_driver_sql("UPDATE careloop_audit SET patient = 'someone-else' WHERE seq = 321")
+    return 321
+
+
+def _edit_with_rehash(conn):  # edit record 700 and recompute its own hash: record 701 no longer chains to it
+    row = _row(conn, 700)
+    event = json.loads(row["event"])
+    event["outcome"] = "12"
+    text = canonical_json(event)
+    conn.exec_driver_sql(
+        f"UPDATE careloop_audit SET event = {_q(text)}, entry_hash = '{entry_hash(row['prev_hash'], 700, text)}' "
+        "WHERE seq = 700"
+    )
+    return 700
+
+
+def _delete(conn):
+    conn.exec_driver_sql("DELETE FROM careloop_audit WHERE seq = 250")
+    return 250
+
+
+def _delete_and_renumber(conn):
+    conn.exec_driver_sql("DELETE FROM careloop_audit WHERE seq = 250")
+    _move(conn, [(s, s - 1) for s in range(251, N + 1)])
+    return 250
+
+
+def _swap(conn):
+    _move(conn, [(300, 600), (600, 300)])
+    return 300
+
+
+def _swap_adjacent(conn):
+    _move(conn, [(10, 11), (11, 10)])
+    return 10
+
+
+def _insert_forged_end(conn):
+    conn.exec_driver_sql(
+        "INSERT INTO careloop_audit (seq, recorded, kind, outcome, client, patient, event, prev_hash, entry_hash) "
+        f"VALUES ({N + 1}, '2025-03-02 00:00:00', 'cds-call', 'success', 'x', 'p1', '{{}}', '{'1' * 64}', "
+        f"'{'2' * 64}')"
+    )
+    return N + 1
+
+
+def _insert_forged_middle(conn):
+    """A well-formed forgery: records 400.. moved up one, and a record 400 whose hashes are computed correctly."""
+    prev = _row(conn, 399)["entry_hash"]
+    _move(conn, [(s, s + 1) for s in range(N, 399, -1)])
+    text = canonical_json(make_events(1, T0 + timedelta(seconds=399))[0])
+    conn.exec_driver_sql(
+        "INSERT INTO careloop_audit (seq, recorded, kind, outcome, client, patient, event, prev_hash, entry_hash) "
+        f"VALUES (400, '2025-03-01 08:06:39', 'cds-call', 'success', 'https://ehr0.example/iss', 'p0', {_q(text)}, "
+        f"'{prev}', '{entry_hash(prev, 400, text)}')"
+    )
+    return 400
+
+
+def _q(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+TAMPERINGS = {
+    "edit-field": _edit_field,
+    "edit-column": _edit_column,
+    "edit-and-rehash": _edit_with_rehash,
+    "delete": _delete,
+    "delete-and-renumber": _delete_and_renumber,
+    "swap": _swap,
+    "swap-adjacent": _swap_adjacent,
+    "insert-forged-at-end": _insert_forged_end,
+    "insert-forged-in-middle": _insert_forged_middle,
+}
+
+
+@pytest.mark.parametrize("how", list(TAMPERINGS))
+def test_tampering_is_detected_at_the_first_bad_record(full_log, db_url, how):
+    assert full_log.verify().ok
+    with tampering(db_url) as conn:
+        expected = TAMPERINGS[how](conn.execution_options(no_parameters=True))
+    res = full_log.verify()
+    assert not res.ok
+    assert res.first_bad == expected, res.reason
+    assert res.checked == expected - 1
+    assert res.reason and str(expected) in res.reason
+
+
+def test_triggers_refuse_update_delete_through_the_app_connection(full_log, db_url):
+    store = full_log.store
+    for sql in (
+        "UPDATE careloop_audit SET patient = 'x' WHERE seq = 5",
+        "UPDATE careloop_audit SET event = '{}'",
+        "DELETE FROM careloop_audit WHERE seq = 5",
+        "DELETE FROM careloop_audit",
+    ):
+        with pytest.raises(StateError, match="append-only"), store.transaction(write=True) as conn:
+            conn.exec_driver_sql(sql)
+    if store.dialect == "postgresql":
+        with pytest.raises(StateError, match="append-only"), store.transaction(write=True) as conn:
+            conn.exec_driver_sql("TRUNCATE careloop_audit")
+    with tampering(db_url) as conn:  # the checkpoint and anchor tables are append-only too
+        conn.exec_driver_sql(
+            "INSERT INTO careloop_audit_anchor (upto_seq, entry_hash, last_recorded, purged_at, minimum_days, "
+            f"purged_by) VALUES (0, '{GENESIS}', '2020-01-01 00:00:00', '2021-01-01 00:00:00', 183, 'test')"
+        )
+    AuditLog(store)  # recreates the SQLite triggers the tampering dropped (as the service does at start)
+    for sql in ("UPDATE careloop_audit_anchor SET purged_by = 'x'", "DELETE FROM careloop_audit_anchor"):
+        with pytest.raises(StateError, match="append-only"), store.transaction(write=True) as conn:
+            conn.exec_driver_sql(sql)
+    assert full_log.verify().ok and len(full_log.records()) == N
+
+
+def test_grant_app_role_leaves_select_and_insert_only(full_log, db_url):
+    if full_log.store.dialect != "postgresql":
+        with pytest.raises(AuditError, match="PostgreSQL"):
+            full_log.grant_app_role("careloop_app")
+        return
+    with full_log.store.transaction(write=True) as conn:
+        conn.exec_driver_sql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'careloop_app') "
+                             "THEN CREATE ROLE careloop_app LOGIN; END IF; END $$")
+    full_log.grant_app_role("careloop_app")
+    with full_log.store.transaction(write=False) as conn:
+        grants = conn.exec_driver_sql(
+            "SELECT DISTINCT privilege_type FROM information_schema.role_table_grants "
+            "WHERE grantee = 'careloop_app' AND table_name = 'careloop_audit'"
+        ).scalars().all()
+    assert sorted(grants) == ["INSERT", "SELECT"]
+    app = StateStore(db_url.replace("postgres@", "careloop_app@"))
+    try:
+        with app.transaction(write=False) as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM careloop_audit").scalar_one() == N
+        with pytest.raises(StateError, match="permission denied"), app.transaction(write=True) as conn:
+            conn.exec_driver_sql("DELETE FROM careloop_audit WHERE seq = 1")
+    finally:
+        app.close()
+
+
+def test_concurrent_appends_from_threads_keep_one_chain(log):
+    threads, each = 4, 40
+    barrier = threading.Barrier(threads)
+
+    def worker(t: int) -> list[int]:
+        barrier.wait()
+        return [log.append(EVENTS[t * each + i])["seq"] for i in range(each)]
+
+    with ThreadPoolExecutor(threads) as pool:
+        seqs = sorted(s for got in pool.map(worker, range(threads)) for s in got)
+    assert seqs == list(range(1, threads * each + 1))
+    res = log.verify()
+    assert res.ok and res.checked == threads * each
+
+
+def test_concurrent_appends_from_processes_keep_one_chain(log, db_url):
+    from tests.state._workers import append_many, collect
+
+    ctx = mp.get_context(START_METHOD)
+    procs, each = 3, 40
+    barrier, out = ctx.Barrier(procs), ctx.Queue()
+    workers = [ctx.Process(target=append_many, args=(db_url, each, f"w{i}", barrier, out)) for i in range(procs)]
+    for w in workers:
+        w.start()
+    seqs = sorted(collect(out, workers))
+    assert seqs == list(range(1, procs * each + 1))
+    assert log.verify().ok
+
+
+def test_append_refuses_what_is_not_an_audit_event(log):
+    from careloop.audit import AuditContentError
+
+    with pytest.raises(AuditContentError, match="AuditEvent"):
+        log.append({"resourceType": "Patient"})
+    with pytest.raises(AuditContentError, match="recorded"):
+        log.append({"resourceType": "AuditEvent"})
+    with pytest.raises(AuditContentError, match="JWT"):  # a hand-made event is scanned for tokens too
+        log.append(EVENTS[0] | {"outcomeDesc": "token eyJhbGciOiJSUzM4NCJ9.eyJpc3MiOiJ4In0.c2lnbmF0dXJl"})
+    with pytest.raises(AuditContentError, match="id and meta"):
+        log.append(EVENTS[0] | {"id": "x"})
+    assert log.head()["seq"] == 0
+
+
+# ------------------------------------------------------------------ signed checkpoints
+def _rewrite_from(conn, first: int, last: int) -> None:
+    """Edit record ``first`` and recompute every hash after it: a chain consistent with itself again."""
+    conn = conn.execution_options(no_parameters=True)
+    prev = _row(conn, first - 1)["entry_hash"]
+    for seq in range(first, last + 1):
+        event = json.loads(_row(conn, seq)["event"])
+        event["outcome"] = "12" if seq == first else event["outcome"]
+        text = canonical_json(event)
+        h = entry_hash(prev, seq, text)
+        conn.exec_driver_sql(f"UPDATE careloop_audit SET event = {_q(text)}, prev_hash = '{prev}', "
+                             f"entry_hash = '{h}', outcome = '{summarize(event)['outcome']}' WHERE seq = {seq}")
+        prev = h
+
+
+@pytest.mark.parametrize(("first", "expected", "span"), [(220, 201, "201..250"), (150, 101, "101..200")])
+def test_signed_checkpoints_expose_a_rewritten_chain(db_url, first, expected, span):
+    key = Ed25519PrivateKey.generate()
+    log = AuditLog.open(db_url, signing_key=key, checkpoint_every=100)
+    try:
+        log.append_many(EVENTS[:250])
+        cp = log.checkpoint()
+        assert cp["seq"] == 250
+        assert log.verify().checkpoints == 3
+        with tampering(db_url) as conn:
+            _rewrite_from(conn, first, 250)
+        unsigned = _walk_without_checkpoints(log)
+        assert unsigned.ok  # the hash chain alone cannot see a wholesale rewrite...
+        res = log.verify()  # ...the signed checkpoints do, from the record after the last good one
+        assert not res.ok and res.first_bad == expected and span in res.reason
+    finally:
+        log.close()
+
+
+def _walk_without_checkpoints(log: AuditLog):
+    from careloop.audit.log import _walk, audit_table
+
+    with log.store.transaction(write=False) as conn:
+        rows = conn.execute(audit_table.select().order_by(audit_table.c.seq)).mappings().all()
+    return _walk(rows, start_seq=1, start_prev=GENESIS)
+
+
+def test_checkpoints_detect_truncation(db_url):
+    key = Ed25519PrivateKey.generate()
+    log = AuditLog.open(db_url, signing_key=key, checkpoint_every=100)
+    try:
+        log.append_many(EVENTS[:120])
+        log.checkpoint()
+        with tampering(db_url) as conn:
+            conn.exec_driver_sql("DELETE FROM careloop_audit WHERE seq > 110")
+        res = log.verify()
+        assert not res.ok and res.first_bad == 111 and "missing" in res.reason
+        assert AuditLog(log.store).verify(verify_key=key.public_key()).first_bad == 111
+    finally:
+        log.close()
+
+
+def test_checkpoint_forged_or_other_key(db_url):
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    log = AuditLog.open(db_url, signing_key=key, checkpoint_every=50)
+    try:
+        log.append_many(EVENTS[:120])
+        assert log.verify().ok
+        assert not log.verify(verify_key=other.public_key()).ok
+        with tampering(db_url) as conn:
+            conn.exec_driver_sql(f"UPDATE careloop_audit_checkpoint SET signature = '{'00' * 64}' WHERE seq = 100")
+        res = log.verify()
+        assert not res.ok and res.first_bad == 100 and "signature" in res.reason
+    finally:
+        log.close()
+    with pytest.raises(AuditError, match="signing_key"):
+        AuditLog.open("sqlite://").checkpoint()
+    with pytest.raises(ConfigError):
+        AuditLog.open("sqlite://", checkpoint_every=0)
+
+
+# ------------------------------------------------------------------ retention
+def test_purge_refuses_young_records_and_keeps_the_chain(log, db_url):
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    old = make_events(100, now - timedelta(days=400))
+    young = make_events(50, now - timedelta(days=30))
+    log.append_many(old + young)
+    with pytest.raises(ConfigError, match="183"):
+        log.purge(now - timedelta(days=365), minimum_days=90, now=now)
+    with pytest.raises(AuditError, match="refusing"):
+        log.purge(now - timedelta(days=100), now=now)
+    assert log.purge(now - timedelta(days=1000), now=now) == 0  # nothing that old
+    assert log.purge(now - timedelta(days=200), now=now) == 100
+    res = log.verify()
+    assert res.ok and res.checked == 51  # 50 young + the purge's own admin-change event
+    recs = log.records()
+    assert recs[0]["seq"] == 101 and recs[-1]["kind"] == "admin-change"
+    assert recs[-1]["detail"] == {"action": "audit-purge", "count": "100", "upto_seq": "100"}
+    log.append(EVENTS[0])
+    assert log.verify().ok and log.head()["seq"] == 152
+    with pytest.raises(StateError, match="append-only"), log.store.transaction(write=True) as conn:
+        conn.exec_driver_sql("DELETE FROM careloop_audit WHERE seq = 101")  # not anchored: still refused
+    # a forged anchor that 'purges' young records is exposed
+    with tampering(db_url) as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO careloop_audit_anchor (upto_seq, entry_hash, last_recorded, purged_at, minimum_days, "
+            f"purged_by) VALUES (120, '{'a' * 64}', '2025-12-01 00:00:00', '2025-12-02 00:00:00', 183, 'x')"
+        )
+        conn.exec_driver_sql("DELETE FROM careloop_audit WHERE seq <= 120")
+    res = log.verify()
+    assert not res.ok and res.first_bad == 120 and "younger" in res.reason
+
+
+def test_purge_never_removes_the_head(log):
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    log.append_many(make_events(10, now - timedelta(days=400)))
+    assert log.purge(now - timedelta(days=200), now=now) == 9
+    assert log.verify().ok
+    assert [r["seq"] for r in log.records()] == [10, 11]
