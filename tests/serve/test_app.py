@@ -73,12 +73,13 @@ def chosen(stays, trained_bundle, hospital):
 
 
 @pytest.fixture(scope="module")
-def running(trained_bundle, keys, tmp_path_factory):
+def running(trained_bundle, keys, tmp_path_factory, state_url):
+    """The service on loopback, once with SQLite state and once with PostgreSQL (every test runs on both)."""
     folder = tmp_path_factory.mktemp("service")
     port = free_port()
-    cfg = write_config(folder, state=f"sqlite:///{folder / 'state.db'}", jwks=keys["jwks"], port=port)
+    cfg = write_config(folder, state=state_url, jwks=keys["jwks"], port=port)
     r = Running(trained_bundle, cfg, port)
-    r.state_url = f"sqlite:///{folder / 'state.db'}"
+    r.state_url = state_url
     yield r
     r.stop()
 
