@@ -27,11 +27,13 @@ demo: $(STAMP)
 	$(BIN)/careloop features --cohort $(DEMO_DIR)/cohort/readmission-30d.parquet --store $(DEMO_DIR)/store \
 		--features readmission --out $(DEMO_DIR)/features/readmission-30d.parquet
 	$(BIN)/careloop train --task readmission-30d --store $(DEMO_DIR)/store --registry $(DEMO_DIR)/registry \
-		--seed $(SEED) > $(DEMO_DIR)/train.log
+		--clinician $(DEMO_DIR)/hospital/truth/stays.parquet --seed $(SEED) > $(DEMO_DIR)/train.log
 	cat $(DEMO_DIR)/train.log
 	$(BIN)/careloop models list --registry $(DEMO_DIR)/registry
 	$(BIN)/careloop predict --model "$$(tail -n 1 $(DEMO_DIR)/train.log)" --store $(DEMO_DIR)/store \
 		--task readmission-30d --out $(DEMO_DIR)/predictions.parquet
+	$(BIN)/python -m careloop.serve.demo --model "$$(tail -n 1 $(DEMO_DIR)/train.log)" \
+		--hospital $(DEMO_DIR)/hospital --store $(DEMO_DIR)/store --out $(DEMO_DIR)/service
 	@echo "Validation report: open $$(tail -n 1 $(DEMO_DIR)/train.log)/report.html in a browser"
 
 test: $(STAMP)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import collections
-import gzip
 import json
 import socket
 import threading
@@ -12,19 +10,16 @@ import uuid
 from pathlib import Path
 
 import httpx
-import orjson
 import uvicorn
 import yaml
 
 from careloop.serve.app import Service, create_app
 from careloop.serve.auth import hash_admin_token, sign_request_token
 from careloop.serve.config import load_config
-from careloop.serve.features import PREFETCH
+from careloop.serve.demo import patient_resources, prefetch_of  # noqa: F401 (re-exported for the tests)
 
 ISS = "https://ehr.careloop-test.example/fhir"
 ADMIN_SECRET = "admin-secret-for-tests-only-0123456789"
-KEY_OF = {"Patient": "patient", "Encounter": "encounters", "Condition": "conditions", "Observation": "observations",
-          "MedicationRequest": "medications", "Procedure": "procedures", "Coverage": "coverage"}
 
 
 def free_port() -> int:
@@ -67,36 +62,6 @@ class Running:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.service.store.close()
-
-
-def patient_resources(ndjson: Path, patients: set[str]) -> dict[str, dict[str, list[dict]]]:
-    """Each patient's resources from a Bulk export, grouped by prefetch key (references as a FHIR server has them)."""
-    out: dict[str, dict[str, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
-    for f in sorted(ndjson.glob("*.ndjson.gz")):
-        rtype = f.name.split(".")[0]
-        if rtype not in KEY_OF:
-            continue
-        with gzip.open(f) as fh:
-            for line in fh:
-                r = orjson.loads(line)
-                if rtype == "Patient":
-                    pid = r["id"]
-                else:
-                    ref = next((r[k]["reference"] for k in ("subject", "patient", "beneficiary") if k in r), "")
-                    pid = ref.rsplit("/", 1)[-1]
-                if pid in patients:
-                    out[pid][KEY_OF[rtype]].append(r)
-    return out
-
-
-def prefetch_of(resources: dict[str, list[dict]]) -> dict:
-    """The prefetch an EHR sends for the service's templates: a Patient, and searchset Bundles."""
-    pf: dict = {"patient": resources["patient"][0]}
-    for key in PREFETCH:
-        if key != "patient":
-            pf[key] = {"resourceType": "Bundle", "type": "searchset",
-                       "entry": [{"resource": r} for r in resources.get(key, [])]}
-    return pf
 
 
 def hook_request(patient: str, encounter: str | None, prefetch: dict | None, hook: str = "encounter-discharge"

@@ -1,0 +1,222 @@
+"""The service in `make demo`: start it on loopback as an EHR would meet it, and send it signed CDS Hooks calls.
+
+`python -m careloop.serve.demo --model BUNDLE --hospital DIR --store DIR --out DIR` makes an EHR key pair (RS384)
+and an administrator secret, writes the service config, starts `careloop serve` in a subprocess, builds each
+request's prefetch from the synthetic hospital's Bulk export (the resources an EHR would send), and prints what
+comes back: a high-risk discharge, a low-risk one, a child, a call without prefetch (412), a forged token (401),
+feedback on a card, the kill switch, and the audit log's verification. It writes everything it sent and got to
+`OUT/exchanges.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import orjson
+import yaml
+
+from careloop.serve.features import PREFETCH
+
+ISS = "https://ehr.demo-hospital.example/fhir"
+KEY_OF = {"Patient": "patient", "Encounter": "encounters", "Condition": "conditions", "Observation": "observations",
+          "MedicationRequest": "medications", "Procedure": "procedures", "Coverage": "coverage"}
+
+
+def patient_resources(ndjson: Path, patients: set[str]) -> dict[str, dict[str, list[dict]]]:
+    """Each patient's resources from a Bulk export, grouped by prefetch key (references as a FHIR server has them)."""
+    out: dict[str, dict[str, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    for f in sorted(ndjson.glob("*.ndjson.gz")):
+        rtype = f.name.split(".")[0]
+        if rtype not in KEY_OF:
+            continue
+        with gzip.open(f) as fh:
+            for line in fh:
+                r = orjson.loads(line)
+                if rtype == "Patient":
+                    pid = r["id"]
+                else:
+                    ref = next((r[k]["reference"] for k in ("subject", "patient", "beneficiary") if k in r), "")
+                    pid = ref.rsplit("/", 1)[-1]
+                if pid in patients:
+                    out[pid][KEY_OF[rtype]].append(r)
+    return out
+
+
+def prefetch_of(resources: dict[str, list[dict]]) -> dict:
+    """The prefetch an EHR sends for the service's templates: a Patient, and searchset Bundles."""
+    pf: dict = {"patient": resources["patient"][0]}
+    for key in PREFETCH:
+        if key != "patient":
+            pf[key] = {"resourceType": "Bundle", "type": "searchset",
+                       "entry": [{"resource": r} for r in resources.get(key, [])]}
+    return pf
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keys(out: Path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from careloop.serve.auth import jwks_for
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    (out / "ehr-private-key.pem").write_bytes(pem)
+    return pem, jwks_for({"ehr-demo-1": key})
+
+
+def _pick(bundle: Path, store: Path) -> tuple[list[dict], float]:
+    """Test-split stays: the riskiest and the least risky, scored as training scored them."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from careloop.engines import DuckDBEngine
+    from careloop.features.engine import extract
+    from careloop.features.spec import FeatureSet
+    from careloop.registry import verify
+    from careloop.tasks.cohort import build_cohort
+    from careloop.tasks.spec import Task
+
+    b = verify(bundle)
+    eng = DuckDBEngine(store)
+    cohort = build_cohort(Task.from_text((b.path / "task.yaml").read_text()), eng).table
+    cohort = cohort.filter(pc.equal(cohort.column("split"), "test"))
+    feats = extract(FeatureSet.from_text((b.path / "features.yaml").read_text()), cohort, eng).table
+    risk = b.model().predict_proba(feats)
+    op = b.metadata["operating_point"]
+    band_hi = (op.get("threshold_ci") or [0, op["threshold"]])[1]
+    quiet = np.zeros(len(risk), dtype=bool)
+    if "deferral_policy.json" in b.files:  # a stay the learned policy leaves to the model, to show its card
+        from careloop.deferral import DeferralPolicy
+
+        quiet = DeferralPolicy.from_json((b.path / "deferral_policy.json").read_text()).defers(risk)
+    order = np.argsort(-risk)
+    warn = [i for i in order if risk[i] >= band_hi and not quiet[i]]
+    deferred = [i for i in order if quiet[i]]
+    first = warn[:2] if warn else list(order[:2])
+    rows = feats.select(["encounter_id", "patient_id", "age"]).to_pylist()
+    chosen = [*first, *(deferred[:1] or order[2:3]), order[-2], order[-1]]
+    picked = [dict(rows[i], risk=float(risk[i])) for i in chosen]
+    return picked, op["threshold"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from careloop.serve.auth import new_admin_token, sign_request_token
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--hospital", type=Path, required=True)
+    ap.add_argument("--store", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    pem, jwks = _keys(a.out)
+    secret, digest = new_admin_token()
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    state = a.out / "state.db"
+    state.unlink(missing_ok=True)
+    cfg = {"trusted_clients": [{"iss": ISS, "jwks": jwks}], "admin": {"token_sha256": digest, "name": "demo-admin"},
+           "state": f"sqlite:///{state}", "base_url": base, "alert": {"repeat_window_h": 72, "deferral": "card"}}
+    (a.out / "service.yaml").write_text(yaml.safe_dump(cfg))
+    stays, threshold = _pick(a.model, a.store)
+    res = patient_resources(a.hospital / "ndjson", {s["patient_id"] for s in stays})
+    server = subprocess.Popen([sys.executable, "-m", "careloop.cli", "serve", "--model", str(a.model), "--config",
+                               str(a.out / "service.yaml"), "--port", str(port)])
+    log: list[dict] = []
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(f"{base}/cds-services", timeout=0.5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        url = f"{base}/cds-services/readmission-risk"
+
+        def send(title: str, body: dict, token: str | None = None) -> dict:
+            token = token or sign_request_token(pem, "ehr-demo-1", ISS, url)
+            t0 = time.perf_counter()
+            r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            ms = (time.perf_counter() - t0) * 1000
+            got = r.json() if r.content else {}
+            log.append({"title": title, "status": r.status_code, "ms": round(ms, 1), "response": got})
+            print(f"\n== {title}: HTTP {r.status_code} in {ms:.0f} ms")
+            for c in got.get("cards", []):
+                print(f"  [{c['indicator']}] {c['summary']}")
+                for line in c.get("detail", "").splitlines():
+                    if line.startswith("- "):
+                        print(f"      {line}")
+            if r.status_code == 200 and not got.get("cards"):
+                print("  (no card: the model stays quiet)")
+            if got.get("resourceType") == "OperationOutcome":
+                print(f"  {got['issue'][0]['diagnostics']}")
+            return got
+
+        def request(s: dict, prefetch: dict | None) -> dict:
+            body = {"hook": "encounter-discharge", "hookInstance": str(uuid.uuid4()),
+                    "context": {"userId": "Practitioner/demo", "patientId": s["patient_id"],
+                                "encounterId": s["encounter_id"]}}
+            if prefetch is not None:
+                body["prefetch"] = prefetch
+            return body
+
+        print(f"careloop service at {base}/cds-services; alert threshold {threshold:.1%}")
+        high, low = stays[0], stays[-1]
+        got = send(f"discharge of a high-risk patient (risk {high['risk']:.0%})",
+                   request(high, prefetch_of(res[high["patient_id"]])))
+        mid = stays[2]
+        send(f"a patient in a range where clinicians judge better (risk {mid['risk']:.0%})",
+             request(mid, prefetch_of(res[mid["patient_id"]])))
+        send(f"discharge of a low-risk patient (risk {low['risk']:.0%})",
+             request(low, prefetch_of(res[low["patient_id"]])))
+        child = prefetch_of(res[stays[1]["patient_id"]])
+        child["patient"] = dict(child["patient"], birthDate="2016-03-01")
+        send("a 10-year-old (out of scope for an adult model)", request(stays[1], child))
+        send("no prefetch and no FHIR access", request(stays[3], None))
+        forged = sign_request_token(pem, "ehr-demo-1", "https://attacker.example", url)
+        send("a token from an untrusted issuer", request(high, prefetch_of(res[high["patient_id"]])), forged)
+        if got.get("cards") and got["cards"][0].get("overrideReasons"):
+            card = got["cards"][0]
+            fb_url = f"{url}/feedback"
+            fb = {"feedback": [{"card": card["uuid"], "outcome": "overridden",
+                                "overrideReason": {"reason": card["overrideReasons"][0]},
+                                "outcomeTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]}
+            r = httpx.post(fb_url, json=fb, timeout=10, headers={
+                "Authorization": f"Bearer {sign_request_token(pem, 'ehr-demo-1', ISS, fb_url)}"})
+            print(f"\n== feedback (overridden: {card['overrideReasons'][0]['display']}): HTTP {r.status_code} "
+                  f"{r.json()}")
+        key = json.loads((a.model / "MANIFEST.json").read_text())["bundle_id"][:12]
+        admin = {"Authorization": f"Bearer {secret}"}
+        httpx.post(f"{base}/admin/models/{key}/enabled", json={"enabled": False}, headers=admin, timeout=10)
+        send("the same discharge after an administrator flipped the kill switch",
+             request(high, prefetch_of(res[high["patient_id"]])))
+        httpx.post(f"{base}/admin/models/{key}/enabled", json={"enabled": True}, headers=admin, timeout=10)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    (a.out / "exchanges.json").write_text(json.dumps(log, indent=1))
+    v = subprocess.run([sys.executable, "-m", "careloop.cli", "audit", "verify", "--state", f"sqlite:///{state}"],
+                       capture_output=True, text=True)
+    print(f"\n== audit log: {v.stdout.strip()}")
+    print(f"exchanges: {a.out / 'exchanges.json'}; service config: {a.out / 'service.yaml'}")
+    return v.returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
