@@ -162,6 +162,16 @@ def fresh_database(url: str, name: str) -> str:
     return f"{server}/{db}"
 
 
+def clone_database(template_url: str, target_url: str) -> str:
+    """Replace the database of ``target_url`` with a copy of ``template_url``'s (same server; nobody may be connected
+    to either). Faster than rebuilding a populated fixture: a file copy, about 50 ms."""
+    server, template = template_url.rsplit("/", 1)
+    target = target_url.rsplit("/", 1)[1]
+    _admin(server, f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
+    _admin(server, f"CREATE DATABASE {target} TEMPLATE {template} STRATEGY FILE_COPY")
+    return target_url
+
+
 def drop_database(url: str) -> None:
     server, db = url.rsplit("/", 1)
     with contextlib.suppress(Exception):

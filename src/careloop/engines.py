@@ -37,21 +37,24 @@ class ArrowEngine:
 
     dialect = Dialect()
 
-    def __init__(self, tables: dict[str, pa.Table], *, threads: int = 1) -> None:
+    def __init__(self, tables: dict[str, pa.Table] | None = None, *, threads: int = 1) -> None:
         import duckdb
-
-        from careloop import contracts as C
 
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute(f"SET threads TO {int(threads)}")
-        for name, schema in C.TABLES.items():
-            table = tables.get(name)
-            if table is None:
-                table = schema.empty_table()
-            self.con.register("encounters_raw" if name == "encounters" else name, table)
+        self.load(tables or {})
         for sql in RESOLVED_VIEWS:
             self.con.execute(sql)
+
+    def load(self, tables: dict[str, pa.Table]) -> None:
+        """(Re)bind the tables: one connection serves request after request (connecting costs more than a query)."""
+        from careloop import contracts as C
+
+        for name, schema in C.TABLES.items():
+            table = tables.get(name)
+            self.con.register("encounters_raw" if name == "encounters" else name,
+                              schema.empty_table() if table is None else table)
 
     def arrow(self, sql: str) -> pa.Table:
         return self.con.sql(sql).to_arrow_table()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing as mp
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from careloop.audit import GENESIS, AuditError, AuditLog, entry_hash, summarize
 from careloop.errors import ConfigError
 from careloop.state import StateError, StateStore, canonical_json
 from tests.audit.helpers import T0, make_events, tampering
+from tests.pg import clone_database, fresh_database
 from tests.state.test_store import START_METHOD
 
 N = 1000
@@ -30,11 +32,34 @@ def log(db_url):
     log.close()
 
 
+_TEMPLATES: dict[str, str] = {}  # backend -> URL of a database holding the N-record chain, built once per session
+
+
+def _template(db_url: str, tmp_path_factory) -> str:
+    backend = db_url.split(":", 1)[0]
+    if backend not in _TEMPLATES:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('audit-template') / 'template.db'}"
+        else:
+            url = fresh_database(db_url, "audit_template")
+        with AuditLog.open(url) as log:
+            out = log.append_many(EVENTS)
+        assert [r["seq"] for r in out] == list(range(1, N + 1))
+        _TEMPLATES[backend] = url
+    return _TEMPLATES[backend]
+
+
 @pytest.fixture
-def full_log(log):
-    out = log.append_many(EVENTS)
-    assert [r["seq"] for r in out] == list(range(1, N + 1))
-    return log
+def full_log(db_url, tmp_path_factory):
+    """An AuditLog holding the N-record chain: a copy of a template built once per backend."""
+    template = _template(db_url, tmp_path_factory)
+    if db_url.startswith("sqlite"):
+        shutil.copyfile(template.removeprefix("sqlite:///"), db_url.removeprefix("sqlite:///"))
+    else:
+        clone_database(template, db_url)
+    log = AuditLog.open(db_url)
+    yield log
+    log.close()
 
 
 def _row(conn, seq: int) -> dict:

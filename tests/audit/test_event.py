@@ -121,7 +121,7 @@ def test_non_identifiers_are_refused(override, match):
 
 def test_unknown_free_text_is_dropped():
     e = audit_event(**(FULL | {"detail": {
-        "note": "Patient John Smith, DOB 1950-01-01, complains of chest pain",  # unknown text: dropped
+        "clinical_note": "Patient John Smith, DOB 1950-01-01, complains of chest pain",  # unknown text: dropped
         "comment": "free text",  # unknown: dropped
         "nested": {"a": 1},  # unknown structure: dropped
         "bad key!": 3,  # not a key: dropped
@@ -146,3 +146,13 @@ def test_patient_prefix_and_user_identifier():
     user = next(a for a in e["agent"] if a["requestor"])
     assert user["who"]["identifier"]["value"] == "nurse-42"
     assert summarize(e)["user"] == "nurse-42"
+
+
+def test_the_services_coded_details_are_kept():
+    e = audit_event(**(FULL | {"cards": None, "detail": {
+        "card": "9368d37b-283f-44a0-93ea-547cebab93ed", "outcome": "overridden", "new": True, "by": "admin-1",
+        "note": "repeat suppressed", "reason": "412: no prefetch and no FHIR access"}}))
+    s = summarize(e)
+    assert s["cards"] == ["9368d37b-283f-44a0-93ea-547cebab93ed"]
+    assert s["detail"] == {"outcome": "overridden", "new": "true", "by": "admin-1", "note": "repeat suppressed",
+                           "reason": "412: no prefetch and no FHIR access"}

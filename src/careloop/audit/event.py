@@ -51,13 +51,15 @@ OUTCOMES = {"success": "0", "minor": "4", "serious": "8", "major": "12"}
 OUTCOME_NAMES = {v: k for k, v in OUTCOMES.items()}
 TREATMENT_KINDS = ("cds-call", "feedback", "timeout")  # purposeOfEvent TREAT
 
-# Detail keys whose short string values are kept; any other key keeps only numbers and booleans.
+# Detail keys whose short string values are kept (coded values and identifiers: the service's decision note such
+# as "repeat suppressed", an admin's id in "by", the card uuid of a feedback); any other key keeps only numbers and
+# booleans. Every string is scanned for tokens first.
 TEXT_DETAIL_KEYS = frozenset({
-    "action", "alg", "aud", "band", "code", "count", "deadline_ms", "elapsed_ms", "enabled", "error", "feature_set",
-    "field", "format", "hook", "http_status", "jku", "kid", "method", "model", "model_key", "new", "old",
-    "outcome", "override_reason", "override_system", "accepted_suggestions", "prefetch", "reason", "route",
-    "rows", "setting", "stage", "status", "tenant", "threshold", "threshold_version", "upto_seq", "value",
-    "version", "note", "deferral_policy",
+    "accepted_suggestions", "action", "alg", "aud", "band", "by", "card", "code", "count", "deadline_ms",
+    "deferral_policy", "elapsed_ms", "enabled", "error", "feature_set", "field", "format", "hook", "http_status",
+    "iss", "jku", "kid", "method", "model", "model_key", "new", "note", "old", "outcome", "override_reason",
+    "override_system", "prefetch", "reason", "route", "rows", "setting", "stage", "status", "tenant", "threshold",
+    "threshold_version", "upto_seq", "value", "version",
 })
 MAX_DETAIL_TEXT = 512
 

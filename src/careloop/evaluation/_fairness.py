@@ -280,8 +280,9 @@ def fairness(y: Any, p: Any, groups: Mapping[str, Any], *, threshold: float, clu
 
     `groups` maps an attribute (e.g. "race") to one value per row; missing values form the group "unknown".
     Groups under `min_group_size` rows or with fewer than 10 positives or negatives are suppressed and listed.
-    `tolerances` adds to or overrides the defaults (auroc 0.05, observed_expected 0.15 on the log scale,
-    calibration_intercept 0.3; None removes one). `labels` maps (attribute, group code) to a display label.
+    `tolerances` adds to or overrides the defaults (auroc 0.10, observed_expected 0.15 on the log scale; None
+    removes one). A gap is flagged beyond its tolerance and after a Bonferroni correction over every group and
+    measure tested. `labels` maps (attribute, group code) to a display label.
     Error rates (tpr, fpr, ppv, flag_rate) are at `threshold` (flagged when p >= threshold).
 
     >>> rng = np.random.default_rng(0)
@@ -289,7 +290,7 @@ def fairness(y: Any, p: Any, groups: Mapping[str, Any], *, threshold: float, clu
     >>> true_risk = np.where(g == "b", 1 / (1 + (1 - p) / (2 * p)), p)   # odds doubled: b is under-predicted
     >>> rep = fairness(rng.random(2000) < true_risk, p, {"group": g}, threshold=0.3, n_boot=100)
     >>> [(f.group, f.metric) for f in rep.flags]
-    [('b', 'observed_expected'), ('b', 'calibration_intercept')]
+    [('b', 'observed_expected')]
     """
     yb = as_labels(y)
     n = yb.size

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import threading
 from dataclasses import dataclass, field
 
 import orjson
@@ -181,6 +182,17 @@ def to_tables(resources: list[dict], directory: pa.Table | None = None) -> tuple
     return tables, rejected
 
 
+_local = threading.local()
+
+
+def _engine() -> ArrowEngine:
+    """This thread's DuckDB connection (each request thread reuses its own)."""
+    eng = getattr(_local, "engine", None)
+    if eng is None:
+        eng = _local.engine = ArrowEngine()
+    return eng
+
+
 @dataclass
 class BedsideFeatures:
     row: pa.Table | None  # one row of features, or None when the stay cannot be scored
@@ -232,10 +244,11 @@ def bedside_features(
             "split": ["serve"],
         }
     )
-    engine = ArrowEngine(tables)
+    engine = _engine()
+    engine.load(tables)
     try:
         out = extract(fs, cohort, engine).table
     finally:
-        engine.close()
+        engine.load({})  # drop this patient's tables from the connection
     age = out.column("age")[0].as_py() if "age" in out.column_names else None
     return BedsideFeatures(out, None, index_time, age, row["class"])
