@@ -358,23 +358,24 @@ def create_app(service: Service) -> FastAPI:
         raw = await request.body()
         return None if len(raw) > MAX_BODY else raw
 
+    def authenticate(request: Request, audience: str, service_id: str, rid: str):
+        """The caller's verified claims, or None after auditing the refusal (the answer is a bare 401)."""
+        from careloop.serve.auth import AuthError
+
+        try:
+            return service.verifier.verify(request.headers.get("authorization"), audience)
+        except AuthError as e:
+            service.record("auth-failure", "serious", service=service_id, request_id=rid,
+                           detail={"reason": str(e.reason)[:200], "iss": e.iss})
+            return None
+
     @app.post("/cds-services/{service_id}")
     async def call(service_id: str, request: Request):
         rid = request.headers.get("x-request-id") or str(uuidlib.uuid4())
         if service_id not in SERVICES:
             return outcome(404, f"no CDS service {service_id!r}")
-        from careloop.serve.auth import AuthError
-
-        try:
-            claims = service.verifier.verify(request.headers.get("authorization"), f"{base}/cds-services/{service_id}")
-        except AuthError as e:
-            service.record(
-                "auth-failure",
-                "serious",
-                service=service_id,
-                request_id=rid,
-                detail={"reason": str(e.reason)[:200], "iss": e.iss},
-            )
+        claims = authenticate(request, f"{base}/cds-services/{service_id}", service_id, rid)
+        if claims is None:
             return JSONResponse({}, status_code=401)
         raw = await body_of(request)
         if raw is None:
@@ -445,23 +446,12 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/cds-services/{service_id}/feedback")
     async def feedback(service_id: str, request: Request):
-        from careloop.serve.auth import AuthError
 
         rid = request.headers.get("x-request-id") or str(uuidlib.uuid4())
         if service_id not in SERVICES:
             return outcome(404, f"no CDS service {service_id!r}")
-        try:
-            claims = service.verifier.verify(
-                request.headers.get("authorization"), f"{base}/cds-services/{service_id}/feedback"
-            )
-        except AuthError as e:
-            service.record(
-                "auth-failure",
-                "serious",
-                service=service_id,
-                request_id=rid,
-                detail={"reason": str(e.reason)[:200], "iss": e.iss},
-            )
+        claims = authenticate(request, f"{base}/cds-services/{service_id}/feedback", service_id, rid)
+        if claims is None:
             return JSONResponse({}, status_code=401)
         raw = await body_of(request)
         if raw is None:
