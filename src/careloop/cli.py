@@ -618,9 +618,18 @@ def serve(
                                                               "state store URL, base URL, alert policy.")],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8080,
-    workers: Annotated[int, typer.Option(help="Uvicorn worker threads for scoring (the event loop is one).")] = 1,
+    dashboard: Annotated[bool, typer.Option(help="Also serve the web dashboard under /dashboard.")] = False,
+    store: Annotated[Path | None, typer.Option(help="Event store for the dashboard's worklist and patient pages.")]
+    = None,
+    monitor: Annotated[Path | None, typer.Option(help="Folder of `careloop monitor` output for the dashboard.")]
+    = None,
+    users: Annotated[Path | None, typer.Option(help="Dashboard users (YAML: username -> role, password_hash).")]
+    = None,
+    demo: Annotated[bool, typer.Option(help="Dashboard demo accounts and synthetic activity (never in production).")]
+    = False,
 ) -> None:
-    """Serve the model as CDS Hooks 2.0 services (discovery, encounter-discharge, patient-view, feedback)."""
+    """Serve the model as CDS Hooks 2.0 services (discovery, encounter-discharge, patient-view, feedback), and
+    optionally the dashboard (worklist, patient, model, monitoring and governance pages behind sign-in)."""
     import uvicorn
 
     from careloop.serve.app import Service, create_app
@@ -629,12 +638,26 @@ def serve(
     try:
         cfg = load_config(config)
         service = Service(model, cfg)
+        app_ = create_app(service)
+        if dashboard:
+            from careloop.web import demo_users, load_users, mount
+
+            if not demo and users is None:
+                raise CareloopError("--dashboard needs --users FILE (or --demo for the demo accounts)")
+            mount(app_, service, users=demo_users() if demo else load_users(users), monitor_dir=monitor,
+                  store_dir=store)
+            if demo and store is not None:
+                from careloop.web.demo import seed_activity, sign_in_text
+
+                seed_activity(service, store)
+                console.print(sign_in_text(f"http://{host}:{port}"), highlight=False)
     except (CareloopError, ValueError) as exc:
         fail(str(exc))
         return
     console.print(f"careloop serving bundle {service.bundle.bundle_id[:12]} at http://{host}:{port}/cds-services "
-                  f"(state {cfg.state.split('://')[0]})", highlight=False)
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning", access_log=False)
+                  f"(state {cfg.state.split('://')[0]})" + (f"; dashboard at http://{host}:{port}/dashboard"
+                                                             if dashboard else ""), highlight=False)
+    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
 
 
 audit_app = typer.Typer(help="Check the service's audit log.", no_args_is_help=True)

@@ -46,6 +46,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "kill-switch": ("Model kill switch", "U"),
     "timeout": ("Deadline exceeded", "E"),
     "export": ("Data export", "R"),
+    "access": ("Patient data viewed", "R"),
 }
 OUTCOMES = {"success": "0", "minor": "4", "serious": "8", "major": "12"}
 OUTCOME_NAMES = {v: k for k, v in OUTCOMES.items()}

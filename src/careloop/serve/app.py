@@ -154,6 +154,8 @@ class Service:
         service: str | None = None,
         request_id: str | None = None,
         detail: dict | None = None,
+        patient: str | None = None,
+        user: str | None = None,
     ) -> None:
         from careloop.audit import audit_event
 
@@ -162,7 +164,8 @@ class Service:
             outcome=result,
             client=getattr(claims, "iss", None),
             service=service,
-            patient=(decision.patient if decision else None) or (_patient_of(req) if req else None),
+            patient=(decision.patient if decision else None) or (_patient_of(req) if req else None) or patient,
+            user=user,
             hook_instance=req.hookInstance if req else None,
             jti=getattr(claims, "jti", None),
             request_id=request_id,
