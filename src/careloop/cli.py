@@ -814,5 +814,40 @@ def evaluate(
         return
     out_console.print(f"report: {paths['report.html']}")
 
+
+@app.command()
+def monitor(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory.")],
+    store: Annotated[Path, typer.Option("--store", "-s", help="Event store with the stays after go-live.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for monitor.json and monitor.html.")],
+    period: Annotated[str, typer.Option(help="Period length: month, quarter or week.")] = "month",
+    config: Annotated[Path | None, typer.Option(help="YAML of alert thresholds (PSI, performance, burden).")] = None,
+    state: Annotated[str | None, typer.Option(help="The service's state store URL: alert burden from its audit log "
+                                                   "and feedback.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Drift of inputs and output, performance as labels mature (with CIs), subgroups and alert burden, period by
+    period; alerts with their reasons; monitor.json and an HTML report with charts."""
+    from careloop.monitor.cli import run_monitor
+
+    try:
+        summary = run_monitor(model, store, out, period, config, state)
+    except (CareloopError, ValueError) as exc:
+        fail(str(exc).splitlines()[0])
+        return
+    if as_json:
+        _print_json(summary)
+        return
+    alerts = summary.get("alert_list") or []
+    t = Table(title=f"Monitoring {model.name}: {len(alerts)} alert(s)")
+    for col in ("period", "kind", "concerns", "metric", "severity", "value"):
+        t.add_column(col)
+    for a in alerts[:40]:
+        v = a.get("value")
+        t.add_row(str(a["period"])[:10], a["kind"], str(a.get("concerns") or "-"), str(a["metric"]),
+                  str(a["severity"]), f"{v:.3f}" if isinstance(v, float) else str(v))
+    out_console.print(t)
+    out_console.print(f"monitor: {summary['json']}, {summary['html']}")
+
 if __name__ == "__main__":
     app()
