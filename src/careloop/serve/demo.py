@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hospital", type=Path, required=True)
     ap.add_argument("--store", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--dashboard-port", type=int, default=8765, help="port of the dashboard run that follows")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     pem, jwks = _keys(a.out)
@@ -135,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = {"trusted_clients": [{"iss": ISS, "jwks": jwks}], "admin": {"token_sha256": digest, "name": "demo-admin"},
            "state": f"sqlite:///{state}", "base_url": base, "alert": {"repeat_window_h": 72, "deferral": "card"}}
     (a.out / "service.yaml").write_text(yaml.safe_dump(cfg))
+    dash_state = a.out / "dashboard-state.db"  # the dashboard run starts from a fresh state store
+    dash_state.unlink(missing_ok=True)
+    (a.out / "dashboard.yaml").write_text(yaml.safe_dump(
+        cfg | {"base_url": f"http://127.0.0.1:{a.dashboard_port}", "state": f"sqlite:///{dash_state}"}))
     stays, threshold = _pick(a.model, a.store)
     res = patient_resources(a.hospital / "ndjson", {s["patient_id"] for s in stays})
     server = subprocess.Popen([sys.executable, "-m", "careloop.cli", "serve", "--model", str(a.model), "--config",
