@@ -92,8 +92,15 @@ def call(running, body, *, key=None, alg="RS384", service="readmission-risk", he
     return httpx.post(aud, json=body, headers=h, timeout=30)
 
 
+# The tests that touch the state store (cards, repeats, jti replay, feedback, the kill switch, the audit log) run on
+# PostgreSQL as well as SQLite; the others exercise no state and run once, on SQLite.
+STATEFUL = ("test_high_risk", "test_repeat", "test_es384", "test_feedback", "test_kill_switch", "test_audit_log")
+
+
 @pytest.fixture(autouse=True)
-def _keys(running, keys):
+def _keys(request, running, keys, state_url):
+    if state_url.startswith("postgresql") and not request.node.name.startswith(STATEFUL):
+        pytest.skip("stateless: run on SQLite only")
     running.keys = keys["rsa"]
 
 
