@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 import threading
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from careloop.serve import cards as C
 from careloop.serve.features import PREFETCH, REQUIRED_KEYS, bedside_features, collect, fetch_prefetch
+from careloop.state import StateError
 
 MAX_BODY = 5 * 1024 * 1024  # bytes; a larger request is refused with 413 before it is parsed
 SERVICES = {
@@ -157,9 +159,22 @@ class Service:
         patient: str | None = None,
         user: str | None = None,
     ) -> None:
+        from careloop.audit import AuditContentError, audit_event
+
+        try:
+            self.audit.append(self._event(kind, result, claims=claims, req=req, decision=decision, service=service,
+                                          request_id=request_id, detail=detail, patient=patient, user=user))
+        except AuditContentError as e:
+            # a field the audit log refuses (not an identifier, or token-like text sent by the caller): the call is
+            # still recorded, with those fields left out and the refusal noted, and it is still answered
+            self.audit.append(audit_event(kind=kind, outcome=result, client=getattr(claims, "iss", None),
+                                          service=service, model_hash=self.bundle.bundle_id,
+                                          detail={"error": "unrecordable request fields", "field": type(e).__name__}))
+
+    def _event(self, kind, result, *, claims, req, decision, service, request_id, detail, patient, user) -> dict:
         from careloop.audit import audit_event
 
-        ev = audit_event(
+        return audit_event(
             kind=kind,
             outcome=result,
             client=getattr(claims, "iss", None),
@@ -176,7 +191,6 @@ class Service:
             deferral_reason=decision.deferral if decision else None,
             detail=detail,
         )
-        self.audit.append(ev)
 
     # -- the decision ---------------------------------------------------------------------------------
     def card_context(self, patient: str, encounter: str | None) -> C.CardContext:
@@ -474,7 +488,10 @@ def create_app(service: Service) -> FastAPI:
                 return outcome(404, f"feedback: unknown card {item.card}")
         for item in fb.feedback:
             d = json.loads(item.model_dump_json(exclude_none=True))
-            added = service.store.add_feedback(service_id, d, client=claims.iss)
+            try:
+                added = service.store.add_feedback(service_id, d, client=claims.iss)
+            except StateError as e:
+                return outcome(400, f"feedback: {str(e).splitlines()[0][:200]}")
             new += int(added)
             service.record(
                 "feedback",
@@ -534,6 +551,9 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
 def _check_request(service_id: str, req: HookRequest) -> str | None:
     hook = SERVICES[service_id][0]
     if req.hook != hook:
@@ -542,6 +562,8 @@ def _check_request(service_id: str, req: HookRequest) -> str | None:
         return "fhirServer is required when fhirAuthorization is given"
     if not _patient_of(req):
         return "context.patientId is required"
+    if not _FHIR_ID.fullmatch(_patient_of(req)):
+        return "context.patientId must be a FHIR id (letters, digits, '-' and '.', at most 64)"
     if service_id == "readmission-risk" and not isinstance(req.context.get("encounterId"), str):
         return "context.encounterId is required for encounter-discharge"
     return None

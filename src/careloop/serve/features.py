@@ -108,7 +108,8 @@ def _entries(value: object) -> list[dict] | None:
         return None
     if value.get("resourceType") == "Bundle":
         out = []
-        for e in value.get("entry") or []:
+        entries = value.get("entry") or []
+        for e in entries if isinstance(entries, list) else []:
             r = e.get("resource") if isinstance(e, dict) else None
             if isinstance(r, dict):
                 if r.get("resourceType") == "OperationOutcome":
@@ -149,6 +150,11 @@ def collect(prefetch: dict | None, patient_id: str, keys: tuple[str, ...] = tupl
             seen.add(ident)
             if not _about(r, patient_id):
                 out.foreign += 1
+                continue
+            try:
+                orjson.dumps(r)  # e.g. an integer beyond 64 bits: not a resource the mapping can read
+            except (TypeError, orjson.JSONEncodeError):
+                out.rejected.append(f"{ident[0]}: not serialisable JSON")
                 continue
             out.resources.append(r)
     return out

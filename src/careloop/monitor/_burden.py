@@ -1,0 +1,155 @@
+"""Alert burden from the service's audit log and feedback store: what the cards cost the people who receive them.
+
+Per period, from the `cds-call` records of this model (matched by its bundle hash):
+- alerts: calls that returned a risk card (indicator `warning`); per 100 discharges of the period (the task's index
+  stays in the event store; the number of calls when the store has none);
+- PPV of the alerts: each alert is linked to the patient's index stay discharged within `link_window_hours` of the
+  call, and counted once its 30-day label is known; NNE (number needed to evaluate) is 1 / PPV;
+- override rate: of the alerted cards with feedback, the share whose latest feedback is `overridden`;
+- repeat-alert share: alerts to a patient who had an alert within the previous `repeat_window_days`;
+- and what the service held back: repeats suppressed, alerts over the daily budget, deferrals.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+
+from careloop.monitor._config import BurdenConfig
+from careloop.monitor._periods import Period
+from careloop.monitor._stats import wilson
+
+
+@dataclass
+class Stays:
+    """The index stays of the store, for linking alerts: patient id -> sorted (index time in us, label or None)."""
+
+    by_patient: dict[str, tuple[list[int], list[int | None]]]
+
+    @classmethod
+    def build(cls, patients: list[str], index_us: np.ndarray, labels: list[bool | None]) -> Stays:
+        rows: dict[str, list[tuple[int, int | None]]] = {}
+        for p, t, y in zip(patients, index_us.tolist(), labels, strict=True):
+            rows.setdefault(p, []).append((int(t), None if y is None else int(bool(y))))
+        out = {}
+        for p, items in rows.items():
+            items.sort(key=lambda r: r[0])
+            out[p] = ([t for t, _ in items], [y for _, y in items])
+        return cls(out)
+
+    def link(self, patient: str | None, t_us: int, window_us: int) -> tuple[bool, int | None]:
+        """(found, label) of the patient's index stay nearest to t within the window."""
+        if patient is None or patient not in self.by_patient:
+            return False, None
+        times, labels = self.by_patient[patient]
+        i = bisect.bisect_left(times, t_us)
+        best, best_d = None, None
+        for j in (i - 1, i):
+            if 0 <= j < len(times):
+                d = abs(times[j] - t_us)
+                if d <= window_us and (best_d is None or d < best_d):
+                    best, best_d = j, d
+        if best is None:
+            return False, None
+        return True, labels[best]
+
+
+def _us(t: dt.datetime) -> int:
+    return int(t.timestamp() * 1_000_000)
+
+
+def _is_alert(cards: list[str]) -> str | None:
+    """The uuid of the first risk card (indicator warning) among a record's cards, or None."""
+    for c in cards or []:
+        uuid, _, indicator = str(c).partition("|")
+        if indicator == "warning":
+            return uuid
+    return None
+
+
+def read_state(state_url: str, bundle_id: str, since: dt.datetime | None, until: dt.datetime | None
+               ) -> tuple[list[dict], dict[str, str], dict]:
+    """(this model's cds-call records, card uuid -> latest feedback action, notes about what was read)."""
+    from careloop.audit import AuditLog
+    from careloop.state import StateStore
+
+    log = AuditLog.open(state_url)
+    try:
+        records = log.records(since, until, kind="cds-call")
+    finally:
+        log.close()
+    mine = [r for r in records if r.get("model_hash") == bundle_id]
+    store = StateStore(state_url)
+    try:
+        feedback = store.feedback()
+    finally:
+        store.close()
+    latest: dict[str, tuple[str, str]] = {}
+    for f in feedback:
+        if f.get("model_hash") not in (None, bundle_id):
+            continue
+        prev = latest.get(f["card"])
+        if prev is None or f["date"] >= prev[0]:
+            latest[f["card"]] = (f["date"], f["action"])
+    info = {"calls_read": len(records), "calls_of_this_model": len(mine),
+            "calls_of_other_models": len(records) - len(mine), "feedback_items": len(feedback)}
+    return mine, {k: v[1] for k, v in latest.items()}, info
+
+
+def burden(records: list[dict], actions: dict[str, str], periods: list[Period], discharges: list[int],
+           stays: Stays, cfg: BurdenConfig) -> list[dict]:
+    """Per period, the burden figures (see the module docstring)."""
+    recs = sorted((r for r in records if r.get("recorded") is not None), key=lambda r: (r["recorded"], r["seq"]))
+    window = int(cfg.repeat_window_days * 86_400_000_000)
+    link_window = int(cfg.link_window_hours * 3_600_000_000)
+    last_alert: dict[str, int] = {}
+    rows = []
+    for r in recs:
+        t = _us(r["recorded"])
+        uuid = _is_alert(r.get("cards") or [])
+        note = (r.get("detail") or {}).get("note")
+        row = {"t": t, "alert": uuid is not None, "uuid": uuid, "patient": r.get("patient"), "note": note,
+               "deferred": r.get("deferral_reason") is not None, "scored": r.get("score") is not None,
+               "repeat": False, "linked": False, "label": None}
+        if uuid is not None:
+            p = r.get("patient")
+            if p is not None:
+                prev = last_alert.get(p)
+                row["repeat"] = prev is not None and t - prev <= window
+                last_alert[p] = t
+            row["linked"], row["label"] = stays.link(p, t, link_window)
+        rows.append(row)
+    out = []
+    for period, n_dis in zip(periods, discharges, strict=True):
+        lo, hi = _us(period.start), _us(period.end)
+        rs = [r for r in rows if lo <= r["t"] < hi]
+        alerts = [r for r in rs if r["alert"]]
+        n_alerts = len(alerts)
+        denominator = n_dis if n_dis > 0 else sum(r["scored"] for r in rs)
+        labelled = [r for r in alerts if r["label"] is not None]
+        tp = sum(r["label"] for r in labelled)
+        fb = [actions[r["uuid"]] for r in alerts if r["uuid"] in actions]
+        overridden = sum(a == "overridden" for a in fb)
+        repeats = sum(r["repeat"] for r in alerts)
+        ppv = tp / len(labelled) if labelled else None
+        ppv_ci = wilson(tp, len(labelled))
+        out.append({
+            "calls": len(rs), "scored": sum(r["scored"] for r in rs), "deferred": sum(r["deferred"] for r in rs),
+            "alerts": n_alerts, "discharges": n_dis, "denominator": "discharges" if n_dis > 0 else "scored calls",
+            "alerts_per_100": 100 * n_alerts / denominator if denominator else None,
+            "alerts_per_100_ci": [100 * x for x in wilson(n_alerts, denominator)] if denominator else None,
+            "linked": sum(r["linked"] for r in alerts), "labelled": len(labelled), "true_positives": tp,
+            "ppv": ppv, "ppv_ci": ppv_ci,
+            "nne": 1 / ppv if ppv else None,
+            "nne_ci": [1 / ppv_ci[1], 1 / ppv_ci[0]] if ppv and ppv_ci and ppv_ci[0] > 0 else None,
+            "feedback": len(fb), "overridden": overridden,
+            "override_rate": overridden / len(fb) if fb else None, "override_rate_ci": wilson(overridden, len(fb)),
+            "repeats": repeats, "repeat_share": repeats / n_alerts if n_alerts else None,
+            "repeat_share_ci": wilson(repeats, n_alerts),
+            "suppressed_repeats": sum(r["note"] == "repeat suppressed" for r in rs),
+            "over_budget": sum(r["note"] == "daily budget reached" for r in rs),
+        })
+    return out

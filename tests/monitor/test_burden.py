@@ -1,0 +1,138 @@
+"""Alert burden from the service's audit log and feedback store: the figures, and the alerts they raise."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from careloop.monitor._burden import Stays, burden
+from careloop.monitor._config import BurdenConfig
+from careloop.monitor._periods import periods, utc
+from careloop.monitor.cli import run_monitor
+
+SERVICE = "readmission-risk"
+EHR = "https://ehr.example.org"
+
+
+def _record(seq: int, t: dt.datetime, patient: str, *, alert: bool, note: str | None = None) -> dict:
+    cards = [f"{uuid.UUID(int=seq)}|warning"] if alert else []
+    return {"seq": seq, "recorded": t, "patient": patient, "score": 0.5 if alert else 0.1, "cards": cards,
+            "detail": {"note": note} if note else {}, "deferral_reason": None}
+
+
+def test_burden_figures_per_period() -> None:
+    t0 = utc("2023-01-02")
+    day = dt.timedelta(days=1)
+    stays = Stays.build([f"p{i}" for i in range(10)],
+                        np.array([int((t0 + i * day).timestamp() * 1e6) for i in range(10)]),
+                        [True, False, True, None, False, False, False, False, False, False])
+    recs = [_record(i + 1, t0 + i * day + dt.timedelta(hours=1), f"p{i}", alert=i < 4) for i in range(10)]
+    recs.append(_record(11, t0 + 2 * day + dt.timedelta(hours=5), "p2", alert=True))  # a repeat within 7 days
+    recs.append(_record(12, t0 + 3 * day + dt.timedelta(hours=6), "p3", alert=False, note="repeat suppressed"))
+    actions = {str(uuid.UUID(int=1)): "overridden", str(uuid.UUID(int=2)): "accepted",
+               str(uuid.UUID(int=3)): "overridden"}
+    ps = periods(utc("2023-01-01"), utc("2023-03-01"), "month")
+    out = burden(recs, actions, ps, [10, 0], stays, BurdenConfig())
+    jan, feb = out
+    assert jan["calls"] == 12 and jan["alerts"] == 5 and jan["discharges"] == 10
+    assert jan["alerts_per_100"] == pytest.approx(50.0)
+    # alerts linked to labelled stays: p0 (1), p1 (0), p2 (1, twice), p3 (unlabelled)
+    assert jan["labelled"] == 4 and jan["true_positives"] == 3 and jan["ppv"] == pytest.approx(0.75)
+    assert jan["nne"] == pytest.approx(1 / 0.75)
+    assert jan["feedback"] == 3 and jan["override_rate"] == pytest.approx(2 / 3)
+    assert jan["repeats"] == 1 and jan["repeat_share"] == pytest.approx(0.2)
+    assert jan["suppressed_repeats"] == 1
+    assert feb["calls"] == 0 and feb["alerts"] == 0 and feb["alerts_per_100"] is None
+
+
+def _cohort(drift_site: dict):
+    from careloop.engines import DuckDBEngine
+    from careloop.tasks.cohort import build_cohort
+    from careloop.tasks.spec import Task
+
+    task = Task.from_text((drift_site["bundle"] / "task.yaml").read_text())
+    eng = DuckDBEngine(drift_site["store"])
+    try:
+        return build_cohort(task, eng, dialect=eng.dialect).table
+    finally:
+        eng.close()
+
+
+def _write_state(url: str, bundle_id: str, calls: list[tuple[str, dt.datetime, bool, str | None]]) -> None:
+    from careloop.audit import AuditLog, audit_event
+    from careloop.state import StateStore
+
+    log = AuditLog.open(url)
+    store = StateStore(url)
+    try:
+        for i, (patient, t, alert, fb) in enumerate(calls):
+            card = str(uuid.UUID(int=10_000 + i))
+            cards = [{"uuid": card, "indicator": "warning"}] if alert else []
+            log.append(audit_event(kind="cds-call", outcome="success", client=EHR, service=SERVICE, patient=patient,
+                                   model_hash=bundle_id, score=0.6 if alert else 0.05, cards=cards, recorded=t,
+                                   detail=None if alert else {"note": "below threshold"}))
+            if alert:
+                store.record_card(card, SERVICE, patient, bundle_id, 0.6, "warning", None, t)
+            if fb == "overridden":
+                store.add_feedback(SERVICE, {"card": card, "outcome": "overridden",
+                                             "outcomeTimestamp": (t + dt.timedelta(minutes=5)).isoformat(),
+                                             "overrideReason": {"reason": {"code": "already-planned",
+                                                                           "system": "https://x.example/cs"}}},
+                                   client=EHR)
+            elif fb == "accepted":
+                store.add_feedback(SERVICE, {"card": card, "outcome": "accepted",
+                                             "outcomeTimestamp": (t + dt.timedelta(minutes=5)).isoformat(),
+                                             "acceptedSuggestions": [{"id": "refer"}]}, client=EHR)
+        # another model's calls are not this model's burden
+        log.append(audit_event(kind="cds-call", outcome="success", client=EHR, service=SERVICE, patient="other",
+                               model_hash="f" * 64, score=0.9, cards=[{"uuid": str(uuid.uuid4()),
+                                                                        "indicator": "warning"}],
+                               recorded=calls[0][1]))
+    finally:
+        store.close()
+        log.close()
+
+
+def test_an_overwhelmed_quarter_raises_burden_alerts(drift_site: dict, tmp_path: Path) -> None:
+    """In 2022-Q3 the service alerts on 40% of discharges and clinicians override 95% of the cards; in 2022-Q4 it
+    keeps to its budget of 10 per 100 with few overrides. Only 2022-Q3 raises burden alerts."""
+    import pyarrow.compute as pc
+
+    bundle_id = json.loads((drift_site["bundle"] / "MANIFEST.json").read_text())["bundle_id"]
+    cohort = _cohort(drift_site)
+    rng = np.random.default_rng(3)
+    calls = []
+    for start, end, rate, override in (("2022-07-01", "2022-10-01", 0.40, 0.95), ("2022-10-01", "2023-01-01", 0.08,
+                                                                                  0.1)):
+        rows = cohort.filter(pc.and_(pc.greater_equal(cohort.column("index_time"), utc(start)),
+                                     pc.less(cohort.column("index_time"), utc(end))))
+        for pid, t in zip(rows.column("patient_id").to_pylist(), rows.column("index_time").to_pylist(), strict=True):
+            alert = bool(rng.random() < rate)
+            fb = None
+            if alert and rng.random() < 0.9:
+                fb = "overridden" if rng.random() < override else "accepted"
+            calls.append((pid, t + dt.timedelta(minutes=10), alert, fb))
+    db = tmp_path / "state.db"
+    _write_state(f"sqlite:///{db}", bundle_id, calls)
+
+    out = tmp_path / "out"
+    summary = run_monitor(drift_site["bundle"], drift_site["store"], out, "quarter", None, str(db))
+    report = json.loads((out / "monitor.json").read_text())
+    q3, q4 = report["periods"][0], report["periods"][1]
+    assert q3["burden"]["alerts"] > 40 and q3["burden"]["alerts_per_100"] > 30
+    assert q3["burden"]["calls"] == q3["stays"]  # the other model's call is not counted
+    assert 0.8 < q3["burden"]["override_rate"] <= 1 and q3["burden"]["labelled"] > 20
+    metrics = {a["metric"] for a in q3["alerts"] if a["kind"] == "burden"}
+    assert {"alerts_per_100", "override_rate"} <= metrics
+    assert all(a["group"] == "all" for a in q3["alerts"] if a["kind"] == "burden")
+    assert [a for a in q4["alerts"] if a["kind"] == "burden"] == []
+    assert q4["burden"]["alerts_per_100"] < 15
+    assert any(n.startswith("The audit log holds 1 calls of other models") for n in report["notes"])
+    assert summary["by_kind"].get("burden", 0) >= 2
+    html = (out / "monitor.html").read_text()
+    assert 'id="burden-table"' in html and 'data-figure="burden"' in html
