@@ -5,7 +5,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-out
 DEMO_PATIENTS ?= 5000
-LIVE_PATIENTS ?= 3000
 SEED ?= 42
 DEMO_PORT ?= 8765
 DASHBOARD ?= 1
@@ -38,17 +37,10 @@ demo: $(STAMP)
 	$(BIN)/python -m careloop.serve.demo --model "$$(tail -n 1 $(DEMO_DIR)/train.log)" \
 		--hospital $(DEMO_DIR)/hospital --store $(DEMO_DIR)/store --out $(DEMO_DIR)/service --dashboard-port $(DEMO_PORT)
 	@echo "Validation report: open $$(tail -n 1 $(DEMO_DIR)/train.log)/report.html in a browser"
-	# after go-live: a second hospital from the same world whose creatinine assay changes (the drift scenario)
-	$(BIN)/careloop synth --patients $(LIVE_PATIENTS) --seed $$(( $(SEED) + 1 )) --drift --out $(DEMO_DIR)/hospital-live \
-		--overwrite > /dev/null
-	$(BIN)/careloop ingest $(DEMO_DIR)/hospital-live/ndjson --store $(DEMO_DIR)/store-live > /dev/null
-	$(BIN)/careloop monitor --model "$$(tail -n 1 $(DEMO_DIR)/train.log)" --store $(DEMO_DIR)/store-live \
-		--out $(DEMO_DIR)/monitor --period quarter
-	@echo "Monitoring report: open $(DEMO_DIR)/monitor/monitor.html in a browser"
 	@if [ "$(DASHBOARD)" = "1" ]; then \
 		echo "Starting the service and dashboard on http://127.0.0.1:$(DEMO_PORT)/dashboard (Ctrl-C to stop)"; \
 		$(BIN)/careloop serve --model "$$(tail -n 1 $(DEMO_DIR)/train.log)" --config $(DEMO_DIR)/service/dashboard.yaml \
-			--port $(DEMO_PORT) --dashboard --demo --store $(DEMO_DIR)/store-live --monitor $(DEMO_DIR)/monitor; \
+			--port $(DEMO_PORT) --dashboard --demo --store $(DEMO_DIR)/store; \
 	fi
 
 test: $(STAMP)
