@@ -4,6 +4,7 @@ synthetic hospital, with cards, feedback and audit records seeded, and a Chromiu
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import threading
 import time
@@ -97,6 +98,8 @@ def dash(trained_bundle, hospital_store, tmp_path_factory) -> Dash:
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):  # CI (.ci/run) installs it: there, a missing browser is a failure
+            pytest.fail("Debian chromium is not installed at /usr/bin/chromium", pytrace=False)
         pytest.skip("Debian chromium is not installed at /usr/bin/chromium")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
