@@ -7,12 +7,13 @@ recorded), scored from its prefetch by the training feature code (ingest mapping
 hash-chained log; a call above the threshold also gets its reasons (SHAP) and its card recorded. The repeat window
 is set to a few milliseconds so that a patient seen again still gets the full card path, reasons included.
 
-Each request is one adult's real inpatient stay, with that patient's whole record as the prefetch (Patient, and
-searchset Bundles of their Encounters, Conditions, Observations, MedicationRequests, Procedures and Coverage, as a
-FHIR server would return them), a fresh hookInstance and a freshly signed token; a quarter of the stays are ones the
-model warns on (`--warning-share`). 50 clients (httpx.AsyncClient, one connection each) call for `--duration`
-seconds after a warm-up, with the deadline at its maximum (60 s) so that every call is scored; the bench prints
-requests/s, p50/p95/p99 latency, the errors (any non-200 or unparseable answer: must be 0), the answers by kind, the
+Each request is one real index stay of the model's task (test split, one per patient), with that patient's whole
+record as the prefetch (Patient, and searchset Bundles of their Encounters, Conditions, Observations,
+MedicationRequests, Procedures and Coverage, as a FHIR server would return them), a fresh hookInstance and a freshly
+signed token; up to a quarter of the stays are ones the model warns on (`--warning-share`; the natural rate is ~4%).
+50 clients (httpx.AsyncClient, one connection each) call for `--duration` seconds after a warm-up, with the
+deadline at its maximum (60 s) so that every call is scored; the bench prints requests/s, p50/p95/p99 latency (and
+those of one client alone), the errors (any non-200 or unparseable answer: must be 0), the answers by kind, the
 server's CPU, its RSS and PSS at start, middle and end (`--duration 300` for the memory-flatness check), and the
 data sizes.
 

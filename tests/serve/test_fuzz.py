@@ -9,13 +9,14 @@ and not only their 404s. The prefetch is shaped like the FHIR the service maps, 
 session's hospital with codes from their record, so that generated data gets past the patient check into the
 ingest mapping, the DuckDB features, the model and its reasons; the patient's real request is the example.
 
-Every operation is fuzzed twice (positive and negative generation, the examples and fuzzing phases with 30 examples,
-and the coverage phase except on the CDS routes, where it makes ~1,200 cases per scoring route and ~200 per feedback
-route, minutes in all): with a fresh JWT signed for the very URL called added to each request (admin routes: the
-admin secret), where no answer may be a 5xx and `ignored_auth` probes an authenticated success without and with a
-wrong credential; and without valid credentials (none, or what Schemathesis generates for the Authorization header;
-the prefetch is then any object, as these calls stop at the credential check), where no answer may be a 5xx and every
-CDS call to a real service and every admin call must be a 401.
+Every operation is fuzzed twice (positive and negative generation; the examples and fuzzing phases, 12 examples by
+default, `CARELOOP_FUZZ_EXAMPLES` for more; the coverage phase except on the CDS routes, where it makes ~1,200 cases
+per scoring route and ~200 per feedback route, minutes in all): with a fresh JWT signed for the very URL called added
+to each request (admin routes: the admin secret), where no answer may be a 5xx and `ignored_auth` probes an
+authenticated success without and with a wrong credential; and without valid credentials (none, or what
+Schemathesis generates for the Authorization header; the prefetch is then any object, as these calls stop at the
+credential check), where no answer may be a 5xx and every CDS call to a real service and every admin call must be
+a 401.
 
 The server runs in this process, so a 5xx fails with the exception behind it and where it was raised. The seven
 5xx this fuzzing found (`FOUND_5XX`, all fixed) are kept as regression tests, one exact request each.
@@ -55,8 +56,8 @@ from tests.fhir_server.harness import make_rsa_key
 from .harness import ADMIN_SECRET, bearer, free_port, hook_request, patient_resources, prefetch_of, write_config
 
 # 12 examples per operation keep the default run short; CARELOOP_FUZZ_EXAMPLES=200 for a long fuzzing session
-FUZZ = settings(max_examples=int(os.environ.get("CARELOOP_FUZZ_EXAMPLES", "12")), deadline=None, database=None,
-                suppress_health_check=list(HealthCheck))
+EXAMPLES = int(os.environ.get("CARELOOP_FUZZ_EXAMPLES", "12"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 CASE_HEADER = "x-schemathesis-testcaseid"  # Schemathesis sends each case's id in it
 SCORING_PATHS = [f"/cds-services/{sid}" for sid in SERVICES] + ["/cds-services/{service_id}"]  # with a real example
 
@@ -370,7 +371,7 @@ def _load(server: Server, record, card: str, *, deep: bool):
         jsonschema.validate(body["examples"]["real"]["value"], body["schema"])
     config = schemathesis.Config.from_dict({
         "base-url": server.url, "seed": 20261122, "request-timeout": 30,
-        "generation": {"mode": "all", "max-examples": 30, "database": "none"},
+        "generation": {"mode": "all", "max-examples": EXAMPLES, "database": "none"},
         "operations": [{"include-path-regex": "^/cds-services/", "phases": {"coverage": {"enabled": False}}}],
     })
     return schemathesis.openapi.from_dict(doc, config=config)
