@@ -37,7 +37,6 @@ import base64
 import collections
 import contextlib
 import cProfile
-import gzip
 import json
 import os
 import pstats
@@ -56,6 +55,8 @@ import orjson
 import psutil
 import yaml
 
+from careloop.serve.demo import patient_resources, prefetch_of
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench-out" / "serve"
 CLI = [sys.executable, "-m", "careloop.cli"]
@@ -63,8 +64,6 @@ PATIENTS = 5000
 ISS = "https://ehr.bench.example/fhir"
 ADMIN_SECRET = "bench-admin-secret-0123456789abcdef"
 SERVICE = "readmission-risk"
-KEY_OF = {"Patient": "patient", "Encounter": "encounters", "Condition": "conditions", "Observation": "observations",
-          "MedicationRequest": "medications", "Procedure": "procedures", "Coverage": "coverage"}
 BAR_P95_MS = 50.0
 MAIN_DEADLINE_MS = 60_000  # the largest allowed: the main run measures scoring, not the deadline (run 2 does)
 
@@ -128,35 +127,6 @@ def index_stays(store: Path, bundle: Path, n: int, warning_share: float, seed: i
     k = min(len(high), round(n * warning_share))
     chosen = high[:k] + [r for r in rows if r[2] < top][: n - k]
     return {pid: enc for pid, enc, _ in chosen}
-
-
-def patient_resources(ndjson: Path, patients: set[str]) -> dict[str, dict[str, list[dict]]]:
-    """Each patient's resources from a Bulk export, grouped by prefetch key (as tests/serve/harness.py does)."""
-    out: dict[str, dict[str, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
-    for f in sorted(ndjson.glob("*.ndjson.gz")):
-        rtype = f.name.split(".")[0]
-        if rtype not in KEY_OF:
-            continue
-        with gzip.open(f) as fh:
-            for line in fh:
-                r = orjson.loads(line)
-                if rtype == "Patient":
-                    pid = r["id"]
-                else:
-                    ref = next((r[k]["reference"] for k in ("subject", "patient", "beneficiary") if k in r), "")
-                    pid = ref.rsplit("/", 1)[-1]
-                if pid in patients:
-                    out[pid][KEY_OF[rtype]].append(r)
-    return out
-
-
-def prefetch_of(resources: dict[str, list[dict]]) -> dict:
-    """The prefetch an EHR sends for the service's templates: the Patient, and searchset Bundles."""
-    pf: dict = {"patient": resources["patient"][0]}
-    for key in ("encounters", "conditions", "observations", "medications", "procedures", "coverage"):
-        pf[key] = {"resourceType": "Bundle", "type": "searchset",
-                   "entry": [{"resource": r} for r in resources.get(key, [])]}
-    return pf
 
 
 class Requests:

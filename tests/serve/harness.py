@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 import uuid
 from pathlib import Path
 
-import httpx
 import uvicorn
 import yaml
 
 from careloop.serve.app import Service, create_app
 from careloop.serve.auth import hash_admin_token, sign_request_token
 from careloop.serve.config import load_config
-from careloop.serve.demo import patient_resources, prefetch_of  # noqa: F401 (re-exported for the tests)
+from careloop.serve.demo import patient_resources, prefetch_of, wait_for_service  # noqa: F401 (re-exported for the tests)
 
 ISS = "https://ehr.careloop-test.example/fhir"
 ADMIN_SECRET = "admin-secret-for-tests-only-0123456789"
@@ -50,13 +48,7 @@ class Running:
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        for _ in range(200):
-            try:
-                httpx.get(f"{self.url}/cds-services", timeout=0.5)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError("the service did not start")
+        wait_for_service(self.url)
 
     def stop(self) -> None:
         self.server.should_exit = True

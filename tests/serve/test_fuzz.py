@@ -30,7 +30,6 @@ import gzip
 import json
 import os
 import threading
-import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from schemathesis.specs.openapi.checks import ignored_auth
 
 from careloop.serve.app import SERVICES, Service, create_app
 from careloop.serve.config import load_config
+from careloop.serve.demo import wait_for_service
 from careloop.serve.features import PREFETCH
 from tests.fhir_server.harness import make_rsa_key
 
@@ -124,13 +124,7 @@ class Server:
                                                     access_log=False))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        for _ in range(200):
-            try:
-                httpx.get(f"{self.url}/cds-services", timeout=0.5)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError("the service did not start")
+        wait_for_service(self.url)
 
     def stop(self) -> None:
         self.server.should_exit = True

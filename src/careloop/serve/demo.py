@@ -62,6 +62,17 @@ def prefetch_of(resources: dict[str, list[dict]]) -> dict:
     return pf
 
 
+def wait_for_service(url: str, *, attempts: int = 300, pause: float = 0.05) -> None:
+    """Return once `url/cds-services` answers; raise RuntimeError if it never does."""
+    for _ in range(attempts):
+        try:
+            httpx.get(f"{url}/cds-services", timeout=0.5)
+            return
+        except httpx.HTTPError:
+            time.sleep(pause)
+    raise RuntimeError(f"the service at {url} did not start")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -146,12 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                                str(a.out / "service.yaml"), "--port", str(port)])
     log: list[dict] = []
     try:
-        for _ in range(300):
-            try:
-                httpx.get(f"{base}/cds-services", timeout=0.5)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_for_service(base, pause=0.1)
         url = f"{base}/cds-services/readmission-risk"
 
         def send(title: str, body: dict, token: str | None = None) -> dict:
