@@ -76,7 +76,8 @@ def events_sql(fs: FeatureSet, d: Dialect) -> str:
                     "mean": f"avg(e.numeric_value) FILTER (WHERE {cond})",
                     "count": f"count(CASE WHEN {cond} THEN 1 END)",
                     "trend": f"({last}) - ({first})",
-                    "hours_since": div(f"max(c.index_us - {t}) FILTER (WHERE {cond})", "3600000000"),
+                    # max(index - t) would be computed on every row, static facts' sentinel time included, and overflow
+                    "hours_since": div(f"max(c.index_us) - min({t}) FILTER (WHERE {cond})", "3600000000"),
                 }[agg]
                 cols.append(f"{expr} AS {f.name}_{agg}")
     wanted = _event_filter(fs, d)
@@ -212,26 +213,34 @@ def _per(delta_us: pa.Array, unit_us: float) -> pa.Array:
 def _scores(name: str, cols: dict[str, pa.Array], ix: pa.Table, index_us: pa.Array, admit_us: pa.Array
             ) -> pa.Array:
     """LACE or HOSPITAL per stay, from the features already computed (missing inputs count as normal)."""
-    n = len(index_us)
-
-    def get(c: str) -> list:
-        return cols[c].to_pylist() if c in cols else [None] * n
-
-    # LACE and HOSPITAL count length of stay in calendar days (discharge date minus admission date)
-    days = [math.floor(i / US_PER_DAY) - math.floor(a / US_PER_DAY)
-            for i, a in zip(index_us.to_pylist(), admit_us.to_pylist(), strict=True)]
-    emergent = [p in ("EM", "UR") for p in ix.column("priority").to_pylist()]
-    if name == "lace":
-        out = [lace_score(los_days=los, emergent=em, charlson=int(ch or 0), ed_visits_6m=int(ed or 0))
-               for los, em, ch, ed in zip(days, emergent, get("charlson_index"), get("ed_visits_180d"), strict=True)]
-    else:
-        oncology = ["oncolog" in (loc or "").lower() for loc in ix.column("location_name").to_pylist()]
-        out = [hospital_score(hemoglobin_g_dl=hb, oncology=onc, sodium_mmol_l=na, procedure=bool(pr), urgent=em,
-                              admissions_12m=int(adm or 0), los_days=los)
-               for hb, onc, na, pr, em, adm, los in zip(get("hemoglobin_last"), oncology, get("sodium_last"),
-                                                        get("procedures_in_stay"), emergent, get("admissions_365d"),
-                                                        days, strict=True)]
+    inputs = [c for c in SCORE_INPUTS[name] if c in cols]
+    values = {c: cols[c].to_pylist() for c in inputs}
+    out = [stay_score(name, {c: values[c][i] for c in inputs}, a, t, prio, loc)
+           for i, (a, t, prio, loc) in enumerate(zip(admit_us.to_pylist(), index_us.to_pylist(),
+                                                     ix.column("priority").to_pylist(),
+                                                     ix.column("location_name").to_pylist(), strict=True))]
     return pa.array(out, pa.float64())
+
+
+SCORE_INPUTS = {"lace": ("charlson_index", "ed_visits_180d"),
+                "hospital": ("hemoglobin_last", "sodium_last", "procedures_in_stay", "admissions_365d")}
+
+
+def stay_score(name: str, values: dict, admit_us: int, index_us: int, priority: str | None,
+               location_name: str | None) -> float:
+    """LACE or HOSPITAL of one stay from its other features (`values`, absent or None = normal): the one
+    definition both the SQL engines (per column) and the bedside evaluator (per stay) use."""
+    # LACE and HOSPITAL count length of stay in calendar days (discharge date minus admission date)
+    days = math.floor(index_us / US_PER_DAY) - math.floor(admit_us / US_PER_DAY)
+    emergent = priority in ("EM", "UR")
+    if name == "lace":
+        return float(lace_score(los_days=days, emergent=emergent, charlson=int(values.get("charlson_index") or 0),
+                                ed_visits_6m=int(values.get("ed_visits_180d") or 0)))
+    return float(hospital_score(hemoglobin_g_dl=values.get("hemoglobin_last"),
+                                oncology="oncolog" in (location_name or "").lower(),
+                                sodium_mmol_l=values.get("sodium_last"),
+                                procedure=bool(values.get("procedures_in_stay")), urgent=emergent,
+                                admissions_12m=int(values.get("admissions_365d") or 0), los_days=days))
 
 
 def _numeric(arr: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
