@@ -410,12 +410,16 @@ def train(
     tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="Fairness tolerance METRIC=VALUE "
                                                         "(repeatable), e.g. auroc=0.05, tpr=0.1.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for splits, estimators and the bootstrap.")] = 0,
+    data_end: Annotated[str | None, typer.Option(help="With --store: train on the data as it stood on this date "
+                                                 "(YYYY-MM-DD): stays discharged after it are left out and outcomes "
+                                                 "whose window runs past it are censored (default: the end of the "
+                                                 "store's data).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the bundle summary as JSON before its path.")]
     = False,
 ) -> None:
     """Train LightGBM and logistic models, calibrate, validate with CIs, check fairness, explain, and register an
-    immutable bundle with its HTML/JSON report, model card and HTI-1 source attributes. The last line printed is
-    the bundle's path."""
+    immutable bundle with its HTML/JSON report, model card, HTI-1 source attributes and monitoring reference. The
+    last line printed is the bundle's path."""
     from careloop.workflows import _data
     from careloop.workflows.train import TrainConfig
     from careloop.workflows.train import train as run_train
@@ -431,6 +435,9 @@ def train(
             raise CareloopError("--n-boot: at least 100 resamples are needed for a 95% interval")
         tolerances = _tolerances(tolerance or [])
         doc = documentation
+        end_day = _date(data_end, "--data-end")
+        if end_day is not None and table is not None:
+            raise CareloopError("--data-end applies to --store (a flat --table has no index times)")
         if table is not None:
             if not label or not id_col:
                 raise CareloopError("--table needs --label and --id (and --positive unless the label is boolean)")
@@ -455,7 +462,8 @@ def train(
                 t = bar.add_task("preparing data", total=None)
                 data = _data.from_store(store, task, feature_set, groups=tuple(group) if group else None,
                                         exclude=tuple(exclude) if exclude is not None else _data.PROTECTED_DEFAULT,
-                                        progress=lambda m: bar.update(t, description=m))
+                                        data_end=dt.datetime.combine(end_day, dt.time(), dt.UTC) if end_day
+                                        else None, progress=lambda m: bar.update(t, description=m))
             bundle_name = name or Path(task).stem
         cfg = TrainConfig(name=bundle_name, estimators=tuple(estimator or ("lightgbm", "logistic")),
                           calibration=calibration, policy=policy, target=target, n_boot=n_boot, seed=seed,
@@ -820,18 +828,25 @@ def monitor(
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory.")],
     store: Annotated[Path, typer.Option("--store", "-s", help="Event store with the stays after go-live.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for monitor.json and monitor.html.")],
-    period: Annotated[str, typer.Option(help="Period length: month, quarter or week.")] = "month",
+    period: Annotated[str, typer.Option(help="Period length: week, month, quarter or year.")] = "month",
     config: Annotated[Path | None, typer.Option(help="YAML of alert thresholds (PSI, performance, burden).")] = None,
     state: Annotated[str | None, typer.Option(help="The service's state store URL: alert burden from its audit log "
                                                    "and feedback.")] = None,
+    start: Annotated[str | None, typer.Option(help="First day to report (YYYY-MM-DD; default: the first period "
+                                              "after the model's development data, when the store has data after "
+                                              "it, else the start of the store's data).")] = None,
+    end: Annotated[str | None, typer.Option(help="Day after the last to report (default: the end of the store's "
+                                            "data).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Drift of inputs and output, performance as labels mature (with CIs), subgroups and alert burden, period by
-    period; alerts with their reasons; monitor.json and an HTML report with charts."""
+    """Drift of inputs and output against the training reference stored in the bundle, performance as labels
+    mature (with CIs), subgroups and alert burden, period by period; alerts with their reasons; monitor.json and an
+    HTML report with charts. The store may be the training store or another hospital's."""
     from careloop.monitor.cli import run_monitor
 
     try:
-        summary = run_monitor(model, store, out, period, config, state)
+        summary = run_monitor(model, store, out, period, config, state, start=_date(start, "--start"),
+                              end=_date(end, "--end"))
     except (CareloopError, ValueError) as exc:
         fail(str(exc).splitlines()[0])
         return

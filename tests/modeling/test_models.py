@@ -132,3 +132,22 @@ def test_training_is_deterministic():
     b = fit_candidates(tr, ytr, pids, ca, yca, columns=["x1", "x2", "cat"], seed=3)
     for k in a.models:
         np.testing.assert_array_equal(a.models[k].predict_proba(ca), b.models[k].predict_proba(ca))
+
+
+def test_one_row_at_a_time_gives_the_table_path_s_numbers(fitted):
+    """The service scores {column: value} dicts; each model must give what it gives for the same rows as a table,
+    unseen and missing categories and missing numbers included."""
+    c, _, _, (te, _, _) = fitted
+    t = te.slice(0, 400)
+    cats = t.column("cat").to_pylist()
+    cats[:3] = [None, "never-seen", "b"]
+    t = t.set_column(t.schema.get_field_index("cat"), "cat", pa.array(cats))
+    rows = t.to_pylist()
+    for name, m in c.models.items():
+        np.testing.assert_allclose(m.predict_proba_rows(rows), m.predict_proba(t), rtol=1e-12, atol=0, err_msg=name)
+        np.testing.assert_allclose(m.contributions_rows(rows[:50]), m.contributions(t.slice(0, 50)), rtol=1e-9,
+                                   atol=1e-12, err_msg=name)
+        one = [m.predict_proba_rows([r])[0] for r in rows[:20]]
+        np.testing.assert_allclose(one, m.predict_proba(t.slice(0, 20)), rtol=1e-12, atol=0, err_msg=name)
+    with pytest.raises(Exception, match="lacks 1 column"):
+        c.models["logistic"].predict_proba_rows([{k: v for k, v in rows[0].items() if k != "x2"}])

@@ -67,3 +67,14 @@ def quarterly(drift_site: dict, tmp_path_factory: pytest.TempPathFactory) -> tup
     out = tmp_path_factory.mktemp("monitor-out")
     summary = run_monitor(drift_site["bundle"], drift_site["store"], out, "quarter", None, None)
     return summary, json.loads((out / "monitor.json").read_text()), out
+
+
+@pytest.fixture(scope="session")
+def patient_split(drift_site: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The repository's readmission task as it is (split by patient), trained by `careloop train --data-end` on the
+    drifting hospital's data up to 2022-07-01: its training stays are patients' stays of every year up to then, none
+    after. {"bundle", "data_end"}."""
+    reg = tmp_path_factory.mktemp("registry-patient-split")
+    bundle = train_bundle(drift_site["store"], reg, ROOT / "tasks" / "readmission-30d.yaml", "--data-end",
+                          SPLIT.isoformat())
+    return {"bundle": bundle, "data_end": SPLIT}

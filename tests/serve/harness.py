@@ -53,7 +53,7 @@ class Running:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
-        self.service.store.close()
+        self.service.close()
 
 
 def hook_request(patient: str, encounter: str | None, prefetch: dict | None, hook: str = "encounter-discharge"

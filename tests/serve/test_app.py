@@ -123,7 +123,7 @@ def test_bedside_features_equal_training_features_to_the_last_digit(chosen, trai
     for row in high + low:
         pre = collect(prefetch_of(res[row["patient_id"]]), row["patient_id"])
         out = bedside_features(fs, pre, row["patient_id"], row["encounter_id"], directory=directory)
-        got = out.row.to_pylist()[0]
+        got = out.row
         assert {c: got[c] for c in fs.columns} == {c: row[c] for c in fs.columns}
 
 

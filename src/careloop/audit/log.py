@@ -354,25 +354,37 @@ class AuditLog:
 
     def append_many(self, events: list[dict]) -> list[dict]:
         """Append several AuditEvents in one transaction (e.g. one per patient of a batch), in order."""
-        prepared = [_prepare(e) for e in events]  # validation and serialisation outside the lock
+        prepared = self.prepare(events)  # validation and serialisation outside the lock
+        if not prepared:
+            return []
+        with self.store.transaction(write=True) as conn:
+            return self.append_prepared(conn, prepared)
+
+    @staticmethod
+    def prepare(events: list[dict]) -> list[tuple[str, dict]]:
+        """Validate and serialise AuditEvents (AuditContentError for one the log refuses), before any lock."""
+        return [_prepare(e) for e in events]
+
+    def append_prepared(self, conn: Connection, prepared: list[tuple[str, dict]]) -> list[dict]:
+        """Chain and insert prepared events inside a write transaction the caller holds (the service's group
+        commit puts the records of many calls in one transaction)."""
         if not prepared:
             return []
         out: list[dict] = []
-        with self.store.transaction(write=True) as conn:
-            self._lock(conn)
-            seq, prev = self._head(conn)
-            rows = []
-            for canonical, summary in prepared:
-                seq += 1
-                h = entry_hash(prev, seq, canonical)
-                rows.append({"seq": seq, **_columns(summary), "event": canonical, "prev_hash": prev, "entry_hash": h})
-                out.append({"seq": seq, "hash": h, "prev": prev})
-                prev = h
-            conn.execute(insert(audit_table), rows)
-            if self.signing_key is not None and self.checkpoint_every:
-                for rec in out:
-                    if rec["seq"] % self.checkpoint_every == 0:
-                        self._insert_checkpoint(conn, rec["seq"], rec["hash"])
+        self._lock(conn)
+        seq, prev = self._head(conn)
+        rows = []
+        for canonical, summary in prepared:
+            seq += 1
+            h = entry_hash(prev, seq, canonical)
+            rows.append({"seq": seq, **_columns(summary), "event": canonical, "prev_hash": prev, "entry_hash": h})
+            out.append({"seq": seq, "hash": h, "prev": prev})
+            prev = h
+        conn.execute(insert(audit_table), rows)
+        if self.signing_key is not None and self.checkpoint_every:
+            for rec in out:
+                if rec["seq"] % self.checkpoint_every == 0:
+                    self._insert_checkpoint(conn, rec["seq"], rec["hash"])
         return out
 
     def _insert_checkpoint(self, conn: Connection, seq: int, hash_: str) -> dict:

@@ -78,6 +78,14 @@ class GradientBoosting:
         return self.booster.predict(self.pre.frame(table), pred_contrib=True,
                                     num_iteration=self.booster.best_iteration)
 
+    def raw_score_rows(self, rows: list[dict]) -> np.ndarray:
+        return self.booster.predict(self.pre.array_rows(rows), raw_score=True,
+                                    num_iteration=self.booster.best_iteration)
+
+    def contributions_rows(self, rows: list[dict]) -> np.ndarray:
+        return self.booster.predict(self.pre.array_rows(rows), pred_contrib=True,
+                                    num_iteration=self.booster.best_iteration)
+
     def save(self, folder: Path) -> None:
         self.booster.save_model(str(folder / self.model_file), num_iteration=self.booster.best_iteration)
 
@@ -131,9 +139,18 @@ class Logistic:
         x, _ = self.pre.design(table)
         return x @ self.coef + self.intercept
 
+    def raw_score_rows(self, rows: list[dict]) -> np.ndarray:
+        x, _ = self.pre.design_rows(rows)
+        return x @ self.coef + self.intercept
+
     def contributions(self, table: pa.Table) -> np.ndarray:
         """Exact attribution of a linear model: coef * (x - mean x), summed per source column; bias last."""
-        x, owner = self.pre.design(table)
+        return self._attribution(*self.pre.design(table))
+
+    def contributions_rows(self, rows: list[dict]) -> np.ndarray:
+        return self._attribution(*self.pre.design_rows(rows))
+
+    def _attribution(self, x: np.ndarray, owner: np.ndarray) -> np.ndarray:
         per_design = (x - self.centre) * self.coef
         k = len(self.pre.columns)
         to_source = np.zeros((len(owner), k))

@@ -46,6 +46,11 @@ def _as_text(arr: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(arr.to_pylist(), dtype=object)
 
 
+def _cast_text(value: object) -> str:
+    """A non-text value as Arrow's cast to string spells it (True -> "true", 2.0 -> "2")."""
+    return pa.array([value]).cast(pa.string())[0].as_py()
+
+
 @dataclass
 class NumericColumn:
     name: str
@@ -130,24 +135,86 @@ class Preprocessor:
     def design(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """The logistic model's design matrix and, for each design column, the index of its source column."""
         self.check(table)
-        blocks, owner = [], []
+        n = table.num_rows
+        num = np.column_stack([_as_float(table.column(c.name), c.name) for c in self.numeric]) if self.numeric \
+            else np.zeros((n, 0))
+        codes = np.column_stack([self._codes(table, c) for c in self.categorical]) if self.categorical \
+            else np.zeros((n, 0), dtype=np.int32)
+        return self._design(num, codes)
+
+    def _design(self, num: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Design columns in a fixed order: each number (median-imputed, standardised) followed by its missing
+        indicator if it was ever missing in training, then each categorical's one-hot levels but the first."""
+        plan = self.__dict__.get("_plan")
+        if plan is None:
+            plan = self.__dict__["_plan"] = self._design_plan()
+        z_pos, ind_cols, ind_pos, cat_offset, width, owner, median, mean, scale = plan
+        n = num.shape[0]
+        x = np.zeros((n, width))
+        isna = ~np.isfinite(num)
+        x[:, z_pos] = (np.where(isna, median, num) - mean) / scale
+        x[:, ind_pos] = isna[:, ind_cols]
+        if codes.shape[1]:
+            hot = codes >= 1  # level 0 is the reference
+            rows, cols = np.nonzero(hot)
+            x[rows, cat_offset[cols] + codes[rows, cols] - 1] = 1.0
+        return x, owner
+
+    def _design_plan(self) -> tuple:
+        z_pos, ind_cols, ind_pos, owner = [], [], [], []
         for j, c in enumerate(self.numeric):
-            x = _as_float(table.column(c.name), c.name)
-            isna = ~np.isfinite(x)
-            blocks.append((np.where(isna, c.median, x) - c.mean) / c.scale)
+            z_pos.append(len(owner))
             owner.append(j)
             if c.had_missing:
-                blocks.append(isna.astype(np.float64))
+                ind_cols.append(j)
+                ind_pos.append(len(owner))
                 owner.append(j)
-        base = len(self.numeric)
+        offsets = []
         for j, c in enumerate(self.categorical):
-            codes = self._codes(table, c)
-            for level in range(1, len(c.categories)):
-                blocks.append((codes == level).astype(np.float64))
-                owner.append(base + j)
-        n = table.num_rows
-        x = np.column_stack(blocks) if blocks else np.zeros((n, 0))
-        return x, np.asarray(owner, dtype=np.int64)
+            offsets.append(len(owner))
+            owner += [len(self.numeric) + j] * (len(c.categories) - 1)
+        as_array = lambda v, t=np.float64: np.asarray(v, dtype=t)  # noqa: E731
+        return (as_array(z_pos, np.int64), as_array(ind_cols, np.int64), as_array(ind_pos, np.int64),
+                as_array(offsets, np.int64), len(owner), as_array(owner, np.int64),
+                as_array([c.median for c in self.numeric]), as_array([c.mean for c in self.numeric]),
+                as_array([c.scale for c in self.numeric]))
+
+    # -- one row at a time (the service): plain Python values in, the same numbers out as for a table ----------
+    def _row_code(self, col: CategoricalColumn, value: object) -> int:
+        lookups = self.__dict__.setdefault("_lookups", {})  # a cache, not state: to_dict never sees it
+        lookup = lookups.get(col.name)
+        if lookup is None:
+            lookup = lookups[col.name] = {c: i for i, c in enumerate(col.categories)}
+        other = lookup.get(OTHER, -1)
+        if value is None:
+            return lookup.get(MISSING, other)
+        text = value if isinstance(value, str) else _cast_text(value)
+        return lookup.get(text, other)
+
+    def row_inputs(self, rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """(numbers with NaN for missing, category codes) of `rows` ({column: value} dicts, e.g. from
+        `careloop.features.rows`): what `frame` and `design` read from a table."""
+        missing = [c for c in self.columns if c not in rows[0]] if rows else []
+        if missing:
+            raise FrameError(f"input lacks {len(missing)} column(s) the model needs: {', '.join(missing[:8])}")
+        num = np.array([[np.nan if r[c.name] is None else float(r[c.name]) for c in self.numeric] for r in rows],
+                       dtype=np.float64).reshape(len(rows), len(self.numeric))
+        codes = np.array([[self._row_code(c, r[c.name]) for c in self.categorical] for r in rows],
+                         dtype=np.int32).reshape(len(rows), len(self.categorical))
+        return num, codes
+
+    def design_rows(self, rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """`design` for a list of row dicts."""
+        num, codes = self.row_inputs(rows)
+        return self._design(num, codes)
+
+    def array_rows(self, rows: list[dict]) -> np.ndarray:
+        """LightGBM's input for row dicts as one float matrix: category codes as numbers, NaN where pandas would
+        give -1 (LightGBM reads a categorical frame the same way)."""
+        num, codes = self.row_inputs(rows)
+        cats = codes.astype(np.float64)
+        cats[codes < 0] = np.nan
+        return np.hstack([num, cats])
 
     def to_dict(self) -> dict:
         return {"numeric": [vars(c) for c in self.numeric], "categorical": [vars(c) for c in self.categorical]}

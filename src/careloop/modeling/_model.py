@@ -43,6 +43,14 @@ class RiskModel:
         """(n, k + 1): each input column's share of the uncalibrated log-odds; the expected value last."""
         return np.asarray(self.estimator.contributions(table), dtype=np.float64)
 
+    def predict_proba_rows(self, rows: list[dict]) -> np.ndarray:
+        """`predict_proba` for {column: value} dicts (the service's one stay), without building a table."""
+        return self.calibrator(np.asarray(self.estimator.raw_score_rows(rows), dtype=np.float64))
+
+    def contributions_rows(self, rows: list[dict]) -> np.ndarray:
+        """`contributions` for {column: value} dicts."""
+        return np.asarray(self.estimator.contributions_rows(rows), dtype=np.float64)
+
     def save(self, folder: Path) -> list[str]:
         """Write the model's files into `folder`; return their names."""
         folder.mkdir(parents=True, exist_ok=True)

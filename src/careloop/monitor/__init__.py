@@ -6,21 +6,14 @@
     render_html(result.to_dict())       # the self-contained monitoring report
 
 `careloop monitor --model BUNDLE --store DIR --out OUT` (see `careloop.monitor.cli.run_monitor`) writes both.
+The training reference is computed by `careloop train` and stored in the bundle (`careloop.monitor._reference`).
 The alert rules are in `careloop.monitor._monitor` and, with a run's numbers, in monitor.json's `rules`.
 """
 
 from careloop.monitor._config import MonitorConfig, MonitorConfigError, load_config
 from careloop.monitor._html import figures, render_html
-from careloop.monitor._monitor import (
-    KINDS,
-    SCHEMA,
-    ColumnReference,
-    MonitorError,
-    MonitorResult,
-    Reference,
-    monitor,
-    rules,
-)
+from careloop.monitor._monitor import KINDS, SCHEMA, MonitorError, MonitorResult, monitor, rules
+from careloop.monitor._reference import ColumnReference, Reference
 from careloop.monitor._stats import Binning, homogeneity_test, make_binning, psi, psi_noise
 
 __all__ = [

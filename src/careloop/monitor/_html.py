@@ -126,6 +126,9 @@ def _context(report: dict) -> dict:
         "burden": burden, "figures": figs, "reference": ref,
         "reference_span": (f"the last {ref['months']} months of the training split" if ref.get("months")
                            else "the whole training split"),
+        "reference_source": ("stored in the bundle when the model was trained" if ref.get("source") == "bundle"
+                             else ref.get("source") or "rebuilt from the store"),
+        "score_reference": (ref.get("score") or {}).get("rows"),
         "baseline": {"auroc": _est(base.get("auroc")), "ppv": _est(base.get("ppv"), 2),
                      "intercept": _est(base.get("calibration_intercept"), 2),
                      "slope": _est(base.get("calibration_slope"), 2)},
@@ -177,7 +180,8 @@ ol.rules li{margin-bottom:4px}.muted{color:#777}
 <p class="meta">Reference: {{ "{:,}".format(reference.rows or 0) }} training stays of
 {{ "{:,}".format(reference.patients or 0) }}
 patients, indexed {{ (reference.first_index or "–")[:10] }} to {{ (reference.last_index or "–")[:10] }}
-({{ reference_span }}).
+({{ reference_span }}){% if score_reference is not none %}; the predicted risk's on {{ "{:,}".format(score_reference) }}
+{{ reference.score_split or "training" }} stays of the same months{% endif %}; {{ reference_source }}.
 Validated on the test split: AUROC {{ baseline.auroc }}, PPV at the operating point {{ baseline.ppv }}, calibration
 intercept {{ baseline.intercept }}, slope {{ baseline.slope }}.</p>
 {% for n in report.notes %}<p class="meta">Note: {{ n }}</p>{% endfor %}

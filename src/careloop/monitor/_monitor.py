@@ -10,11 +10,21 @@ Per period (week, month, quarter or year, in UTC):
   (`careloop.evaluation.fairness`): gaps to the period's overall figure, Bonferroni-corrected;
 - **alert burden** from the service's audit log and feedback, when a state URL is given (`_burden.py`).
 
-The reference is the training split, recomputed from the event store with the bundle's own task and feature specs
-(the bundle keeps no training rows): the stays of the training split whose label was known when the model was
-trained, from the last `reference_months` months of it (the distribution the model was most recently fitted on;
-features that look back over the whole record, such as days since the last discharge or comorbidity indices,
-drift for years after a record begins, and an older reference would report that as drift every period).
+The reference is what the model was fitted on, computed by `careloop train` from the training rows in memory and
+stored in the bundle (`monitor_reference.json`, see `careloop.monitor._reference`): the inputs of the training
+split's stays from its last `reference_months` months (the distribution the model was most recently fitted on;
+features that look back over the whole record, such as days since the last discharge or comorbidity indices, drift
+for years after a record begins, and an older reference would report that as drift every period), and the risk
+scores of the calibration split's stays over the same months. So the monitored store can be the training store
+or another hospital's. Two cases rebuild it from the monitored store's training stays instead, with a note in the
+report: a config asking for other bins, categories or months than the stored reference was made with, and a bundle
+made before references were stored (whose training stays are then recognised by the task's split rule, right only
+on the training store).
+
+Which stays: by default the periods start with the first one after the last stay used to develop the model
+(training or calibration split) when the store has data after it, else at the start of the store's data, and run
+to the end of the store's data (`start`/`end` override both). Stays used to develop the model (listed in the bundle
+by pseudonym) count in drift but never in the performance figures; on another hospital's store there are none.
 
 Alert rules (all thresholds from `MonitorConfig`): a finding becomes an alert only when its size passes a
 threshold **and** a test says it is unlikely to be noise at the report's family-wise level: alpha (0.05) divided by
@@ -39,12 +49,23 @@ import pyarrow.compute as pc
 
 from careloop.errors import CareloopError
 from careloop.monitor._config import MonitorConfig, load_config
-from careloop.monitor._periods import add_months, ceil, check_period, floor, periods, utc
+from careloop.monitor._periods import ceil, check_period, floor, periods, utc
+from careloop.monitor._reference import FILE as REFERENCE_FILE
+from careloop.monitor._reference import (
+    US,
+    Reference,
+    ReferenceFileError,
+    build_reference,
+    column_labels,
+    pseudonyms,
+    read_stored,
+    reference_masks,
+    us_of,
+)
+from careloop.monitor._reference import iso as _iso
 from careloop.monitor._stats import (
-    Binning,
     Family,
     homogeneity_test,
-    make_binning,
     missing_psi,
     psi,
     psi_noise,
@@ -56,7 +77,6 @@ from careloop.monitor._stats import (
 SCHEMA = "careloop.monitor/1"
 KINDS = ("input_drift", "output_drift", "performance", "calibration", "fairness", "burden")
 SCORE = "risk"
-US = 1_000_000
 
 
 class MonitorError(CareloopError):
@@ -64,68 +84,7 @@ class MonitorError(CareloopError):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# the reference
-
-
-@dataclass(frozen=True)
-class ColumnReference:
-    """One column's reference distribution: its bins, the counts in them, and the rows and patients behind them."""
-
-    binning: Binning
-    counts: tuple[int, ...]
-    rows: int
-    patients: int
-    label: str = ""
-
-    @property
-    def missing(self) -> float:
-        return self.counts[-1] / self.rows if self.rows else 0.0
-
-    def to_dict(self) -> dict:
-        return {"binning": self.binning.to_dict(), "counts": list(self.counts), "rows": self.rows,
-                "patients": self.patients, "label": self.label, "missing": self.missing}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ColumnReference:
-        return cls(Binning.from_dict(d["binning"]), tuple(int(c) for c in d["counts"]), int(d["rows"]),
-                   int(d["patients"]), d.get("label", ""))
-
-
-@dataclass(frozen=True)
-class Reference:
-    """The training reference of a bundle: per-input histograms, the risk score's, and the validated figures."""
-
-    bundle_id: str
-    rows: int
-    patients: int
-    first_index: str | None
-    last_index: str | None
-    months: int
-    bins: int
-    max_categories: int
-    columns: dict[str, ColumnReference]
-    score: ColumnReference
-    flag_rate: float | None
-    mean_risk: float | None
-    baseline: dict
-
-    def compatible(self, bundle_id: str, cfg: MonitorConfig) -> bool:
-        return (self.bundle_id == bundle_id and self.months == cfg.reference_months and self.bins == cfg.bins
-                and self.max_categories == cfg.max_categories)
-
-    def to_dict(self) -> dict:
-        return {"bundle_id": self.bundle_id, "rows": self.rows, "patients": self.patients,
-                "first_index": self.first_index, "last_index": self.last_index, "months": self.months,
-                "bins": self.bins, "max_categories": self.max_categories,
-                "columns": {k: v.to_dict() for k, v in self.columns.items()}, "score": self.score.to_dict(),
-                "flag_rate": self.flag_rate, "mean_risk": self.mean_risk, "baseline": self.baseline}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Reference:
-        return cls(d["bundle_id"], int(d["rows"]), int(d["patients"]), d.get("first_index"), d.get("last_index"),
-                   int(d["months"]), int(d["bins"]), int(d["max_categories"]),
-                   {k: ColumnReference.from_dict(v) for k, v in d["columns"].items()},
-                   ColumnReference.from_dict(d["score"]), d.get("flag_rate"), d.get("mean_risk"), d["baseline"])
+# the reference (computed at training time: careloop.monitor._reference)
 
 
 def baseline_of(bundle) -> dict:
@@ -287,16 +246,6 @@ def _specs(bundle):
     return task, fs
 
 
-def _us(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return pc.cast(pc.cast(col, pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy(zero_copy_only=False)
-
-
-def _iso(us: int | float | None) -> str | None:
-    if us is None:
-        return None
-    return dt.datetime.fromtimestamp(us / US, dt.UTC).isoformat(timespec="seconds")
-
-
 def _group_columns(groups: dict[str, str], feat: pa.Table, cohort: pa.Table) -> dict[str, list]:
     from careloop.workflows._data import age_band
 
@@ -311,39 +260,6 @@ def _group_columns(groups: dict[str, str], feat: pa.Table, cohort: pa.Table) -> 
     return out
 
 
-def _column_labels(meta: dict) -> dict[str, str]:
-    from careloop.explain import column_infos
-
-    try:
-        infos = column_infos(meta.get("describe") or [], meta.get("units") or {})
-    except Exception:  # labels are decoration; never fail a monitoring run on them
-        return {}
-    out = {}
-    for i in infos:
-        agg = f", {i.aggregation}" if i.aggregation else ""
-        out[i.column] = f"{i.label}{agg}"
-    return out
-
-
-def _build_reference(bundle_id: str, cfg: MonitorConfig, features: list[str], feat: pa.Table, scores: np.ndarray,
-                     patients: np.ndarray, index_us: np.ndarray, threshold: float | None, labels: dict,
-                     baseline: dict) -> Reference:
-    n = feat.num_rows
-    n_pat = len(np.unique(patients)) if n else 0
-    cols = {}
-    for c in features:
-        b = make_binning(c, feat.column(c), bins=cfg.bins, max_categories=cfg.max_categories)
-        cols[c] = ColumnReference(b, tuple(int(x) for x in b.counts(feat.column(c))), n, n_pat, labels.get(c, c))
-    sb = make_binning(SCORE, scores, bins=cfg.bins)
-    score = ColumnReference(sb, tuple(int(x) for x in sb.counts(scores)), n, n_pat, "predicted risk")
-    return Reference(
-        bundle_id=bundle_id, rows=n, patients=n_pat,
-        first_index=_iso(int(index_us.min())) if n else None, last_index=_iso(int(index_us.max())) if n else None,
-        months=cfg.reference_months, bins=cfg.bins, max_categories=cfg.max_categories, columns=cols, score=score,
-        flag_rate=float(np.mean(scores >= threshold)) if n and threshold is not None else None,
-        mean_risk=float(np.mean(scores)) if n else None, baseline=baseline)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # monitor()
 
@@ -353,11 +269,13 @@ def monitor(bundle, store: str | Path, *, period: str = "month", start: Any = No
             reference: Reference | None = None, progress: Callable[[str], None] | None = None) -> MonitorResult:
     """Monitor `bundle` (a path or a verified `Bundle`) on the event store at `store`, period by period.
 
-    `period`: week, month, quarter or year. `start`/`end` (dates, exclusive end): the periods to report; by default
-    from the first period after the training data to the end of the store's data. `config`: thresholds (a
-    MonitorConfig, a dict or a YAML file; defaults otherwise). `state_url`: the service's state database (audit
-    log and feedback) for the alert-burden figures. `reference`: a Reference computed before for this bundle and
-    config (skips recomputing the training split's features). Returns a MonitorResult.
+    `store` may be the store the model was trained on or another hospital's (a live store). `period`: week, month,
+    quarter or year. `start`/`end` (dates, exclusive end): the periods to report; by default from the first period
+    after the last stay used to develop the model when the store has data after it (otherwise from the start of
+    the store's data) to the end of the store's data. `config`: thresholds (a MonitorConfig, a dict or a YAML file;
+    defaults otherwise). `state_url`: the service's state database (audit log and feedback) for the alert-burden
+    figures. `reference`: a Reference rebuilt before for this bundle and config, used when the bundle's stored
+    reference does not fit the config (or the bundle has none). Returns a MonitorResult.
     """
     from careloop.engines import DuckDBEngine
     from careloop.evaluation import EvaluationError, evaluate, fairness
@@ -388,11 +306,33 @@ def monitor(bundle, store: str | Path, *, period: str = "month", start: Any = No
         raise MonitorError(f"the bundle's features.yaml does not define its input {missing_cols[0]!r}")
     threshold = (meta.get("operating_point") or {}).get("threshold")
     model = b.model()
-    labels = _column_labels(meta)
+    labels = column_labels(meta.get("describe") or [], meta.get("units") or {})
+    baseline = baseline_of(b)
     notes: list[str] = []
     if not Path(store).is_dir():
         raise MonitorError(f"--store: {store} is not an event store directory")
     start_t, end_t = utc(start, "--start"), utc(end, "--end")
+
+    # the reference: stored in the bundle at training, unless the config asks for other bins or months
+    try:
+        stored = read_stored(b, baseline)
+    except ReferenceFileError as e:
+        raise MonitorError(str(e)) from None
+    if stored is None:
+        notes.append(f"This bundle was made before careloop stored the monitoring reference ({REFERENCE_FILE}) in "
+                     "bundles: the reference was rebuilt from this store's training stays, recognised by the task's "
+                     "split rule (right only on the store the model was trained on).")
+    elif stored.reference.matches(cfg):
+        reference = stored.reference
+    else:
+        notes.append(f"The config asks for a reference with bins {cfg.bins}, max_categories {cfg.max_categories}, "
+                     f"reference_months {cfg.reference_months}; the bundle's was made with "
+                     f"{stored.reference.settings()}: it was rebuilt from this store's training stays.")
+    if reference is not None and not reference.compatible(b.bundle_id, cfg):
+        reference = None
+    if reference is not None and reference.source != "bundle":
+        notes.append(f"The reference rebuilt by an earlier run ({reference.source or 'on the same bundle'}) was "
+                     "reused.")
 
     eng = DuckDBEngine(store)
     try:
@@ -400,31 +340,43 @@ def monitor(bundle, store: str | Path, *, period: str = "month", start: Any = No
         cohort = cohort_res.table
         data_end = cohort_res.data_end
         step("cohort")
-        index_us = _us(cohort.column("index_time"))
+        if cohort.num_rows == 0:
+            raise MonitorError(f"the store holds no index stays of task {task.name}")
+        index_us = us_of(cohort.column("index_time"))
         split = np.asarray(cohort.column("split").to_pylist(), dtype=object)
         src = meta.get("source") or {}
         train_end = utc(src.get("data_end"), "bundle data_end") if src.get("data_end") else data_end
         train_end_us = int(train_end.timestamp() * US) if train_end else np.iinfo(np.int64).max
         horizon_us = int(task.label.within / dt.timedelta(microseconds=1)) if task.label.within else 0
-        known = (index_us <= train_end_us) & (index_us + horizon_us <= train_end_us)
-        development = known & np.isin(split, ["train", "calibration"])
-        train = known & (split == "train")
-        if not train.any():
-            raise MonitorError("the store holds none of the bundle's training stays (is this the store it was "
-                               "trained on?): the reference cannot be rebuilt")
-        last_train = int(index_us[train].max())
-        ref_from = (int(add_months(dt.datetime.fromtimestamp(last_train / US, dt.UTC), -cfg.reference_months)
-                        .timestamp() * US) if cfg.reference_months else np.iinfo(np.int64).min)
-        ref_mask = train & (index_us >= ref_from)
+        # the stays used to develop the model (left out of the performance figures): by their pseudonyms when the
+        # bundle lists them (exact on any store), else by the split rule and what was labelled at training
+        if stored is not None:
+            tr, ca = stored.development["train"], stored.development["calibration"]
+            split = np.asarray(["train" if i in tr else "calibration" if i in ca else "other"
+                                for i in pseudonyms(cohort.column("encounter_id").to_pylist())], dtype=object)
+            development = split != "other"
+        else:
+            known = (index_us <= train_end_us) & (index_us + horizon_us <= train_end_us)
+            development = known & np.isin(split, ["train", "calibration"])
+        ref_mask, score_mask, last_dev = reference_masks(index_us, split, development, cfg.reference_months)
+        if reference is None and last_dev is None:
+            raise MonitorError(
+                "the store holds none of the bundle's training stays, so the reference cannot be rebuilt here"
+                + (f" (monitor with the bundle's reference settings: {stored.reference.settings()}; or on the "
+                   "store it was trained on)" if stored is not None else " (is this the store it was trained on?)"))
+        if reference is not None and (reference.development_last_index or last_dev is None):
+            last_dev = int(utc(reference.development_last_index or reference.last_index).timestamp() * US)
 
         # the periods
-        first_after = ceil(dt.datetime.fromtimestamp(last_train / US, dt.UTC) + dt.timedelta(microseconds=1), period)
+        first_after = ceil(dt.datetime.fromtimestamp(last_dev / US, dt.UTC) + dt.timedelta(microseconds=1), period)
+        store_first = floor(dt.datetime.fromtimestamp(int(index_us.min()) / US, dt.UTC), period)
         if start_t is None:
-            start_t = first_after
-            if data_end is not None and start_t >= data_end:
-                start_t = floor(dt.datetime.fromtimestamp(int(index_us.min()) / US, dt.UTC), period)
-                notes.append("The store holds no stays after the training data, so every period of the store is "
-                             "reported; stays used to develop the model are left out of the performance figures.")
+            if data_end is not None and first_after < data_end:
+                start_t = max(first_after, store_first)
+            else:
+                start_t = store_first
+                notes.append(f"The store holds no stays after the last one used to develop the model "
+                             f"({_iso(last_dev)[:10]}), so every period of the store is reported.")
         if end_t is None:
             end_t = (data_end + dt.timedelta(microseconds=1)) if data_end is not None else first_after
         if end_t <= start_t:
@@ -432,13 +384,13 @@ def monitor(bundle, store: str | Path, *, period: str = "month", start: Any = No
         plist = periods(start_t, end_t, period, data_end + dt.timedelta(microseconds=1) if data_end else None)
         lo, hi = int(plist[0].start.timestamp() * US), int(plist[-1].end.timestamp() * US)
         mon_mask = (index_us >= lo) & (index_us < hi)
-        if start_t < first_after:
-            notes.append(f"The periods start before the end of the training data ({_iso(last_train)[:10]}): their "
-                         "input drift is measured partly on training stays.")
-        if reference is not None and not reference.compatible(b.bundle_id, cfg):
-            notes.append("The stored reference was made for another bundle or config; it was rebuilt.")
-            reference = None
-        need = mon_mask | ref_mask if reference is None else mon_mask
+        n_dev = int((mon_mask & development).sum())
+        if n_dev:
+            notes.append(f"{n_dev:,} stays of the periods were used to develop the model (training or calibration "
+                         "split): they count in input and output drift, which is then measured partly on training "
+                         "data, and are left out of the performance figures.")
+        rebuild = ref_mask | score_mask if reference is None else np.zeros(len(index_us), dtype=bool)
+        need = mon_mask | rebuild
         sub = cohort.filter(pa.array(need))
         feat = extract(fs, sub, eng).table
     finally:
@@ -447,20 +399,23 @@ def monitor(bundle, store: str | Path, *, period: str = "month", start: Any = No
 
     scores = model.predict_proba(feat) if feat.num_rows else np.zeros(0)
     step("scoring")
-    s_index = _us(sub.column("index_time"))
+    s_index = us_of(sub.column("index_time"))
     s_patients = np.asarray(sub.column("patient_id").to_pylist(), dtype=object)
-    s_ref = ref_mask[need]
     s_dev = development[need]
     s_labels = sub.column("label").to_pylist()
     # an outcome counts once its window has closed by the end of the data (whatever the task's censoring rule)
     end_us = int(data_end.timestamp() * US) if data_end is not None else np.iinfo(np.int64).max
     s_known = np.array([y is not None for y in s_labels], dtype=bool) & (s_index + horizon_us <= end_us)
     groups = _group_columns(meta.get("groups") or {}, feat, sub)
-    baseline = baseline_of(b)
     if reference is None:
-        rt = feat.filter(pa.array(s_ref))
-        reference = _build_reference(b.bundle_id, cfg, features, rt, scores[s_ref], s_patients[s_ref],
-                                     s_index[s_ref], threshold, labels, baseline)
+        s_ref, s_score = ref_mask[need], score_mask[need]
+        how = "by the pseudonyms the bundle lists" if stored is not None else "by the task's split rule"
+        reference = build_reference(
+            features, feat.filter(pa.array(s_ref)), s_patients[s_ref], s_index[s_ref], scores[s_score],
+            s_patients[s_score], threshold=threshold, labels=labels, bins=cfg.bins,
+            max_categories=cfg.max_categories, months=cfg.reference_months, development_last_us=last_dev,
+            bundle_id=b.bundle_id, baseline=baseline,
+            source=f"rebuilt from the training stays of store {store}, recognised {how}")
         step("reference")
 
     state = None
@@ -617,7 +572,8 @@ def monitor(bundle, store: str | Path, *, period: str = "month", start: Any = No
                   "operating_point": {k: (meta.get("operating_point") or {}).get(k)
                                       for k in ("policy", "target", "threshold", "rationale")},
                   "features": features, "groups": sorted(groups), "trained_data_end": _iso(train_end_us)
-                  if train_end else None, "last_training_index": _iso(last_train)}
+                  if train_end else None, "last_development_index": _iso(last_dev),
+                  "last_training_index": reference.last_index}
     return MonitorResult(
         model=model_info, store=str(store), period=period, config=cfg, reference=reference, periods=out_periods,
         tests={"count": tests.count, "by_kind": tests.by_kind, "alpha": cfg.alpha, "level": level},

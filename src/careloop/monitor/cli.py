@@ -4,8 +4,10 @@
 
 writes `OUT/monitor.json` (schema careloop.monitor/1: `periods`, each with `start`, `end` and `alerts`, each alert with
 its `kind` and the `feature` or `group` it concerns), `OUT/monitor.html` (the report) and `OUT/reference.json` (the
-training reference, reused by the next run on the same bundle and config). Every input is checked before any work;
-errors are `CareloopError`s with one-line messages.
+training reference the run used: the one stored in the bundle, or, when it had to be rebuilt from the store (a
+bundle made before references were stored, or a config asking for other bins or months), the rebuilt one, reused by
+the next run on the same bundle and config). Every input is checked before any work; errors are `CareloopError`s
+with one-line messages.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def finite(obj: Any) -> Any:
 
 
 def _cached_reference(out: Path, bundle_id: str, cfg: MonitorConfig):
-    from careloop.monitor._monitor import Reference
+    from careloop.monitor._reference import Reference
 
     path = out / REFERENCE
     if not path.is_file():

@@ -12,19 +12,33 @@ import datetime as dt
 import json
 import re
 import threading
+import time
 import uuid as uuidlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import msgspec
 import numpy as np
+import orjson
 import pyarrow.parquet as pq
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from careloop.serve import cards as C
-from careloop.serve.features import PREFETCH, REQUIRED_KEYS, bedside_features, collect, fetch_prefetch
+from careloop.serve.auth import RecentJti
+from careloop.serve.features import (
+    PREFETCH,
+    REQUIRED_KEYS,
+    bedside_features,
+    collect,
+    evaluator,
+    fetch_prefetch,
+    location_names,
+)
+from careloop.serve.journal import Journal, Work
 from careloop.state import StateError
 
 MAX_BODY = 5 * 1024 * 1024  # bytes; a larger request is refused with 413 before it is parsed
@@ -35,24 +49,36 @@ SERVICES = {
 MIN_AGE = 18.0
 
 
-class FhirAuthorization(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    access_token: str = Field(min_length=1)
+_Text = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class FhirAuthorization(msgspec.Struct):
+    access_token: _Text
     token_type: Literal["Bearer"]
     expires_in: int
-    scope: str = Field(min_length=1)
-    subject: str = Field(min_length=1)
+    scope: _Text
+    subject: _Text
     patient: str | None = None
 
 
-class HookRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    hook: str = Field(min_length=1)
-    hookInstance: str = Field(min_length=1)  # field names as the CDS Hooks specification spells them
+class HookRequest(msgspec.Struct):
+    """A CDS Hooks call, decoded straight from its bytes (field names as the specification spells them). The
+    prefetch values stay undecoded JSON until the mapping reads each resource with its typed decoder."""
+
+    hook: _Text
+    hookInstance: _Text
+    context: dict[str, Any]
     fhirServer: str | None = None
     fhirAuthorization: FhirAuthorization | None = None
-    context: dict[str, Any]
-    prefetch: dict[str, Any] | None = None
+    prefetch: dict[str, msgspec.Raw] | None = None
+
+    @classmethod
+    def decode(cls, raw: bytes) -> HookRequest:
+        """The request, or `msgspec.DecodeError` naming the offending path."""
+        return _hook_decoder.decode(raw)
+
+
+_hook_decoder = msgspec.json.Decoder(HookRequest)
 
 
 class FeedbackItem(BaseModel):
@@ -76,7 +102,8 @@ class SwitchRequest(BaseModel):
 
 def outcome(status: int, text: str) -> JSONResponse:
     """A non-2xx answer with a FHIR OperationOutcome body (CDS Hooks 3.0 ballot recommends one)."""
-    code = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 412: "incomplete", 413: "too-costly"}.get(
+    code = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 412: "incomplete", 413: "too-costly",
+            503: "transient"}.get(
         status, "exception"
     )
     body = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": text}]}
@@ -92,6 +119,7 @@ class Decision:
     digest: str | None = None
     note: str | None = None
     extra: dict = field(default_factory=dict)
+    card_row: tuple | None = None  # the warning card to remember (StateStore.record_card_in's arguments)
 
 
 class Service:
@@ -114,7 +142,8 @@ class Service:
         self.model = self.bundle.model()
         self.fs = FeatureSet.from_text((self.bundle.path / "features.yaml").read_text(), "features.yaml")
         directory = self.bundle.path / "directory.parquet"
-        self.directory = pq.read_table(directory) if directory.is_file() else None
+        self.locations = location_names(pq.read_table(directory) if directory.is_file() else None)
+        self.features = evaluator(self.fs)
         self.infos = column_infos(self.meta.get("describe") or [], self.meta.get("units") or {})
         op = self.meta["operating_point"]
         self.threshold = float(op["threshold"])
@@ -135,14 +164,28 @@ class Service:
         self.not_for = str(facts.out_of_scope or "see the model card")
         self.store = store or StateStore(config.state)
         self.audit = AuditLog(self.store)
+        # a replay within this process is refused at once from memory; the state store, claimed in the same
+        # transaction as the call's audit record (the journal's group commit), is the authority across processes
+        self.recent = RecentJti()
         self.verifier = verifier or TokenVerifier(
             config.trusted_clients,
-            claim_jti=self.store.claim_jti,
+            claim_jti=self.recent.claim,
             max_lifetime_s=config.max_token_lifetime_s,
             skew_s=config.clock_skew_s,
         )
         self.admin = AdminAuth(config.admin)
-        self._lock = threading.Lock()
+        self.journal = Journal(self.store, self.audit)
+        # one scoring thread: calls queue in order (no convoy of threads on the GIL) and a call slower than its
+        # deadline is answered without waiting for it
+        self.scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="careloop-score")
+        self.pending = 0  # calls submitted to the scorer and not finished
+        self._pending_lock = threading.Lock()
+        self.cost_s = 0.005  # moving average of one call's scoring time: predicts the queue's wait
+
+    def close(self) -> None:
+        self.journal.close()
+        self.scorer.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
 
     # -- audit ----------------------------------------------------------------------------------------
     def record(
@@ -171,6 +214,28 @@ class Service:
                                           service=service, model_hash=self.bundle.bundle_id,
                                           detail={"error": "unrecordable request fields", "field": type(e).__name__}))
 
+    def work(self, kind: str, result: str, *, claims, req=None, decision=None, service: str | None = None,
+             request_id: str | None = None, detail: dict | None = None) -> Work:
+        """A call's writes for the journal: its audit record, its jti claim, its card; and, should the jti turn out
+        to be a replay from another process, the authentication failure to record instead."""
+        from careloop.audit import AuditContentError, audit_event
+
+        try:
+            events = self.audit.prepare([self._event(kind, result, claims=claims, req=req, decision=decision,
+                                                     service=service, request_id=request_id, detail=detail,
+                                                     patient=None, user=None)])
+        except AuditContentError as e:
+            events = self.audit.prepare([audit_event(
+                kind=kind, outcome=result, client=getattr(claims, "iss", None), service=service,
+                model_hash=self.bundle.bundle_id,
+                detail={"error": "unrecordable request fields", "field": type(e).__name__})])
+        instead = self.audit.prepare([self._event(
+            "auth-failure", "serious", claims=None, req=None, decision=None, service=service, request_id=request_id,
+            detail={"reason": "jti replayed: this token was already used", "iss": getattr(claims, "iss", None)},
+            patient=None, user=None)])
+        jti = (claims.iss, claims.jti, claims.exp) if claims is not None else None
+        return Work(events, jti=jti, instead=instead, card=decision.card_row if decision is not None else None)
+
     def _event(self, kind, result, *, claims, req, decision, service, request_id, detail, patient, user) -> dict:
         from careloop.audit import audit_event
 
@@ -191,6 +256,31 @@ class Service:
             deferral_reason=decision.deferral if decision else None,
             detail=detail,
         )
+
+    # -- the scoring thread ---------------------------------------------------------------------------
+    def score(self, service_id: str, req: HookRequest, client_iss: str | None):
+        """`handle` on the scoring thread; a concurrent future. A call cancelled before it starts never runs."""
+        with self._pending_lock:
+            self.pending += 1
+        fut = self.scorer.submit(self._timed_handle, service_id, req, client_iss)
+        fut.add_done_callback(self._done)
+        return fut
+
+    def _timed_handle(self, service_id: str, req: HookRequest, client_iss: str | None) -> Decision:
+        t0 = time.perf_counter()
+        try:
+            return self.handle(service_id, req, None, client_iss)
+        finally:
+            self.cost_s = 0.9 * self.cost_s + 0.1 * (time.perf_counter() - t0)
+
+    def _done(self, _fut) -> None:
+        with self._pending_lock:
+            self.pending -= 1
+
+    def expected_wait(self) -> float:
+        """Seconds a call submitted now would wait for and take on the scoring thread (the calls ahead of it, and
+        its own, at the recent average)."""
+        return (self.pending + 1) * self.cost_s
 
     # -- the decision ---------------------------------------------------------------------------------
     def card_context(self, patient: str, encounter: str | None) -> C.CardContext:
@@ -217,7 +307,7 @@ class Service:
         patient = _patient_of(req)
         encounter = req.context.get("encounterId") if service_id == "readmission-risk" else None
         ctx = self.card_context(patient, encounter)
-        prefetch = dict(req.prefetch or {})
+        prefetch: dict[str, Any] = dict(req.prefetch or {})
         missing = [k for k in PREFETCH if k not in prefetch]
         if missing and req.fhirServer and req.fhirAuthorization and _under(req.fhirServer, client_iss):
             prefetch |= fetch_prefetch(
@@ -233,7 +323,7 @@ class Service:
             return self.defer(ctx, f"the EHR could not supply {', '.join(pre.outcomes)}", digest=digest)
         if any(k in pre.missing for k in REQUIRED_KEYS):
             return self.defer(ctx, "required data (the patient and their encounters) is missing", digest=digest)
-        feats = bedside_features(self.fs, pre, patient, encounter, directory=self.directory, now=now)
+        feats = bedside_features(self.features, pre, patient, encounter, directory=self.locations, now=now)
         extra = {"foreign_resources": pre.foreign} if pre.foreign else {}
         if feats.row is None:
             return self.defer(ctx, feats.reason or "the stay cannot be scored", digest=digest, extra=extra)
@@ -244,7 +334,7 @@ class Service:
         ood = self.out_of_distribution(feats.row)
         if ood:
             return self.defer(ctx, f"inputs outside the training data ({ood})", digest=digest, extra=extra)
-        risk = float(self.model.predict_proba(feats.row)[0])
+        risk = float(self.model.predict_proba_rows([feats.row])[0])
         if self.policy is not None and bool(self.policy.defers(np.asarray([risk]))[0]):
             d = self.defer(ctx, f"in this risk range clinicians' own judgement has been more accurate than the model "
                                 f"(learned deferral policy {self.policy.hash[:12]})", digest=digest,
@@ -265,8 +355,8 @@ class Service:
         """Numeric inputs far outside the training range (0.5th-99.5th percentile, widened by half the range)."""
         far = []
         for col, (lo, hi) in self.ranges.items():
-            v = row.column(col)[0].as_py() if col in row.column_names else None
-            if v is None:
+            v = row.get(col)
+            if v is None or isinstance(v, str):
                 continue
             pad = 0.5 * (hi - lo) if hi > lo else 1.0
             if v < lo - pad or v > hi + pad:
@@ -294,7 +384,7 @@ class Service:
             if self.store.cards_since(service_id, unit, midnight) >= a.daily_budget_per_unit:
                 decision.note = "daily budget reached"
                 return decision
-        rs = reasons(self.model.contributions(row), row.to_pylist(), self.infos, top=3, columns=self.model.columns)
+        rs = reasons(self.model.contributions_rows([row]), [row], self.infos, top=3, columns=self.model.columns)
         budget = self.meta["operating_point"].get("rationale", "")
         budget_text = (
             "set to flag about "
@@ -316,9 +406,8 @@ class Service:
             budget_text=budget_text,
             today=now.date(),
         )
-        self.store.record_card(
-            card["uuid"], service_id, ctx.patient_id, self.model_key, decision.score, "warning", unit, now
-        )
+        decision.card_row = (card["uuid"], service_id, ctx.patient_id, self.model_key, decision.score, "warning", unit,
+                             now)
         decision.cards = [card]
         return decision
 
@@ -343,6 +432,25 @@ def _patient_of(req: HookRequest | None) -> str | None:
     return p if isinstance(p, str) and p else None
 
 
+ARRIVED = "careloop.arrived"
+
+
+class Arrival:
+    """ASGI middleware stamping each request's arrival (monotonic seconds): the deadline counts from here."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            scope[ARRIVED] = time.monotonic()
+        await self.app(scope, receive, send)
+
+
+def _json(body: dict) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
 def create_app(service: Service) -> FastAPI:
     app = FastAPI(
         title="careloop CDS Hooks service",
@@ -350,6 +458,7 @@ def create_app(service: Service) -> FastAPI:
         description="CDS Hooks 2.0 services for 30-day readmission risk, with feedback and audit.",
     )
     app.state.service = service
+    app.add_middleware(Arrival)
     base = service.config.base_url.rstrip("/")
 
     @app.get("/cds-services")
@@ -388,78 +497,58 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/cds-services/{service_id}")
     async def call(service_id: str, request: Request):
+        arrived = request.scope.get(ARRIVED) or time.monotonic()
         rid = request.headers.get("x-request-id") or str(uuidlib.uuid4())
         if service_id not in SERVICES:
             return outcome(404, f"no CDS service {service_id!r}")
         claims = authenticate(request, f"{base}/cds-services/{service_id}", service_id, rid)
         if claims is None:
             return JSONResponse({}, status_code=401)
+
+        async def finish(answer: Response, kind: str, result: str, *, req=None, decision=None, detail=None):
+            """Write the call's jti, card and audit record (group commit), then answer; a replay seen only now, by
+            another worker's claim, is answered 401 and recorded as such."""
+            work = service.work(kind, result, claims=claims, req=req, decision=decision, service=service_id,
+                                request_id=rid, detail=detail)
+            try:
+                fresh = await asyncio.wrap_future(service.journal.submit(work))
+            except Exception:
+                return outcome(503, "the audit log cannot be written now, so the call was not answered; retry later")
+            return answer if fresh else JSONResponse({}, status_code=401)
+
         raw = await body_of(request)
         if raw is None:
-            service.record(
-                "cds-call",
-                "minor",
-                claims=claims,
-                service=service_id,
-                request_id=rid,
-                detail={"reason": "request too large"},
-            )
-            return outcome(413, f"request larger than {MAX_BODY} bytes")
+            return await finish(outcome(413, f"request larger than {MAX_BODY} bytes"), "cds-call", "minor",
+                                detail={"reason": "request too large"})
         try:
-            req = HookRequest.model_validate_json(raw)
-        except ValidationError as e:
-            err = e.errors()[0]
-            msg = f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}"
-            service.record(
-                "cds-call", "minor", claims=claims, service=service_id, request_id=rid, detail={"reason": msg[:200]}
-            )
-            return outcome(400, msg)
+            req = HookRequest.decode(raw)
+        except msgspec.DecodeError as e:
+            msg = f"body: {e}"
+            return await finish(outcome(400, msg), "cds-call", "minor", detail={"reason": msg[:200]})
         problem = _check_request(service_id, req)
         if problem:
-            service.record(
-                "cds-call",
-                "minor",
-                claims=claims,
-                req=req,
-                service=service_id,
-                request_id=rid,
-                detail={"reason": problem},
-            )
-            return outcome(400, problem)
+            return await finish(outcome(400, problem), "cds-call", "minor", req=req, detail={"reason": problem})
         if not service.store.enabled(service.model_key):
-            service.record("kill-switch", "minor", claims=claims, req=req, service=service_id, request_id=rid)
-            return {"cards": []}
+            return await finish(_json({"cards": []}), "kill-switch", "minor", req=req)
         if _prefetch_absent(req) and not req.fhirAuthorization:
-            service.record("cds-call", "minor", claims=claims, req=req, service=service_id, request_id=rid,
-                           detail={"reason": "412: no prefetch and no FHIR access"})
-            return outcome(412, "the prefetch data is missing and no FHIR server access was granted")
+            return await finish(outcome(412, "the prefetch data is missing and no FHIR server access was granted"),
+                                "cds-call", "minor", req=req, detail={"reason": "412: no prefetch and no FHIR access"})
+        deadline_s = service.config.deadline_ms / 1000
+        budget = deadline_s - (time.monotonic() - arrived)
+        expected = service.expected_wait()
+        if budget <= 0 or expected >= budget:  # answered now, in time, rather than late: load shedding
+            why = "queued past the deadline" if budget <= 0 else f"overloaded: expected wait {expected * 1000:.0f} ms"
+            return await finish(_json({"cards": []}), "timeout", "minor", req=req,
+                                detail={"deadline_ms": service.config.deadline_ms, "reason": why})
         try:
-            decision = await asyncio.wait_for(
-                asyncio.to_thread(service.handle, service_id, req, None, claims.iss),
-                service.config.deadline_ms / 1000
-            )
+            decision = await asyncio.wait_for(asyncio.wrap_future(service.score(service_id, req, claims.iss)), budget)
         except TimeoutError:
-            service.record(
-                "timeout",
-                "minor",
-                claims=claims,
-                req=req,
-                service=service_id,
-                request_id=rid,
-                detail={"deadline_ms": service.config.deadline_ms},
-            )
-            return {"cards": []}
-        service.record(
-            "cds-call",
-            "success",
-            claims=claims,
-            req=req,
-            decision=decision,
-            service=service_id,
-            request_id=rid,
-            detail={"note": decision.note, **decision.extra} if decision.note or decision.extra else None,
-        )
-        return {"cards": decision.cards}
+            return await finish(_json({"cards": []}), "timeout", "minor", req=req,
+                                detail={"deadline_ms": service.config.deadline_ms,
+                                        "reason": "scoring (or the FHIR server) was slower than the deadline"})
+        detail = {"note": decision.note, **decision.extra} if decision.note or decision.extra else None
+        return await finish(_json({"cards": decision.cards}), "cds-call", "success", req=req, decision=decision,
+                            detail=detail)
 
     @app.post("/cds-services/{service_id}/feedback")
     async def feedback(service_id: str, request: Request):
@@ -469,6 +558,10 @@ def create_app(service: Service) -> FastAPI:
             return outcome(404, f"no CDS service {service_id!r}")
         claims = authenticate(request, f"{base}/cds-services/{service_id}/feedback", service_id, rid)
         if claims is None:
+            return JSONResponse({}, status_code=401)
+        if not service.store.claim_jti(claims.iss, claims.jti, claims.exp):  # a replay through another worker
+            service.record("auth-failure", "serious", service=service_id, request_id=rid,
+                           detail={"reason": "jti replayed: this token was already used", "iss": claims.iss})
             return JSONResponse({}, status_code=401)
         raw = await body_of(request)
         if raw is None:

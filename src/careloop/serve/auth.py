@@ -226,6 +226,40 @@ class _KeySet:
         return keys
 
 
+class RecentJti:
+    """This process's memory of the jti it accepted, until each token expires: a replay to the same process is
+    refused before any work. It is a fast path, not the authority: the service also claims every jti in the state
+    store, in the transaction that writes the call's audit record, which refuses a replay to another process.
+    Bounded (`max_entries`): the oldest are forgotten first, and the store still remembers them."""
+
+    def __init__(self, max_entries: int = 200_000, clock: Callable[[], float] = time.time) -> None:
+        self.max_entries = max_entries
+        self.clock = clock
+        self._seen: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def claim(self, iss: str, jti: str, expires_at: datetime) -> bool:
+        key, now = (iss, jti), self.clock()
+        with self._lock:
+            until = self._seen.get(key)
+            if until is not None and until > now:
+                return False
+            self._seen[key] = expires_at.timestamp()
+            if len(self._seen) > self.max_entries:
+                self._forget(now)
+        return True
+
+    def _forget(self, now: float) -> None:
+        self._seen = {k: t for k, t in self._seen.items() if t > now}
+        extra = len(self._seen) - self.max_entries * 3 // 4
+        if extra > 0:  # still full of live tokens: forget the oldest quarter
+            for k in list(self._seen)[:extra]:
+                del self._seen[k]
+
+
 class TokenVerifier:
     """Verifies the `Authorization` header of CDS Hooks calls against the trusted clients (see the module docs).
 

@@ -1,24 +1,25 @@
-"""Features at the bedside from prefetched FHIR, by the very code that made the training features.
+"""Features at the bedside from prefetched FHIR, with the training feature definitions and the ingest mapping.
 
-The prefetched resources go through the ingest mapping (`careloop.ingest.mapping`: the same units, codes and
-quarantine rules as the event store), into in-memory tables with the store's names, and the feature set's SQL runs on
-them through DuckDB (`careloop.engines.ArrowEngine`): there is no second implementation to drift from the first.
-Resources about another patient are not used (and are reported), nor are OperationOutcomes.
+Each prefetched resource is decoded straight from the request's bytes by the ingest's own typed decoder and mapped
+by `careloop.ingest.mapping` (the same units, codes and quarantine rules as the event store), and the feature set
+is evaluated for the one index stay by `careloop.features.rows.StayFeatures`, which a conformance test holds equal
+to the SQL engine that made the training features. Resources about another patient are not used (and are
+counted), nor are OperationOutcomes; a resource the mapping refuses is noted with its reason.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+import msgspec
 import orjson
 import pyarrow as pa
 
-from careloop import contracts as C
-from careloop.engines import ArrowEngine
-from careloop.features.engine import extract
+from careloop.features.rows import Record, Stay, StayFeatures
 from careloop.features.spec import FeatureSet
 from careloop.ingest.mapping import Batch, Context, Reject, Skip, decode, map_resource
 
@@ -33,24 +34,41 @@ PREFETCH = {  # CDS Hooks prefetch templates: what the readmission features read
 }
 REQUIRED_KEYS = ("patient", "encounters")  # without these there is no index stay to score
 _PATIENT_REFS = ("subject", "patient", "beneficiary")
+_ENC_KEYS = ("encounter_id", "class", "start", "end", "priority", "admit_source", "location_ref", "reason_code")
 
 
 @dataclass
 class Prefetched:
-    """The usable resources of a request, and what was set aside and why (for the audit log)."""
+    """The usable resources of a request, mapped, and what was set aside and why (for the audit log)."""
 
-    resources: list[dict] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)  # each resource used, as received
+    batch: Batch = field(default_factory=Batch)  # their rows in the store's tables
     missing: list[str] = field(default_factory=list)  # keys absent or null
     outcomes: list[str] = field(default_factory=list)  # keys answered with an OperationOutcome
     foreign: int = 0  # resources about another patient (not used)
     rejected: list[str] = field(default_factory=list)  # resources the mapping refused, with the reason
 
     def digest(self) -> str:
-        """SHA-256 of the resources used, in a canonical order: audit records carry this, never the data."""
+        """SHA-256 of the resources used, as received, in a canonical order: audit records carry this, never the
+        data."""
         h = hashlib.sha256()
-        for raw in sorted(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in self.resources):
-            h.update(raw)
+        for raw in sorted(self.raw):
+            h.update(hashlib.sha256(raw).digest())
         return h.hexdigest()
+
+
+class _Entry(msgspec.Struct):
+    resource: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _Value(msgspec.Struct):
+    """A prefetch value's outline: its type and, for a Bundle, its entries' resources left undecoded."""
+
+    resourceType: Any = None
+    entry: list[_Entry] | None = None
+
+
+_value_decoder = msgspec.json.Decoder(_Value)
 
 
 def fetch_prefetch(
@@ -100,161 +118,168 @@ def fetch_prefetch(
     return out
 
 
-def _entries(value: object) -> list[dict] | None:
-    """A prefetch value's resources: a resource, or a Bundle's entries (None for an OperationOutcome)."""
+def _resources(value: Any) -> list[bytes] | None:
+    """A prefetch value's resources as JSON bytes: the resource itself, or a Bundle's entries (None for an
+    OperationOutcome, [] for null or anything that is not a resource)."""
+    if isinstance(value, (bytes, msgspec.Raw)):
+        raw = bytes(value)
+        try:
+            outline = _value_decoder.decode(raw)
+        except msgspec.DecodeError:  # not an object, or an odd Bundle (e.g. a non-list entry): read it generally
+            try:
+                return _resources(orjson.loads(raw))
+            except orjson.JSONDecodeError:
+                return []
+        if outline.resourceType == "OperationOutcome":
+            return None
+        if outline.resourceType == "Bundle":
+            return [bytes(e.resource) for e in outline.entry or () if bytes(e.resource)[:1] == b"{"]
+        return [raw] if isinstance(outline.resourceType, str) else []
     if not isinstance(value, dict):
         return []
     if value.get("resourceType") == "OperationOutcome":
         return None
-    if value.get("resourceType") == "Bundle":
-        out = []
-        entries = value.get("entry") or []
-        for e in entries if isinstance(entries, list) else []:
-            r = e.get("resource") if isinstance(e, dict) else None
-            if isinstance(r, dict):
-                if r.get("resourceType") == "OperationOutcome":
-                    continue  # search warnings ride along as entries with mode "outcome"
-                out.append(r)
-        return out
-    return [value]
-
-
-def _about(resource: dict, patient_id: str) -> bool:
-    """Does this resource belong to the patient (or to no patient at all, like a Location)?"""
-    if resource.get("resourceType") == "Patient":
-        return resource.get("id") == patient_id
-    for key in _PATIENT_REFS:
-        ref = resource.get(key)
-        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
-            return ref["reference"].rsplit("/", 1)[-1] == patient_id
-    return True
-
-
-def collect(prefetch: dict | None, patient_id: str, keys: tuple[str, ...] = tuple(PREFETCH)) -> Prefetched:
-    """Gather the prefetched resources about `patient_id`, de-duplicated by type and id."""
-    out = Prefetched()
-    seen: set[tuple[str, str]] = set()
-    prefetch = prefetch or {}
-    for key in keys:
-        if key not in prefetch or prefetch[key] is None:
-            out.missing.append(key)
-            continue
-        items = _entries(prefetch[key])
-        if items is None:
-            out.outcomes.append(key)
-            continue
-        for r in items:
-            ident = (str(r.get("resourceType")), str(r.get("id")))
-            if ident in seen:
-                continue
-            seen.add(ident)
-            if not _about(r, patient_id):
-                out.foreign += 1
-                continue
+    items = value.get("entry") if value.get("resourceType") == "Bundle" else [{"resource": value}]
+    out = []
+    for e in items if isinstance(items, list) else []:
+        r = e.get("resource") if isinstance(e, dict) else None
+        if isinstance(r, dict):
             try:
-                orjson.dumps(r)  # e.g. an integer beyond 64 bits: not a resource the mapping can read
-            except (TypeError, orjson.JSONEncodeError):
-                out.rejected.append(f"{ident[0]}: not serialisable JSON")
-                continue
-            out.resources.append(r)
+                out.append(orjson.dumps(r))
+            except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits: refused like the mapping
+                out.append(b"{}")
     return out
 
 
-def to_tables(resources: list[dict], directory: pa.Table | None = None) -> tuple[dict[str, pa.Table], list[str]]:
-    """Map FHIR resources into the store's tables with the ingest mapping; (tables, rejection reasons)."""
-    batch, ctx, rejected = Batch(), Context(), []
-    for r in resources:
-        try:
-            map_resource(decode(orjson.dumps(r)), ctx, batch)
-        except Reject as e:
-            rejected.append(f"{r.get('resourceType')}: {e.reason}")
-        except Skip:
+def _about(res: Any, patient_id: str) -> bool:
+    """Does this resource belong to the patient (or to no patient at all, like a Location)?"""
+    if type(res).__name__ == "Patient":
+        return res.id == patient_id
+    for key in _PATIENT_REFS:
+        ref = getattr(res, key, None)
+        if ref is not None and isinstance(ref.reference, str):
+            return ref.reference.rsplit("/", 1)[-1] == patient_id
+    return True
+
+
+def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str, ...] = tuple(PREFETCH)
+            ) -> Prefetched:
+    """Gather and map the prefetched resources about `patient_id`, de-duplicated by type and id. Values may be
+    parsed JSON (dicts) or undecoded JSON (`msgspec.Raw`, bytes: the service's fast path)."""
+    out = Prefetched()
+    seen: set[tuple[str, str]] = set()
+    ctx = Context()
+    prefetch = prefetch or {}
+    for key in keys:
+        value = prefetch.get(key)
+        if value is None or (isinstance(value, (bytes, msgspec.Raw)) and bytes(value).strip() == b"null"):
+            out.missing.append(key)
             continue
-    cols = {
-        "events": batch.event_columns(),
-        "encounters": batch.enc,
-        "patients": batch.pat,
-        "notes": batch.notes,
-        "directory": batch.dir,
-    }
-    tables = {}
-    for name, data in cols.items():
-        schema = C.TABLES[name]
-        tables[name] = pa.Table.from_arrays([pa.array(data[f.name], type=f.type) for f in schema], schema=schema)
-    if directory is not None and directory.num_rows:
-        tables["directory"] = pa.concat_tables(
-            [directory.select(C.DIRECTORY.names).cast(C.DIRECTORY), tables["directory"]]
-        )
-    return tables, rejected
-
-
-_local = threading.local()
-
-
-def _engine() -> ArrowEngine:
-    """This thread's DuckDB connection (each request thread reuses its own)."""
-    eng = getattr(_local, "engine", None)
-    if eng is None:
-        eng = _local.engine = ArrowEngine()
-    return eng
+        items = _resources(value)
+        if items is None:
+            out.outcomes.append(key)
+            continue
+        for raw in items:
+            try:
+                res = decode(raw)
+            except Skip:
+                continue  # OperationOutcome entries (search warnings) and types the features do not read
+            except Reject as e:
+                if e.rtype and e.rid and (e.rtype, e.rid) in seen:
+                    continue
+                if e.rtype and e.rid:
+                    seen.add((e.rtype, e.rid))
+                out.rejected.append(f"{e.rtype or 'resource'}: {e.reason}")
+                continue
+            ident = (type(res).__name__, str(res.id))
+            if ident in seen:
+                continue
+            seen.add(ident)
+            if not _about(res, patient_id):
+                out.foreign += 1
+                continue
+            out.raw.append(raw)
+            try:
+                map_resource(res, ctx, out.batch)
+            except Reject as e:
+                out.rejected.append(f"{ident[0]}: {e.reason}")
+    return out
 
 
 @dataclass
 class BedsideFeatures:
-    row: pa.Table | None  # one row of features, or None when the stay cannot be scored
+    row: dict[str, Any] | None  # the features of the stay ({column: value}), or None when it cannot be scored
     reason: str | None  # why not, for the deferral card and the audit log
     index_time: dt.datetime | None = None
     age: float | None = None
     encounter_class: str | None = None
 
 
+_EVALUATORS: dict[int, tuple[FeatureSet, StayFeatures]] = {}
+
+
+def evaluator(fs: FeatureSet | StayFeatures) -> StayFeatures:
+    """The feature set's per-stay evaluator (made once per feature set)."""
+    if isinstance(fs, StayFeatures):
+        return fs
+    hit = _EVALUATORS.get(id(fs))
+    if hit is None or hit[0] is not fs:
+        hit = _EVALUATORS[id(fs)] = (fs, StayFeatures(fs))
+    return hit[1]
+
+
+def location_names(directory: pa.Table | Mapping[str, str] | None) -> dict[str, str]:
+    """Location names by id, from a directory table (contracts.DIRECTORY) or as given."""
+    if directory is None:
+        return {}
+    if isinstance(directory, Mapping):
+        return dict(directory)
+    rows = directory.select(["resource_type", "resource_id", "name"]).to_pylist()
+    return {r["resource_id"]: r["name"] for r in rows if r["resource_type"] == "Location"}
+
+
+def _micros(t: dt.datetime) -> int:
+    return (t - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+
+
 def bedside_features(
-    fs: FeatureSet,
+    fs: FeatureSet | StayFeatures,
     pre: Prefetched,
     patient_id: str,
     encounter_id: str | None,
     *,
-    directory: pa.Table | None = None,
+    directory: pa.Table | Mapping[str, str] | None = None,
     now: dt.datetime | None = None,
 ) -> BedsideFeatures:
     """The index stay's features at discharge: its end time if recorded, else `now` (the discharge is happening)."""
-    tables, rejected = to_tables(pre.resources, directory)
-    pre.rejected = rejected
-    enc = tables["encounters"]
-    ids = enc.column("encounter_id").to_pylist()
+    enc = pre.batch.enc
+    ids = enc["encounter_id"]
     if not ids:
         return BedsideFeatures(None, "no encounter for the patient in the prefetched data")
     if encounter_id is None:  # patient-view: the latest inpatient stay
-        imp = [i for i, c in enumerate(enc.column("class").to_pylist()) if c == "IMP"]
+        imp = [i for i, c in enumerate(enc["class"]) if c == "IMP"]
         if not imp:
             return BedsideFeatures(None, "no inpatient stay to score")
-        starts = enc.column("start").to_pylist()
-        j = max(imp, key=lambda i: starts[i])
+        j = max(imp, key=lambda i: enc["start"][i])
     elif encounter_id in ids:
         j = ids.index(encounter_id)
     else:
         return BedsideFeatures(None, "the context's encounter is not in the prefetched data")
-    row = {k: enc.column(k)[j].as_py() for k in ("encounter_id", "subject_id", "patient_id", "class", "start", "end")}
+    row = {k: enc[k][j] for k in _ENC_KEYS}
     if row["start"] is None:
         return BedsideFeatures(None, "the index stay has no admission time", encounter_class=row["class"])
-    now = now or dt.datetime.now(dt.UTC)
-    index_time = row["end"] if row["end"] is not None and row["end"] <= now else now
-    cohort = pa.table(
-        {
-            "encounter_id": [row["encounter_id"]],
-            "patient_id": [row["patient_id"]],
-            "subject_id": pa.array([row["subject_id"]], pa.int64()),
-            "index_time": pa.array([index_time], C.TIME),
-            "admit_time": pa.array([row["start"]], C.TIME),
-            "label": pa.array([None], pa.bool_()),
-            "split": ["serve"],
-        }
-    )
-    engine = _engine()
-    engine.load(tables)
-    try:
-        out = extract(fs, cohort, engine).table
-    finally:
-        engine.load({})  # drop this patient's tables from the connection
-    age = out.column("age")[0].as_py() if "age" in out.column_names else None
-    return BedsideFeatures(out, None, index_time, age, row["class"])
+    now_us = _micros(now or dt.datetime.now(dt.UTC))
+    index_us = row["end"] if row["end"] is not None and row["end"] <= now_us else now_us
+    stay = Stay(row["encounter_id"], row["start"], index_us, row["end"], row["class"], row["priority"],
+                row["admit_source"], row["location_ref"], row["reason_code"])
+    pat = pre.batch.pat
+    birth = next((b for p, b in zip(pat["patient_id"], pat["birth_date"], strict=True) if p == patient_id), None)
+    locations = location_names(directory)
+    d = pre.batch.dir
+    locations.update({rid: name for rt, rid, name in zip(d["resource_type"], d["resource_id"], d["name"], strict=True)
+                      if rt == "Location"})
+    encounters = [{"encounter_id": e, "class": c, "start": s, "end": t}
+                  for e, c, s, t in zip(ids, enc["class"], enc["start"], enc["end"], strict=True)]
+    values = evaluator(fs)(Record(pre.batch.ev, encounters, birth, locations), stay)
+    index_time = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=index_us)
+    return BedsideFeatures(values, None, index_time, values.get("age"), row["class"])

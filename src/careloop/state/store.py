@@ -234,6 +234,12 @@ class StateStore:
     def claim_jti(self, iss: str, jti: str, expires_at: datetime, *, now: datetime | None = None) -> bool:
         """True the first time (iss, jti) is seen, or when its previous claim has expired; False for a replay.
         Race-safe: of concurrent claims (threads or processes) exactly one returns True."""
+        with self.transaction(write=True) as conn:
+            return self.claim_jti_in(conn, iss, jti, expires_at, now=now)
+
+    def claim_jti_in(self, conn: Connection, iss: str, jti: str, expires_at: datetime, *,
+                     now: datetime | None = None) -> bool:
+        """`claim_jti` inside a write transaction the caller holds (the service's group commit)."""
         _key(iss, "iss")
         _key(jti, "jti")
         exp = utc(expires_at, "expires_at")
@@ -246,11 +252,10 @@ class StateStore:
             update=["expires_at"],
             where=jti_table.c.expires_at <= now,
         )
-        with self.transaction(write=True) as conn:
-            won = conn.execute(stmt).rowcount == 1
-            if time.monotonic() >= self._next_jti_purge:
-                self._next_jti_purge = time.monotonic() + self.JTI_PURGE_INTERVAL
-                conn.execute(delete(jti_table).where(jti_table.c.expires_at <= now))
+        won = conn.execute(stmt).rowcount == 1
+        if time.monotonic() >= self._next_jti_purge:
+            self._next_jti_purge = time.monotonic() + self.JTI_PURGE_INTERVAL
+            conn.execute(delete(jti_table).where(jti_table.c.expires_at <= now))
         return won
 
     def purge_expired_jti(self, now: datetime | None = None) -> int:
@@ -273,6 +278,12 @@ class StateStore:
     ) -> None:
         """Remember a card shown (for feedback validation, repeat suppression and the daily budget). Recording
         the same card twice is a no-op; the same uuid with different content is an error."""
+        with self.transaction(write=True) as conn:
+            self.record_card_in(conn, uuid, service, patient, model_hash, risk, indicator, unit, at)
+
+    def record_card_in(self, conn: Connection, uuid: str, service: str, patient: str, model_hash: str,
+                       risk: float | None, indicator: str, unit: str | None, at: datetime) -> None:
+        """`record_card` inside a write transaction the caller holds (the service's group commit)."""
         if indicator not in INDICATORS:
             raise StateError(f"indicator must be one of {', '.join(INDICATORS)}, not {indicator!r}")
         row = {
@@ -285,10 +296,9 @@ class StateStore:
             "unit": _key(unit, "unit", optional=True),
             "at": utc(at, "at"),
         }
-        with self.transaction(write=True) as conn:
-            if conn.execute(insert_ignore(self.dialect, card_table, row)).rowcount == 1:
-                return
-            stored = conn.execute(select(card_table).where(card_table.c.uuid == uuid)).mappings().first()
+        if conn.execute(insert_ignore(self.dialect, card_table, row)).rowcount == 1:
+            return
+        stored = conn.execute(select(card_table).where(card_table.c.uuid == uuid)).mappings().first()
         if stored is None or any(stored[k] != v for k, v in row.items()):
             raise StateError(f"card {uuid} was already recorded with different content")
 

@@ -6,6 +6,7 @@ and the group columns, plus what the report needs to describe where it came from
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,8 +70,10 @@ def _labels(col: pa.ChunkedArray, positive: str | None) -> pa.Array:
 
 def from_store(store: Path, task_name: str, features: str = "readmission", *, engine: str = "duckdb",
                exclude: tuple[str, ...] = PROTECTED_DEFAULT, groups: tuple[str, ...] | None = None,
-               progress=None) -> TrainingData:
-    """Cohort and point-in-time features of `task_name` from the event store."""
+               data_end: dt.datetime | None = None, progress=None) -> TrainingData:
+    """Cohort and point-in-time features of `task_name` from the event store. `data_end`: train on the data as it
+    stood then (stays indexed after it are left out, outcomes whose window runs past it are censored; features
+    only ever see events up to their stay's index time); by default the end of the store's data."""
     from careloop.engines import engine as make_engine
     from careloop.features.engine import extract
     from careloop.features.spec import load_feature_set
@@ -85,7 +88,10 @@ def from_store(store: Path, task_name: str, features: str = "readmission", *, en
     eng = make_engine(engine, store)
     if progress:
         progress("building the cohort")
-    cohort = build_cohort(task, eng, dialect=eng.dialect)
+    cohort = build_cohort(task, eng, dialect=eng.dialect, data_end=data_end)
+    if cohort.table.num_rows == 0:
+        raise DataError(f"the store holds no index stays of task {task.name}"
+                        + (f" up to --data-end {data_end:%Y-%m-%d}" if data_end else ""))
     if progress:
         progress("extracting features")
     feat = extract(fs, cohort.table, eng).table
@@ -123,6 +129,7 @@ def from_store(store: Path, task_name: str, features: str = "readmission", *, en
                 "feature_set": fs.name, "label": f"{task.name}: {task.description}", "positive": "true",
                 "index": "discharge of an inpatient stay", "exclusions": [str(e) for e in task.exclusions],
                 "min_age": task.min_age, "data_end": str(cohort.data_end) if cohort.data_end else None,
+                "data_end_given": data_end is not None,
                 "censored": sum(v["censored"] for v in summary["splits"].values()),
                 "excluded_inputs": list(exclude)},
         specs={"task.yaml": Path(task_path).read_text(), "features.yaml": Path(fs_path).read_text()},

@@ -218,6 +218,11 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
         "team": team,
     }
 
+    monitor_reference = None
+    if "index_time" in data.table.column_names:  # a task on an event store: what careloop monitor compares with
+        step("summarising the training data for monitoring")
+        monitor_reference = _monitor_reference(data, train_t, calib_t, scores_cal[primary], op.threshold)
+
     step("writing the bundle")
     registry.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=registry))
@@ -230,6 +235,10 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
         _write_predictions(staging, data, calib_t, test_t, scores_cal, scores_test)
         if policy is not None:
             (staging / "deferral_policy.json").write_text(policy.to_json())
+        if monitor_reference is not None:
+            from careloop.monitor._reference import FILE
+
+            (staging / FILE).write_text(json.dumps(monitor_reference, indent=1, allow_nan=False))
         if data.directory is not None:
             pq.write_table(data.directory, staging / "directory.parquet")
         write_reports(report, facts, staging)
@@ -351,6 +360,17 @@ def _threshold_band(y: np.ndarray, p: np.ndarray, patients: list, config: TrainC
     return [float(lo), float(hi)]
 
 
+def _monitor_reference(data: TrainingData, train_t: pa.Table, calib_t: pa.Table, scores_cal: np.ndarray,
+                       threshold: float | None) -> dict:
+    """The monitoring reference (`careloop.monitor._reference`): histograms of the inputs on the training rows of
+    the last 12 months, of the final model's risk on the calibration rows of the same months, and the pseudonyms
+    of the stays used to develop the model."""
+    from careloop.monitor._reference import column_labels, training_reference
+
+    return training_reference(data.features, train_t, calib_t, scores_cal, threshold=threshold,
+                              labels=column_labels(data.describe, data.units))
+
+
 def _input_ranges(model, train_t: pa.Table) -> dict:
     """Training ranges (0.5th-99.5th percentiles) of the numeric inputs: the service's out-of-distribution check."""
     out = {}
@@ -367,7 +387,8 @@ def _source_text(data: TrainingData) -> str:
     s = data.source
     if s["kind"] == "store":
         return (f"Event store {s['store']}: task {s['task']} ({s['task_description']}), feature set "
-                f"{s['feature_set']}")
+                f"{s['feature_set']}" + (f", data up to {str(s['data_end'])[:10]} (--data-end)"
+                                         if s.get("data_end_given") else ""))
     return f"Flat extract {s['file']} (one row per stay; patient id column {s['id']})"
 
 
