@@ -65,6 +65,12 @@ def test_the_report_records_its_reference_and_rules(quarterly, drift_site: dict)
     assert ref["last_index"] < drift_site["split"].isoformat()
     assert ref["first_index"] >= "2021-06-30"  # the last 12 months of the training split
     assert set(ref["columns"]) == set(report["model"]["features"])
+    # the one stored in the bundle when it was trained (its risk histogram on the calibration split)
+    stored = json.loads((drift_site["bundle"] / "monitor_reference.json").read_text())
+    assert ref["source"] == "bundle" and ref["score_split"] == "calibration" and report["notes"] == []
+    for k in ("rows", "patients", "first_index", "last_index", "columns", "score", "flag_rate", "mean_risk"):
+        assert ref[k] == stored[k], k
+    assert report["model"]["last_development_index"] == stored["development_last_index"]
     assert report["tests"]["count"] > 100 and report["tests"]["level"] == pytest.approx(
         report["tests"]["alpha"] / report["tests"]["count"])
     assert len(report["rules"]) >= 6 and report["model"]["bundle_id"] == ref["bundle_id"]
@@ -72,15 +78,18 @@ def test_the_report_records_its_reference_and_rules(quarterly, drift_site: dict)
     assert labelled["pending"] > 0  # the last period's 30-day windows run past the end of the data
 
 
-def test_the_reference_is_reused(quarterly, drift_site: dict) -> None:
+def test_the_bundles_reference_is_read_not_rebuilt(quarterly, drift_site: dict) -> None:
     _, report, out = quarterly
+    assert "reference" not in report["timings_s"]  # no training stay's features were computed
     t0 = time.perf_counter()
     again = run_monitor(drift_site["bundle"], drift_site["store"], out, "quarter", None, None)
     assert time.perf_counter() - t0 < 60
     second = json.loads((out / "monitor.json").read_text())
-    assert "reference" not in second["timings_s"]  # not rebuilt
+    assert "reference" not in second["timings_s"]
     assert again["alerts"] == sum(len(p["alerts"]) for p in report["periods"])
     assert [p["alerts"] for p in second["periods"]] == [p["alerts"] for p in report["periods"]]
+    saved = json.loads((out / "reference.json").read_text())  # OUT/reference.json: the reference the run used
+    assert saved["columns"] == report["reference"]["columns"] and saved["source"] == "bundle"
 
 
 def test_performance_and_subgroups_when_labels_are_enough(drift_site: dict) -> None:

@@ -240,6 +240,8 @@ def test_another_hospitals_store_is_monitored_with_the_bundles_reference(patient
     assert all(p["performance"]["development_rows"] == 0 for p in r["periods"])
     assert sum(p["tested"] for p in r["periods"]) >= 6  # quarters of this smaller hospital with 100 stays or more
     assert not any("develop" in n for n in r["notes"])
+    # a hospital of the same health system without drift: nothing to report
+    assert [a for p in r["periods"] for a in p["alerts"]] == []
     # rebuilding the reference needs the training stays, which this store does not hold
     with pytest.raises(MonitorError, match=r"none of the bundle's training stays.*bins 10"):
         monitor(patient_split["bundle"], store, period="quarter", config={"bins": 5})

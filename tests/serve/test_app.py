@@ -332,3 +332,82 @@ def test_audit_log_records_everything_without_tokens_and_verifies(running):
     res = CliRunner().invoke(cli, ["audit", "verify", "--state", running.state_url, "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["ok"] is True
+
+
+def _slow(monkeypatch, running, seconds: float, deadline_ms: int):
+    """The model takes `seconds` per call and the deadline is `deadline_ms` (for this test only)."""
+    model = running.service.model
+    real = model.predict_proba_rows
+
+    def slow(rows):
+        import time
+
+        time.sleep(seconds)
+        return real(rows)
+
+    monkeypatch.setattr(model, "predict_proba_rows", slow)
+    shorter = running.service.config.model_copy(update={"deadline_ms": deadline_ms})
+    monkeypatch.setattr(running.service, "config", shorter)
+
+
+def _records(running, kind: str, hook_instance: str) -> list[dict]:
+    return [r for r in running.service.audit.records(kind=kind) if hook_instance in json.dumps(r, default=str)]
+
+
+def test_a_model_slower_than_the_deadline_is_answered_empty_in_time_and_audited(running, chosen, monkeypatch):
+    import time
+
+    high, _, res = chosen
+    row = high[0]
+    _slow(monkeypatch, running, 1.0, 300)
+    body = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))
+    t0 = time.perf_counter()
+    r = call(running, body)
+    took = time.perf_counter() - t0
+    assert r.status_code == 200 and r.json() == {"cards": []}
+    assert took < 0.3 + 0.25, took  # the deadline, plus the request's own transfer and the audit write
+    (rec,) = _records(running, "timeout", body["hookInstance"])
+    assert "slower than the deadline" in json.dumps(rec, default=str)
+    time.sleep(1.0)  # let the abandoned call finish before the next test
+
+
+def test_overload_is_shed_in_time_and_every_shed_call_is_audited(running, chosen, monkeypatch):
+    """Twelve calls at once against a model that takes 150 ms and a 400 ms deadline: the scoring thread can finish
+    two or three in time; every call is answered within the deadline (plus transfer), none late, and each call
+    answered empty is in the audit log as a timeout (shed at once when the queue predicts it would be late)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    high, low, res = chosen
+    _slow(monkeypatch, running, 0.15, 400)
+    running.service.cost_s = 0.15  # the moving average would learn it after a few calls
+    rows = (high + low) * 2
+    bodies = [hook_request(r["patient_id"], r["encounter_id"], prefetch_of(res[r["patient_id"]])) for r in rows[:12]]
+    pem, kid = running.keys
+    url = f"{running.url}/cds-services/readmission-risk"
+    ready = [(json.dumps(b).encode(), {**bearer(pem, kid, url), "Content-Type": "application/json"}) for b in bodies]
+    client = httpx.Client(limits=httpx.Limits(max_connections=12), timeout=30)
+    client.get(f"{running.url}/cds-services")
+
+    def one(item):
+        content, headers = item
+        t0 = time.perf_counter()
+        r = client.post(url, content=content, headers=headers)
+        return r, time.perf_counter() - t0
+
+    with ThreadPoolExecutor(12) as pool:
+        out = list(pool.map(one, ready))
+    client.close()
+    assert all(r.status_code == 200 for r, _ in out)
+    assert max(t for _, t in out) < 0.4 + 0.4, [round(t, 3) for _, t in out]
+    shed, scored = [], 0
+    for b, (r, _) in zip(bodies, out, strict=True):  # each call is audited once: scored, or a timeout
+        t, c = _records(running, "timeout", b["hookInstance"]), _records(running, "cds-call", b["hookInstance"])
+        assert len(t) + len(c) == 1, b["hookInstance"]
+        scored += len(c)
+        if t:
+            assert r.json() == {"cards": []}
+            shed.append(json.dumps(t[0], default=str))
+    assert 1 <= scored <= 4 and len(shed) == len(bodies) - scored
+    assert any("overloaded" in x for x in shed)
+    time.sleep(0.6)

@@ -202,37 +202,37 @@ class Service:
         patient: str | None = None,
         user: str | None = None,
     ) -> None:
+        with self.store.transaction(write=True) as conn:
+            self.audit.append_prepared(conn, self._prepared(kind, result, claims=claims, req=req, decision=decision,
+                                                            service=service, request_id=request_id, detail=detail,
+                                                            patient=patient, user=user))
+
+    def _prepared(self, kind: str, result: str, *, claims=None, req=None, decision=None, service=None,
+                  request_id=None, detail=None, patient=None, user=None) -> list[tuple[str, dict]]:
+        """The call's audit event, validated and serialised. A field the audit log refuses (not an identifier, or
+        token-like text sent by the caller) is left out and the refusal noted: the call is still recorded, and
+        still answered."""
         from careloop.audit import AuditContentError, audit_event
 
         try:
-            self.audit.append(self._event(kind, result, claims=claims, req=req, decision=decision, service=service,
-                                          request_id=request_id, detail=detail, patient=patient, user=user))
+            return self.audit.prepare([self._event(kind, result, claims=claims, req=req, decision=decision,
+                                                   service=service, request_id=request_id, detail=detail,
+                                                   patient=patient, user=user)])
         except AuditContentError as e:
-            # a field the audit log refuses (not an identifier, or token-like text sent by the caller): the call is
-            # still recorded, with those fields left out and the refusal noted, and it is still answered
-            self.audit.append(audit_event(kind=kind, outcome=result, client=getattr(claims, "iss", None),
-                                          service=service, model_hash=self.bundle.bundle_id,
-                                          detail={"error": "unrecordable request fields", "field": type(e).__name__}))
+            return self.audit.prepare([audit_event(
+                kind=kind, outcome=result, client=getattr(claims, "iss", None), service=service,
+                model_hash=self.bundle.bundle_id,
+                detail={"error": "unrecordable request fields", "field": type(e).__name__})])
 
     def work(self, kind: str, result: str, *, claims, req=None, decision=None, service: str | None = None,
              request_id: str | None = None, detail: dict | None = None) -> Work:
         """A call's writes for the journal: its audit record, its jti claim, its card; and, should the jti turn out
         to be a replay from another process, the authentication failure to record instead."""
-        from careloop.audit import AuditContentError, audit_event
-
-        try:
-            events = self.audit.prepare([self._event(kind, result, claims=claims, req=req, decision=decision,
-                                                     service=service, request_id=request_id, detail=detail,
-                                                     patient=None, user=None)])
-        except AuditContentError as e:
-            events = self.audit.prepare([audit_event(
-                kind=kind, outcome=result, client=getattr(claims, "iss", None), service=service,
-                model_hash=self.bundle.bundle_id,
-                detail={"error": "unrecordable request fields", "field": type(e).__name__})])
-        instead = self.audit.prepare([self._event(
-            "auth-failure", "serious", claims=None, req=None, decision=None, service=service, request_id=request_id,
-            detail={"reason": "jti replayed: this token was already used", "iss": getattr(claims, "iss", None)},
-            patient=None, user=None)])
+        events = self._prepared(kind, result, claims=claims, req=req, decision=decision, service=service,
+                                request_id=request_id, detail=detail)
+        instead = self._prepared("auth-failure", "serious", service=service, request_id=request_id,
+                                 detail={"reason": "jti replayed: this token was already used",
+                                         "iss": getattr(claims, "iss", None)})
         jti = (claims.iss, claims.jti, claims.exp) if claims is not None else None
         return Work(events, jti=jti, instead=instead, card=decision.card_row if decision is not None else None)
 

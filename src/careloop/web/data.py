@@ -148,8 +148,8 @@ def assess(service, feats: pa.Table) -> tuple[list[Assessment], list[list]]:
     if not service.store.enabled(service.model_key):
         return [Assessment(None, "switched off", "the model is switched off (kill switch)")] * n, [[] for _ in range(n)]
     risk = [float(r) for r in service.model.predict_proba(feats)]
-    rs = reasons(service.model.contributions(feats), feats.to_pylist(), service.infos, top=3,
-                 columns=service.model.columns)
+    rows = feats.to_pylist()
+    rs = reasons(service.model.contributions(feats), rows, service.infos, top=3, columns=service.model.columns)
     ages = feats.column("age").to_pylist() if "age" in feats.column_names else [None] * n
     defers = [False] * n
     if service.policy is not None:
@@ -164,7 +164,7 @@ def assess(service, feats: pa.Table) -> tuple[list[Assessment], list[list]]:
             out.append(Assessment(None, "deferred", "patient under 18 (out of scope: an adult model)"))
             rs[i] = []
             continue
-        ood = service.out_of_distribution(feats.slice(i, 1))
+        ood = service.out_of_distribution(rows[i])
         if ood:
             out.append(Assessment(None, "deferred", f"inputs outside the training data ({ood})"))
             rs[i] = []
