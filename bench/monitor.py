@@ -10,14 +10,20 @@ fairness per month, the JSON and the HTML report), with its peak memory (PSS of 
 
 False alarms and detection (`--seeds N`): for each of N seeds, a hospital of `--patients` patients (default
 10,000, the default 2019-2025 window) without drift, and one from the same seed with drift (onset 2023-01-01, two
-thirds into the window); a model trained by time split at 2023-01-01 (logistic, to keep the run short); both
-monitored by quarter over 2023-2024 (8 periods). Every alert in a hospital without drift is a false alarm; the
-detection delay is the number of full periods after onset before a creatinine alert. Bar: at most one false alarm
-over 10 seeds, and the alert in the first full period after onset.
+thirds into the window); a model trained before 2023-01-01 (logistic, to keep the run short); both monitored by
+quarter over 2023-2024 (8 periods). `--split time` (the default): the readmission task split by time at 2023-01-01;
+`--split patient`: the repository's task as it is (split by patient) trained by `careloop train --data-end
+2023-01-01`. Every alert in a hospital without drift is a false alarm; the detection delay is the number of full
+periods after onset before a creatinine alert. Bar: at most one false alarm over 10 seeds, and the alert in the
+first full period after onset.
+
+Every bundle carries the training reference `careloop train` stores (`monitor_reference.json`); a bundle found
+under bench-out/ without one (made by an earlier careloop) is trained again.
 
     python bench/monitor.py                      # the 100,000-patient timing run
     python bench/monitor.py --clean              # the same without drift: every alert is a false alarm
     python bench/monitor.py --seeds 10           # false-alarm rate and detection delay over 10 seeds
+    python bench/monitor.py --seeds 10 --split patient
 """
 
 from __future__ import annotations
@@ -66,27 +72,33 @@ def time_split_task(folder: Path, test_from: str) -> Path:
 
 
 def build(root: Path, patients: int, seed: int, drift: str | None, split: str, estimators: tuple[str, ...],
-          n_boot: int) -> tuple[Path, Path]:
-    """(store, bundle) of one synthetic hospital, made once under `root` and reused."""
-    hospital, store, registry = root / "hospital", root / "store", root / "registry"
+          n_boot: int, by: str = "time") -> tuple[Path, Path]:
+    """(store, bundle) of one synthetic hospital, made once under `root` and reused. `by`: "time" trains the task
+    split by time at `split`; "patient" trains the repository's task (split by patient) on the data up to `split`."""
+    hospital, store = root / "hospital", root / "store"
+    registry = root / ("registry" if by == "time" else "registry-patient")
     if not (hospital / "truth").is_dir():
         run([*CLI, "synth", "--patients", str(patients), "--seed", str(seed), "--workers", "2", "--out",
              str(hospital), "--overwrite", "--json", *(["--drift", "--drift-date", drift] if drift else [])])
     if not (store / "events").is_dir():
         run([*CLI, "ingest", str(hospital / "ndjson"), "--store", str(store), "--json"])
-    bundles = sorted(registry.glob("readmission-30d-*"))
+    bundles = sorted((b for b in registry.glob("readmission-30d-*") if (b / "monitor_reference.json").is_file()),
+                     key=lambda b: b.stat().st_mtime)
     if not bundles:
-        task = time_split_task(root / "tasks", split)
+        if by == "time":
+            task, cut = str(time_split_task(root / "tasks", split)), []
+        else:
+            task, cut = "readmission-30d", ["--data-end", split]
         est = [a for e in estimators for a in ("--estimator", e)]
-        _, _, out = run([*CLI, "train", "--task", str(task), "--store", str(store), "--registry", str(registry),
-                         "--n-boot", str(n_boot), *est, "--json"])
+        _, _, out = run([*CLI, "train", "--task", task, "--store", str(store), "--registry", str(registry),
+                         "--n-boot", str(n_boot), *est, *cut, "--json"])
         bundles = [Path(out.strip().splitlines()[-1])]
     return store, bundles[-1]
 
 
 def monitor(bundle: Path, store: Path, out: Path, period: str, start: str, end: str) -> tuple[float, int, dict]:
     if out.exists():
-        shutil.rmtree(out)  # no cached reference: the timed run rebuilds it
+        shutil.rmtree(out)  # no reference rebuilt by an earlier run: the timed run reads the bundle's own
     secs, peak, text = run([sys.executable, "-c", RUN, str(bundle), str(store), str(out), period, start, end],
                            quiet=True)
     return secs, peak, json.loads(text.strip().splitlines()[-1])
@@ -144,9 +156,11 @@ def seeds(args: argparse.Namespace) -> dict:
         row: dict = {"seed": seed}
         for drift in (False, True):
             root = OUT / f"seeds-{args.patients}" / f"seed{seed}-{'drift' if drift else 'clean'}"
-            store, bundle = build(root, args.patients, seed, onset if drift else None, split, ("logistic",), 200)
-            secs, _, _ = monitor(bundle, store, root / "monitor", args.period, "2023-01-01", "2025-01-01")
-            report = json.loads((root / "monitor" / "monitor.json").read_text())
+            store, bundle = build(root, args.patients, seed, onset if drift else None, split, ("logistic",), 200,
+                                  by=args.split)
+            run_dir = root / ("monitor" if args.split == "time" else "monitor-patient")
+            secs, _, _ = monitor(bundle, store, run_dir, args.period, "2023-01-01", "2025-01-01")
+            report = json.loads((run_dir / "monitor.json").read_text())
             alerts = [{"period": p["start"], "kind": a["kind"], "concerns": a.get("feature") or a.get("group"),
                        "metric": a["metric"], "severity": a["severity"]} for p in report["periods"]
                       for a in p["alerts"]]
@@ -164,12 +178,14 @@ def seeds(args: argparse.Namespace) -> dict:
     false_alarms = sum(len(r["clean"]["alerts"]) for r in rows)
     periods = sum(r["clean"]["tested"] for r in rows)
     delays = [r["drift"]["delay"] for r in rows]
-    res = {"patients": args.patients, "period": args.period, "seeds": args.seeds, "false_alarms": false_alarms,
+    res = {"patients": args.patients, "period": args.period, "split": args.split, "seeds": args.seeds,
+           "false_alarms": false_alarms,
            "clean_periods_tested": periods, "false_alarms_per_period": false_alarms / max(periods, 1),
            "runs_with_a_false_alarm": sum(bool(r["clean"]["alerts"]) for r in rows),
            "detection_delays": delays, "detected_in_first_period": sum(d == 0 for d in delays),
            "rows": rows, "ok": false_alarms <= 1 and all(d == 0 for d in delays)}
-    print(f"\n{args.seeds} hospitals of {args.patients:,} patients, monitored by {args.period} over 2023-2024: "
+    print(f"\n{args.seeds} hospitals of {args.patients:,} patients (models split by {args.split}, trained before "
+          f"2023), monitored by {args.period} over 2023-2024: "
           f"{false_alarms} false alarm(s) in {periods} tested periods without drift "
           f"({res['runs_with_a_false_alarm']} of {args.seeds} reports with any); creatinine detected in the first full "
           f"period after onset in {res['detected_in_first_period']} of {args.seeds} (delays in periods: {delays})")
@@ -182,12 +198,14 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=None, help="hospital size (100,000 timing; 10,000 seeds)")
     ap.add_argument("--period", default="quarter", help="period of the seed runs")
     ap.add_argument("--clean", action="store_true", help="time a hospital without drift (its alerts are false alarms)")
+    ap.add_argument("--split", choices=("time", "patient"), default="time",
+                    help="seed runs: the task split by time at onset, or by patient trained with --data-end onset")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.seeds:
         args.patients = args.patients or 10_000
         res = seeds(args)
-        name = f"seeds-{args.patients}-{args.seeds}.json"
+        name = f"seeds-{args.patients}-{args.seeds}{'' if args.split == 'time' else '-patient'}.json"
     else:
         args.patients = args.patients or 100_000
         res = timing(args)

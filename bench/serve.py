@@ -1,27 +1,28 @@
 """Benchmark `careloop serve`: signed `encounter-discharge` calls with real prefetch, 50 concurrent clients.
 
-The service runs as its own process (`python -m careloop.cli serve --model BUNDLE --config FILE --port P`) with the
-readmission model trained on a 5,000-patient synthetic hospital (synth, ingest and `careloop train` under
-bench-out/serve/, made once and reused) and SQLite state, so every call is verified (RS384 JWT, `aud` = the URL, jti
-recorded), scored from its prefetch by the training feature code (ingest mapping + DuckDB SQL), and audited in the
-hash-chained log; a call above the threshold also gets its reasons (SHAP) and its card recorded. The repeat window
-is set to a few milliseconds so that a patient seen again still gets the full card path, reasons included.
+The service runs as its own processes (`python -m careloop.cli serve --model BUNDLE --config FILE --port P
+--workers N`, N = the cores by default) with the readmission model trained on a 5,000-patient synthetic hospital
+(synth, ingest and `careloop train` under bench-out/serve/, made once and reused) and SQLite state, so every call
+is verified (RS384 JWT, `aud` = the URL, jti claimed in the state store), scored from its prefetch (the ingest
+mapping and the feature set's per-stay evaluator, held equal to the training features by tests), and audited in
+the hash-chained log (group commit); a call above the threshold also gets its reasons and its card recorded. The
+repeat window is set to a few milliseconds so that a patient seen again still gets the full card path.
 
 Each request is one real index stay of the model's task (test split, one per patient), with that patient's whole
 record as the prefetch (Patient, and searchset Bundles of their Encounters, Conditions, Observations,
-MedicationRequests, Procedures and Coverage, as a FHIR server would return them), a fresh hookInstance and a freshly
-signed token; up to a quarter of the stays are ones the model warns on (`--warning-share`; the natural rate is ~4%).
-50 clients (httpx.AsyncClient, one connection each) call for `--duration` seconds after a warm-up, with the
-deadline at its maximum (60 s) so that every call is scored; the bench prints requests/s, p50/p95/p99 latency (and
-those of one client alone), the errors (any non-200 or unparseable answer: must be 0), the answers by kind, the
-server's CPU, its RSS and PSS at start, middle and end (`--duration 300` for the memory-flatness check), and the
-data sizes.
+MedicationRequests, Procedures and Coverage, as a FHIR server would return them), a fresh hookInstance and its own
+signed token (a fresh jti: tokens are signed before each run, in parallel, so that signing does not compete with
+the server for the two cores); up to a quarter of the stays are ones the model warns on (`--warning-share`; the
+natural rate is ~4%).
 
-Then servers with the default deadline (1.5 s) and with a tiny one (`--deadline-ms`, 5) under the same load and
-with a single client show how often calls are answered `{"cards": []}`, how late, and that each timeout is
-audited; and one request for a warned-on stay is profiled in this process (cProfile over the route's steps: token,
-parsing, prefetch collection and digest, ingest mapping, DuckDB feature SQL, model, reasons, state store, audit
-append) to show where the time goes.
+The load comes from wrk (Debian's `wrk`, C, with bench/wrk/cds.lua): 50 connections, each calling again as soon
+as it is answered, for `--duration` seconds after a warm-up run, with the deadline at its maximum (60 s) so that
+every call is scored. The bench prints requests/s, p50/p95/p99 latency (and those of one client alone), the
+errors (any non-200 or unexpected answer: must be 0), the answers by kind, the server's CPU, its RSS and PSS
+(all worker processes) at start, middle and end (`--duration 300` for the memory-flatness check), and the data
+sizes. Then servers with the default deadline (1.5 s) and a tiny one (`--deadline-ms`, 5) under the same load and
+with one client show how often calls are answered `{"cards": []}`, how late, and that each timeout is audited;
+and the steps of a call are timed in this process over every stay, to show where the time goes.
 
 Bar (issue 6): p95 <= 50 ms at 50 concurrent clients on this 2-core machine, no errors, memory flat over 5 minutes.
 
@@ -35,19 +36,19 @@ import argparse
 import asyncio
 import base64
 import collections
-import contextlib
-import cProfile
 import json
 import os
-import pstats
 import random
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -55,17 +56,19 @@ import orjson
 import psutil
 import yaml
 
-from careloop.serve.demo import patient_resources, prefetch_of
+from careloop.serve.demo import patient_resources, prefetch_of, wait_for_service
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench-out" / "serve"
 CLI = [sys.executable, "-m", "careloop.cli"]
+LUA = ROOT / "bench" / "wrk" / "cds.lua"
 PATIENTS = 5000
 ISS = "https://ehr.bench.example/fhir"
 ADMIN_SECRET = "bench-admin-secret-0123456789abcdef"
 SERVICE = "readmission-risk"
 BAR_P95_MS = 50.0
 MAIN_DEADLINE_MS = 60_000  # the largest allowed: the main run measures scoring, not the deadline (run 2 does)
+HOOK = "HOOKINSTANCE"
 
 
 # -- the hospital, the store and the model (made once) --------------------------------------------------------------
@@ -129,37 +132,6 @@ def index_stays(store: Path, bundle: Path, n: int, warning_share: float, seed: i
     return {pid: enc for pid, enc, _ in chosen}
 
 
-class Requests:
-    """Pre-serialised prefetch per stay; `next()` gives (patient, body, headers) with a fresh hookInstance and a
-    freshly signed JWT for `url`."""
-
-    def __init__(self, stays: dict[str, str], resources: dict, key, kid: str, url: str) -> None:
-        self.key, self.kid, self.url = key, kid, url  # a cryptography key: a PEM would be parsed at every signature
-        self.items = []
-        self.sizes = []
-        for pid, enc in stays.items():
-            pf = prefetch_of(resources[pid])
-            n = 1 + sum(len(v["entry"]) for k, v in pf.items() if k != "patient")
-            head = orjson.dumps({"userId": "Practitioner/bench", "patientId": pid, "encounterId": enc})
-            self.items.append((pid, head, orjson.dumps(pf)))
-            self.sizes.append(n)
-        self.rng = random.Random(1)
-
-    def sign(self, aud: str) -> str:
-        from careloop.serve.auth import sign_request_token
-
-        return sign_request_token(self.key, self.kid, ISS, aud, alg="RS384", lifetime_s=600)
-
-    def body(self, i: int | None = None) -> tuple[str, bytes]:
-        pid, context, pf = self.items[self.rng.randrange(len(self.items)) if i is None else i]
-        return pid, (b'{"hook":"encounter-discharge","hookInstance":"' + str(uuid.uuid4()).encode()
-                     + b'","context":' + context + b',"prefetch":' + pf + b"}")
-
-    def next(self, i: int | None = None) -> tuple[str, bytes, dict]:
-        pid, body = self.body(i)
-        return pid, body, {"Authorization": f"Bearer {self.sign(self.url)}", "Content-Type": "application/json"}
-
-
 # -- the server process --------------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
@@ -193,41 +165,118 @@ def write_config(folder: Path, jwks: dict, port: int, deadline_ms: int) -> tuple
     return path, state
 
 
+class Bodies:
+    """Each stay's request body, serialised once and split around its hookInstance (wrk puts a fresh one in)."""
+
+    def __init__(self, stays: dict[str, str], resources: dict) -> None:
+        self.items: list[tuple[str, bytes, bytes]] = []
+        self.sizes: list[int] = []
+        for pid, enc in stays.items():
+            pf = prefetch_of(resources[pid])
+            self.sizes.append(1 + sum(len(v["entry"]) for k, v in pf.items() if k != "patient"))
+            body = orjson.dumps({"hook": "encounter-discharge", "hookInstance": HOOK,
+                                 "context": {"userId": "Practitioner/bench", "patientId": pid, "encounterId": enc},
+                                 "prefetch": pf})
+            pre, post = body.split(HOOK.encode(), 1)
+            self.items.append((pid, pre, post))
+
+    def body(self, i: int) -> bytes:
+        _, pre, post = self.items[i]
+        return pre + str(uuid.uuid4()).encode() + post
+
+    def write(self, folder: Path) -> None:
+        (folder / "pre.txt").write_bytes(b"\n".join(pre for _, pre, _ in self.items) + b"\n")
+        (folder / "post.txt").write_bytes(b"\n".join(post for _, _, post in self.items) + b"\n")
+
+
+# -- tokens, signed ahead of each run --------------------------------------------------------------------------------
+_KEY = None
+
+
+def _load_key(pem: bytes, kid: str) -> None:
+    global _KEY
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    _KEY = (load_pem_private_key(pem, None), kid)
+
+
+def _sign_many(args: tuple[str, int]) -> list[str]:
+    from careloop.serve.auth import sign_request_token
+
+    aud, n = args
+    return [sign_request_token(_KEY[0], _KEY[1], ISS, aud, alg="RS384", lifetime_s=900) for _ in range(n)]
+
+
+class Signer:
+    """RS384 tokens for an audience, signed by a pool of processes (about 0.7 ms of CPU each)."""
+
+    def __init__(self, key, kid: str, processes: int) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        self.pool = ProcessPoolExecutor(processes, initializer=_load_key, initargs=(pem, kid))
+        self.processes = processes
+
+    def sign(self, aud: str, n: int) -> list[str]:
+        chunk = max(1, n // (self.processes * 8))
+        parts = [(aud, min(chunk, n - i)) for i in range(0, n, chunk)]
+        return [t for part in self.pool.map(_sign_many, parts) for t in part]
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+# -- the server process ----------------------------------------------------------------------------------------------
 class ServerProcess:
-    def __init__(self, bundle: Path, config: Path, port: int, log: Path) -> None:
+    """`careloop serve` with its worker processes; CPU and memory are summed over all of them."""
+
+    def __init__(self, bundle: Path, config: Path, port: int, log: Path, workers: int) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.log = log.open("w")
         self.proc = subprocess.Popen([*CLI, "serve", "--model", str(bundle), "--config", str(config), "--port",
-                                      str(port)], stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+                                      str(port), "--workers", str(workers)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, cwd=ROOT)
         self.ps = psutil.Process(self.proc.pid)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the server exited ({self.proc.returncode}); see {log}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/cds-services", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise SystemExit("the server did not start in 2 minutes")
+        try:
+            wait_for_service(self.url, attempts=1200, pause=0.1)
+        except Exception as exc:
+            raise SystemExit(f"the server did not start ({exc}); see {log}") from None
+        time.sleep(1.0 if workers > 1 else 0.0)  # every worker up
+
+    def procs(self) -> list[psutil.Process]:
+        return [self.ps, *self.ps.children(recursive=True)]
 
     def memory(self) -> tuple[int, int]:
-        info = self.ps.memory_full_info()
-        return info.rss, getattr(info, "pss", info.rss)
+        rss = pss = 0
+        for p in self.procs():
+            try:
+                info = p.memory_full_info()
+            except psutil.Error:
+                continue
+            rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
+        return rss, pss
 
     def cpu(self) -> float:
-        t = self.ps.cpu_times()
-        return t.user + t.system
+        total = 0.0
+        for p in self.procs():
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                continue
+            total += t.user + t.system
+        return total
 
     def stop(self) -> None:
         self.proc.terminate()
         try:
-            self.proc.wait(timeout=20)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
 
 
-# -- the load ------------------------------------------------------------------------------------------------------
+# -- the load --------------------------------------------------------------------------------------------------------
 def kind(body: dict) -> str:
     cards = body.get("cards")
     if cards == []:
@@ -240,153 +289,154 @@ def kind(body: dict) -> str:
     return "deferral card" if "defers" in c.get("summary", "") else f"{c.get('indicator')} card"
 
 
-async def load(server: ServerProcess, reqs: Requests, clients: int, seconds: float, warmup: float,
-               sample_memory: bool = True) -> dict:
-    latencies: list[float] = []
-    by_kind: dict[str, list[float]] = collections.defaultdict(list)
-    kinds: collections.Counter = collections.Counter()
-    errors: collections.Counter = collections.Counter()
-    total = 0
+def wrk(server: ServerProcess, bodies: Bodies, signer: Signer, folder: Path, *, clients: int, seconds: float,
+        expected_rps: float, sample_memory: bool = False) -> dict:
+    """One wrk run: `clients` connections for `seconds`; tokens for 1.5x the expected rate are signed first."""
+    url = f"{server.url}/cds-services/{SERVICE}"
+    threads = min(2, clients)
+    n = int(expected_rps * seconds * 1.5) + 200 * threads
+    (folder / "tokens.txt").write_text("\n".join(signer.sign(url, n)) + "\n")
     memory: list[tuple[float, int, int]] = []
-    t = time.perf_counter()
-    start, stop = t + warmup, t + warmup + seconds
+    stop = threading.Event()
+    t_start = time.perf_counter()
 
-    async def client(c: httpx.AsyncClient) -> None:
-        nonlocal total
-        while time.perf_counter() < stop:
-            _, body, headers = reqs.next()
-            t0 = time.perf_counter()
-            try:
-                r = await c.post(reqs.url, content=body, headers=headers)
-                dt_ms = (time.perf_counter() - t0) * 1000
-                k = kind(r.json()) if r.status_code == 200 else None
-            except (httpx.HTTPError, ValueError) as exc:
-                dt_ms, k = (time.perf_counter() - t0) * 1000, None
-                r = exc
-            total += 1
-            if t0 < start:
-                continue
-            if k is None or k == "malformed":
-                errors[f"HTTP {r.status_code}" if isinstance(r, httpx.Response) else repr(r)[:80]] += 1
-            else:
-                kinds[k] += 1
-                by_kind[k].append(dt_ms)
-            latencies.append(dt_ms)
+    def sampler() -> None:
+        while not stop.wait(1.0):
+            memory.append((time.perf_counter() - t_start, *server.memory()))
 
-    async def sampler() -> None:
-        while time.perf_counter() < stop:
-            if time.perf_counter() >= start:
-                memory.append((time.perf_counter() - start, *server.memory()))
-            await asyncio.sleep(1.0)
-
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as c:
-        cpu0 = (server.cpu(), time.process_time())
-
-        async def mark_cpu() -> None:
-            nonlocal cpu0
-            await asyncio.sleep(max(0.0, start - time.perf_counter()))
-            cpu0 = (server.cpu(), time.process_time())
-
-        await asyncio.gather(*(client(c) for _ in range(clients)), mark_cpu(),
-                             *([sampler()] if sample_memory else []))
-        server_cpu, client_cpu = server.cpu() - cpu0[0], time.process_time() - cpu0[1]
-    lat = sorted(latencies)
-    q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else lat * 99
-    return {"requests": len(lat), "total": total, "errors": dict(errors), "kinds": dict(kinds), "seconds": seconds,
-            "rps": len(lat) / seconds, "p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "max_ms": lat[-1] if lat
-            else None, "mean_ms": statistics.fmean(lat) if lat else None, "server_cpu_s": server_cpu,
-            "client_cpu_s": client_cpu, "memory": memory,
-            "p50_ms_by_kind": {k: statistics.median(v) for k, v in by_kind.items()}}
+    sampling = threading.Thread(target=sampler, daemon=True)
+    if sample_memory:
+        memory.append((0.0, *server.memory()))
+        sampling.start()
+    cpu0, own0 = server.cpu(), time.process_time()
+    wrk_proc = psutil.Popen(["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{seconds:.0f}s", "--timeout",
+                             "120s", "-s", str(LUA), url, "--", str(threads), str(folder), f"/cds-services/{SERVICE}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = wrk_proc.communicate()
+    server_cpu = server.cpu() - cpu0
+    stop.set()
+    line = next((x for x in out.splitlines() if x.startswith("{")), None)
+    if wrk_proc.returncode != 0 or line is None:
+        raise SystemExit(f"wrk failed ({wrk_proc.returncode}): {err[-1000:]} {out[-1000:]}")
+    r = json.loads(line)
+    secs = r["duration_us"] / 1e6
+    errors = {k: r[k] for k in ("non2xx", "connect", "read", "write", "timeout", "bad", "other") if r[k]}
+    kinds = {k: v for k, v in (("warning card (with reasons)", r["warning"]), ("info card", r["info"]),
+                               ("no card", r["empty"])) if v}
+    return {"requests": r["requests"], "seconds": secs, "rps": r["requests"] / secs, "p50_ms": r["p50_us"] / 1000,
+            "p95_ms": r["p95_us"] / 1000, "p99_ms": r["p99_us"] / 1000, "max_ms": r["max_us"] / 1000,
+            "mean_ms": r["mean_us"] / 1000, "errors": errors, "tokens_reused": r["tokens_reused"], "kinds": kinds,
+            "server_cpu_s": server_cpu, "client_cpu_s": time.process_time() - own0, "memory": memory,
+            "tokens_signed": n}
 
 
-async def each_once(reqs: Requests, clients: int) -> dict[str, str]:
-    """Every stay called once ({patient: the kind of answer})."""
-    gate = asyncio.Semaphore(clients)
+def each_once(url: str, bodies: Bodies, signer: Signer, clients: int = 8) -> dict[str, str]:
+    """Every stay called once ({patient: the kind of answer}); also warms the server."""
+    tokens = signer.sign(f"{url}/cds-services/{SERVICE}", len(bodies.items))
 
-    async def call(c: httpx.AsyncClient, i: int) -> tuple[str, str]:
-        async with gate:
-            pid, body, headers = reqs.next(i)
-            r = await c.post(reqs.url, content=body, headers=headers)
-            return pid, kind(r.json()) if r.status_code == 200 else f"HTTP {r.status_code}"
+    async def run() -> list[tuple[str, str]]:
+        gate = asyncio.Semaphore(clients)
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=clients), timeout=120) as c:
+            async def call(i: int) -> tuple[str, str]:
+                async with gate:
+                    r = await c.post(f"{url}/cds-services/{SERVICE}", content=bodies.body(i),
+                                     headers={"Authorization": f"Bearer {tokens[i]}",
+                                              "Content-Type": "application/json"})
+                    return bodies.items[i][0], kind(r.json()) if r.status_code == 200 else f"HTTP {r.status_code}"
 
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=clients), timeout=120) as c:
-        return dict(await asyncio.gather(*(call(c, i) for i in range(len(reqs.items)))))
+            return await asyncio.gather(*(call(i) for i in range(len(bodies.items))))
 
-
-# -- one request, profiled in this process ---------------------------------------------------------------------------
-BUCKETS = [  # (label, file suffix, function name): cumulative time of each, per request
-    ("JWT verification (signature, claims, jti insert)", "serve/auth.py", "verify"),
-    ("request parsing (pydantic HookRequest)", "pydantic/main.py", "model_validate_json"),
-    ("  handle(): the whole decision", "serve/app.py", "handle"),
-    ("    prefetch collection (per patient)", "serve/features.py", "collect"),
-    ("    input digest (SHA-256 of sorted resources)", "serve/features.py", "digest"),
-    ("    bedside features, all", "serve/features.py", "bedside_features"),
-    ("      FHIR -> store tables (ingest mapping)", "serve/features.py", "to_tables"),
-    ("      feature SQL (DuckDB on Arrow)", "features/engine.py", "extract"),
-    ("    out-of-distribution check", "serve/app.py", "out_of_distribution"),
-    ("    model predict_proba", "", "predict_proba"),
-    ("    alert path (repeat check, reasons, card, store)", "serve/app.py", "alert"),
-    ("      reasons: SHAP contributions", "", "contributions"),
-    ("      reasons: clinical phrases", "explain", "reasons"),
-    ("      state store: last_card + record_card", "state/store.py", "record_card"),
-    ("audit append (hash chain, SQLite)", "audit/log.py", "append"),
-]
+    return dict(asyncio.run(run()))
 
 
-def profile(bundle: Path, reqs: Requests, warm_pids: dict[str, str], folder: Path, jwks: dict, n: int = 20) -> dict:
-    """cProfile of `n` calls of the route's steps in this process, on a stay that gets a warning card."""
+# -- the steps of a call, timed in this process ----------------------------------------------------------------------
+STEPS = ("token (signature, claims, replay memory)", "request decoding (msgspec)",
+         "prefetch: decode, patient check, ingest mapping", "input digest", "features (per-stay evaluator)",
+         "model", "reasons (contributions, phrases)", "the rest of the decision (rules, cards)",
+         "audit record, jti and card: prepare", "group commit (one transaction per call here)")
+
+
+def steps(bundle: Path, bodies: Bodies, signer: Signer, folder: Path, jwks: dict, rounds: int = 3) -> dict:
+    """Mean ms per call of each step, over every stay `rounds` times (the first round warms up)."""
+    import careloop.serve.app as A
+    import careloop.serve.features as F
     from careloop.serve.app import HookRequest, Service
     from careloop.serve.config import load_config
 
     cfg, _ = write_config(folder, jwks, 1, deadline_ms=60_000)
     service = Service(bundle, load_config(cfg))
     url = f"{service.config.base_url}/cds-services/{SERVICE}"
-    index = next((i for i, (pid, _, _) in enumerate(reqs.items) if warm_pids.get(pid, "").startswith("warning")), 0)
+    tokens = signer.sign(url, len(bodies.items) * rounds)
+    acc: dict[str, float] = collections.defaultdict(float)
 
-    def one() -> dict:
-        _, body = reqs.body(index)
-        claims = service.verifier.verify(f"Bearer {reqs.sign(url)}", url)
-        req = HookRequest.model_validate_json(body)
-        decision = service.handle(SERVICE, req, None, claims.iss)
-        service.record("cds-call", "success", claims=claims, req=req, decision=decision, service=SERVICE,
-                       request_id=str(uuid.uuid4()))
-        return {"kind": kind({"cards": decision.cards}), "resources": reqs.sizes[index], "bytes": len(body)}
+    def timed(label: str, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[label] += time.perf_counter() - t0
+        return wrapper
 
-    for _ in range(3):
-        info = one()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        one()
-    wall_ms = (time.perf_counter() - t0) * 1000 / n
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(n):
-        one()
-    prof.disable()
-    stats = pstats.Stats(prof).stats
-    total = sum(v[2] for v in stats.values())  # all own time: the profiled requests
-    out = []
-    for label, where, fn in BUCKETS:
-        ct = max((v[3] for (f, _, name), v in stats.items() if name == fn and where in f.replace(os.sep, "/")),
-                 default=0.0)
-        out.append((label, ct * 1000 / n))
-    top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:12]
-    own = [(f"{Path(f).parent.name}/{Path(f).name}:{name}" if f != "~" else name, v[2] * 1000 / n) for (f, _, name), v
-           in top]
-    service.store.close()
-    return {"stay": info, "wall_ms": wall_ms, "profiled_ms": total * 1000 / n, "buckets": out, "own": own}
+    A.collect = timed(STEPS[2], A.collect)
+    F.Prefetched.digest = timed(STEPS[3], F.Prefetched.digest)
+    A.bedside_features = timed(STEPS[4], A.bedside_features)
+    service.model.predict_proba_rows = timed(STEPS[5], service.model.predict_proba_rows)
+    import careloop.explain as E
+
+    E.reasons = timed(STEPS[6], E.reasons)
+    calls, total = 0, 0.0
+    for rnd in range(rounds):
+        if rnd == 1:
+            acc.clear()
+            calls, total = 0, 0.0
+        for i in range(len(bodies.items)):
+            t0 = time.perf_counter()
+            t = time.perf_counter()
+            claims = service.verifier.verify(f"Bearer {tokens[rnd * len(bodies.items) + i]}", url)
+            acc[STEPS[0]] += time.perf_counter() - t
+            t = time.perf_counter()
+            req = HookRequest.decode(bodies.body(i))
+            acc[STEPS[1]] += time.perf_counter() - t
+            t = time.perf_counter()
+            decision = service.handle(SERVICE, req, None, claims.iss)
+            acc["handle"] += time.perf_counter() - t
+            t = time.perf_counter()
+            work = service.work("cds-call", "success", claims=claims, req=req, decision=decision, service=SERVICE,
+                                request_id=str(uuid.uuid4()))
+            acc[STEPS[8]] += time.perf_counter() - t
+            t = time.perf_counter()
+            service.journal.write(work)
+            acc[STEPS[9]] += time.perf_counter() - t
+            total += time.perf_counter() - t0
+            calls += 1
+    inner = sum(acc[s] for s in STEPS[2:7])
+    acc[STEPS[7]] = acc.pop("handle") - inner
+    service.close()
+    return {"calls": calls, "total_ms": total * 1000 / calls,
+            "steps": [(s, acc[s] * 1000 / calls) for s in STEPS]}
 
 
-# -- report --------------------------------------------------------------------------------------------------------
+# -- report ----------------------------------------------------------------------------------------------------------
 def mb(b: int) -> str:
     return f"{b / 2**20:.0f} MB"
+
+
+def show(label: str, res: dict) -> None:
+    errors = sum(res["errors"].values()) + res["tokens_reused"]
+    print(f"{label}: {res['requests']:,} requests, {res['rps']:,.0f} req/s, errors {errors} {res['errors'] or ''}")
+    print(f"  latency ms: p50 {res['p50_ms']:.1f}, p95 {res['p95_ms']:.1f}, p99 {res['p99_ms']:.1f}, "
+          f"max {res['max_ms']:.0f}, mean {res['mean_ms']:.1f}")
+    per_call = 1000 * res["server_cpu_s"] / max(1, res["requests"])
+    print(f"  answers: {res['kinds']}; server CPU {res['server_cpu_s']:.1f} s = "
+          f"{res['server_cpu_s'] / res['seconds']:.2f} cores, {per_call:.2f} ms CPU per request", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=60.0, help="measured seconds (300 for the memory check)")
     ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server worker processes")
     ap.add_argument("--stays", type=int, default=300, help="distinct patients (one index stay each)")
     ap.add_argument("--warning-share", type=float, default=0.25, help="share of stays that get a warning card")
     ap.add_argument("--warmup", type=float, default=10.0)
@@ -394,64 +444,56 @@ def main() -> None:
     ap.add_argument("--deadline-ms", type=int, default=5, help="the tiny deadline of the second run")
     ap.add_argument("--deadline-duration", type=float, default=15.0)
     args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench/serve needs wrk (apt-get install -y wrk)")
 
-    print(f"bench/serve: {args.clients} concurrent clients, {args.duration:.0f} s; load average "
-          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs", flush=True)
+    print(f"bench/serve: {args.clients} concurrent clients (wrk), {args.duration:.0f} s, {args.workers} worker "
+          f"processes; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs",
+          flush=True)
     hospital, bundle = build()
     print(f"bundle {bundle.relative_to(ROOT)}", flush=True)
     stays = index_stays(OUT / "store", bundle, args.stays, args.warning_share)
-    resources = patient_resources(hospital / "ndjson", set(stays))
+    bodies = Bodies(stays, patient_resources(hospital / "ndjson", set(stays)))
     key, kid, jwks = new_key()
+    signer = Signer(key, kid, os.cpu_count() or 1)
     folder = Path(tempfile.mkdtemp(prefix="serve-", dir=OUT))
+    bodies.write(folder)
     results: dict = {"args": vars(args), "bundle": str(bundle)}
-
-    # 1. the load
-    port = free_port()
-    cfg, state = write_config(folder, jwks, port, deadline_ms=MAIN_DEADLINE_MS)
-    server = ServerProcess(bundle, cfg, port, folder / "server.log")
-    reqs = Requests(stays, resources, key, kid, f"{server.url}/cds-services/{SERVICE}")
-    sizes = sorted(reqs.sizes)
-    body_kb = sorted(len(b) / 1024 for _, _, b in reqs.items)
+    sizes = sorted(bodies.sizes)
+    body_kb = sorted((len(pre) + len(post)) / 1024 for _, pre, post in bodies.items)
     print(f"prefetch: {len(sizes)} stays of {len(sizes)} patients; resources per prefetch median "
           f"{statistics.median(sizes):.0f} (p95 {sizes[int(0.95 * len(sizes))]}, max {sizes[-1]}); request body "
           f"median {statistics.median(body_kb):.0f} KB (max {body_kb[-1]:.0f} KB)", flush=True)
     results["prefetch"] = {"stays": len(sizes), "resources_median": statistics.median(sizes),
                            "resources_p95": sizes[int(0.95 * len(sizes))], "resources_max": sizes[-1],
                            "body_kb_median": statistics.median(body_kb), "body_kb_max": body_kb[-1]}
-    warm_kinds = asyncio.run(each_once(reqs, args.clients))  # warms the server, tells which stays get a card
+
+    # 1. the load
+    port = free_port()
+    cfg, state = write_config(folder, jwks, port, deadline_ms=MAIN_DEADLINE_MS)
+    server = ServerProcess(bundle, cfg, port, folder / "server.log", args.workers)
+    warm_kinds = each_once(server.url, bodies, signer)
     print(f"each stay once: {dict(collections.Counter(warm_kinds.values()))}", flush=True)
-    base = asyncio.run(load(server, reqs, 1, args.baseline_duration, 2.0, sample_memory=False))
-    for k in ("memory", "total"):
-        base.pop(k)
+    base = wrk(server, bodies, signer, folder, clients=1, seconds=args.baseline_duration, expected_rps=500)
+    base.pop("memory")
     results["one_client"] = base
-    print(f"1 client, {args.baseline_duration:.0f} s: {base['requests']:,} requests, {base['rps']:.1f} req/s, errors "
-          f"{sum(base['errors'].values())}; latency ms p50 {base['p50_ms']:.0f}, p95 {base['p95_ms']:.0f}, p99 "
-          f"{base['p99_ms']:.0f}; {1000 * base['server_cpu_s'] / max(1, base['requests']):.0f} ms server CPU per "
-          "request", flush=True)
-    rss0, pss0 = server.memory()
-    res = asyncio.run(load(server, reqs, args.clients, args.duration, args.warmup))
+    show(f"\n1 client, {args.baseline_duration:.0f} s", base)
+    warm = wrk(server, bodies, signer, folder, clients=args.clients, seconds=args.warmup,
+               expected_rps=max(200.0, 3 * base["rps"]))
+    res = wrk(server, bodies, signer, folder, clients=args.clients, seconds=args.duration,
+              expected_rps=warm["rps"], sample_memory=True)
     server.stop()
-    res.pop("total")
     mem = res.pop("memory")
-    mid = mem[len(mem) // 2] if mem else (0, 0, 0)
-    end = mem[-1] if mem else (0, 0, 0)
-    results["load"] = res | {"memory": {"after_warmup_calls": [rss0, pss0], "start": mem[0][1:] if mem else None,
-                                        "middle": mid[1:], "end": end[1:], "max_pss": max(m[2] for m in mem)}}
-    print(f"\n{args.clients} clients, {args.duration:.0f} s: {res['requests']:,} requests, {res['rps']:.1f} req/s, "
-          f"errors {sum(res['errors'].values())} {res['errors'] or ''}")
-    print(f"  latency ms: p50 {res['p50_ms']:.0f}, p95 {res['p95_ms']:.0f}, p99 {res['p99_ms']:.0f}, "
-          f"max {res['max_ms']:.0f}, mean {res['mean_ms']:.0f}  (bar: p95 <= {BAR_P95_MS:.0f} ms: "
-          f"{'met' if res['p95_ms'] <= BAR_P95_MS else 'NOT met'}; with {args.clients} clients each calling again "
-          f"as soon as answered, it takes >= {args.clients / BAR_P95_MS * 1000:,.0f} req/s)")
-    print(f"  answers: {res['kinds']}; p50 ms by answer: "
-          + ", ".join(f"{k} {v:.0f}" for k, v in res["p50_ms_by_kind"].items()))
-    print(f"  server CPU {res['server_cpu_s']:.1f} s = {res['server_cpu_s'] / res['seconds']:.2f} cores, "
-          f"{1000 * res['server_cpu_s'] / max(1, res['requests']):.0f} ms CPU per request; load generator "
-          f"{res['client_cpu_s'] / res['seconds']:.2f} cores")
-    if mem:
-        print(f"  server memory RSS/PSS: start {mb(mem[0][1])}/{mb(mem[0][2])}, middle ({mid[0]:.0f} s) "
-              f"{mb(mid[1])}/{mb(mid[2])}, end ({end[0]:.0f} s) {mb(end[1])}/{mb(end[2])}, max PSS "
-              f"{mb(max(m[2] for m in mem))}; end/start PSS {end[2] / mem[0][2]:.2f}x")
+    mid, end = mem[len(mem) // 2], mem[-1]
+    results["load"] = res | {"memory": {"start": mem[0][1:], "middle": mid[1:], "end": end[1:],
+                                        "max_pss": max(m[2] for m in mem)}}
+    show(f"\n{args.clients} clients, {args.duration:.0f} s", res)
+    print(f"  bar: p95 <= {BAR_P95_MS:.0f} ms: {'met' if res['p95_ms'] <= BAR_P95_MS else 'NOT met'} (with "
+          f"{args.clients} clients each calling again as soon as answered, it takes >= "
+          f"{args.clients / BAR_P95_MS * 1000:,.0f} req/s)")
+    print(f"  server memory RSS/PSS (all processes): start {mb(mem[0][1])}/{mb(mem[0][2])}, middle ({mid[0]:.0f} s) "
+          f"{mb(mid[1])}/{mb(mid[2])}, end ({end[0]:.0f} s) {mb(end[1])}/{mb(end[2])}, max PSS "
+          f"{mb(max(m[2] for m in mem))}; end/start PSS {end[2] / mem[0][2]:.2f}x")
     from careloop.audit import AuditLog
 
     with AuditLog.open(state) as audit:
@@ -471,41 +513,40 @@ def main() -> None:
         dfolder = folder / f"deadline-{deadline_ms}"
         dfolder.mkdir()
         cfg, dstate = write_config(dfolder, jwks, port, deadline_ms=deadline_ms)
-        server = ServerProcess(bundle, cfg, port, dfolder / "server.log")
-        reqs.url = f"{server.url}/cds-services/{SERVICE}"
+        server = ServerProcess(bundle, cfg, port, dfolder / "server.log", args.workers)
         print(f"\ndeadline_ms={deadline_ms}:")
         sent = 0
         for clients in client_counts:
-            dres = asyncio.run(load(server, reqs, clients, args.deadline_duration, 3.0, sample_memory=False))
+            dres = wrk(server, bodies, signer, folder, clients=clients, seconds=args.deadline_duration,
+                       expected_rps=max(res["rps"], base["rps"]) * 2)
             dres.pop("memory")
-            sent += dres.pop("total")
+            sent += dres["requests"]
             results["deadline"][f"{deadline_ms} ms, {clients} clients"] = dres
             empty = dres["kinds"].get("no card", 0)
             print(f"  {clients} client{'s' if clients > 1 else ''}, {args.deadline_duration:.0f} s: "
-                  f"{dres['requests']:,} requests, {dres['rps']:.1f} req/s, errors {sum(dres['errors'].values())} "
-                  f"{dres['errors'] or ''}; {empty:,} answered {{\"cards\": []}} "
-                  f"({empty / max(1, dres['requests']):.0%}); latency ms p50 {dres['p50_ms']:.0f}, p95 "
-                  f"{dres['p95_ms']:.0f}, p99 {dres['p99_ms']:.0f}, max {dres['max_ms']:.0f}", flush=True)
+                  f"{dres['requests']:,} requests, {dres['rps']:,.0f} req/s, errors "
+                  f"{sum(dres['errors'].values()) + dres['tokens_reused']} {dres['errors'] or ''}; {empty:,} answered "
+                  f"{{\"cards\": []}} ({empty / max(1, dres['requests']):.0%}); latency ms p50 {dres['p50_ms']:.1f}, "
+                  f"p95 {dres['p95_ms']:.1f}, p99 {dres['p99_ms']:.1f}, max {dres['max_ms']:.0f}", flush=True)
         server.stop()
         with AuditLog.open(dstate) as audit:
             timeouts = len(audit.records(kind="timeout"))
             verified = audit.verify()
         results["deadline"][f"{deadline_ms} ms"] = {"calls": sent, "timeouts_audited": timeouts,
                                                     "audit_ok": verified.ok}
-        print(f"  timeouts audited: {timeouts:,} of {sent:,} calls (warm-up included); audit chain "
+        print(f"  timeouts audited: {timeouts:,} ({sent:,} calls answered in the measured runs); audit chain "
               f"{'intact' if verified.ok else 'BROKEN'}", flush=True)
 
-    # 3. one request, profiled
-    pfolder = folder / "profile"
-    pfolder.mkdir()
-    prof = profile(bundle, reqs, warm_kinds, pfolder, jwks)
-    results["profile"] = prof
-    print(f"\none request in-process ({prof['stay']['kind']}, {prof['stay']['resources']} resources, "
-          f"{prof['stay']['bytes'] / 1024:.0f} KB): {prof['wall_ms']:.0f} ms without the profiler, "
-          f"{prof['profiled_ms']:.0f} ms under cProfile; cumulative ms per request:")
-    for label, ms in prof["buckets"]:
-        print(f"  {label:<56} {ms:7.1f}  {ms / prof['profiled_ms']:5.0%}")
-    print("  largest own times (ms per request): " + "; ".join(f"{name} {ms:.1f}" for name, ms in prof["own"]))
+    # 3. the steps of a call
+    sfolder = folder / "steps"
+    sfolder.mkdir()
+    st = steps(bundle, bodies, signer, sfolder, jwks)
+    results["steps"] = st
+    print(f"\nthe steps of a call, in this process, mean over {st['calls']:,} calls ({statistics.fmean(sizes):.0f} "
+          f"resources on average): {st['total_ms']:.2f} ms")
+    for label, ms in st["steps"]:
+        print(f"  {label:<56} {ms:6.2f}  {ms / st['total_ms']:5.0%}")
+    signer.close()
     (OUT / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"\nwritten {(OUT / 'results.json').relative_to(ROOT)}")
 

@@ -635,37 +635,39 @@ def serve(
     = None,
     demo: Annotated[bool, typer.Option(help="Dashboard demo accounts and synthetic activity (never in production).")]
     = False,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes (one per core: each scores on its own "
+                                                           "core; state, jti claims and the audit chain are shared "
+                                                           "through the state store).")] = 1,
 ) -> None:
     """Serve the model as CDS Hooks 2.0 services (discovery, encounter-discharge, patient-view, feedback), and
     optionally the dashboard (worklist, patient, model, monitoring and governance pages behind sign-in)."""
     import uvicorn
 
-    from careloop.serve.app import Service, create_app
-    from careloop.serve.config import load_config
+    from careloop.serve.asgi import Options, make_app
 
+    opts = Options(model=str(model), config=str(config), dashboard=dashboard, store=str(store) if store else None,
+                   monitor=str(monitor) if monitor else None, users=str(users) if users else None, demo=demo)
     try:
-        cfg = load_config(config)
-        service = Service(model, cfg)
-        app_ = create_app(service)
-        if dashboard:
-            from careloop.web import demo_users, load_users, mount
-
-            if not demo and users is None:
-                raise CareloopError("--dashboard needs --users FILE (or --demo for the demo accounts)")
-            mount(app_, service, users=demo_users() if demo else load_users(users), monitor_dir=monitor,
-                  store_dir=store)
-            if demo and store is not None:
-                from careloop.web.demo import seed_activity, sign_in_text
-
-                seed_activity(service, store)
-                console.print(sign_in_text(f"http://{host}:{port}"), highlight=False)
+        app_ = make_app(opts, seed=True)  # checks everything once, in this process, before any worker starts
+        service = app_.state.service
     except (CareloopError, ValueError) as exc:
         fail(str(exc))
         return
+    if demo and dashboard and store is not None:
+        from careloop.web.demo import sign_in_text
+
+        console.print(sign_in_text(f"http://{host}:{port}"), highlight=False)
     console.print(f"careloop serving bundle {service.bundle.bundle_id[:12]} at http://{host}:{port}/cds-services "
-                  f"(state {cfg.state.split('://')[0]})" + (f"; dashboard at http://{host}:{port}/dashboard"
-                                                             if dashboard else ""), highlight=False)
-    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+                  f"(state {service.config.state.split('://')[0]}"
+                  + (f", {workers} workers" if workers > 1 else "") + ")"
+                  + (f"; dashboard at http://{host}:{port}/dashboard" if dashboard else ""), highlight=False)
+    if workers == 1:
+        uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+        return
+    service.close()
+    opts.export()  # the workers rebuild the same app from these options (and share the dashboard's cookie secret)
+    uvicorn.run("careloop.serve.asgi:build", factory=True, workers=workers, host=host, port=port,
+                log_level="warning", access_log=False)
 
 
 audit_app = typer.Typer(help="Check the service's audit log.", no_args_is_help=True)

@@ -313,3 +313,28 @@ def test_a_config_asking_for_other_bins_rebuilds_with_a_note(drift_site, quarter
     _, report, _ = quarterly
     assert r["reference"]["rows"] == report["reference"]["rows"]  # the same training rows, found by pseudonym
     assert r["periods"][0]["start"] == report["periods"][0]["start"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the command line
+
+
+def test_the_command_line_takes_start_end_and_data_end(patient_split, drift_site, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from careloop.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["monitor", "--model", str(patient_split["bundle"]), "--store", str(drift_site["store"]),
+                              "--out", str(tmp_path / "out"), "--period", "month", "--start", "2023-01-01",
+                              "--end", "2023-04-01", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["first"] == "2023-01-01" and summary["last"] == "2023-04-01" and summary["periods"] == 3
+    bad = runner.invoke(app, ["monitor", "--model", str(patient_split["bundle"]), "--store", str(drift_site["store"]),
+                              "--out", str(tmp_path / "out"), "--start", "2023-02-30"])
+    assert bad.exit_code == 2 and "--start" in bad.output
+    early = runner.invoke(app, ["train", "--task", "readmission-30d", "--store", str(drift_site["store"]),
+                                "--registry", str(tmp_path / "reg"), "--data-end", "2000-01-01"])
+    assert early.exit_code == 2 and "no index stays of task readmission-30d up to --data-end 2000-01-01" in \
+        early.output

@@ -44,7 +44,7 @@ def _logit(p):
 def test_bundle_holds_the_documents(trained):
     for f in ("report.html", "report.json", "model_card.json", "model_card.md", "hti1_source_attributes.json",
               "model.json", "bundle.json", "task.yaml", "features.yaml", "documentation.yaml", "predictions.parquet",
-              "MANIFEST.json"):
+              "monitor_reference.json", "MANIFEST.json"):
         assert (trained / f).is_file(), f
     b = verify(trained)
     assert trained.name == f"readmission-30d-{b.bundle_id[:12]}"

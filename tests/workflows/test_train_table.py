@@ -134,6 +134,10 @@ def test_predict_table_scores_every_row(flat_bundle, extract_csv, tmp_path):
     (["--label", "readmitted", "--positive", "<30", "--id", "patient_nbr", "--group", "zip"],
      "--group: no column 'zip'"),
     (["--label", "readmitted", "--id", "patient_nbr"], "--positive is required"),
+    (["--label", "readmitted", "--positive", "<30", "--id", "patient_nbr", "--data-end", "2020-01-01"],
+     "--data-end applies to --store"),
+    (["--label", "readmitted", "--positive", "<30", "--id", "patient_nbr", "--data-end", "2020-13-01"],
+     "--data-end: '2020-13-01' is not a date"),
 ])
 def test_bad_arguments_stop_with_one_line(extract_csv, tmp_path, args, message):
     path, _ = extract_csv

@@ -232,7 +232,7 @@ class RecentJti:
     store, in the transaction that writes the call's audit record, which refuses a replay to another process.
     Bounded (`max_entries`): the oldest are forgotten first, and the store still remembers them."""
 
-    def __init__(self, max_entries: int = 200_000, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, max_entries: int = 20_000, clock: Callable[[], float] = time.time) -> None:
         self.max_entries = max_entries
         self.clock = clock
         self._seen: dict[tuple[str, str], float] = {}

@@ -158,6 +158,54 @@ def _text(value: Any, name: str, *, limit: int = 4096) -> str | None:
     return value
 
 
+class _FileLock:
+    """An exclusive advisory lock on a file (fcntl.flock), re-entrant within a thread through the RLock it is
+    always taken under."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        import fcntl
+        import os
+
+        if self._depth == 0:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        import fcntl
+
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+class _Both:
+    """Enter the in-process lock, then the file lock; leave in reverse."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.first, self.second = first, second
+
+    def __enter__(self) -> None:
+        self.first.__enter__()
+        try:
+            self.second.__enter__()
+        except BaseException:
+            self.first.__exit__(None, None, None)
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.second.__exit__(*exc)
+        finally:
+            self.first.__exit__(*exc)
+
+
 class StateStore:
     """The service's state in one SQL database: ``sqlite:///PATH`` (default for the app), ``sqlite://`` (memory,
     one process) or ``postgresql://user@host:port/db`` (psycopg 3). Creates its tables if absent.
@@ -187,6 +235,12 @@ class StateStore:
         # busy_timeout (other processes still queue on the file lock). Memory databases share one connection,
         # so every transaction takes the lock.
         self._lock = threading.RLock()
+        # ...and writers in other processes (the service's workers) queue on an advisory file lock beside the
+        # database: the kernel wakes the next writer the moment the lock is released, where SQLite's own busy
+        # handler sleeps and polls (1, 2, 5, ... 100 ms), which under contention makes writes wait far longer
+        # than they take
+        self._file_lock = _FileLock(database + ".writer-lock") if self.dialect == "sqlite" and not self.memory \
+            else None
         self._next_jti_purge = 0.0
         try:
             with self.transaction(write=True, ddl=True) as conn:
@@ -207,6 +261,11 @@ class StateStore:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._file_lock is not None and self._file_lock._fd is not None:
+            import os
+
+            os.close(self._file_lock._fd)
+            self._file_lock._fd = None
 
     @contextmanager
     def transaction(self, *, write: bool, ddl: bool = False, snapshot: bool = False) -> Iterator[Connection]:
@@ -215,6 +274,8 @@ class StateStore:
         ``snapshot=True`` makes every statement see the same snapshot on PostgreSQL (REPEATABLE READ; a SQLite
         transaction always does). Database errors come out as :class:`StateError` (the original chained)."""
         lock = self._lock if (self.memory or (write and self.dialect == "sqlite")) else nullcontext()
+        if write and self._file_lock is not None:
+            lock = _Both(lock, self._file_lock)
         try:
             with lock, self.engine.connect() as conn:
                 if self.dialect == "sqlite":
