@@ -113,18 +113,27 @@ def test_discovery_is_valid_and_every_service_answers(running):
         assert "{{context.patientId}}" in s["prefetch"]["observations"]
 
 
-def test_bedside_features_equal_training_features_to_the_last_digit(chosen, trained_bundle):
-    high, low, res = chosen
+def test_bedside_features_equal_training_features_to_the_last_digit(stays, trained_bundle, hospital):
+    """200 test-split stays, each from its patient's whole record as a FHIR server would prefetch it: decoded,
+    mapped (Observations only where a feature can read them) and evaluated per stay, against the training
+    features of the same stays (DuckDB SQL over the event store)."""
+    feats, _ = stays
+    rows = feats.slice(0, 200).to_pylist()
+    res = patient_resources(hospital / "ndjson", {r["patient_id"] for r in rows})
     b = verify(trained_bundle)
     import pyarrow.parquet as pq
 
     directory = pq.read_table(b.path / "directory.parquet")
     fs = load_feature_set("readmission")
-    for row in high + low:
+    unread = deferred = 0
+    for row in rows:
         pre = collect(prefetch_of(res[row["patient_id"]]), row["patient_id"])
+        deferred += len(pre.deferred)
         out = bedside_features(fs, pre, row["patient_id"], row["encounter_id"], directory=directory)
+        unread += pre.unread
         got = out.row
-        assert {c: got[c] for c in fs.columns} == {c: row[c] for c in fs.columns}
+        assert {c: got[c] for c in fs.columns} == {c: row[c] for c in fs.columns}, row["encounter_id"]
+    assert 0 < unread < deferred  # the pruning was exercised, and did not drop everything
 
 
 def test_high_risk_patient_gets_an_actionable_warning(running, chosen):

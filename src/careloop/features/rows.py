@@ -76,13 +76,64 @@ class StayFeatures:
         self.prefixes = sorted(prefixes)
         self.sources = {f.source for f in fs.features if f.source}
         self.plan = [(f, _Window(f)) for f in fs.features]
+        self._prefixes_of: dict[str, tuple[str, ...]] = {}  # code -> the feature prefixes it starts with
+        self._reach: dict[tuple[str, str], tuple[bool, bool, int | None]] = {}
+
+    def prefixes_of(self, code: str) -> tuple[str, ...]:
+        hit = self._prefixes_of.get(code)
+        if hit is None:
+            if len(self._prefixes_of) > 100_000:
+                self._prefixes_of.clear()
+            hit = self._prefixes_of[code] = tuple(p for p in self.prefixes if code.startswith(p))
+        return hit
+
+    def reach(self, code: str, source: str) -> tuple[bool, bool, int | None]:
+        """How far back any feature reads an event with this code from this resource type: (read at all, from the
+        admission of the stay, look-back in microseconds or None for the whole record)."""
+        key = (code, source)
+        hit = self._reach.get(key)
+        if hit is None:
+            wins = [w for f, w in self.plan
+                    if (f.code == code and f.kind in ("measurement", "latest_text"))
+                    or (f.prefix and code.startswith(f.prefix))
+                    or (f.kind == "comorbidity" and code.startswith("ICD10CM/"))
+                    or (f.source == source)]
+            if not wins:
+                hit = (False, False, None)
+            elif any(not w.stay and w.back is None for w in wins):
+                hit = (True, False, None)
+            elif all(w.stay for w in wins):
+                hit = (True, True, None)
+            else:
+                hit = (True, any(w.stay for w in wins), max(w.back for w in wins if not w.stay))
+            self._reach[key] = hit
+        return hit
+
+    def wants(self, codes: list[str], source: str, t: int | None, stay: Stay) -> bool:
+        """Could an event of `source` with any of these codes at time `t` change a feature of `stay`? (False lets
+        the service skip mapping it; the conformance and bedside tests hold the features unchanged.)"""
+        if t is None:
+            return True  # the mapping will say what is wrong with it
+        if t > stay.index_us:
+            return False
+        for code in codes:
+            read, stay_window, back = self.reach(code, source)
+            if not read:
+                continue
+            if not stay_window and back is None:
+                return True
+            if stay_window and t >= stay.admit_us:
+                return True
+            if back is not None and t > stay.index_us - back:
+                return True
+        return False
 
     def __call__(self, record: Record, stay: Stay) -> dict[str, Any]:
         index_us, admit_us = stay.index_us, stay.admit_us
         by_code: dict[str, list[tuple]] = {c: [] for c in self.codes}
         by_prefix: dict[str, list[tuple]] = {p: [] for p in self.prefixes}
         by_source: dict[str, list[int]] = {s: [] for s in self.sources}
-        prefixes = self.prefixes
+        prefixes_of = self.prefixes_of
         for ev in record.events:
             t = ev[_TIME]
             if t is None:
@@ -93,9 +144,8 @@ class StayFeatures:
             hit = by_code.get(code)
             if hit is not None:
                 hit.append((t, ev[_NUM], ev[_TEXT]))
-            for p in prefixes:
-                if code.startswith(p):
-                    by_prefix[p].append((t, code))
+            for p in prefixes_of(code):
+                by_prefix[p].append((t, code))
             src = by_source.get(ev[_SOURCE])
             if src is not None:
                 src.append(t)

@@ -464,14 +464,29 @@ def _value(res: M.Observation | M.Component, loinc: str | None, what: str
     return None, None, None, None, None
 
 
-def map_observation(res: M.Observation, rid: str, ctx: Context, b: Batch) -> None:
-    pid = _subject(res.subject, ctx)
-    code = _first_code(res.code, "Observation.code")
+def observation_time(res: M.Observation) -> int | None:
+    """An Observation's time as its events carry it: effective[x], else issued (UTC microseconds)."""
     t = parse_time(res.effectiveDateTime, "effectiveDateTime")
     if t is None and res.effectivePeriod is not None:
         t = parse_time(res.effectivePeriod.start, "effectivePeriod.start")
     if t is None:
         t = parse_time(res.issued, "issued")
+    return t
+
+
+def observation_codes(res: M.Observation) -> list[str]:
+    """Every prefixed code an Observation's events could carry (its code's and its components' known codings):
+    a superset of the codes `map_observation` writes."""
+    out = _codes(res.code)
+    for comp in res.component:
+        out += _codes(comp.code)
+    return out
+
+
+def map_observation(res: M.Observation, rid: str, ctx: Context, b: Batch) -> None:
+    pid = _subject(res.subject, ctx)
+    code = _first_code(res.code, "Observation.code")
+    t = observation_time(res)
     if t is None:
         raise Reject("missing time", "Observation without effective[x] or issued")
     sid = b.subject(pid)

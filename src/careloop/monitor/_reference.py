@@ -43,8 +43,12 @@ FILE_SCHEMA = "careloop.monitor-reference/1"
 SCORE = "risk"
 US = 1_000_000
 PSEUDONYM_SALT = "row"  # the salt of predictions.parquet's `row` column
-RULE = ("inputs: the training split's stays indexed in the last {months} months before the last training stay; "
-        "risk score: the calibration split's stays over the same months, scored by the final model")
+RULE = ("inputs: the training split's stays indexed {span}; risk score: the calibration split's stays over the same "
+        "months, scored by the final model")
+
+
+def rule_text(months: int) -> str:
+    return RULE.format(span=f"in the last {months} months before the last training stay" if months else "at any time")
 
 
 def us_of(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -134,7 +138,7 @@ class Reference:
         return f"bins {self.bins}, max_categories {self.max_categories}, reference_months {self.months}"
 
     def to_dict(self) -> dict:
-        return {"bundle_id": self.bundle_id, "source": self.source, "rule": RULE.format(months=self.months),
+        return {"bundle_id": self.bundle_id, "source": self.source, "rule": rule_text(self.months),
                 "rows": self.rows, "patients": self.patients, "first_index": self.first_index,
                 "last_index": self.last_index, "development_last_index": self.development_last_index,
                 "months": self.months, "bins": self.bins, "max_categories": self.max_categories,

@@ -230,9 +230,11 @@ class Service:
         to be a replay from another process, the authentication failure to record instead."""
         events = self._prepared(kind, result, claims=claims, req=req, decision=decision, service=service,
                                 request_id=request_id, detail=detail)
-        instead = self._prepared("auth-failure", "serious", service=service, request_id=request_id,
-                                 detail={"reason": "jti replayed: this token was already used",
-                                         "iss": getattr(claims, "iss", None)})
+        def instead() -> list[tuple[str, dict]]:
+            return self._prepared("auth-failure", "serious", service=service, request_id=request_id,
+                                  detail={"reason": "jti replayed: this token was already used",
+                                          "iss": getattr(claims, "iss", None)})
+
         jti = (claims.iss, claims.jti, claims.exp) if claims is not None else None
         return Work(events, jti=jti, instead=instead, card=decision.card_row if decision is not None else None)
 

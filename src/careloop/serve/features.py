@@ -21,7 +21,16 @@ import pyarrow as pa
 
 from careloop.features.rows import Record, Stay, StayFeatures
 from careloop.features.spec import FeatureSet
-from careloop.ingest.mapping import Batch, Context, Reject, Skip, decode, map_resource
+from careloop.ingest.mapping import (
+    Batch,
+    Context,
+    Reject,
+    Skip,
+    decode,
+    map_resource,
+    observation_codes,
+    observation_time,
+)
 
 PREFETCH = {  # CDS Hooks prefetch templates: what the readmission features read, for one patient
     "patient": "Patient/{{context.patientId}}",
@@ -47,13 +56,16 @@ class Prefetched:
     outcomes: list[str] = field(default_factory=list)  # keys answered with an OperationOutcome
     foreign: int = 0  # resources about another patient (not used)
     rejected: list[str] = field(default_factory=list)  # resources the mapping refused, with the reason
+    deferred: list[Any] = field(default_factory=list)  # decoded, mapped once the index stay is known (see below)
+    unread: int = 0  # deferred resources no feature could read, left unmapped
+    ctx: Context = field(default_factory=Context)
 
     def digest(self) -> str:
         """SHA-256 of the resources used, as received, in a canonical order: audit records carry this, never the
         data."""
         h = hashlib.sha256()
-        for raw in sorted(self.raw):
-            h.update(hashlib.sha256(raw).digest())
+        for raw in sorted(self.raw):  # each a whole JSON object: the concatenation is unambiguous
+            h.update(raw)
         return h.hexdigest()
 
 
@@ -133,7 +145,8 @@ def _resources(value: Any) -> list[bytes] | None:
         if outline.resourceType == "OperationOutcome":
             return None
         if outline.resourceType == "Bundle":
-            return [bytes(e.resource) for e in outline.entry or () if bytes(e.resource)[:1] == b"{"]
+            raws = [bytes(e.resource) for e in outline.entry or ()]
+            return [r for r in raws if r[:1] == b"{"]
         return [raw] if isinstance(outline.resourceType, str) else []
     if not isinstance(value, dict):
         return []
@@ -162,13 +175,18 @@ def _about(res: Any, patient_id: str) -> bool:
     return True
 
 
-def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str, ...] = tuple(PREFETCH)
-            ) -> Prefetched:
+def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str, ...] = tuple(PREFETCH), *,
+            defer: tuple[str, ...] = ("Observation",)) -> Prefetched:
     """Gather and map the prefetched resources about `patient_id`, de-duplicated by type and id. Values may be
-    parsed JSON (dicts) or undecoded JSON (`msgspec.Raw`, bytes: the service's fast path)."""
+    parsed JSON (dicts) or undecoded JSON (`msgspec.Raw`, bytes: the service's fast path).
+
+    Resources of the `defer` types (Observations: most of a record) are decoded and checked now but mapped by
+    `bedside_features` once the index stay is known, and only those a feature could read at their time (an
+    Observation from years ago whose code no feature reads over the whole record is never mapped). A deferred
+    resource that is never mapped is never checked by the mapping either, so `rejected` does not list it."""
     out = Prefetched()
     seen: set[tuple[str, str]] = set()
-    ctx = Context()
+    ctx = out.ctx
     prefetch = prefetch or {}
     for key in keys:
         value = prefetch.get(key)
@@ -199,6 +217,9 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
                 out.foreign += 1
                 continue
             out.raw.append(raw)
+            if ident[0] in defer:
+                out.deferred.append(res)
+                continue
             try:
                 map_resource(res, ctx, out.batch)
             except Reject as e:
@@ -238,6 +259,23 @@ def location_names(directory: pa.Table | Mapping[str, str] | None) -> dict[str, 
     return {r["resource_id"]: r["name"] for r in rows if r["resource_type"] == "Location"}
 
 
+def _map_deferred(pre: Prefetched, features: StayFeatures, stay: Stay) -> None:
+    """Map the deferred Observations some feature of `stay` could read; the rest are left unmapped."""
+    deferred, pre.deferred = pre.deferred, []
+    for res in deferred:
+        try:
+            wanted = features.wants(observation_codes(res), "Observation", observation_time(res), stay)
+        except Reject:
+            wanted = True  # let the mapping say why, as for any resource
+        if not wanted:
+            pre.unread += 1
+            continue
+        try:
+            map_resource(res, pre.ctx, pre.batch)
+        except Reject as e:
+            pre.rejected.append(f"Observation: {e.reason}")
+
+
 def _micros(t: dt.datetime) -> int:
     return (t - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
 
@@ -272,6 +310,8 @@ def bedside_features(
     index_us = row["end"] if row["end"] is not None and row["end"] <= now_us else now_us
     stay = Stay(row["encounter_id"], row["start"], index_us, row["end"], row["class"], row["priority"],
                 row["admit_source"], row["location_ref"], row["reason_code"])
+    if pre.deferred:
+        _map_deferred(pre, evaluator(fs), stay)
     pat = pre.batch.pat
     birth = next((b for p, b in zip(pat["patient_id"], pat["birth_date"], strict=True) if p == patient_id), None)
     locations = location_names(directory)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,7 +30,7 @@ class Work:
 
     events: list[tuple[str, dict]]
     jti: tuple[str, str, datetime] | None = None
-    instead: list[tuple[str, dict]] = field(default_factory=list)
+    instead: Callable[[], list[tuple[str, dict]]] = list  # made only when needed (rarely)
     card: tuple | None = None
     future: Future = field(default_factory=Future)  # resolves to True (written as is) or False (replay)
 
@@ -90,7 +91,7 @@ class Journal:
                     fresh.append(ok)
                     if ok and w.card is not None:
                         self.store.record_card_in(conn, *w.card)
-                    prepared += w.events if ok else w.instead
+                    prepared += w.events if ok else w.instead()
                 self.audit.append_prepared(conn, prepared)
         except BaseException as exc:  # the database is down or refused the batch: no call of it is answered as scored
             for w in batch:
