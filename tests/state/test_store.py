@@ -52,6 +52,24 @@ def test_jti_expired_entry_can_be_claimed_again_and_is_purged(store):
     assert store.claim_jti(ISS, "a", later + timedelta(minutes=5), now=later) is False
 
 
+def test_jti_claims_in_one_statement_agree_with_one_at_a_time(store):
+    """The group commit's batch claim: fresh pairs win, a pair already held loses, a pair repeated within the batch
+    wins once, and an expired pair can be claimed again; the table holds the same rows as one-at-a-time claims."""
+    exp = NOW + timedelta(minutes=5)
+    assert store.claim_jti(ISS, "held", exp, now=NOW)
+    assert store.claim_jti(ISS, "old", NOW - timedelta(minutes=1), now=NOW - timedelta(minutes=2))
+    batch = [(ISS, "n1", exp), (ISS, "held", exp), (ISS, "n2", exp), (ISS, "n1", exp), ("https://other", "n1", exp),
+             (ISS, "old", exp)]
+    with store.transaction(write=True) as conn:
+        wins = store.claim_jtis_in(conn, batch, now=NOW)
+    assert wins == [True, False, True, False, True, True]
+    with store.transaction(write=True) as conn:
+        assert store.claim_jtis_in(conn, batch, now=NOW) == [False] * len(batch)
+        assert store.claim_jtis_in(conn, [], now=NOW) == []
+    for iss, jti, _ in batch:
+        assert store.claim_jti(iss, jti, exp, now=NOW) is False
+
+
 def test_jti_real_clock_and_validation(store):
     now = datetime.now(UTC)
     assert store.claim_jti(ISS, "x", now + timedelta(minutes=5))

@@ -83,12 +83,11 @@ class Journal:
 
     def _commit(self, batch: list[Work]) -> None:
         try:
-            fresh: list[bool] = []
             with self.store.transaction(write=True) as conn:
+                wins = iter(self.store.claim_jtis_in(conn, [w.jti for w in batch if w.jti is not None]))
+                fresh = [True if w.jti is None else next(wins) for w in batch]
                 prepared = []
-                for w in batch:
-                    ok = w.jti is None or self.store.claim_jti_in(conn, *w.jti)
-                    fresh.append(ok)
+                for w, ok in zip(batch, fresh, strict=True):
                     if ok and w.card is not None:
                         self.store.record_card_in(conn, *w.card)
                     prepared += w.events if ok else w.instead()
