@@ -94,7 +94,8 @@ def call(running, body, *, key=None, alg="RS384", service="readmission-risk", he
 
 # The tests that touch the state store (cards, repeats, jti replay, feedback, the kill switch, the audit log) run on
 # PostgreSQL as well as SQLite; the others exercise no state and run once, on SQLite.
-STATEFUL = ("test_high_risk", "test_repeat", "test_es384", "test_feedback", "test_kill_switch", "test_audit_log")
+STATEFUL = ("test_high_risk", "test_repeat", "test_es384", "test_feedback", "test_kill_switch", "test_audit_log",
+            "test_replay")
 
 
 @pytest.fixture(autouse=True)
@@ -420,3 +421,25 @@ def test_overload_is_shed_in_time_and_every_shed_call_is_audited(running, chosen
     assert 1 <= scored <= 4 and len(shed) == len(bodies) - scored
     assert any("overloaded" in x for x in shed)
     time.sleep(0.6)
+
+
+def test_replay_to_another_worker_is_refused_when_its_claim_is_committed(running, chosen, trained_bundle, keys,
+                                                                          tmp_path):
+    """Two workers on one state store (as `--workers 2` runs): a token used at one and replayed at the other is
+    refused there (401) by the jti claim in the group commit, and recorded as an authentication failure."""
+    high, _, res = chosen
+    row = high[0]
+    cfg = write_config(tmp_path, state=running.state_url, jwks=keys["jwks"], port=running.port)  # same base URL
+    other = Running(trained_bundle, cfg, free_port())
+    try:
+        pem, kid = running.keys
+        aud = f"{running.url}/cds-services/readmission-risk"
+        h = bearer(pem, kid, aud)
+        body = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))
+        assert httpx.post(aud, json=body, headers=h, timeout=30).status_code == 200
+        replay = httpx.post(f"{other.url}/cds-services/readmission-risk", json=body, headers=h, timeout=30)
+        assert replay.status_code == 401 and replay.json() == {}
+        failures = other.service.audit.records(kind="auth-failure")
+        assert any("replayed" in json.dumps(r, default=str) for r in failures)
+    finally:
+        other.stop()

@@ -3,6 +3,12 @@
 The web layer is thin: `Service` holds the verified model bundle, the state store and the audit log and decides
 (`Service.handle`); FastAPI routes authenticate, parse, enforce the deadline and turn decisions into responses.
 Every call, including refusals, is appended to the hash-chained audit log, with no token, name or note in it.
+
+A scored call's path: the token is verified on the event loop (a replay to this process is refused from memory);
+the body is decoded with msgspec, its prefetch left as raw JSON; `handle` runs on the process's one scoring thread
+(decode and map each resource, evaluate the features, score, decide), under the deadline counted from arrival;
+then the call's jti claim, card and audit record go to the journal's next group commit, and the answer goes out
+once that commit is durable (`journal.py`).
 """
 
 from __future__ import annotations
