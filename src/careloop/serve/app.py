@@ -360,16 +360,7 @@ class Service:
         return self.alert(service_id, ctx, decision, feats.row, now)
 
     def out_of_distribution(self, row) -> str | None:
-        """Numeric inputs far outside the training range (0.5th-99.5th percentile, widened by half the range)."""
-        far = []
-        for col, (lo, hi) in self.ranges.items():
-            v = row.get(col)
-            if v is None or isinstance(v, str):
-                continue
-            pad = 0.5 * (hi - lo) if hi > lo else 1.0
-            if v < lo - pad or v > hi + pad:
-                far.append(col)
-        return ", ".join(far[:3]) if len(far) >= 2 else None
+        return outside_training(row, self.ranges)
 
     def alert(self, service_id: str, ctx: C.CardContext, decision: Decision, row, now: dt.datetime) -> Decision:
         """Repeat suppression, the unit's daily budget, then the card with its reasons."""
@@ -418,6 +409,20 @@ class Service:
                              now)
         decision.cards = [card]
         return decision
+
+
+def outside_training(row: dict, ranges: dict) -> str | None:
+    """The numeric inputs far outside the training range (0.5th-99.5th percentile, widened by half the range), when
+    at least two are: the service then defers instead of extrapolating. None when the row is in range."""
+    far = []
+    for col, (lo, hi) in ranges.items():
+        v = row.get(col)
+        if v is None or isinstance(v, str):
+            continue
+        pad = 0.5 * (hi - lo) if hi > lo else 1.0
+        if v < lo - pad or v > hi + pad:
+            far.append(col)
+    return ", ".join(far[:3]) if len(far) >= 2 else None
 
 
 def _under(url: str, base: str | None) -> bool:

@@ -117,12 +117,19 @@ def _pick(bundle: Path, store: Path) -> tuple[list[dict], float]:
         from careloop.deferral import DeferralPolicy
 
         quiet = DeferralPolicy.from_json((b.path / "deferral_policy.json").read_text()).defers(risk)
+    from careloop.serve.app import outside_training
+
+    ranges = b.metadata.get("input_ranges") or {}
+    usual = np.array([outside_training(r, ranges) is None for r in feats.select(list(ranges)).to_pylist()]
+                     if ranges else [True] * len(risk), dtype=bool)  # the service would defer on the others
+    band_lo = (op.get("threshold_ci") or [op["threshold"], 0])[0]
     order = np.argsort(-risk)
-    warn = [i for i in order if risk[i] >= band_hi and not quiet[i]]
-    deferred = [i for i in order if quiet[i]]
+    warn = [i for i in order if risk[i] >= band_hi and not quiet[i] and usual[i]]
+    deferred = [i for i in order if quiet[i] and usual[i]]
+    calm = [i for i in order[::-1] if risk[i] < band_lo and not quiet[i] and usual[i]]
     first = warn[:2] if warn else list(order[:2])
     rows = feats.select(["encounter_id", "patient_id", "age"]).to_pylist()
-    chosen = [*first, *(deferred[:1] or order[2:3]), order[-2], order[-1]]
+    chosen = [*first, *(deferred[:1] or order[2:3]), *(calm[1:2] or order[-2:-1]), *(calm[:1] or order[-1:])]
     picked = [dict(rows[i], risk=float(risk[i])) for i in chosen]
     return picked, op["threshold"]
 
