@@ -443,3 +443,20 @@ def test_replay_to_another_worker_is_refused_when_its_claim_is_committed(running
         assert any("replayed" in json.dumps(r, default=str) for r in failures)
     finally:
         other.stop()
+
+
+def test_the_demo_picks_stays_that_show_each_answer(trained_bundle, hospital_store, stays):
+    """`make demo` shows a warning card, a quiet low-risk discharge and a deferral: its high-risk stay must be within
+    the training ranges (else the service defers) and above the threshold band, its low-risk one below it."""
+    from careloop.serve.app import outside_training
+    from careloop.serve.demo import _pick
+
+    picked, threshold = _pick(trained_bundle, hospital_store[0])
+    meta = verify(trained_bundle).metadata
+    lo, hi = meta["operating_point"]["threshold_ci"]
+    feats, _ = stays
+    by_id = {r["encounter_id"]: r for r in feats.to_pylist()}
+    high, low = picked[0], picked[-1]
+    assert high["risk"] >= hi and outside_training(by_id[high["encounter_id"]], meta["input_ranges"]) is None
+    assert low["risk"] < lo and outside_training(by_id[low["encounter_id"]], meta["input_ranges"]) is None
+    assert lo <= threshold <= hi
