@@ -460,3 +460,24 @@ def test_the_demo_picks_stays_that_show_each_answer(trained_bundle, hospital_sto
     assert high["risk"] >= hi and outside_training(by_id[high["encounter_id"]], meta["input_ranges"]) is None
     assert low["risk"] < lo and outside_training(by_id[low["encounter_id"]], meta["input_ranges"]) is None
     assert lo <= threshold <= hi
+
+
+def test_when_the_audit_log_cannot_be_written_no_call_is_answered_as_scored(running, chosen, monkeypatch):
+    """The group commit failing (the database gone) must not let a scored answer out unaudited: a 503 with an
+    OperationOutcome, and the service answers again once the database is back."""
+    high, _, res = chosen
+    row = high[3]
+    body = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))
+    journal = running.service.journal
+
+    def broken(batch):
+        for w in batch:
+            w.future.set_exception(RuntimeError("database is gone"))
+
+    monkeypatch.setattr(journal, "_commit", broken)
+    r = call(running, body)
+    assert r.status_code == 503 and r.json()["resourceType"] == "OperationOutcome"
+    assert "audit log" in r.json()["issue"][0]["diagnostics"]
+    monkeypatch.undo()
+    body["hookInstance"] = str(uuid.uuid4())
+    assert call(running, body).status_code == 200
