@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import typing
-from pathlib import Path
 
 import pytest
 
 from careloop.explain import ColumnInfo, column_infos, phrase
 from careloop.explain._phrases import _KINDS, specific_phrase
 from careloop.features.spec import Feature, load_feature_set
-
-DEMO = Path("demo-out/features/readmission-30d.parquet")
 
 # a typical coded value for each vocabulary a feature may speak
 TYPICAL_CODE = {"sex": "female", "race": "2054-5", "ethnicity": "2135-2", "language": "es", "payer": "2",
@@ -73,11 +70,17 @@ def test_missing_values_say_so(infos):
         assert "not recorded" in text or text.startswith("no "), f"{info.column}: {text!r}"
 
 
-@pytest.mark.skipif(not DEMO.exists(), reason="no demo feature table (make demo)")
-def test_demo_feature_table_reads_cleanly(infos):
-    import pyarrow.parquet as pq
+def test_real_feature_rows_read_cleanly(infos, hospital_store):
+    """300 stays of the session's synthetic hospital, with the values the feature SQL really produces."""
+    from careloop.engines import DuckDBEngine
+    from careloop.features.engine import extract
+    from careloop.tasks.cohort import build_cohort
+    from careloop.tasks.spec import load_task
 
-    t = pq.read_table(DEMO)
+    eng = DuckDBEngine(hospital_store[0])
+    cohort = build_cohort(load_task("readmission-30d"), eng).table.slice(0, 300)
+    t = extract(load_feature_set("readmission"), cohort, eng).table
+    eng.close()
     rows = t.slice(0, 300).to_pylist()
     for info in infos:
         if info.column not in t.column_names:
