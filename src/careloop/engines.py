@@ -32,8 +32,9 @@ class DuckDBEngine:
 
 
 class ArrowEngine:
-    """DuckDB over in-memory Arrow tables with the store's table names and views: the same feature SQL, run on one
-    patient's data at serving time (the service builds these tables from prefetched FHIR)."""
+    """DuckDB over in-memory Arrow tables with the store's table names and views: the same feature SQL on one
+    patient's rows (the dashboard's risk-over-the-stay timeline; the CDS service uses the per-stay evaluator,
+    `careloop.features.rows`, whose fixed cost per call is far lower)."""
 
     dialect = Dialect()
 
@@ -48,7 +49,7 @@ class ArrowEngine:
             self.con.execute(sql)
 
     def load(self, tables: dict[str, pa.Table]) -> None:
-        """(Re)bind the tables: one connection serves request after request (connecting costs more than a query)."""
+        """(Re)bind the tables, so that one connection can serve one patient after another."""
         from careloop import contracts as C
 
         for name, schema in C.TABLES.items():
