@@ -481,3 +481,28 @@ def test_when_the_audit_log_cannot_be_written_no_call_is_answered_as_scored(runn
     monkeypatch.undo()
     body["hookInstance"] = str(uuid.uuid4())
     assert call(running, body).status_code == 200
+
+
+def test_shutdown_writes_the_queued_audit_records(trained_bundle, keys, tmp_path):
+    """Stopping the server (uvicorn's lifespan shutdown) waits for the journal to write what it holds, then ends its
+    thread: here the writer is held back (the store's write lock taken) while calls are queued and the server told
+    to stop, and only released a second later."""
+    import time
+
+    port = free_port()
+    cfg = write_config(tmp_path, state=f"sqlite:///{tmp_path / 'state.db'}", jwks=keys["jwks"], port=port)
+    r = Running(trained_bundle, cfg, port)
+    service = r.service
+    before = service.audit.head()["seq"]
+    works = [service.work("cds-call", "success", claims=None, service="readmission-risk") for _ in range(5)]
+    with service.store._lock:  # the writer blocks on it
+        for w in works:
+            service.journal.submit(w)
+        r.server.should_exit = True
+        time.sleep(1.0)
+        assert r.thread.is_alive()  # the shutdown waits for the journal
+    r.thread.join(timeout=20)
+    assert not r.thread.is_alive() and not service.journal._thread.is_alive()
+    assert all(w.future.done() and w.future.result() is True for w in works)
+    assert service.audit.head()["seq"] == before + 5
+    service.close()

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -465,10 +466,16 @@ def _json(body: dict) -> Response:
 
 
 def create_app(service: Service) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        await asyncio.to_thread(service.journal.close)  # on shutdown: what is queued is written, then the thread ends
+
     app = FastAPI(
         title="careloop CDS Hooks service",
         version="2.0",
         description="CDS Hooks 2.0 services for 30-day readmission risk, with feedback and audit.",
+        lifespan=lifespan,
     )
     app.state.service = service
     app.add_middleware(Arrival)

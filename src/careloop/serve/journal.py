@@ -58,8 +58,10 @@ class Journal:
         return self.submit(work).result()
 
     def close(self) -> None:
-        self._q.put(None)
-        self._thread.join(timeout=10)
+        """Write what is queued, then stop the thread (idempotent)."""
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join(timeout=10)
 
     def _run(self) -> None:
         while True:
