@@ -44,12 +44,19 @@ class Journal:
         self.store = store
         self.audit = audit
         self._q: queue.SimpleQueue[Work | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="careloop-journal", daemon=True)
-        self._thread.start()
+        self._start_lock = threading.Lock()
+        self._start()
         self.batches = 0
         self.written = 0
 
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="careloop-journal", daemon=True)
+        self._thread.start()
+
     def submit(self, work: Work) -> Future:
+        with self._start_lock:
+            if not self._thread.is_alive():  # closed by an earlier shutdown (e.g. a test client's lifespan): reopen
+                self._start()
         self._q.put(work)
         return work.future
 
