@@ -8,6 +8,7 @@ the dashboard's cookie secret, so that a sign-in holds whichever worker answers.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import secrets
@@ -57,6 +58,10 @@ def make_app(opts: Options, *, seed: bool = False) -> FastAPI:
             from careloop.web.demo import seed_activity
 
             seed_activity(service, store)
+    # everything loaded so far (libraries, the bundle, the model) lives as long as the process: keep it out of the
+    # cyclic collector's full passes, which would otherwise walk it again and again under load
+    gc.collect()
+    gc.freeze()
     return app
 
 
