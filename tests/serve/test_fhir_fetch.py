@@ -1,0 +1,93 @@
+"""No prefetch: the service reads the EHR's FHIR server (a real one: Medplum's server in Node, tests/fhir_server)
+with the access token the EHR granted, scores as it would have from prefetch, and answers `{"cards": []}` in time,
+audited, when that server is slower than the deadline."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from careloop.serve.demo import _pick
+from tests.fhir_server.harness import make_rsa_key, run_fhir_server
+
+from .harness import Running, free_port, hook_request, patient_resources, prefetch_of
+from .harness import write_config as _write_config
+
+ACCESS = "ehr-granted-access-token-0123456789"
+DEADLINE_MS = 1500
+
+
+@pytest.fixture(scope="module")
+def setup(trained_bundle, hospital_store, hospital, tmp_path_factory):
+    stays, _ = _pick(trained_bundle, hospital_store[0])
+    high = stays[0]
+    res = patient_resources(hospital / "ndjson", {high["patient_id"]})[high["patient_id"]]
+    pem, jwk = make_rsa_key()
+    with run_fhir_server(static_token=ACCESS) as fhir:
+        entries = [{"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+                   for group in res.values() for r in group]
+        fhir.load_bundle({"resourceType": "Bundle", "type": "batch", "entry": entries})
+        folder = tmp_path_factory.mktemp("fhir-fetch")
+        port = free_port()
+        cfg = _write_config(folder, state=f"sqlite:///{folder / 'state.db'}", jwks={"keys": [jwk]}, port=port,
+                            repeat_window_h=1e-6, deadline_ms=DEADLINE_MS)
+        doc = cfg.read_text().replace("https://ehr.careloop-test.example/fhir", fhir.base_url)  # the EHR's own base
+        cfg.write_text(doc)
+        running = Running(trained_bundle, cfg, port)
+        try:
+            yield running, fhir, (pem, jwk["kid"]), high, res
+        finally:
+            running.stop()
+
+
+def _call(running, fhir, key, body):
+    from careloop.serve.auth import sign_request_token
+
+    url = f"{running.url}/cds-services/readmission-risk"
+    token = sign_request_token(key[0], key[1], fhir.base_url, url)
+    return httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def _without_prefetch(fhir, high):
+    body = hook_request(high["patient_id"], high["encounter_id"], None)
+    body["fhirServer"] = fhir.base_url
+    body["fhirAuthorization"] = {"access_token": ACCESS, "token_type": "Bearer", "expires_in": 300,
+                                 "scope": "patient/*.read", "subject": "careloop-cds"}
+    return body
+
+
+def test_without_prefetch_the_service_reads_the_fhir_server_and_scores_the_same(setup):
+    running, fhir, key, high, res = setup
+    with_prefetch = _call(running, fhir, key, hook_request(high["patient_id"], high["encounter_id"],
+                                                           prefetch_of(res)))
+    fhir.reset_stats()
+    fetched = _call(running, fhir, key, _without_prefetch(fhir, high))
+    assert with_prefetch.status_code == fetched.status_code == 200, fetched.text
+    a, b = with_prefetch.json()["cards"], fetched.json()["cards"]
+    assert a and a[0]["indicator"] == "warning"
+    assert [c["summary"] for c in b] == [c["summary"] for c in a]  # the same risk, to the percent shown
+    assert [c["detail"].split("Model bundle")[0] for c in b] == [c["detail"].split("Model bundle")[0] for c in a]
+    stats = fhir.stats()  # every prefetch key read with the granted token, the Observations page by page
+    assert stats["unauthorized"] == 0
+    assert {path.rsplit("/", 1)[-1] for path in stats["requests"]} >= {
+        "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure", "Coverage", high["patient_id"]}
+    assert stats["requests"]["/fhir/R4/Observation"] > 1
+
+
+def test_a_fhir_server_slower_than_the_deadline_gets_an_empty_answer_in_time_and_is_audited(setup):
+    running, fhir, key, high, _ = setup
+    fhir.inject_fault(status=None, count=20, delay_ms=DEADLINE_MS + 2000)
+    body = _without_prefetch(fhir, high)
+    t0 = time.perf_counter()
+    r = _call(running, fhir, key, body)
+    took = time.perf_counter() - t0
+    fhir.clear_faults()
+    assert r.status_code == 200 and r.json() == {"cards": []}
+    assert took < DEADLINE_MS / 1000 + 0.5, took
+    recs = [x for x in running.service.audit.records(kind="timeout")
+            if body["hookInstance"] in json.dumps(x, default=str)]
+    assert len(recs) == 1 and "slower than the deadline" in json.dumps(recs[0], default=str)
+    time.sleep(DEADLINE_MS / 1000)  # the abandoned read ends (its own timeout is the deadline)
