@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
-import pytest
-
 from careloop.reports import Facts, write_reports
+from tests.browser import needs_chromium, watched_page
 
-CHROMIUM = "/usr/bin/chromium"
 PLOTS = ("roc", "calibration", "decision-curve", "forest", "importance")
 # drawn shapes of the data series (matplotlib gid "<plot>-series-<i>") with a visible length
 # (how many, and the share of the figure's width and height they span together)
@@ -26,57 +22,40 @@ DRAWN = """(svg, name) => {
 # 8 subgroups x 3 measures x (interval + point); 10 bars
 MIN_SERIES = {"roc": 3, "calibration": 2, "decision-curve": 5, "forest": 48, "importance": 10}
 
-# Locally a missing browser skips; under CI (the variable set, as .ci/run does) it is a failure: the report must be
-# looked at.
-pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None and not os.environ.get("CI"),
-                                reason=f"no system Chromium at {CHROMIUM} to look at the HTML report")
+pytestmark = needs_chromium
 
 
 def test_a_browser_sees_every_figure_and_nothing_fails(report: dict, facts: Facts, tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     from PIL import Image  # matplotlib's own dependency
 
     html = write_reports(report, facts, tmp_path / "out")["html"]
-    errors: list[str] = []
-    requests: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type in (
-                "error", "warning") else None)
-            page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
-            page.on("requestfailed", lambda r: errors.append(f"failed request: {r.url}"))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(html.as_uri(), wait_until="load")
+    with watched_page(html.as_uri()) as w:
+        page = w.page
+        for name in PLOTS:
+            plot = page.locator(f'[data-plot="{name}"]')
+            assert plot.count() == 1, name
+            plot.scroll_into_view_if_needed()
+            assert plot.is_visible(), name
+            box = plot.bounding_box()
+            assert box is not None and box["width"] > 300 and box["height"] > 200, (name, box)
+            svg = plot.locator("svg")
+            svg_box = svg.bounding_box()
+            assert svg_box is not None and svg_box["width"] > 250 and svg_box["height"] > 150, (name, svg_box)
+            shapes, width, height = svg.evaluate(DRAWN, name)
+            assert shapes >= MIN_SERIES[name], (name, shapes)  # the data, not just axes and ticks
+            assert width > 0.25 and height > 0.2, (name, width, height)
 
-            for name in PLOTS:
-                plot = page.locator(f'[data-plot="{name}"]')
-                assert plot.count() == 1, name
-                plot.scroll_into_view_if_needed()
-                assert plot.is_visible(), name
-                box = plot.bounding_box()
-                assert box is not None and box["width"] > 300 and box["height"] > 200, (name, box)
-                svg = plot.locator("svg")
-                svg_box = svg.bounding_box()
-                assert svg_box is not None and svg_box["width"] > 250 and svg_box["height"] > 150, (name, svg_box)
-                shapes, width, height = svg.evaluate(DRAWN, name)
-                assert shapes >= MIN_SERIES[name], (name, shapes)  # the data, not just axes and ticks
-                assert width > 0.25 and height > 0.2, (name, width, height)
+        assert page.locator("#hti1 tbody tr").count() == 31
+        assert page.locator("#fairness-flags").is_visible()
+        shot = tmp_path / "report.png"
+        page.locator("#plots").screenshot(path=str(shot))
+        page.emulate_media(media="print")
+        assert page.locator("nav.toc").is_hidden()  # the print stylesheet applies
+        pdf = page.pdf(format="A4")
 
-            assert page.locator("#hti1 tbody tr").count() == 31
-            assert page.locator("#fairness-flags").is_visible()
-            shot = tmp_path / "report.png"
-            page.locator("#plots").screenshot(path=str(shot))
-            page.emulate_media(media="print")
-            assert page.locator("nav.toc").is_hidden()  # the print stylesheet applies
-            pdf = page.pdf(format="A4")
-        finally:
-            browser.close()
-
-    assert errors == []
-    assert all(u.startswith(("file://", "data:")) for u in requests), requests
-    assert [u for u in requests if u.startswith("file://")] == [html.as_uri()]
+    assert w.errors == []
+    assert all(u.startswith(("file://", "data:")) for u in w.requests), w.requests
+    assert [u for u in w.requests if u.startswith("file://")] == [html.as_uri()]
     assert pdf.startswith(b"%PDF") and len(pdf) > 50_000
     with Image.open(shot) as img:
         assert img.width > 800 and img.height > 600

@@ -20,12 +20,12 @@ from careloop.serve.app import Service, create_app
 from careloop.serve.config import load_config
 from careloop.web import DEMO_PASSWORD, demo_users, mount
 from careloop.web.data import worklist
+from tests.browser import CHROMIUM
 from tests.fhir_server.harness import make_rsa_key
 from tests.serve.harness import ISS, free_port, write_config
 
 from .monitor_fixture import write_monitor
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "bench-out" / "screenshots" / "dashboard"
 USERS = {"clinician": "clinician", "data_scientist": "data-scientist", "governance": "governance"}
 
