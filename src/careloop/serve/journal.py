@@ -46,8 +46,6 @@ class Journal:
         self._q: queue.SimpleQueue[Work | None] = queue.SimpleQueue()
         self._start_lock = threading.Lock()
         self._start()
-        self.batches = 0
-        self.written = 0
 
     def _start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="careloop-journal", daemon=True)
@@ -108,8 +106,6 @@ class Journal:
             if not isinstance(exc, Exception):
                 raise
             return
-        self.batches += 1
-        self.written += len(batch)
         for w, ok in zip(batch, fresh, strict=True):
             w.future.set_result(ok)
 

@@ -303,28 +303,7 @@ class StateStore:
         """True the first time (iss, jti) is seen, or when its previous claim has expired; False for a replay.
         Race-safe: of concurrent claims (threads or processes) exactly one returns True."""
         with self.transaction(write=True) as conn:
-            return self.claim_jti_in(conn, iss, jti, expires_at, now=now)
-
-    def claim_jti_in(self, conn: Connection, iss: str, jti: str, expires_at: datetime, *,
-                     now: datetime | None = None) -> bool:
-        """`claim_jti` inside a write transaction the caller holds (the service's group commit)."""
-        _key(iss, "iss")
-        _key(jti, "jti")
-        exp = utc(expires_at, "expires_at")
-        now = utc(now, "now") if now is not None else now_utc()
-        stmt = upsert(
-            self.dialect,
-            jti_table,
-            {"iss": iss, "jti": jti, "expires_at": exp},
-            keys=["iss", "jti"],
-            update=["expires_at"],
-            where=jti_table.c.expires_at <= now,
-        )
-        won = conn.execute(stmt).rowcount == 1
-        if time.monotonic() >= self._next_jti_purge:
-            self._next_jti_purge = time.monotonic() + self.JTI_PURGE_INTERVAL
-            conn.execute(delete(jti_table).where(jti_table.c.expires_at <= now))
-        return won
+            return self.claim_jtis_in(conn, [(iss, jti, expires_at)], now=now)[0]
 
     def claim_jtis_in(self, conn: Connection, claims: list[tuple[str, str, datetime]], *,
                       now: datetime | None = None) -> list[bool]:
