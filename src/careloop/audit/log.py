@@ -251,6 +251,10 @@ def _walk(
     return VerifyResult(True, checked, None, None, seen_cp)
 
 
+# built once: a statement built per call costs more to key for SQLAlchemy's compile cache than to run
+_HEAD = select(audit_table.c.seq, audit_table.c.entry_hash).order_by(audit_table.c.seq.desc()).limit(1)
+
+
 class AuditLog:
     """The audit log in a :class:`~careloop.state.StateStore`'s database (tables created if absent).
 
@@ -337,9 +341,7 @@ class AuditLog:
 
     @staticmethod
     def _head(conn: Connection) -> tuple[int, str]:
-        row = conn.execute(
-            select(audit_table.c.seq, audit_table.c.entry_hash).order_by(audit_table.c.seq.desc()).limit(1)
-        ).first()
+        row = conn.execute(_HEAD).first()
         if row is not None:
             return int(row[0]), row[1]
         anchor = conn.execute(

@@ -54,6 +54,7 @@ SERVICES = {
     "readmission-risk-patient-view": ("patient-view", "30-day readmission risk of the current inpatient stay"),
 }
 MIN_AGE = 18.0
+JOURNAL_LINGER_S = 0.003  # how long the journal waits for calls being scored to share its transaction
 
 
 _Text = Annotated[str, msgspec.Meta(min_length=1)]
@@ -181,7 +182,8 @@ class Service:
             skew_s=config.clock_skew_s,
         )
         self.admin = AdminAuth(config.admin)
-        self.journal = Journal(self.store, self.audit)
+        # while calls are being scored, the journal waits a little for them to share its transaction
+        self.journal = Journal(self.store, self.audit, linger_s=JOURNAL_LINGER_S, expecting=lambda: self.pending)
         # one scoring thread: calls queue in order (no convoy of threads on the GIL) and a call slower than its
         # deadline is answered without waiting for it
         self.scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="careloop-score")

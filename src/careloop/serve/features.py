@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from careloop.features.rows import Record, Stay, StayFeatures
 from careloop.features.spec import FeatureSet
+from careloop.ingest import model as M
 from careloop.ingest.mapping import (
     Batch,
     Context,
@@ -50,7 +51,7 @@ _ENC_KEYS = ("encounter_id", "class", "start", "end", "priority", "admit_source"
 class Prefetched:
     """The usable resources of a request, mapped, and what was set aside and why (for the audit log)."""
 
-    raw: list[bytes] = field(default_factory=list)  # each resource used, as received
+    used: list[Any] = field(default_factory=list)  # each resource about the patient, decoded
     batch: Batch = field(default_factory=Batch)  # their rows in the store's tables
     missing: list[str] = field(default_factory=list)  # keys absent or null
     outcomes: list[str] = field(default_factory=list)  # keys answered with an OperationOutcome
@@ -61,12 +62,18 @@ class Prefetched:
     ctx: Context = field(default_factory=Context)
 
     def digest(self) -> str:
-        """SHA-256 of the resources used, as received, in a canonical order: audit records carry this, never the
-        data."""
+        """SHA-256 of the resources used, as careloop read them (each resource's decoded fields, encoded as
+        MessagePack), in a canonical order: audit records carry this, never the data. Two calls get the same digest
+        when they scored the same data about the patient, however it was ordered, formatted or mixed with
+        resources about others."""
+        encode = _msgpack.encode
         h = hashlib.sha256()
-        for raw in sorted(self.raw):  # each a whole JSON object: the concatenation is unambiguous
-            h.update(raw)
+        for blob in sorted(encode(r) for r in self.used):  # each a whole MessagePack map: the concatenation is
+            h.update(blob)  # unambiguous
         return h.hexdigest()
+
+
+_msgpack = msgspec.msgpack.Encoder()
 
 
 class _Entry(msgspec.Struct):
@@ -81,6 +88,25 @@ class _Value(msgspec.Struct):
 
 
 _value_decoder = msgspec.json.Decoder(_Value)
+
+
+class _Outcome(msgspec.Struct, tag_field="resourceType", tag="OperationOutcome"):
+    """An OperationOutcome: a prefetch the EHR could not fulfil, or a search warning inside a Bundle."""
+
+
+class _SearchEntry(msgspec.Struct):
+    resource: M.Resource | _Outcome | None = None
+
+
+class _SearchBundle(msgspec.Struct, tag_field="resourceType", tag="Bundle"):
+    entry: list[_SearchEntry] = []
+
+
+# A well-formed prefetch value in one pass: a resource careloop maps, a Bundle of them (search warnings allowed), an
+# OperationOutcome, or null. Anything else (a resource type careloop skips, a field of the wrong type, a malformed
+# entry) fails here and the value is read resource by resource instead, so that each problem is named and the rest
+# is still used: both ways give the same resources (tested).
+_fast_value = msgspec.json.Decoder(M.Resource | _SearchBundle | _Outcome | None)
 
 
 def fetch_prefetch(
@@ -189,25 +215,22 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
     ctx = out.ctx
     prefetch = prefetch or {}
     for key in keys:
-        value = prefetch.get(key)
-        if value is None or (isinstance(value, (bytes, msgspec.Raw)) and bytes(value).strip() == b"null"):
-            out.missing.append(key)
-            continue
-        items = _resources(value)
+        items = _decoded(prefetch.get(key))
         if items is None:
             out.outcomes.append(key)
             continue
-        for raw in items:
-            try:
-                res = decode(raw)
-            except Skip:
+        if items is _MISSING:
+            out.missing.append(key)
+            continue
+        for res in items:
+            if isinstance(res, Skip):
                 continue  # OperationOutcome entries (search warnings) and types the features do not read
-            except Reject as e:
-                if e.rtype and e.rid and (e.rtype, e.rid) in seen:
+            if isinstance(res, Reject):
+                if res.rtype and res.rid and (res.rtype, res.rid) in seen:
                     continue
-                if e.rtype and e.rid:
-                    seen.add((e.rtype, e.rid))
-                out.rejected.append(f"{e.rtype or 'resource'}: {e.reason}")
+                if res.rtype and res.rid:
+                    seen.add((res.rtype, res.rid))
+                out.rejected.append(f"{res.rtype or 'resource'}: {res.reason}")
                 continue
             ident = (type(res).__name__, str(res.id))
             if ident in seen:
@@ -216,7 +239,7 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
             if not _about(res, patient_id):
                 out.foreign += 1
                 continue
-            out.raw.append(raw)
+            out.used.append(res)
             if ident[0] in defer:
                 out.deferred.append(res)
                 continue
@@ -225,6 +248,41 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
             except Reject as e:
                 out.rejected.append(f"{ident[0]}: {e.reason}")
     return out
+
+
+_MISSING: list = []  # a sentinel: the key is absent or null
+
+
+def _decoded(value: Any) -> list | None:
+    """A prefetch value's resources, decoded (each a resource Struct, or the Skip or Reject that says why not);
+    `_MISSING` for an absent or null value, None for an OperationOutcome."""
+    if value is None:
+        return _MISSING
+    if isinstance(value, (bytes, msgspec.Raw)):
+        try:
+            fast = _fast_value.decode(value)
+        except msgspec.DecodeError:
+            pass  # read it resource by resource below, to say what is wrong with which
+        else:
+            if fast is None:
+                return _MISSING
+            if isinstance(fast, _Outcome):
+                return None
+            if isinstance(fast, _SearchBundle):
+                return [e.resource for e in fast.entry if e.resource is not None and not isinstance(e.resource,
+                                                                                                    _Outcome)]
+            return [fast]
+        if bytes(value).strip() == b"null":
+            return _MISSING
+    items = _resources(value)
+    return None if items is None else [_decode_one(raw) for raw in items]
+
+
+def _decode_one(raw: bytes) -> Any:
+    try:
+        return decode(raw)
+    except (Skip, Reject) as e:
+        return e
 
 
 @dataclass

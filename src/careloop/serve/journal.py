@@ -6,6 +6,11 @@ call on SQLite and a round trip on PostgreSQL, more than everything else a call 
 whatever calls are waiting, writes them all in one transaction, commits once, and only then are they answered.
 Nothing is answered before its audit record is durable, and a crash loses only calls that were never answered.
 
+A transaction has a fixed cost (on SQLite about half a millisecond of CPU, and the fsync) that a call's own rows do
+not (about a tenth of that); so when more calls are on their way (`expecting()`: calls of this process being
+scored), the writer waits up to `linger_s` for them before it commits. Under load that makes batches of several calls
+for a little latency; a lone call is written at once.
+
 A call whose `jti` turns out to have been claimed already (a replay that reached another worker process) is not
 written as scored: its record becomes an authentication failure and its answer a 401.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -40,9 +46,12 @@ class Journal:
 
     MAX_BATCH = 512
 
-    def __init__(self, store: StateStore, audit: AuditLog) -> None:
+    def __init__(self, store: StateStore, audit: AuditLog, *, linger_s: float = 0.0,
+                 expecting: Callable[[], int] = lambda: 0) -> None:
         self.store = store
         self.audit = audit
+        self.linger_s = linger_s
+        self.expecting = expecting
         self._q: queue.SimpleQueue[Work | None] = queue.SimpleQueue()
         self._start_lock = threading.Lock()
         self._start()
@@ -73,20 +82,31 @@ class Journal:
             first = self._q.get()
             if first is None:
                 return
-            batch = [first]
-            stop = False
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    nxt = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
+            batch, stop = self._gather(first)
             self._commit(batch)
             if stop:
                 return
+
+    def _gather(self, first: Work) -> tuple[list[Work], bool]:
+        """The calls to commit with `first`: those already queued, and those arriving within the linger while more
+        are expected. Also whether a stop came."""
+        batch = [first]
+        wait_until = time.monotonic() + self.linger_s
+        while len(batch) < self.MAX_BATCH:
+            try:
+                nxt = self._q.get_nowait()
+            except queue.Empty:
+                left = wait_until - time.monotonic()
+                if left <= 0 or self.expecting() <= 0:
+                    break
+                try:
+                    nxt = self._q.get(timeout=left)
+                except queue.Empty:
+                    break
+            if nxt is None:
+                return batch, True
+            batch.append(nxt)
+        return batch, False
 
     def _commit(self, batch: list[Work]) -> None:
         try:

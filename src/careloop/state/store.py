@@ -17,6 +17,7 @@ Tables (created if absent, never altered by the app):
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -38,6 +39,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     delete,
     func,
     select,
@@ -158,6 +160,19 @@ def _text(value: Any, name: str, *, limit: int = 4096) -> str | None:
     if not isinstance(value, str) or len(value) > limit:
         raise StateError(f"{name} must be a string of at most {limit} characters")
     return value
+
+
+@functools.cache
+def _claim_statement(dialect: str):
+    """INSERT a jti, or take over its expired claim, RETURNING it when won; built once per dialect so that SQLAlchemy
+    compiles it once (a statement built per call, with its values inline, was compiled on every group commit). Run
+    with a list of rows it becomes one multi-row statement (SQLAlchemy's insertmanyvalues)."""
+    insert = pg_dialect.insert if dialect == "postgresql" else sqlite_dialect.insert
+    stmt = insert(jti_table)
+    stmt = stmt.on_conflict_do_update(index_elements=[jti_table.c.iss, jti_table.c.jti],
+                                      set_={"expires_at": stmt.excluded.expires_at},
+                                      where=jti_table.c.expires_at <= bindparam("now", type_=UTCDateTime()))
+    return stmt.returning(jti_table.c.iss, jti_table.c.jti)
 
 
 class _FileLock:
@@ -316,15 +331,10 @@ class StateStore:
             key = (_key(iss, "iss"), _key(jti, "jti"))
             if key not in first:
                 first[key] = i
-                rows.append({"iss": key[0], "jti": key[1], "expires_at": utc(exp, "expires_at")})
+                rows.append({"iss": key[0], "jti": key[1], "expires_at": utc(exp, "expires_at"), "now": now})
         if not rows:
             return []
-        insert = pg_dialect.insert if self.dialect == "postgresql" else sqlite_dialect.insert
-        stmt = insert(jti_table).values(rows)
-        stmt = stmt.on_conflict_do_update(index_elements=[jti_table.c.iss, jti_table.c.jti],
-                                          set_={"expires_at": stmt.excluded.expires_at},
-                                          where=jti_table.c.expires_at <= now)
-        won = {(r[0], r[1]) for r in conn.execute(stmt.returning(jti_table.c.iss, jti_table.c.jti))}
+        won = {(r[0], r[1]) for r in conn.execute(_claim_statement(self.dialect), rows)}
         if time.monotonic() >= self._next_jti_purge:
             self._next_jti_purge = time.monotonic() + self.JTI_PURGE_INTERVAL
             conn.execute(delete(jti_table).where(jti_table.c.expires_at <= now))

@@ -1,0 +1,132 @@
+"""The prefetch read in one pass (each value decoded straight into the ingest's typed resources) gives exactly what
+reading it resource by resource gives: the same resources used, rows mapped, digest, and features. A value the
+one-pass decoder cannot take (a resource type careloop skips, a field of the wrong type, a malformed entry) is read
+resource by resource, so each problem is named and the rest of the data is still used."""
+
+from __future__ import annotations
+
+import copy
+
+import msgspec
+import orjson
+import pytest
+
+from careloop.features.spec import load_feature_set
+from careloop.serve import features as F
+from careloop.serve.app import HookRequest
+from careloop.serve.features import bedside_features, collect
+
+from .harness import hook_request, patient_resources, prefetch_of
+
+FS = load_feature_set("readmission")
+
+
+def as_received(patient: str, encounter: str, prefetch: dict) -> dict[str, msgspec.Raw]:
+    """The prefetch as the service holds it: the request's bytes, each value left undecoded."""
+    body = orjson.dumps(hook_request(patient, encounter, prefetch))
+    return HookRequest.decode(body).prefetch
+
+
+def summary(pre) -> dict:
+    return {"used": sorted(msgspec.msgpack.encode(r) for r in pre.used), "ev": sorted(pre.batch.ev, key=repr),
+            "enc": pre.batch.enc, "pat": pre.batch.pat, "dir": pre.batch.dir, "missing": pre.missing,
+            "outcomes": pre.outcomes, "foreign": pre.foreign, "rejected": sorted(pre.rejected),
+            "deferred": len(pre.deferred), "digest": pre.digest()}
+
+
+def some_records(hospital, n: int) -> dict[str, dict[str, list[dict]]]:
+    """The resources of the first `n` patients of the synthetic hospital, by prefetch key."""
+    import gzip
+
+    with gzip.open(hospital / "ndjson" / "Patient.ndjson.gz") as fh:
+        ids = [orjson.loads(line)["id"] for _, line in zip(range(n), fh, strict=False)]
+    res = patient_resources(hospital / "ndjson", set(ids))
+    return {pid: res[pid] for pid in ids}
+
+
+def test_one_pass_equals_resource_by_resource(hospital_store, hospital, monkeypatch):
+    import pyarrow.compute as pc
+
+    from careloop.engines import DuckDBEngine
+    from careloop.tasks.cohort import build_cohort
+    from careloop.tasks.spec import load_task
+
+    cohort = build_cohort(load_task("readmission-30d"), DuckDBEngine(hospital_store[0])).table
+    cohort = cohort.filter(pc.equal(cohort.column("split"), "test")).slice(0, 120).to_pylist()
+    res = patient_resources(hospital / "ndjson", {r["patient_id"] for r in cohort})
+    one_by_one = []
+    real = F._decode_one
+    monkeypatch.setattr(F, "_decode_one", lambda raw: one_by_one.append(raw) or real(raw))
+    scored = 0
+    for row in cohort:
+        pid, enc = row["patient_id"], row["encounter_id"]
+        pf = prefetch_of(res[pid])
+        fast = collect(as_received(pid, enc, pf), pid)
+        assert not one_by_one  # a clean prefetch is read in one pass
+        slow = collect(pf, pid)
+        assert one_by_one
+        one_by_one.clear()
+        assert summary(fast) == summary(slow), pid
+        a = bedside_features(FS, fast, pid, enc)
+        b = bedside_features(FS, slow, pid, enc)
+        assert a.row == b.row and a.reason == b.reason and fast.unread == slow.unread, enc
+        scored += a.row is not None
+    assert scored >= 100
+
+
+def test_a_value_the_fast_decoder_refuses_is_read_resource_by_resource(hospital):
+    res = None
+    for pid, groups in some_records(hospital, 40).items():
+        if len(groups.get("conditions", [])) >= 3 and groups.get("encounters"):
+            res = (pid, groups)
+            break
+    assert res is not None
+    pid, groups = res
+    pf = prefetch_of(groups)
+    enc = groups["encounters"][-1]["id"]
+    messy = copy.deepcopy(pf)
+    bad = dict(messy["conditions"]["entry"][0]["resource"], code="not a CodeableConcept")
+    messy["conditions"]["entry"][0] = {"resource": bad}
+    messy["conditions"]["entry"] += [
+        {"resource": {"resourceType": "Provenance", "id": "p1"}},  # a type careloop skips
+        {"resource": {"resourceType": "OperationOutcome", "issue": []}},  # a search warning
+        {"fullUrl": "urn:uuid:no-resource"},  # an entry without a resource
+    ]
+    fast, slow = collect(as_received(pid, enc, messy), pid), collect(messy, pid)
+    assert summary(fast) == summary(slow)
+    assert fast.rejected == ["Condition: invalid value"]
+    clean = collect(as_received(pid, enc, pf), pid)
+    # every other condition is still used: one fewer than the clean prefetch
+    assert sum(type(r).__name__ == "Condition" for r in fast.used) == len(groups["conditions"]) - 1
+    assert sum(type(r).__name__ == "Condition" for r in clean.used) == len(groups["conditions"])
+
+
+@pytest.mark.parametrize("value, what", [
+    (None, "missing"),
+    ({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing"}]}, "outcomes"),
+])
+def test_null_and_operation_outcome_values(hospital, value, what):
+    pid, groups = next(iter(some_records(hospital, 1).items()))
+    pf = prefetch_of(groups)
+    pf["procedures"] = value
+    fast, slow = collect(as_received(pid, "e", pf), pid), collect(pf, pid)
+    assert summary(fast) == summary(slow)
+    assert getattr(fast, what) == ["procedures"]
+
+
+def test_digest_ignores_order_and_other_patients_but_not_content(hospital):
+    items = list(some_records(hospital, 2).items())
+    (pid, groups), (_, other) = items[0], items[1]
+    pf = prefetch_of(groups)
+    base = collect(as_received(pid, "e", pf), pid).digest()
+    shuffled = copy.deepcopy(pf)
+    for key, v in shuffled.items():
+        if key != "patient":
+            v["entry"].reverse()
+    mixed = copy.deepcopy(pf)
+    mixed["encounters"]["entry"] += [{"resource": r} for r in other["encounters"]]
+    changed = copy.deepcopy(pf)
+    changed["patient"]["birthDate"] = "1901-01-01"
+    assert collect(as_received(pid, "e", shuffled), pid).digest() == base
+    assert collect(as_received(pid, "e", mixed), pid).digest() == base
+    assert collect(as_received(pid, "e", changed), pid).digest() != base
