@@ -28,7 +28,8 @@ def as_received(patient: str, encounter: str, prefetch: dict) -> dict[str, msgsp
 
 
 def summary(pre) -> dict:
-    return {"used": sorted(msgspec.msgpack.encode(r) for r in pre.used), "ev": sorted(pre.batch.ev, key=repr),
+    return {"used": sorted((ident, msgspec.msgpack.encode(r)) for ident, r in pre.used),
+            "ev": sorted(pre.batch.ev, key=repr),
             "enc": pre.batch.enc, "pat": pre.batch.pat, "dir": pre.batch.dir, "missing": pre.missing,
             "outcomes": pre.outcomes, "foreign": pre.foreign, "rejected": sorted(pre.rejected),
             "deferred": len(pre.deferred), "digest": pre.digest()}
@@ -97,8 +98,8 @@ def test_a_value_the_fast_decoder_refuses_is_read_resource_by_resource(hospital)
     assert fast.rejected == ["Condition: invalid value"]
     clean = collect(as_received(pid, enc, pf), pid)
     # every other condition is still used: one fewer than the clean prefetch
-    assert sum(type(r).__name__ == "Condition" for r in fast.used) == len(groups["conditions"]) - 1
-    assert sum(type(r).__name__ == "Condition" for r in clean.used) == len(groups["conditions"])
+    assert sum(t == "Condition" for (t, _), _ in fast.used) == len(groups["conditions"]) - 1
+    assert sum(t == "Condition" for (t, _), _ in clean.used) == len(groups["conditions"])
 
 
 @pytest.mark.parametrize("value, what", [
@@ -114,19 +115,23 @@ def test_null_and_operation_outcome_values(hospital, value, what):
     assert getattr(fast, what) == ["procedures"]
 
 
-def test_digest_ignores_order_and_other_patients_but_not_content(hospital):
-    items = list(some_records(hospital, 2).items())
-    (pid, groups), (_, other) = items[0], items[1]
+def test_digest_is_of_the_prefetch_as_received(hospital):
+    """The EHR can compute it from what it sent: each key asked for, in template order, with its JSON bytes."""
+    import hashlib
+
+    from careloop.serve.features import PREFETCH
+
+    (pid, groups), (_, other) = list(some_records(hospital, 2).items())
     pf = prefetch_of(groups)
-    base = collect(as_received(pid, "e", pf), pid).digest()
-    shuffled = copy.deepcopy(pf)
-    for key, v in shuffled.items():
-        if key != "patient":
-            v["entry"].reverse()
-    mixed = copy.deepcopy(pf)
-    mixed["encounters"]["entry"] += [{"resource": r} for r in other["encounters"]]
+    pf["procedures"] = None
+    body = orjson.dumps(hook_request(pid, "e", pf))
+    sent = orjson.loads(body)["prefetch"]
+    expected = hashlib.sha256(b"".join(k.encode() + b"\0" + orjson.dumps(sent[k]) + b"\0"
+                                       for k in PREFETCH if k in sent)).hexdigest()
+    assert collect(HookRequest.decode(body).prefetch, pid).digest() == expected
+    assert collect(pf, pid).digest() == expected  # the same data held as parsed JSON (read from a FHIR server)
     changed = copy.deepcopy(pf)
     changed["patient"]["birthDate"] = "1901-01-01"
-    assert collect(as_received(pid, "e", shuffled), pid).digest() == base
-    assert collect(as_received(pid, "e", mixed), pid).digest() == base
-    assert collect(as_received(pid, "e", changed), pid).digest() != base
+    mixed = copy.deepcopy(pf)
+    mixed["encounters"]["entry"] += [{"resource": r} for r in other["encounters"]]
+    assert len({collect(as_received(pid, "e", x), pid).digest() for x in (pf, changed, mixed)}) == 3

@@ -12,39 +12,38 @@ import msgspec
 from msgspec import Struct
 
 
-class Coding(Struct, gc=False):
+class Coding(Struct, gc=False, omit_defaults=True):
     system: str | None = None
-    code: str | None = None
-    display: str | None = None
+    code: str | None = None  # (display is not read: skipping it saves a string per coding)
 
 
-class CodeableConcept(Struct, gc=False):
+class CodeableConcept(Struct, gc=False, omit_defaults=True):
     coding: list[Coding] = []
     text: str | None = None
 
 
-class Reference(Struct, gc=False):
+class Reference(Struct, gc=False, omit_defaults=True):
     reference: str | None = None
 
 
-class Quantity(Struct, gc=False):
+class Quantity(Struct, gc=False, omit_defaults=True):
     value: float | None = None
     unit: str | None = None
     code: str | None = None
     system: str | None = None
 
 
-class Period(Struct, gc=False):
+class Period(Struct, gc=False, omit_defaults=True):
     start: str | None = None
     end: str | None = None
 
 
-class Identifier(Struct, gc=False):
+class Identifier(Struct, gc=False, omit_defaults=True):
     system: str | None = None
     value: str | None = None
 
 
-class Extension(Struct, gc=False):
+class Extension(Struct, gc=False, omit_defaults=True):
     url: str = ""
     extension: list[Extension] = []
     valueCoding: Coding | None = None
@@ -52,22 +51,22 @@ class Extension(Struct, gc=False):
     valueString: str | None = None
 
 
-class Address(Struct, gc=False):
+class Address(Struct, gc=False, omit_defaults=True):
     postalCode: str | None = None
     state: str | None = None
 
 
-class Communication(Struct, gc=False):
+class Communication(Struct, gc=False, omit_defaults=True):
     language: CodeableConcept | None = None
     preferred: bool | None = None
 
 
-class HumanName(Struct, gc=False):
+class HumanName(Struct, gc=False, omit_defaults=True):
     family: str | None = None
     given: list[str] = []
 
 
-class _R(Struct, tag_field="resourceType", gc=False):
+class _R(Struct, tag_field="resourceType", gc=False, omit_defaults=True):
     id: str | None = None
 
 
@@ -82,11 +81,11 @@ class Patient(_R, tag="Patient"):
     managingOrganization: Reference | None = None
 
 
-class EncounterLocation(Struct, gc=False):
+class EncounterLocation(Struct, gc=False, omit_defaults=True):
     location: Reference | None = None
 
 
-class Hospitalization(Struct, gc=False):
+class Hospitalization(Struct, gc=False, omit_defaults=True):
     admitSource: CodeableConcept | None = None
     dischargeDisposition: CodeableConcept | None = None
 
@@ -113,7 +112,7 @@ class Condition(_R, tag="Condition"):
     recordedDate: str | None = None
 
 
-class Component(Struct, gc=False):
+class Component(Struct, gc=False, omit_defaults=True):
     code: CodeableConcept | None = None
     valueQuantity: Quantity | None = None
     valueCodeableConcept: CodeableConcept | None = None
@@ -154,16 +153,16 @@ class Procedure(_R, tag="Procedure"):
     performedPeriod: Period | None = None
 
 
-class Attachment(Struct, gc=False):
+class Attachment(Struct, gc=False, omit_defaults=True):
     contentType: str | None = None
     data: str | None = None
 
 
-class Content(Struct, gc=False):
+class Content(Struct, gc=False, omit_defaults=True):
     attachment: Attachment | None = None
 
 
-class DocContext(Struct, gc=False):
+class DocContext(Struct, gc=False, omit_defaults=True):
     encounter: list[Reference] = []
     period: Period | None = None
 
@@ -222,14 +221,14 @@ MAPPED_TYPES = frozenset(t.__struct_config__.tag for t in MAPPED)
 decoder = msgspec.json.Decoder(Resource)
 
 
-class Entry(Struct, gc=False):
+class Entry(Struct, gc=False, omit_defaults=True):
     fullUrl: str | None = None
     resource: msgspec.Raw = msgspec.Raw()  # kept undecoded: decoded later with the typed decoder
     request: dict | None = None
     search: dict | None = None
 
 
-class Bundle(Struct, gc=False):
+class Bundle(Struct, gc=False, omit_defaults=True):
     resourceType: str | None = None
     type: str | None = None
     entry: list[Entry] = []
@@ -238,7 +237,7 @@ class Bundle(Struct, gc=False):
 bundle_decoder = msgspec.json.Decoder(Bundle)
 
 
-class Head(Struct, gc=False):
+class Head(Struct, gc=False, omit_defaults=True):
     """Enough of any resource to route it: its type, id and identifiers (for conditional references)."""
 
     resourceType: object = None

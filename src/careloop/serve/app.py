@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import Headers
 
 from careloop.serve import cards as C
 from careloop.serve.auth import RecentJti
@@ -143,6 +144,7 @@ class Service:
         from careloop.state import StateStore
 
         self.config = config
+        self.base = config.base_url.rstrip("/")
         self.bundle = verify(bundle_path)
         self.meta = self.bundle.metadata
         if "features.yaml" not in self.bundle.files:
@@ -449,18 +451,121 @@ def _patient_of(req: HookRequest | None) -> str | None:
 
 
 ARRIVED = "careloop.arrived"
+_CALL_PATH = re.compile(r"/cds-services/([^/]+)")
 
 
-class Arrival:
-    """ASGI middleware stamping each request's arrival (monotonic seconds): the deadline counts from here."""
+class FastPath:
+    """ASGI middleware: stamps each request's arrival (monotonic seconds: the deadline counts from here), and
+    answers `POST /cds-services/{id}` itself with the same code as the FastAPI route (`answer_call`), without the
+    framework's routing and request handling, which cost a large share of a call's CPU under load. Every other
+    request goes to FastAPI."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, service: Service | None = None) -> None:
         self.app = app
+        self.service = service
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
             scope[ARRIVED] = time.monotonic()
+            if self.service is not None and scope["method"] == "POST":
+                m = _CALL_PATH.fullmatch(scope["path"])
+                if m is not None:
+                    headers = Headers(scope=scope)
+                    answer = await answer_call(self.service, m.group(1), headers, _reader(headers, receive),
+                                               scope[ARRIVED])
+                    await answer(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
+
+
+def _reader(headers: Headers, receive):
+    """The request body, or None when it is larger than MAX_BODY (by its Content-Length or as it arrives)."""
+    async def read() -> bytes | None:
+        size = headers.get("content-length")
+        if size and size.isdigit() and int(size) > MAX_BODY:
+            return None
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > MAX_BODY:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    return read
+
+
+def _authenticate(service: Service, headers, audience: str, service_id: str, rid: str):
+    """The caller's verified claims, or None after auditing the refusal (the answer is a bare 401)."""
+    from careloop.serve.auth import AuthError
+
+    try:
+        return service.verifier.verify(headers.get("authorization"), audience)
+    except AuthError as e:
+        service.record("auth-failure", "serious", service=service_id, request_id=rid,
+                       detail={"reason": str(e.reason)[:200], "iss": e.iss})
+        return None
+
+
+async def answer_call(service: Service, service_id: str, headers, read_body, arrived: float) -> Response:
+    """One CDS Hooks call, from its headers and a coroutine function reading its body, to its answer; audited."""
+    rid = headers.get("x-request-id") or str(uuidlib.uuid4())
+    if service_id not in SERVICES:
+        return outcome(404, f"no CDS service {service_id!r}")
+    claims = _authenticate(service, headers, f"{service.base}/cds-services/{service_id}", service_id, rid)
+    if claims is None:
+        return JSONResponse({}, status_code=401)
+
+    async def finish(answer: Response, kind: str, result: str, *, req=None, decision=None, detail=None):
+        """Write the call's jti, card and audit record (group commit), then answer; a replay seen only now, by
+        another worker's claim, is answered 401 and recorded as such."""
+        work = service.work(kind, result, claims=claims, req=req, decision=decision, service=service_id,
+                            request_id=rid, detail=detail)
+        try:
+            fresh = await asyncio.wrap_future(service.journal.submit(work))
+        except Exception:
+            return outcome(503, "the audit log cannot be written now, so the call was not answered; retry later")
+        return answer if fresh else JSONResponse({}, status_code=401)
+
+    raw = await read_body()
+    if raw is None:
+        return await finish(outcome(413, f"request larger than {MAX_BODY} bytes"), "cds-call", "minor",
+                            detail={"reason": "request too large"})
+    try:
+        req = HookRequest.decode(raw)
+    except msgspec.DecodeError as e:
+        msg = f"body: {e}"
+        return await finish(outcome(400, msg), "cds-call", "minor", detail={"reason": msg[:200]})
+    problem = _check_request(service_id, req)
+    if problem:
+        return await finish(outcome(400, problem), "cds-call", "minor", req=req, detail={"reason": problem})
+    if not service.store.enabled(service.model_key):
+        return await finish(_json({"cards": []}), "kill-switch", "minor", req=req)
+    if _prefetch_absent(req) and not req.fhirAuthorization:
+        return await finish(outcome(412, "the prefetch data is missing and no FHIR server access was granted"),
+                            "cds-call", "minor", req=req, detail={"reason": "412: no prefetch and no FHIR access"})
+    deadline_s = service.config.deadline_ms / 1000
+    budget = deadline_s - (time.monotonic() - arrived)
+    expected = service.expected_wait()
+    if budget <= 0 or expected >= budget:  # answered now, in time, rather than late: load shedding
+        why = "queued past the deadline" if budget <= 0 else f"overloaded: expected wait {expected * 1000:.0f} ms"
+        return await finish(_json({"cards": []}), "timeout", "minor", req=req,
+                            detail={"deadline_ms": service.config.deadline_ms, "reason": why})
+    try:
+        decision = await asyncio.wait_for(asyncio.wrap_future(service.score(service_id, req, claims.iss)), budget)
+    except TimeoutError:
+        return await finish(_json({"cards": []}), "timeout", "minor", req=req,
+                            detail={"deadline_ms": service.config.deadline_ms,
+                                    "reason": "scoring (or the FHIR server) was slower than the deadline"})
+    detail = {"note": decision.note, **decision.extra} if decision.note or decision.extra else None
+    return await finish(_json({"cards": decision.cards}), "cds-call", "success", req=req, decision=decision,
+                        detail=detail)
 
 
 def _json(body: dict) -> Response:
@@ -480,8 +585,8 @@ def create_app(service: Service) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
-    app.add_middleware(Arrival)
-    base = service.config.base_url.rstrip("/")
+    app.add_middleware(FastPath, service=service)
+    base = service.base
 
     @app.get("/cds-services")
     def discovery() -> dict:
@@ -507,70 +612,13 @@ def create_app(service: Service) -> FastAPI:
         return None if len(raw) > MAX_BODY else raw
 
     def authenticate(request: Request, audience: str, service_id: str, rid: str):
-        """The caller's verified claims, or None after auditing the refusal (the answer is a bare 401)."""
-        from careloop.serve.auth import AuthError
-
-        try:
-            return service.verifier.verify(request.headers.get("authorization"), audience)
-        except AuthError as e:
-            service.record("auth-failure", "serious", service=service_id, request_id=rid,
-                           detail={"reason": str(e.reason)[:200], "iss": e.iss})
-            return None
+        return _authenticate(service, request.headers, audience, service_id, rid)
 
     @app.post("/cds-services/{service_id}")
     async def call(service_id: str, request: Request):
+        """A CDS Hooks call (answered by `FastPath` before it reaches here; declared for the OpenAPI document)."""
         arrived = request.scope.get(ARRIVED) or time.monotonic()
-        rid = request.headers.get("x-request-id") or str(uuidlib.uuid4())
-        if service_id not in SERVICES:
-            return outcome(404, f"no CDS service {service_id!r}")
-        claims = authenticate(request, f"{base}/cds-services/{service_id}", service_id, rid)
-        if claims is None:
-            return JSONResponse({}, status_code=401)
-
-        async def finish(answer: Response, kind: str, result: str, *, req=None, decision=None, detail=None):
-            """Write the call's jti, card and audit record (group commit), then answer; a replay seen only now, by
-            another worker's claim, is answered 401 and recorded as such."""
-            work = service.work(kind, result, claims=claims, req=req, decision=decision, service=service_id,
-                                request_id=rid, detail=detail)
-            try:
-                fresh = await asyncio.wrap_future(service.journal.submit(work))
-            except Exception:
-                return outcome(503, "the audit log cannot be written now, so the call was not answered; retry later")
-            return answer if fresh else JSONResponse({}, status_code=401)
-
-        raw = await body_of(request)
-        if raw is None:
-            return await finish(outcome(413, f"request larger than {MAX_BODY} bytes"), "cds-call", "minor",
-                                detail={"reason": "request too large"})
-        try:
-            req = HookRequest.decode(raw)
-        except msgspec.DecodeError as e:
-            msg = f"body: {e}"
-            return await finish(outcome(400, msg), "cds-call", "minor", detail={"reason": msg[:200]})
-        problem = _check_request(service_id, req)
-        if problem:
-            return await finish(outcome(400, problem), "cds-call", "minor", req=req, detail={"reason": problem})
-        if not service.store.enabled(service.model_key):
-            return await finish(_json({"cards": []}), "kill-switch", "minor", req=req)
-        if _prefetch_absent(req) and not req.fhirAuthorization:
-            return await finish(outcome(412, "the prefetch data is missing and no FHIR server access was granted"),
-                                "cds-call", "minor", req=req, detail={"reason": "412: no prefetch and no FHIR access"})
-        deadline_s = service.config.deadline_ms / 1000
-        budget = deadline_s - (time.monotonic() - arrived)
-        expected = service.expected_wait()
-        if budget <= 0 or expected >= budget:  # answered now, in time, rather than late: load shedding
-            why = "queued past the deadline" if budget <= 0 else f"overloaded: expected wait {expected * 1000:.0f} ms"
-            return await finish(_json({"cards": []}), "timeout", "minor", req=req,
-                                detail={"deadline_ms": service.config.deadline_ms, "reason": why})
-        try:
-            decision = await asyncio.wait_for(asyncio.wrap_future(service.score(service_id, req, claims.iss)), budget)
-        except TimeoutError:
-            return await finish(_json({"cards": []}), "timeout", "minor", req=req,
-                                detail={"deadline_ms": service.config.deadline_ms,
-                                        "reason": "scoring (or the FHIR server) was slower than the deadline"})
-        detail = {"note": decision.note, **decision.extra} if decision.note or decision.extra else None
-        return await finish(_json({"cards": decision.cards}), "cds-call", "success", req=req, decision=decision,
-                            detail=detail)
+        return await answer_call(service, service_id, request.headers, lambda: body_of(request), arrived)
 
     @app.post("/cds-services/{service_id}/feedback")
     async def feedback(service_id: str, request: Request):

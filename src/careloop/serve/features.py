@@ -51,7 +51,9 @@ _ENC_KEYS = ("encounter_id", "class", "start", "end", "priority", "admit_source"
 class Prefetched:
     """The usable resources of a request, mapped, and what was set aside and why (for the audit log)."""
 
-    used: list[Any] = field(default_factory=list)  # each resource about the patient, decoded
+    received: list[tuple[str, Any]] = field(default_factory=list)  # (key, its value's JSON bytes as received)
+    used: list[tuple[tuple[str, str], Any]] = field(default_factory=list)  # each resource about the patient:
+    # ((type, id), the decoded resource)
     batch: Batch = field(default_factory=Batch)  # their rows in the store's tables
     missing: list[str] = field(default_factory=list)  # keys absent or null
     outcomes: list[str] = field(default_factory=list)  # keys answered with an OperationOutcome
@@ -62,18 +64,17 @@ class Prefetched:
     ctx: Context = field(default_factory=Context)
 
     def digest(self) -> str:
-        """SHA-256 of the resources used, as careloop read them (each resource's decoded fields, encoded as
-        MessagePack), in a canonical order: audit records carry this, never the data. Two calls get the same digest
-        when they scored the same data about the patient, however it was ordered, formatted or mixed with
-        resources about others."""
-        encode = _msgpack.encode
+        """SHA-256 of the prefetch as received: for each key the service asked for, in the order of its templates,
+        the key, a NUL, the value's JSON bytes exactly as the EHR sent them (or, for data read from the FHIR server,
+        as serialised by orjson), and a NUL. Audit records carry this, never the data; the EHR can compute it from
+        what it sent, and two calls with the same digest and model had the same inputs."""
         h = hashlib.sha256()
-        for blob in sorted(encode(r) for r in self.used):  # each a whole MessagePack map: the concatenation is
-            h.update(blob)  # unambiguous
+        for key, raw in self.received:
+            h.update(key.encode())
+            h.update(b"\0")
+            h.update(raw)
+            h.update(b"\0")
         return h.hexdigest()
-
-
-_msgpack = msgspec.msgpack.Encoder()
 
 
 class _Entry(msgspec.Struct):
@@ -215,7 +216,10 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
     ctx = out.ctx
     prefetch = prefetch or {}
     for key in keys:
-        items = _decoded(prefetch.get(key))
+        value = prefetch.get(key)
+        if key in prefetch:
+            out.received.append((key, value if isinstance(value, (bytes, msgspec.Raw)) else _dumps(value)))
+        items = _decoded(value)
         if items is None:
             out.outcomes.append(key)
             continue
@@ -239,7 +243,7 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
             if not _about(res, patient_id):
                 out.foreign += 1
                 continue
-            out.used.append(res)
+            out.used.append((ident, res))
             if ident[0] in defer:
                 out.deferred.append(res)
                 continue
@@ -248,6 +252,15 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
             except Reject as e:
                 out.rejected.append(f"{ident[0]}: {e.reason}")
     return out
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits, parsed by another library
+        import json
+
+        return json.dumps(value, default=str).encode()
 
 
 _MISSING: list = []  # a sentinel: the key is absent or null
