@@ -1,9 +1,9 @@
 """Benchmark `careloop serve`: signed `encounter-discharge` calls with real prefetch, 50 concurrent clients.
 
 The service runs as its own processes (`python -m careloop.cli serve --model BUNDLE --config FILE --port P
---workers N`, N = the cores by default) with the readmission model trained on a 5,000-patient synthetic hospital
-(synth, ingest and `careloop train` under bench-out/serve/, made once and reused) and SQLite state, so every call
-is verified (RS384 JWT, `aud` = the URL, jti claimed in the state store), scored from its prefetch (the ingest
+--workers N --pin-cpus`, N = the cores by default) with the readmission model trained on a 5,000-patient synthetic
+hospital (synth, ingest and `careloop train` under bench-out/serve/, made once and reused) and SQLite state, so
+every call is verified (RS384 JWT, `aud` = the URL, jti claimed in the state store), scored from its prefetch (the ingest
 mapping and the feature set's per-stay evaluator, held equal to the training features by tests), and audited in
 the hash-chained log (group commit); a call above the threshold also gets its reasons and its card recorded. The
 repeat window is set to a few milliseconds so that a patient seen again still gets the full card path.
@@ -231,11 +231,12 @@ class Signer:
 class ServerProcess:
     """`careloop serve` with its worker processes; CPU and memory are summed over all of them."""
 
-    def __init__(self, bundle: Path, config: Path, port: int, log: Path, workers: int) -> None:
+    def __init__(self, bundle: Path, config: Path, port: int, log: Path, workers: int, pin: bool = False) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.log = log.open("w")
         self.proc = subprocess.Popen([*CLI, "serve", "--model", str(bundle), "--config", str(config), "--port",
-                                      str(port), "--workers", str(workers)], stdout=self.log,
+                                      str(port), "--workers", str(workers), *(["--pin-cpus"] if pin else [])],
+                                     stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=ROOT)
         self.ps = psutil.Process(self.proc.pid)
         try:
@@ -437,6 +438,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=60.0, help="measured seconds (300 for the memory check)")
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server worker processes")
+    ap.add_argument("--pin-cpus", action=argparse.BooleanOptionalAction, default=True,
+                    help="each worker on a CPU of its own (careloop serve --pin-cpus)")
     ap.add_argument("--stays", type=int, default=300, help="distinct patients (one index stay each)")
     ap.add_argument("--warning-share", type=float, default=0.25, help="share of stays that get a warning card")
     ap.add_argument("--warmup", type=float, default=10.0)
@@ -448,7 +451,8 @@ def main() -> None:
         raise SystemExit("bench/serve needs wrk (apt-get install -y wrk)")
 
     print(f"bench/serve: {args.clients} concurrent clients (wrk), {args.duration:.0f} s, {args.workers} worker "
-          f"processes; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs",
+          f"processes{' pinned to a CPU each' if args.pin_cpus else ''}; load average "
+          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs",
           flush=True)
     hospital, bundle = build()
     print(f"bundle {bundle.relative_to(ROOT)}", flush=True)
@@ -471,7 +475,7 @@ def main() -> None:
     # 1. the load
     port = free_port()
     cfg, state = write_config(folder, jwks, port, deadline_ms=MAIN_DEADLINE_MS)
-    server = ServerProcess(bundle, cfg, port, folder / "server.log", args.workers)
+    server = ServerProcess(bundle, cfg, port, folder / "server.log", args.workers, args.pin_cpus)
     warm_kinds = each_once(server.url, bodies, signer)
     print(f"each stay once: {dict(collections.Counter(warm_kinds.values()))}", flush=True)
     base = wrk(server, bodies, signer, folder, clients=1, seconds=args.baseline_duration, expected_rps=500)
@@ -513,7 +517,7 @@ def main() -> None:
         dfolder = folder / f"deadline-{deadline_ms}"
         dfolder.mkdir()
         cfg, dstate = write_config(dfolder, jwks, port, deadline_ms=deadline_ms)
-        server = ServerProcess(bundle, cfg, port, dfolder / "server.log", args.workers)
+        server = ServerProcess(bundle, cfg, port, dfolder / "server.log", args.workers, args.pin_cpus)
         print(f"\ndeadline_ms={deadline_ms}:")
         sent = 0
         for clients in client_counts:

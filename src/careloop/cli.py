@@ -638,6 +638,8 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes (one per core: each scores on its own "
                                                            "core; state, jti claims and the audit chain are shared "
                                                            "through the state store).")] = 1,
+    pin_cpus: Annotated[bool, typer.Option("--pin-cpus", help="With --workers: each worker process on a CPU of its "
+                                                                "own (Linux).")] = False,
 ) -> None:
     """Serve the model as CDS Hooks 2.0 services (discovery, encounter-discharge, patient-view, feedback), and
     optionally the dashboard (worklist, patient, model, monitoring and governance pages behind sign-in)."""
@@ -646,7 +648,8 @@ def serve(
     from careloop.serve.asgi import Options, make_app
 
     opts = Options(model=str(model), config=str(config), dashboard=dashboard, store=str(store) if store else None,
-                   monitor=str(monitor) if monitor else None, users=str(users) if users else None, demo=demo)
+                   monitor=str(monitor) if monitor else None, users=str(users) if users else None, demo=demo,
+                   pin_cpus=pin_cpus)
     try:
         app_ = make_app(opts, seed=True)  # checks everything once, in this process, before any worker starts
         service = app_.state.service
@@ -659,7 +662,8 @@ def serve(
         console.print(sign_in_text(f"http://{host}:{port}"), highlight=False)
     console.print(f"careloop serving bundle {service.bundle.bundle_id[:12]} at http://{host}:{port}/cds-services "
                   f"(state {service.config.state.split('://')[0]}"
-                  + (f", {workers} workers" if workers > 1 else "") + ")"
+                  + (f", {workers} workers" if workers > 1 else "")
+                  + (", one CPU each" if workers > 1 and pin_cpus else "") + ")"
                   + (f"; dashboard at http://{host}:{port}/dashboard" if dashboard else ""), highlight=False)
     if workers == 1:
         uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -27,7 +28,7 @@ def two_workers(trained_bundle, tmp_path_factory):
     cfg = write_config(folder, state=state, jwks={"keys": [jwk]}, port=port)
     log = (folder / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "careloop.cli", "serve", "--model", str(trained_bundle),
-                             "--config", str(cfg), "--port", str(port), "--workers", "2"], stdout=log,
+                             "--config", str(cfg), "--port", str(port), "--workers", "2", "--pin-cpus"], stdout=log,
                             stderr=subprocess.STDOUT)
     try:
         wait_for_service(f"http://127.0.0.1:{port}", attempts=600, pause=0.1)
@@ -38,11 +39,15 @@ def two_workers(trained_bundle, tmp_path_factory):
         log.close()
 
 
+def _workers(proc) -> list[psutil.Process]:
+    return [p for p in psutil.Process(proc.pid).children(recursive=True)
+            if "python" in p.name() and "resource_tracker" not in " ".join(p.cmdline())]
+
+
 def test_two_workers_share_the_load_the_jti_claims_and_one_audit_chain(two_workers, trained_bundle, hospital_store,
                                                                        hospital):
     url, (pem, kid), state, proc = two_workers
-    workers = psutil.Process(proc.pid).children(recursive=True)
-    assert len([p for p in workers if "python" in p.name()]) >= 2
+    assert len(_workers(proc)) == 2
     stays, _ = _pick(trained_bundle, hospital_store[0])
     res = patient_resources(hospital / "ndjson", {s["patient_id"] for s in stays})
     aud = f"{url}/cds-services/readmission-risk"
@@ -63,3 +68,42 @@ def test_two_workers_share_the_load_the_jti_claims_and_one_audit_chain(two_worke
         assert audit.verify().ok
         assert len(audit.records(kind="cds-call")) == len(calls)
         assert len(audit.records(kind="auth-failure")) == 10
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to give each worker its own")
+def test_pinned_workers_each_hold_a_cpu_of_their_own_with_every_thread(two_workers):
+    *_, proc = two_workers
+    cpus = []
+    for worker in _workers(proc):
+        per_thread = {frozenset(os.sched_getaffinity(t.id)) for t in worker.threads()}
+        assert len(per_thread) == 1 and len(next(iter(per_thread))) == 1, per_thread  # scorer, journal, loop
+        cpus.append(next(iter(next(iter(per_thread)))))
+    assert len(set(cpus)) == 2, cpus
+
+
+CLAIM = ("import os, sys, time; from careloop.serve.asgi import claim_cpu; "
+         "print(claim_cpu(sys.argv[1]), sorted(os.sched_getaffinity(0)), flush=True); time.sleep(60)")
+
+
+def test_claim_cpu_gives_each_process_a_free_cpu_then_none_and_frees_it_on_exit():
+    cpus = sorted(os.sched_getaffinity(0))
+    key = f"test-{uuid.uuid4().hex[:8]}"
+    procs, seen = [], []
+    try:
+        for _ in range(len(cpus) + 1):
+            p = subprocess.Popen([sys.executable, "-c", CLAIM, key], stdout=subprocess.PIPE, text=True)
+            procs.append(p)
+            seen.append(p.stdout.readline().split(" ", 1))
+        claimed = [int(c) for c, _ in seen[:-1]]
+        assert sorted(claimed) == cpus
+        assert all(aff.strip() == f"[{c}]" for (_, aff), c in zip(seen[:-1], claimed, strict=True))
+        assert seen[-1][0] == "None" and seen[-1][1].strip() == str(cpus)  # more processes than CPUs: not pinned
+        procs[0].kill()
+        procs[0].wait()
+        again = subprocess.Popen([sys.executable, "-c", CLAIM, key], stdout=subprocess.PIPE, text=True)
+        procs.append(again)
+        assert int(again.stdout.readline().split(" ", 1)[0]) == claimed[0]  # the lock died with its holder
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
