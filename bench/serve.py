@@ -3,8 +3,8 @@
 The service runs as its own processes (`python -m careloop.cli serve --model BUNDLE --config FILE --port P
 --workers N --pin-cpus`, N = the cores by default) with the readmission model trained on a 5,000-patient synthetic
 hospital (synth, ingest and `careloop train` under bench-out/serve/, made once and reused) and SQLite state, so
-every call is verified (RS384 JWT, `aud` = the URL, jti claimed in the state store), scored from its prefetch (the ingest
-mapping and the feature set's per-stay evaluator, held equal to the training features by tests), and audited in
+every call is verified (RS384 JWT, `aud` = the URL, jti claimed in the state store), scored from its prefetch (the
+ingest mapping and the feature set's per-stay evaluator, held equal to the training features by tests), and audited in
 the hash-chained log (group commit); a call above the threshold also gets its reasons and its card recorded. The
 repeat window is set to a few milliseconds so that a patient seen again still gets the full card path.
 
