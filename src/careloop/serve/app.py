@@ -55,7 +55,7 @@ SERVICES = {
     "readmission-risk-patient-view": ("patient-view", "30-day readmission risk of the current inpatient stay"),
 }
 MIN_AGE = 18.0
-JOURNAL_LINGER_S = 0.003  # how long the journal waits for calls being scored to share its transaction
+JOURNAL_LINGER_S = 0.005  # how long the journal waits for calls being scored to share its transaction
 
 
 _Text = Annotated[str, msgspec.Meta(min_length=1)]
