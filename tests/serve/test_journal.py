@@ -58,3 +58,30 @@ def test_a_closed_journal_reopens_and_a_failed_batch_fails_every_call(journal, m
         with pytest.raises(RuntimeError, match="disk full"):
             f.result(timeout=10)
     assert [r["kind"] for r in journal.audit.records()] == ["cds-call"]  # the failed batch left nothing behind
+
+
+def test_the_writer_lingers_for_calls_being_scored_and_never_for_a_lone_call(tmp_path, monkeypatch):
+    """While calls are expected (being scored) a batch waits up to the linger for them; with none expected a call
+    is committed at once."""
+    import threading
+    import time
+
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    expected = [0]
+    j = Journal(store, AuditLog(store), linger_s=0.5, expecting=lambda: expected[0])
+    batches = []
+    real = j._commit
+    monkeypatch.setattr(j, "_commit", lambda batch: (batches.append(len(batch)), real(batch)))
+    try:
+        t0 = time.perf_counter()
+        assert j.write(_work(j, "lone")) is True
+        assert time.perf_counter() - t0 < 0.4 and batches == [1]  # nothing expected: no wait
+        expected[0] = 1
+        first = j.submit(_work(j, "first"))
+        threading.Timer(0.1, lambda: j.submit(_work(j, "second"))).start()  # arrives within the linger
+        assert first.result(timeout=5) is True
+        assert batches == [1, 2]  # both in one transaction
+        expected[0] = 0
+    finally:
+        j.close()
+        store.close()
