@@ -605,11 +605,7 @@ def create_app(service: Service) -> FastAPI:
         }
 
     async def body_of(request: Request) -> bytes | None:
-        size = request.headers.get("content-length")
-        if size and size.isdigit() and int(size) > MAX_BODY:
-            return None
-        raw = await request.body()
-        return None if len(raw) > MAX_BODY else raw
+        return await _reader(request.headers, request.receive)()
 
     def authenticate(request: Request, audience: str, service_id: str, rid: str):
         return _authenticate(service, request.headers, audience, service_id, rid)
