@@ -46,3 +46,12 @@ def watched_page(url: str, *, width: int = 1280, height: int = 900) -> Iterator[
             yield w
         finally:
             browser.close()
+
+
+def assert_shown(locator, name: str, *, min_width: float, min_height: float) -> dict:
+    """The one element `locator` matches, scrolled into view, larger than the given size; its bounding box."""
+    assert locator.count() == 1, name
+    locator.scroll_into_view_if_needed()
+    box = locator.bounding_box()
+    assert box is not None and box["width"] > min_width and box["height"] > min_height, (name, box)
+    return box

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.browser import needs_chromium, watched_page
+from tests.browser import assert_shown, needs_chromium, watched_page
 
 FIGURES = ("psi-heatmap", "output")
 
@@ -18,11 +18,7 @@ def test_a_browser_sees_the_monitoring_report(quarterly: tuple[dict, dict, Path]
     with watched_page(html.as_uri()) as w:
         page = w.page
         for name in FIGURES:
-            svg = page.locator(f'svg[data-figure="{name}"]')
-            assert svg.count() == 1, name
-            svg.scroll_into_view_if_needed()
-            box = svg.bounding_box()
-            assert box is not None and box["width"] > 300 and box["height"] > 150, (name, box)
+            assert_shown(page.locator(f'svg[data-figure="{name}"]'), name, min_width=300, min_height=150)
         n_alerts = sum(len(p["alerts"]) for p in report["periods"])
         assert page.locator("#alert-table tbody tr").count() == n_alerts > 0
         assert page.locator('#alert-table tr[data-kind="input_drift"]').first.inner_text().count("creatinine_")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from careloop.reports import Facts, write_reports
-from tests.browser import needs_chromium, watched_page
+from tests.browser import assert_shown, needs_chromium, watched_page
 
 PLOTS = ("roc", "calibration", "decision-curve", "forest", "importance")
 # drawn shapes of the data series (matplotlib gid "<plot>-series-<i>") with a visible length
@@ -33,11 +33,8 @@ def test_a_browser_sees_every_figure_and_nothing_fails(report: dict, facts: Fact
         page = w.page
         for name in PLOTS:
             plot = page.locator(f'[data-plot="{name}"]')
-            assert plot.count() == 1, name
-            plot.scroll_into_view_if_needed()
+            assert_shown(plot, name, min_width=300, min_height=200)
             assert plot.is_visible(), name
-            box = plot.bounding_box()
-            assert box is not None and box["width"] > 300 and box["height"] > 200, (name, box)
             svg = plot.locator("svg")
             svg_box = svg.bounding_box()
             assert svg_box is not None and svg_box["width"] > 250 and svg_box["height"] > 150, (name, svg_box)
