@@ -20,7 +20,7 @@ from careloop.features.engine import extract
 from careloop.features.spec import load_feature_set
 from careloop.registry import verify
 from careloop.serve.auth import sign_request_token
-from careloop.serve.features import bedside_features, collect
+from careloop.serve.features import PREFETCH, bedside_features, collect, prefetch_templates
 from careloop.serve.schema import DISCOVERY, RESPONSE
 from careloop.tasks.cohort import build_cohort
 from careloop.tasks.spec import load_task
@@ -112,12 +112,15 @@ def test_discovery_is_valid_and_every_service_answers(running):
                                                             "readmission-risk-patient-view": "patient-view"}
     for s in d["services"]:
         assert "{{context.patientId}}" in s["prefetch"]["observations"]
+        assert s["prefetch"] == prefetch_templates(running.service.fs)  # Observations of the codes read only
 
 
-def test_bedside_features_equal_training_features_to_the_last_digit(stays, trained_bundle, hospital):
-    """200 test-split stays, each from its patient's whole record as a FHIR server would prefetch it: decoded,
-    mapped (Observations only where a feature can read them) and evaluated per stay, against the training
-    features of the same stays (DuckDB SQL over the event store)."""
+@pytest.mark.parametrize("templates", ["advertised", "whole record"])
+def test_bedside_features_equal_training_features_to_the_last_digit(stays, trained_bundle, hospital, templates):
+    """200 test-split stays, each from what a FHIR server returns for the service's prefetch templates (the
+    Observations of the codes the features read) or for the patient's whole record: decoded, mapped (Observations
+    only where a feature can read them) and evaluated per stay, against the training features of the same stays
+    (DuckDB SQL over the event store)."""
     feats, _ = stays
     rows = feats.slice(0, 200).to_pylist()
     res = patient_resources(hospital / "ndjson", {r["patient_id"] for r in rows})
@@ -126,9 +129,10 @@ def test_bedside_features_equal_training_features_to_the_last_digit(stays, train
 
     directory = pq.read_table(b.path / "directory.parquet")
     fs = load_feature_set("readmission")
+    asked = prefetch_templates(fs) if templates == "advertised" else PREFETCH
     unread = deferred = 0
     for row in rows:
-        pre = collect(prefetch_of(res[row["patient_id"]]), row["patient_id"])
+        pre = collect(prefetch_of(res[row["patient_id"]], asked), row["patient_id"])
         deferred += len(pre.deferred)
         out = bedside_features(fs, pre, row["patient_id"], row["encounter_id"], directory=directory)
         unread += pre.unread

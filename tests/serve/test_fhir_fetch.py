@@ -91,3 +91,19 @@ def test_a_fhir_server_slower_than_the_deadline_gets_an_empty_answer_in_time_and
             if body["hookInstance"] in json.dumps(x, default=str)]
     assert len(recs) == 1 and "slower than the deadline" in json.dumps(recs[0], default=str)
     time.sleep(DEADLINE_MS / 1000)  # the abandoned read ends (its own timeout is the deadline)
+
+
+def test_the_observation_template_selects_on_a_real_fhir_server_what_the_ehr_emulation_sends(setup):
+    """The advertised Observation search (`combo-code`: the codes the features read) run by a real FHIR server gives
+    exactly the Observations `prefetch_of` sends for it (the benchmark and the demo play the EHR with that), and fewer
+    than the whole record."""
+    from careloop.serve.features import fetch_prefetch
+
+    running, fhir, _key, high, res = setup
+    templates = httpx.get(f"{running.url}/cds-services").json()["services"][0]["prefetch"]
+    assert "combo-code=" in templates["observations"]
+    fetched = fetch_prefetch(fhir.base_url, ACCESS, high["patient_id"], ["observations"], templates=templates)
+    got = sorted(e["resource"]["id"] for e in fetched["observations"]["entry"])
+    sent = sorted(e["resource"]["id"] for e in prefetch_of(res, templates)["observations"]["entry"])
+    assert got == sent
+    assert 0 < len(sent) < len(res["observations"])

@@ -38,13 +38,13 @@ from starlette.datastructures import Headers
 from careloop.serve import cards as C
 from careloop.serve.auth import RecentJti
 from careloop.serve.features import (
-    PREFETCH,
     REQUIRED_KEYS,
     bedside_features,
     collect,
     evaluator,
     fetch_prefetch,
     location_names,
+    prefetch_templates,
 )
 from careloop.serve.journal import Journal, Work
 from careloop.state import StateError
@@ -154,6 +154,7 @@ class Service:
         directory = self.bundle.path / "directory.parquet"
         self.locations = location_names(pq.read_table(directory) if directory.is_file() else None)
         self.features = evaluator(self.fs)
+        self.prefetch = prefetch_templates(self.fs)  # what the EHR is asked for: the data these features read
         self.infos = column_infos(self.meta.get("describe") or [], self.meta.get("units") or {})
         op = self.meta["operating_point"]
         self.threshold = float(op["threshold"])
@@ -321,13 +322,14 @@ class Service:
         encounter = req.context.get("encounterId") if service_id == "readmission-risk" else None
         ctx = self.card_context(patient, encounter)
         prefetch: dict[str, Any] = dict(req.prefetch or {})
-        missing = [k for k in PREFETCH if k not in prefetch]
+        missing = [k for k in self.prefetch if k not in prefetch]
         if missing and req.fhirServer and req.fhirAuthorization and _under(req.fhirServer, client_iss):
             prefetch |= fetch_prefetch(
                 req.fhirServer,
                 req.fhirAuthorization.access_token,
                 patient,
                 missing,
+                templates=self.prefetch,
                 timeout=self.config.deadline_ms / 1000,
             )
         pre = collect(prefetch, patient)
@@ -598,7 +600,7 @@ def create_app(service: Service) -> FastAPI:
                     "title": title,
                     "description": f"{title}: calibrated risk, reasons, and a follow-up suggestion above "
                     "the alert threshold; defers to clinical judgement when out of scope.",
-                    "prefetch": dict(PREFETCH),
+                    "prefetch": dict(service.prefetch),
                 }
                 for sid, (hook, title) in SERVICES.items()
             ]

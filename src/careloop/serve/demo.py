@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -52,14 +53,43 @@ def patient_resources(ndjson: Path, patients: set[str]) -> dict[str, dict[str, l
     return out
 
 
-def prefetch_of(resources: dict[str, list[dict]]) -> dict:
-    """The prefetch an EHR sends for the service's templates: a Patient, and searchset Bundles."""
+def prefetch_of(resources: dict[str, list[dict]], templates: Mapping[str, str] = PREFETCH) -> dict:
+    """The prefetch an EHR sends for the service's templates (by default the whole record; a service advertises
+    its own in discovery): a Patient, and searchset Bundles of what each search selects."""
     pf: dict = {"patient": resources["patient"][0]}
-    for key in PREFETCH:
+    for key, template in templates.items():
         if key != "patient":
+            keep = token_search(template)
             pf[key] = {"resourceType": "Bundle", "type": "searchset",
-                       "entry": [{"resource": r} for r in resources.get(key, [])]}
+                       "entry": [{"resource": r} for r in resources.get(key, []) if keep(r)]}
     return pf
+
+
+def token_search(template: str) -> Callable[[dict], bool]:
+    """What a FHIR server keeps of a patient's resources for the `combo-code` search of a template (a resource's
+    code or one of its components' codes, as `system|code`, or `system|` for any code of the system); the other
+    parameters (the patient) are already applied by `patient_resources`. Only what careloop's templates use."""
+    exact: set[str] = set()
+    systems: set[str] = set()
+    for part in template.partition("?")[2].split("&"):
+        name, _, value = part.partition("=")
+        if name != "combo-code":
+            continue
+        for token in value.split(","):
+            system, _, code = token.partition("|")
+            if code:
+                exact.add(token)
+            else:
+                systems.add(system)
+    if not exact and not systems:
+        return lambda r: True
+
+    def keep(r: dict) -> bool:
+        concepts = [r.get("code") or {}, *((c.get("code") or {}) for c in r.get("component") or [])]
+        return any(c.get("system") in systems or f"{c.get('system')}|{c.get('code')}" in exact
+                   for cc in concepts for c in cc.get("coding") or [])
+
+    return keep
 
 
 def wait_for_service(url: str, *, attempts: int = 300, pause: float = 0.05) -> None:
@@ -195,20 +225,30 @@ def main(argv: list[str] | None = None) -> int:
             return body
 
         print(f"careloop service at {base}/cds-services; alert threshold {threshold:.1%}")
+        # the EHR prefetches what the service's discovery document asks for (Observations only of the codes read)
+        templates = httpx.get(f"{base}/cds-services", timeout=10).json()["services"][0]["prefetch"]
+
+        def pf_of(s: dict) -> dict:
+            return prefetch_of(res[s["patient_id"]], templates)
+
+        sent = pf_of(stays[0])["observations"]["entry"]
+        print(f"prefetch asked for: {len(templates)} searches; Observations of "
+              f"{templates['observations'].count(',') + 1} codes ({len(sent)} of "
+              f"{len(res[stays[0]['patient_id']].get('observations', []))} for the first patient)")
         high, low = stays[0], stays[-1]
         got = send(f"discharge of a high-risk patient (risk {high['risk']:.0%})",
-                   request(high, prefetch_of(res[high["patient_id"]])))
+                   request(high, pf_of(high)))
         mid = stays[2]
         send(f"a patient in a range where clinicians judge better (risk {mid['risk']:.0%})",
-             request(mid, prefetch_of(res[mid["patient_id"]])))
+             request(mid, pf_of(mid)))
         send(f"discharge of a low-risk patient (risk {low['risk']:.0%})",
-             request(low, prefetch_of(res[low["patient_id"]])))
-        child = prefetch_of(res[stays[1]["patient_id"]])
+             request(low, pf_of(low)))
+        child = pf_of(stays[1])
         child["patient"] = dict(child["patient"], birthDate="2016-03-01")
         send("a 10-year-old (out of scope for an adult model)", request(stays[1], child))
         send("no prefetch and no FHIR access", request(stays[3], None))
         forged = sign_request_token(pem, "ehr-demo-1", "https://attacker.example", url)
-        send("a token from an untrusted issuer", request(high, prefetch_of(res[high["patient_id"]])), forged)
+        send("a token from an untrusted issuer", request(high, pf_of(high)), forged)
         if got.get("cards") and got["cards"][0].get("overrideReasons"):
             card = got["cards"][0]
             fb_url = f"{url}/feedback"
@@ -223,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         admin = {"Authorization": f"Bearer {secret}"}
         httpx.post(f"{base}/admin/models/{key}/enabled", json={"enabled": False}, headers=admin, timeout=10)
         send("the same discharge after an administrator flipped the kill switch",
-             request(high, prefetch_of(res[high["patient_id"]])))
+             request(high, pf_of(high)))
         httpx.post(f"{base}/admin/models/{key}/enabled", json={"enabled": True}, headers=admin, timeout=10)
     finally:
         server.terminate()

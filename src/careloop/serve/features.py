@@ -23,6 +23,7 @@ from careloop.features.rows import Record, Stay, StayFeatures
 from careloop.features.spec import FeatureSet
 from careloop.ingest import model as M
 from careloop.ingest.mapping import (
+    SYSTEMS,
     Batch,
     Context,
     Reject,
@@ -33,7 +34,7 @@ from careloop.ingest.mapping import (
     observation_time,
 )
 
-PREFETCH = {  # CDS Hooks prefetch templates: what the readmission features read, for one patient
+PREFETCH = {  # CDS Hooks prefetch templates for one patient's record (`prefetch_templates` narrows the Observations)
     "patient": "Patient/{{context.patientId}}",
     "encounters": "Encounter?patient={{context.patientId}}",
     "conditions": "Condition?patient={{context.patientId}}",
@@ -43,8 +44,48 @@ PREFETCH = {  # CDS Hooks prefetch templates: what the readmission features read
     "coverage": "Coverage?beneficiary={{context.patientId}}",
 }
 REQUIRED_KEYS = ("patient", "encounters")  # without these there is no index stay to score
+_SYSTEM_OF = {prefix: url for url, prefix in SYSTEMS.items()}  # LOINC -> http://loinc.org
 _PATIENT_REFS = ("subject", "patient", "beneficiary")
 _ENC_KEYS = ("encounter_id", "class", "start", "end", "priority", "admit_source", "location_ref", "reason_code")
+
+
+def observation_tokens(fs: FeatureSet | StayFeatures) -> list[str] | None:
+    """The FHIR token search values (`system|code`, or `system|` for a whole code system) that select every
+    Observation some feature of `fs` could read, or None when a feature may read any Observation.
+
+    An Observation's events carry the codes of its code and its components, each as PREFIX/code for a system careloop
+    knows (`SYSTEMS`); so a feature reads Observations only through an exact code of such a system, or through a
+    prefix that one of those codes can start with (then the whole system is asked for: a search cannot say "codes
+    starting with"). A feature counting events by source Observation, or a prefix that could match several systems'
+    codes at once, needs them all."""
+    features = fs.fs.features if isinstance(fs, StayFeatures) else fs.features
+    tokens: set[str] = set()
+    for f in features:
+        if f.source == "Observation":
+            return None
+        if f.code and f.kind in ("measurement", "latest_text"):
+            system, sep, code = f.code.partition("/")
+            if sep and system in _SYSTEM_OF and code:
+                tokens.add(f"{_SYSTEM_OF[system]}|{code}")
+        prefixes = [f.prefix] if f.prefix else ["ICD10CM/"] if f.kind == "comorbidity" else []
+        for p in prefixes:
+            hits = [s for s in _SYSTEM_OF if p.startswith(f"{s}/") or f"{s}/".startswith(p)]
+            if len(hits) > 1:
+                return None
+            tokens.update(f"{_SYSTEM_OF[s]}|" for s in hits)
+    whole = {t for t in tokens if t.endswith("|")}
+    return sorted(t for t in tokens if t in whole or t.split("|", 1)[0] + "|" not in whole)
+
+
+def prefetch_templates(fs: FeatureSet | StayFeatures) -> dict[str, str]:
+    """The service's prefetch templates: `PREFETCH`, with the Observation search narrowed to the codes the features
+    read (`combo-code`: the Observation's code or a component's), so that the EHR sends only the data the model
+    needs (the minimum necessary) rather than every Observation of the patient's record."""
+    out = dict(PREFETCH)
+    tokens = observation_tokens(fs)
+    if tokens is not None:
+        out["observations"] = f"{PREFETCH['observations']}&combo-code={','.join(tokens)}"
+    return out
 
 
 @dataclass
@@ -116,6 +157,7 @@ def fetch_prefetch(
     patient_id: str,
     keys: list[str],
     *,
+    templates: Mapping[str, str] = PREFETCH,
     timeout: float = 1.5,
     max_pages: int = 20,
     client=None,
@@ -131,7 +173,7 @@ def fetch_prefetch(
     client = client or httpx.Client(timeout=timeout, follow_redirects=False)
     try:
         for key in keys:
-            url = f"{base}/" + PREFETCH[key].replace("{{context.patientId}}", patient_id)
+            url = f"{base}/" + templates[key].replace("{{context.patientId}}", patient_id)
             try:
                 first = client.get(url, headers=headers)
                 if first.status_code != 200:
