@@ -400,6 +400,22 @@ def test_purge_refuses_young_records_and_keeps_the_chain(log, db_url):
     assert not res.ok and res.first_bad == 120 and "younger" in res.reason
 
 
+def test_a_forged_anchor_with_a_real_hash_cannot_free_recent_records(log, db_url):
+    """The anchor table takes inserts through the app's own connection; an anchor copying a real record's hash with
+    an old date would make a deleted recent prefix verify. The database's own clock refuses the DELETE (and a cut of
+    the tail) for every record younger than the retention minimum, whatever the anchors say."""
+    log.append_many(make_events(10, datetime.now(UTC) - timedelta(hours=1)))
+    seventh = log.records()[6]["entry_hash"]
+    with log.store.transaction(write=True) as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO careloop_audit_anchor (upto_seq, entry_hash, last_recorded, purged_at, minimum_days, "
+            f"purged_by) VALUES (10, '{seventh}', '2020-01-01 00:00:00', '2020-07-01 00:00:00', 183, 'x')")
+    for victims in ("seq <= 7", "seq >= 8"):
+        with pytest.raises(StateError, match="183 days|append-only"), log.store.transaction(write=True) as conn:
+            conn.exec_driver_sql(f"DELETE FROM careloop_audit WHERE {victims}")
+    assert [r["seq"] for r in log.records()] == list(range(1, 11))
+
+
 def test_purge_never_removes_the_head(log):
     now = datetime(2026, 1, 1, tzinfo=UTC)
     log.append_many(make_events(10, now - timedelta(days=400)))

@@ -18,7 +18,8 @@ from some record on, which signed checkpoints (Ed25519, optional: ``signing_key=
 Retention (EU AI Act Arts 19, 26(6): at least six months): :meth:`AuditLog.purge` removes only a *prefix* of the
 chain whose records are all older than the minimum (183 days at least), after verifying it, and leaves an anchor
 (the last purged seq and entry_hash, append-only too) from which the remaining chain still verifies. The DELETE
-trigger lets through only records at or below an anchor; the newest record is never purged.
+trigger lets through only records at or below an anchor and older than 183 days by the database's own clock (so
+that a forged anchor cannot free recent records); the newest record is never purged.
 
 Columns beside the event (recorded, kind, outcome, client, patient) exist for the audit report's filters; they
 are derived from the event on append and :meth:`verify` checks that they still agree with the hashed event.
@@ -110,6 +111,11 @@ _SQLITE_TRIGGERS = [
     "CREATE TRIGGER IF NOT EXISTS careloop_audit_no_delete BEFORE DELETE ON careloop_audit "
     "WHEN OLD.seq > (SELECT COALESCE(MAX(upto_seq), 0) FROM careloop_audit_anchor) "
     "BEGIN SELECT RAISE(ABORT, 'careloop_audit is append-only: DELETE refused'); END",
+    # an anchor is only a row of another table: the database's own clock keeps every record for the minimum, so that
+    # a forged anchor cannot let a recent prefix (or the tail) be deleted (recorded is a fixed-width UTC string)
+    "CREATE TRIGGER IF NOT EXISTS careloop_audit_retention BEFORE DELETE ON careloop_audit "
+    f"WHEN OLD.recorded > datetime('now', '-{MIN_RETENTION_DAYS} days') "
+    f"BEGIN SELECT RAISE(ABORT, 'careloop_audit keeps every record {MIN_RETENTION_DAYS} days: DELETE refused'); END",
     *(
         f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op.lower()} BEFORE {op} ON {t} "
         f"BEGIN SELECT RAISE(ABORT, '{t} is append-only: {op} refused'); END"
@@ -122,7 +128,8 @@ _PG_FUNCTION = """
 CREATE OR REPLACE FUNCTION careloop_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'careloop_audit' THEN
-    IF OLD.seq <= (SELECT COALESCE(MAX(upto_seq), 0) FROM careloop_audit_anchor) THEN
+    IF OLD.seq <= (SELECT COALESCE(MAX(upto_seq), 0) FROM careloop_audit_anchor)
+       AND OLD.recorded < now() - interval '183 days' THEN
       RETURN OLD;  -- a retention purge of an anchored prefix
     END IF;
   END IF;
