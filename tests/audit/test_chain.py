@@ -411,7 +411,7 @@ def test_a_forged_anchor_with_a_real_hash_cannot_free_recent_records(log, db_url
             "INSERT INTO careloop_audit_anchor (upto_seq, entry_hash, last_recorded, purged_at, minimum_days, "
             f"purged_by) VALUES (10, '{seventh}', '2020-01-01 00:00:00', '2020-07-01 00:00:00', 183, 'x')")
     for victims in ("seq <= 7", "seq >= 8"):
-        with pytest.raises(StateError, match="183 days|append-only"), log.store.transaction(write=True) as conn:
+        with pytest.raises(StateError, match=r"183 days|append-only"), log.store.transaction(write=True) as conn:
             conn.exec_driver_sql(f"DELETE FROM careloop_audit WHERE {victims}")
     assert [r["seq"] for r in log.records()] == list(range(1, 11))
 

@@ -97,6 +97,22 @@ def test_patient_page_shows_risk_over_the_stay_reasons_and_the_data(visitor, das
     assert resp.status == 404
 
 
+def test_a_cards_patient_link_opens_the_stays_page(visitor, dash):
+    """With the dashboard served, a card's "Patient risk page" link is the stay's page here, and it opens."""
+    from careloop.serve import cards as C
+
+    eid = next(iter(dash.seeded))
+    ctx = dash.service.card_context("p1", eid)
+    card = C.risk_card(ctx, 0.5, 0.2, [], band="high risk", budget_text="see the card")
+    links = {link["label"]: link["url"] for link in card["links"]}
+    assert links["Patient risk page"] == f"{dash.url}/dashboard/patient/{eid}"
+    assert dash.service.card_context("p1", None).patient_page is None  # patient-view: no stay known in advance
+    v = visitor("clinician")
+    resp = v.page.goto(links["Patient risk page"])
+    assert resp.status == 200 and v.page.locator("#stay-facts").text_content().count(eid) == 1
+    no_errors(v)
+
+
 @pytest.mark.parametrize("role", ["clinician", "data_scientist", "governance"])
 def test_model_page_shows_card_report_hti1_and_operating_point(visitor, dash, role):
     v = visitor(role)

@@ -4,7 +4,8 @@ The web layer is thin: `Service` holds the verified model bundle, the state stor
 (`Service.handle`); FastAPI routes authenticate, parse, enforce the deadline and turn decisions into responses.
 Every call, including refusals, is appended to the hash-chained audit log, with no token, name or note in it.
 
-A scored call's path: the token is verified on the event loop (a replay to this process is refused from memory);
+A scored call's path: the token is verified on the event loop (on a thread when its key must first be fetched from
+the client's JWKS URL; a replay to this process is refused from memory);
 the body is decoded with msgspec, its prefetch left as raw JSON; `handle` runs on the process's one scoring thread
 (decode and map each resource, evaluate the features, score, decide), under the deadline counted from arrival;
 then the call's jti claim, card and audit record go to the journal's next group commit, and the answer goes out
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import re
 import threading
 import time
@@ -55,6 +57,7 @@ SERVICES = {
     "readmission-risk-patient-view": ("patient-view", "30-day readmission risk of the current inpatient stay"),
 }
 MIN_AGE = 18.0
+log = logging.getLogger(__name__)
 JOURNAL_LINGER_S = 0.005  # how long the journal waits for calls being scored to share its transaction
 
 
@@ -96,7 +99,7 @@ class FeedbackItem(BaseModel):
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: list[dict[str, str]] | None = None
     overrideReason: dict[str, Any] | None = None
-    outcomeTimestamp: dt.datetime
+    outcomeTimestamp: dt.datetime = Field(strict=True)  # RFC 3339 text (strict: not a Unix number)
 
 
 class FeedbackRequest(BaseModel):
@@ -128,7 +131,7 @@ class Decision:
     digest: str | None = None
     note: str | None = None
     extra: dict = field(default_factory=dict)
-    card_row: tuple | None = None  # the warning card to remember (StateStore.record_card_in's arguments)
+    card_row: tuple | None = None  # the card to remember (StateStore.record_card_in's arguments)
 
 
 class Service:
@@ -185,6 +188,7 @@ class Service:
             skew_s=config.clock_skew_s,
         )
         self.admin = AdminAuth(config.admin)
+        self.patient_pages = False  # set by the dashboard when it serves the stays' pages (cards then link to them)
         # while calls are being scored, the journal waits a little for them to share its transaction
         self.journal = Journal(self.store, self.audit, linger_s=JOURNAL_LINGER_S, expecting=lambda: self.pending)
         # one scoring thread: calls queue in order (no convoy of threads on the GIL) and a call slower than its
@@ -222,19 +226,98 @@ class Service:
     def _prepared(self, kind: str, result: str, *, claims=None, req=None, decision=None, service=None,
                   request_id=None, detail=None, patient=None, user=None) -> list[tuple[str, dict]]:
         """The call's audit event, validated and serialised. A field the audit log refuses (not an identifier, or
-        token-like text sent by the caller) is left out and the refusal noted: the call is still recorded, and
-        still answered."""
+        token-like text sent by the caller) is left out and named, and everything else is kept: the call is still
+        recorded (its patient, correlation ids, score and cards), and still answered."""
         from careloop.audit import AuditContentError, audit_event
 
+        fields = self._event(kind, result, claims=claims, req=req, decision=decision, service=service,
+                             request_id=request_id, detail=detail, patient=patient, user=user)
         try:
-            return self.audit.prepare([self._event(kind, result, claims=claims, req=req, decision=decision,
-                                                   service=service, request_id=request_id, detail=detail,
-                                                   patient=patient, user=user)])
-        except AuditContentError as e:
-            return self.audit.prepare([audit_event(
-                kind=kind, outcome=result, client=getattr(claims, "iss", None), service=service,
-                model_hash=self.bundle.bundle_id,
-                detail={"error": "unrecordable request fields", "field": type(e).__name__})])
+            return self.audit.prepare([audit_event(**fields)])
+        except AuditContentError:
+            pass
+        kept = {k: v for k, v in fields.items() if k not in _CALLER_FIELDS}
+        dropped = []
+        for name in _CALLER_FIELDS:  # each field the caller could have shaped, alone with the safe ones
+            if fields.get(name) is None:
+                continue
+            try:
+                audit_event(**kept, **{name: fields[name]})
+            except AuditContentError:
+                dropped.append(name)
+            else:
+                kept[name] = fields[name]
+        note = {"error": "unrecordable request fields", "field": ",".join(dropped)}
+        kept["detail"] = {**(kept.get("detail") or {}), **note}
+        try:
+            return self.audit.prepare([audit_event(**kept)])
+        except AuditContentError:  # the fields together (never seen): the bare record
+            return self.audit.prepare([audit_event(kind=kind, outcome=result, service=service,
+                                                   model_hash=self.bundle.bundle_id, detail=note)])
+
+    def take_feedback(self, service_id: str, claims, rid: str, raw: bytes | None) -> Response:
+        """A feedback request (off the event loop): every item is checked before any is stored, then all items and
+        their audit records are written in one transaction, so a batch is stored whole or not at all. A card is
+        known only to the service that showed it; an accepted suggestion must be one of its card's. A refusal is
+        audited too, and no answer quotes what the caller sent."""
+
+        def refuse(status: int, text: str, patient: str | None = None) -> Response:
+            self.record("feedback", "minor", claims=claims, service=service_id, request_id=rid, patient=patient,
+                        detail={"reason": text[:200], "http_status": status})
+            return outcome(status, text)
+
+        if not self.store.claim_jti(claims.iss, claims.jti, claims.exp):  # a replay through another worker
+            self.record("auth-failure", "serious", service=service_id, request_id=rid,
+                        detail={"reason": "jti replayed: this token was already used", "iss": claims.iss})
+            return JSONResponse({}, status_code=401)
+        if raw is None:
+            return refuse(413, f"request larger than {MAX_BODY} bytes")
+        try:
+            fb = FeedbackRequest.model_validate_json(raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            return refuse(400, f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}")
+        items = []
+        for i, item in enumerate(fb.feedback):
+            where = f"feedback[{i}]"
+            card = self.store.card(item.card)
+            if card is None or card["service"] != service_id:
+                return refuse(404, f"{where}.card: no card of this service has this uuid")
+            if item.outcome == "accepted":
+                if not item.acceptedSuggestions:
+                    return refuse(400, f"{where}: 'accepted' needs acceptedSuggestions", card["patient"])
+                offered = set(C.suggestion_ids(card["uuid"])) if card["indicator"] == "warning" else set()
+                if any(s.get("id") not in offered for s in item.acceptedSuggestions):
+                    return refuse(400, f"{where}.acceptedSuggestions: each id must be a suggestion of the card",
+                                  card["patient"])
+            if item.outcomeTimestamp.tzinfo is None:
+                return refuse(400, f"{where}.outcomeTimestamp needs a time zone (RFC 3339)", card["patient"])
+            try:
+                row = self.store.feedback_row(service_id, json.loads(item.model_dump_json(exclude_none=True)),
+                                              client=claims.iss)
+            except StateError as e:
+                return refuse(400, f"{where}: {_QUOTED.sub('(value not shown)', str(e).splitlines()[0])[:200]}",
+                              card["patient"])
+            items.append((item, card, row))
+        with self.store.transaction(write=True) as conn:
+            new = self.store.add_feedback_rows_in(conn, [row for _, _, row in items])
+            events = []
+            for (item, card, _), added in zip(items, new, strict=True):
+                events += self._prepared("feedback", "success", claims=claims, service=service_id, request_id=rid,
+                                         patient=card["patient"],
+                                         detail={"card": item.card, "outcome": item.outcome, "new": added,
+                                                 "reason": row["override_code"] or None})
+            self.audit.append_prepared(conn, events)
+        return JSONResponse({"received": len(items), "new": sum(new)})
+
+    async def audited(self, kind: str, result: str, **fields) -> None:
+        """Append one audit event through the journal's group commit, from the event loop without blocking it
+        (`record` writes in its own transaction, for code off the loop). If the log cannot be written, the call's
+        answer does not change (a refusal stays a refusal)."""
+        try:
+            await asyncio.wrap_future(self.journal.submit(Work(self._prepared(kind, result, **fields))))
+        except Exception:
+            log.exception("the audit log could not record a %s event", kind)
 
     def work(self, kind: str, result: str, *, claims, req=None, decision=None, service: str | None = None,
              request_id: str | None = None, detail: dict | None = None) -> Work:
@@ -251,9 +334,11 @@ class Service:
         return Work(events, jti=jti, instead=instead, card=decision.card_row if decision is not None else None)
 
     def _event(self, kind, result, *, claims, req, decision, service, request_id, detail, patient, user) -> dict:
-        from careloop.audit import audit_event
-
-        return audit_event(
+        """The arguments of the call's `audit_event`: who (the client, and the user from the hook's context),
+        which patient, the correlation ids, the model, the inputs' digest, the score, the cards, why it deferred."""
+        if user is None and req is not None:
+            user = req.context.get("userId") if isinstance(req.context.get("userId"), str) else None
+        return dict(
             kind=kind,
             outcome=result,
             client=getattr(claims, "iss", None),
@@ -307,6 +392,8 @@ class Service:
             str(self.meta.get("code_version", "")),
             self.intended_use,
             self.not_for,
+            patient_page=f"{self.config.base_url}/dashboard/patient/{encounter}" if self.patient_pages and encounter
+            else None,
         )
 
     def defer(self, ctx: C.CardContext, reason: str, **kw) -> Decision:
@@ -315,9 +402,18 @@ class Service:
 
     def handle(self, service_id: str, req: HookRequest, now: dt.datetime | None = None,
                client_iss: str | None = None) -> Decision:
-        """Score one request, or say why not. The EHR's FHIR server is read only when it lies under the token's
-        issuer (the EHR's own FHIR base, as Epic sets `iss`): an attacker-chosen `fhirServer` is never fetched."""
+        """Score one request, or say why not; the card shown, if any, is remembered with the call (feedback names
+        it, and warnings drive repeat suppression and the daily budget)."""
         now = now or dt.datetime.now(dt.UTC)
+        d = self._decide(service_id, req, now, client_iss)
+        if d.cards and d.card_row is None and d.patient:
+            card = d.cards[0]
+            d.card_row = (card["uuid"], service_id, d.patient, self.model_key, d.score, card["indicator"], None, now)
+        return d
+
+    def _decide(self, service_id: str, req: HookRequest, now: dt.datetime, client_iss: str | None) -> Decision:
+        """The decision. The EHR's FHIR server is read only when it lies under the token's issuer (the EHR's own
+        FHIR base, as Epic sets `iss`): an attacker-chosen `fhirServer` is never fetched."""
         patient = _patient_of(req)
         encounter = req.context.get("encounterId") if service_id == "readmission-risk" else None
         ctx = self.card_context(patient, encounter)
@@ -374,7 +470,7 @@ class Service:
         from careloop.explain import reasons
 
         a = self.config.alert
-        last = self.store.last_card(service_id, ctx.patient_id, self.model_key)
+        last = self.store.last_card(service_id, ctx.patient_id, self.model_key, "warning")
         if (
             last
             and last.get("risk") is not None
@@ -387,7 +483,7 @@ class Service:
         if a.daily_budget_per_unit:
             unit = "hospital"
             midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-            if self.store.cards_since(service_id, unit, midnight) >= a.daily_budget_per_unit:
+            if self.store.cards_since(service_id, unit, midnight, "warning") >= a.daily_budget_per_unit:
                 decision.note = "daily budget reached"
                 return decision
         rs = reasons(self.model.contributions_rows([row]), [row], self.infos, top=3, columns=self.model.columns)
@@ -503,15 +599,21 @@ def _reader(headers: Headers, receive):
     return read
 
 
-def _authenticate(service: Service, headers, audience: str, service_id: str, rid: str):
-    """The caller's verified claims, or None after auditing the refusal (the answer is a bare 401)."""
-    from careloop.serve.auth import AuthError
+async def _authenticate(service: Service, headers, audience: str, service_id: str, rid: str):
+    """The caller's verified claims, or None after auditing the refusal (the answer is a bare 401). A token whose
+    key must first be fetched from its client's JWKS URL is verified on a thread: the event loop never waits on a
+    key server (a token with an unknown kid would otherwise stall every call for the fetch's timeout)."""
+    from careloop.serve.auth import AuthError, WouldBlock
 
+    auth = headers.get("authorization")
     try:
-        return service.verifier.verify(headers.get("authorization"), audience)
+        try:
+            return service.verifier.verify(auth, audience, block=False)
+        except WouldBlock:
+            return await asyncio.to_thread(service.verifier.verify, auth, audience)
     except AuthError as e:
-        service.record("auth-failure", "serious", service=service_id, request_id=rid,
-                       detail={"reason": str(e.reason)[:200], "iss": e.iss})
+        await service.audited("auth-failure", "serious", service=service_id, request_id=rid,
+                              detail={"reason": str(e.reason)[:200], "iss": e.iss})
         return None
 
 
@@ -520,7 +622,7 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
     rid = headers.get("x-request-id") or str(uuidlib.uuid4())
     if service_id not in SERVICES:
         return outcome(404, f"no CDS service {service_id!r}")
-    claims = _authenticate(service, headers, f"{service.base}/cds-services/{service_id}", service_id, rid)
+    claims = await _authenticate(service, headers, f"{service.base}/cds-services/{service_id}", service_id, rid)
     if claims is None:
         return JSONResponse({}, status_code=401)
 
@@ -541,8 +643,8 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
                             detail={"reason": "request too large"})
     try:
         req = HookRequest.decode(raw)
-    except msgspec.DecodeError as e:
-        msg = f"body: {e}"
+    except msgspec.DecodeError as e:  # the path and the expected type; a value the caller sent is not quoted back
+        msg = f"body: {_QUOTED.sub('(value not shown)', str(e))}"
         return await finish(outcome(400, msg), "cds-call", "minor", detail={"reason": msg[:200]})
     problem = _check_request(service_id, req)
     if problem:
@@ -609,8 +711,8 @@ def create_app(service: Service) -> FastAPI:
     async def body_of(request: Request) -> bytes | None:
         return await _reader(request.headers, request.receive)()
 
-    def authenticate(request: Request, audience: str, service_id: str, rid: str):
-        return _authenticate(service, request.headers, audience, service_id, rid)
+    async def authenticate(request: Request, audience: str, service_id: str, rid: str):
+        return await _authenticate(service, request.headers, audience, service_id, rid)
 
     @app.post("/cds-services/{service_id}")
     async def call(service_id: str, request: Request):
@@ -620,54 +722,17 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/cds-services/{service_id}/feedback")
     async def feedback(service_id: str, request: Request):
-
         rid = request.headers.get("x-request-id") or str(uuidlib.uuid4())
         if service_id not in SERVICES:
             return outcome(404, f"no CDS service {service_id!r}")
-        claims = authenticate(request, f"{base}/cds-services/{service_id}/feedback", service_id, rid)
+        claims = await authenticate(request, f"{base}/cds-services/{service_id}/feedback", service_id, rid)
         if claims is None:
             return JSONResponse({}, status_code=401)
-        if not service.store.claim_jti(claims.iss, claims.jti, claims.exp):  # a replay through another worker
-            service.record("auth-failure", "serious", service=service_id, request_id=rid,
-                           detail={"reason": "jti replayed: this token was already used", "iss": claims.iss})
-            return JSONResponse({}, status_code=401)
         raw = await body_of(request)
-        if raw is None:
-            return outcome(413, f"request larger than {MAX_BODY} bytes")
         try:
-            fb = FeedbackRequest.model_validate_json(raw)
-        except ValidationError as e:
-            err = e.errors()[0]
-            return outcome(400, f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}")
-        new = 0
-        for item in fb.feedback:
-            if item.outcome == "accepted" and not item.acceptedSuggestions:
-                return outcome(400, "feedback: 'accepted' needs acceptedSuggestions")
-            if item.outcomeTimestamp.tzinfo is None:
-                return outcome(400, "feedback: outcomeTimestamp needs a time zone (RFC 3339)")
-            if service.store.card(item.card) is None:
-                return outcome(404, f"feedback: unknown card {item.card}")
-        for item in fb.feedback:
-            d = json.loads(item.model_dump_json(exclude_none=True))
-            try:
-                added = service.store.add_feedback(service_id, d, client=claims.iss)
-            except StateError as e:
-                return outcome(400, f"feedback: {str(e).splitlines()[0][:200]}")
-            new += int(added)
-            service.record(
-                "feedback",
-                "success",
-                claims=claims,
-                service=service_id,
-                request_id=rid,
-                detail={
-                    "card": item.card,
-                    "outcome": item.outcome,
-                    "new": added,
-                    "reason": ((item.overrideReason or {}).get("reason") or {}).get("code"),
-                },
-            )
-        return {"received": len(fb.feedback), "new": new}
+            return await asyncio.to_thread(service.take_feedback, service_id, claims, rid, raw)
+        except StateError:
+            return outcome(503, "the state store cannot be written now, so the feedback was not stored; retry later")
 
     @app.post("/admin/models/{model_key}/enabled")
     async def switch(model_key: str, request: Request):
@@ -676,16 +741,21 @@ def create_app(service: Service) -> FastAPI:
         try:
             who = service.admin.check(request.headers.get("authorization"))
         except AuthError as e:
-            service.record("auth-failure", "serious", detail={"reason": str(e.reason)[:200], "route": "admin"})
+            await service.audited("auth-failure", "serious", detail={"reason": str(e.reason)[:200], "route": "admin"})
             return JSONResponse({}, status_code=401)
+
+        async def refuse(status: int, text: str):
+            await service.audited("admin-change", "minor", detail={"by": who, "reason": text, "http_status": status})
+            return outcome(status, text)
+
         try:
             body = SwitchRequest.model_validate_json(await request.body())
         except ValidationError as e:
-            return outcome(400, e.errors()[0]["msg"])
+            return await refuse(400, e.errors()[0]["msg"])
         if model_key not in (service.model_key, service.model_key[:12]):
-            return outcome(404, f"no model {model_key!r} is served here")
-        service.store.set_enabled(service.model_key, body.enabled, by=who)
-        service.record("admin-change", "success", detail={"by": who, "enabled": body.enabled})
+            return await refuse(404, "no such model is served here")
+        await asyncio.to_thread(service.store.set_enabled, service.model_key, body.enabled, by=who)
+        await service.audited("admin-change", "success", detail={"by": who, "enabled": body.enabled})
         return {"model": service.model_key, "enabled": body.enabled}
 
     @app.get("/admin/status")
@@ -694,9 +764,10 @@ def create_app(service: Service) -> FastAPI:
 
         try:
             service.admin.check(request.headers.get("authorization"))
-        except AuthError:
+        except AuthError as e:
+            await service.audited("auth-failure", "serious", detail={"reason": str(e.reason)[:200], "route": "admin"})
             return JSONResponse({}, status_code=401)
-        v = service.audit.verify()
+        v = await asyncio.to_thread(service.audit.verify)
         return {
             "model": service.model_key,
             "enabled": service.store.enabled(service.model_key),
@@ -713,12 +784,19 @@ def create_app(service: Service) -> FastAPI:
 
 
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_QUOTED = re.compile(r"'[^']*'")
+# the audit fields a caller shapes (ids from the request or its token, and details quoting it): one the audit log
+# refuses is left out of the record alone
+_CALLER_FIELDS = ("patient", "user", "hook_instance", "jti", "request_id", "client", "detail")
 
 
 def _check_request(service_id: str, req: HookRequest) -> str | None:
     hook = SERVICES[service_id][0]
-    if req.hook != hook:
-        return f"hook: this service answers {hook!r}, not {req.hook!r}"
+    if req.hook != hook:  # the value sent is not quoted back: answers and audit records never echo the caller
+        return f"hook: this service answers {hook!r} only"
+    if not _UUID.fullmatch(req.hookInstance):
+        return "hookInstance must be a UUID (CDS Hooks 2.0)"
     if req.fhirAuthorization and not req.fhirServer:
         return "fhirServer is required when fhirAuthorization is given"
     if not _patient_of(req):

@@ -61,6 +61,11 @@ _COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)")
 _NAMED_ALGS = ASYMMETRIC | {"none", "HS256", "HS384", "HS512"}
 
 
+class WouldBlock(Exception):
+    """`verify(..., block=False)` would have to fetch a client's JWKS (or wait for another thread's fetch): the
+    caller retries on a thread, so that an event loop never waits on a key URL."""
+
+
 class AuthError(CareloopError):
     """A call is not authenticated. `reason` is for the audit log only; the caller gets a bare 401.
 
@@ -133,7 +138,7 @@ class _KeySet:
         if jwks is not None:
             self.keys = {kid: _Key.from_jwk(jwk) for kid, jwk in check_jwks(jwks).items()}
 
-    def get(self, kid: str) -> _Key:
+    def get(self, kid: str, block: bool = True) -> _Key:
         if self.client.jku is None:
             if (key := self.keys.get(kid)) is None:
                 raise AuthError("unknown kid: no key of the client has it", iss=self.client.iss)
@@ -146,6 +151,8 @@ class _KeySet:
                 return key
             event = self.inflight
             fetcher = event is None and (self.attempted_at is None or now - self.attempted_at >= v.jwks_refetch_s)
+            if not block and (fetcher or event is not None):
+                raise WouldBlock
             if fetcher:
                 self.attempted_at = now
                 event = self.inflight = threading.Event()
@@ -311,11 +318,12 @@ class TokenVerifier:
                 self._own_http.close()
                 self._http = self._own_http = None
 
-    def verify(self, authorization_header: str | None, audience: str) -> Claims:
-        """The verified claims of the call's bearer JWT for the endpoint URL `audience`; AuthError otherwise."""
+    def verify(self, authorization_header: str | None, audience: str, *, block: bool = True) -> Claims:
+        """The verified claims of the call's bearer JWT for the endpoint URL `audience`; AuthError otherwise.
+        With `block=False`, WouldBlock instead of fetching a JWKS (nothing is claimed then: retry with block)."""
         try:
-            claims = self._check(authorization_header, audience)
-        except AuthError:
+            claims = self._check(authorization_header, audience, block)
+        except (AuthError, WouldBlock):
             raise
         except Exception as exc:  # a safety net: nothing but AuthError leaves the checks
             raise AuthError(f"the token could not be processed ({type(exc).__name__})") from None
@@ -323,7 +331,7 @@ class TokenVerifier:
             raise AuthError("jti replayed: this token was already used", iss=claims.iss, jti=claims.jti)
         return claims
 
-    def _check(self, authorization_header: str | None, audience: str) -> Claims:
+    def _check(self, authorization_header: str | None, audience: str, block: bool = True) -> Claims:
         token = _bearer(authorization_header)
         match = _COMPACT.fullmatch(token) if len(token) <= MAX_TOKEN_CHARS else None
         if match is None:
@@ -389,7 +397,7 @@ class TokenVerifier:
         if sub is not None and not isinstance(sub, str):
             raise AuthError("sub is not a string", iss=client.iss)
 
-        key = self._keys[client.iss].get(kid)
+        key = self._keys[client.iss].get(kid, block)
         if not key.fits(alg):
             raise AuthError(f"the key of this kid cannot verify alg {alg}", iss=client.iss)
         # PyJWT's algorithm object checks the signature over "header.payload" (for ES384 it turns the JWS's raw r||s

@@ -34,29 +34,46 @@ class CardContext:
     intended_use: str
     not_for: str
     source_label: str = "careloop readmission risk model"
+    patient_page: str | None = None  # the stay's page in careloop's dashboard, when the service serves it
 
 
 def _uuid() -> str:
     return str(uuidlib.uuid4())
 
 
+SUGGESTIONS = ("follow-up-7d", "transitional-care")  # each warning card's suggestions, in order
+
+
+def suggestion_ids(card_uuid: str) -> list[str]:
+    """The uuids of a warning card's suggestions, derived from the card's own uuid (UUIDv5), so that feedback
+    accepting a suggestion can be checked against the card without storing them."""
+    try:
+        card = uuidlib.UUID(card_uuid)
+    except ValueError:
+        return []
+    return [str(uuidlib.uuid5(card, key)) for key in SUGGESTIONS]
+
+
 def _links(ctx: CardContext) -> list[dict]:
-    return [
+    links = [
         {
             "label": "Model card and validation report",
             "url": f"{ctx.base_url}/models/{ctx.bundle_id[:12]}/card",
             "type": "absolute",
         },
-        {"label": "Patient risk page", "url": f"{ctx.base_url}/patients/{ctx.patient_id}", "type": "absolute"},
     ]
+    if ctx.patient_page:
+        links.append({"label": "Patient risk page", "url": ctx.patient_page, "type": "absolute"})
+    return links
 
 
 def _source(ctx: CardContext) -> dict:
     return {"label": ctx.source_label, "url": f"{ctx.base_url}/models/{ctx.bundle_id[:12]}/card"}
 
 
-def _suggestions(ctx: CardContext, today: dt.date) -> list[dict]:
+def _suggestions(ctx: CardContext, today: dt.date, card_uuid: str) -> list[dict]:
     """Valid FHIR R4 resources, proposed: the clinician picks any of them."""
+    follow_up, transitional = suggestion_ids(card_uuid)
     patient = {"reference": f"Patient/{ctx.patient_id}"}
     appointment = {
         "resourceType": "Appointment",
@@ -84,7 +101,7 @@ def _suggestions(ctx: CardContext, today: dt.date) -> list[dict]:
     return [
         {
             "label": "Book a follow-up visit within 7 days",
-            "uuid": _uuid(),
+            "uuid": follow_up,
             "isRecommended": True,
             "actions": [
                 {
@@ -96,7 +113,7 @@ def _suggestions(ctx: CardContext, today: dt.date) -> list[dict]:
         },
         {
             "label": "Refer to the transitional-care team",
-            "uuid": _uuid(),
+            "uuid": transitional,
             "actions": [{"type": "create", "description": "Draft a transitional-care referral", "resource": referral}],
         },
     ]
@@ -129,13 +146,14 @@ def risk_card(
         f"Not for: {ctx.not_for}",
         "This estimate informs, and does not replace, clinical judgement.",
     ]
+    uuid = _uuid()
     return {
-        "uuid": _uuid(),
+        "uuid": uuid,
         "summary": summary,
         "indicator": "warning",
         "detail": "\n".join(lines),
         "source": _source(ctx),
-        "suggestions": _suggestions(ctx, today or dt.date.today()),
+        "suggestions": _suggestions(ctx, today or dt.date.today(), uuid),
         "selectionBehavior": "any",
         "overrideReasons": [{"system": OVERRIDE_SYSTEM, "code": c, "display": d} for c, d in OVERRIDE_REASONS],
         "links": _links(ctx),

@@ -126,7 +126,10 @@ def utc(value: datetime, name: str = "time") -> datetime:
         raise StateError(f"{name} must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
         raise StateError(f"{name} must be timezone-aware (e.g. datetime.now(UTC)), got naive {value.isoformat()}")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise StateError(f"{name} is out of range once converted to UTC: {value.isoformat()}") from None
 
 
 def now_utc() -> datetime:
@@ -148,7 +151,10 @@ def parse_instant(text: str, name: str = "timestamp") -> datetime:
         raise StateError(f"{name} is not an ISO 8601 date-time: {text[:40]!r}") from None
     if value.tzinfo is None:
         raise StateError(f"{name} must carry a time zone (Z or +hh:mm): {text[:40]!r}")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-05:00 is past the last instant Python can hold in UTC
+        raise StateError(f"{name} is out of range once converted to UTC: {text[:40]!r}") from None
 
 
 def canonical_json(value: Any) -> str:

@@ -396,24 +396,30 @@ class StateStore:
             row = conn.execute(select(card_table).where(card_table.c.uuid == uuid)).mappings().first()
         return self._card(row)
 
-    def last_card(self, service: str, patient: str, model_hash: str) -> dict | None:
-        """The newest card (by ``at``, then by recording order) for this patient from this service and model."""
+    def last_card(self, service: str, patient: str, model_hash: str, indicator: str | None = None) -> dict | None:
+        """The newest card (by ``at``, then by recording order) for this patient from this service and model (of
+        this indicator only, when given)."""
         c = card_table.c
+        where = [c.service == service, c.patient == patient, c.model_hash == model_hash]
+        if indicator is not None:
+            where.append(c.indicator == indicator)
         q = (
             select(card_table)
-            .where(c.service == service, c.patient == patient, c.model_hash == model_hash)
+            .where(*where)
             .order_by(c.at.desc(), c.id.desc())
             .limit(1)
         )
         with self.transaction(write=False) as conn:
             return self._card(conn.execute(q).mappings().first())
 
-    def cards_since(self, service: str, unit: str | None, since: datetime) -> int:
-        """How many cards this service has shown in ``unit`` at or after ``since``; ``unit=None`` counts the
-        cards recorded without a unit."""
+    def cards_since(self, service: str, unit: str | None, since: datetime, indicator: str | None = None) -> int:
+        """How many cards this service has shown in ``unit`` at or after ``since`` (of this indicator only, when
+        given); ``unit=None`` counts the cards recorded without a unit."""
         c = card_table.c
-        where_unit = c.unit.is_(None) if unit is None else c.unit == unit
-        q = select(func.count()).select_from(card_table).where(c.service == service, where_unit, c.at >= utc(since))
+        where = [c.service == service, c.unit.is_(None) if unit is None else c.unit == unit, c.at >= utc(since)]
+        if indicator is not None:
+            where.append(c.indicator == indicator)
+        q = select(func.count()).select_from(card_table).where(*where)
         with self.transaction(write=False) as conn:
             return int(conn.execute(q).scalar_one())
 
@@ -430,6 +436,14 @@ class StateStore:
         """Store one CDS Hooks Feedback object (card, outcome, acceptedSuggestions, overrideReason,
         outcomeTimestamp). True if new; False if the same feedback (card uuid + outcome + outcomeTimestamp
         + override reason code) was stored before, by this or a concurrent call."""
+        row = self.feedback_row(service, item, client=client, user=user, received_at=received_at)
+        with self.transaction(write=True) as conn:
+            return self.add_feedback_rows_in(conn, [row])[0]
+
+    def feedback_row(self, service: str, item: dict, *, client: str, user: str | None = None,
+                     received_at: datetime | None = None) -> dict:
+        """One Feedback object checked and turned into its row (StateError saying what is wrong), so that a
+        batch can be checked whole before any of it is written."""
         if not isinstance(item, dict):
             raise StateError("feedback item must be a JSON object")
         card = _key(item.get("card"), "feedback card")
@@ -447,7 +461,7 @@ class StateStore:
         reason = override.get("reason") or {}
         if not isinstance(reason, dict):
             raise StateError("overrideReason.reason must be a Coding")
-        row = {
+        return {
             "service": _key(service, "service"),
             "card": card,
             "outcome": outcome,
@@ -461,8 +475,10 @@ class StateStore:
             "user": _key(user, "user", optional=True),
             "received_at": utc(received_at, "received_at") if received_at is not None else now_utc(),
         }
-        with self.transaction(write=True) as conn:
-            return conn.execute(insert_ignore(self.dialect, feedback_table, row)).rowcount == 1
+
+    def add_feedback_rows_in(self, conn: Connection, rows: list[dict]) -> list[bool]:
+        """Insert `feedback_row`s inside a write transaction the caller holds; for each, whether it was new."""
+        return [conn.execute(insert_ignore(self.dialect, feedback_table, row)).rowcount == 1 for row in rows]
 
     def feedback(self, service: str | None = None) -> list[dict]:
         """The feedback export (HTI-1 (b)(11)), oldest first: intervention (service), card, action (outcome),

@@ -236,6 +236,7 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
     else random per process, so a restart signs everyone out; several workers need a shared secret).
     """
     d = Dashboard(service, users, monitor_dir, store_dir, secret, session_hours)
+    service.patient_pages = store_dir is not None  # the cards' "Patient risk page" link has a page to open
     app.state.dashboard = d
     svc = service
 

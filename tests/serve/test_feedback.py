@@ -1,0 +1,145 @@
+"""Feedback (CDS Hooks 2.0 §Feedback) is tied to the card it is about: only the service that showed a card takes
+feedback on it, an accepted suggestion must be one of that card's, every card shown (info cards too) can receive
+feedback, a batch is stored whole or not at all, and every refusal is audited like every acceptance, with the card's
+patient. Runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from careloop.serve.cards import suggestion_ids
+from careloop.serve.demo import _pick
+
+from .harness import Running, bearer, free_port, hook_request, patient_resources, prefetch_of, write_config
+
+WHEN = "2026-11-22T10:00:00Z"
+
+
+@pytest.fixture(scope="module")
+def setup(trained_bundle, hospital_store, hospital, tmp_path_factory, state_url):
+    from tests.fhir_server.harness import make_rsa_key
+
+    stays, _ = _pick(trained_bundle, hospital_store[0])
+    res = patient_resources(hospital / "ndjson", {s["patient_id"] for s in stays})
+    pem, jwk = make_rsa_key()
+    folder = tmp_path_factory.mktemp("feedback")
+    port = free_port()
+    running = Running(trained_bundle, write_config(folder, state=state_url, jwks={"keys": [jwk]}, port=port,
+                                                   repeat_window_h=1e-6), port)
+    running.keys = (pem, jwk["kid"])
+    try:
+        yield running, stays, res
+    finally:
+        running.stop()
+
+
+def call(running, body: dict, service: str = "readmission-risk") -> httpx.Response:
+    url = f"{running.url}/cds-services/{service}"
+    return httpx.post(url, json=body, headers=bearer(*running.keys, url), timeout=30)
+
+
+def _card(running, stay, res, *, child: bool = False, service: str = "readmission-risk") -> dict:
+    pf = prefetch_of(res[stay["patient_id"]])
+    if child:
+        pf["patient"] = dict(pf["patient"], birthDate="2016-03-01")
+    body = hook_request(stay["patient_id"], stay["encounter_id"], pf)
+    r = call(running, body, service=service)
+    assert r.status_code == 200 and r.json()["cards"], r.text
+    return r.json()["cards"][0]
+
+
+def _post(running, items: list[dict], service: str = "readmission-risk") -> httpx.Response:
+    url = f"{running.url}/cds-services/{service}/feedback"
+    pem, kid = running.keys
+    return httpx.post(url, json={"feedback": items}, headers=bearer(pem, kid, url), timeout=10)
+
+
+def _feedback_records(running) -> list[dict]:
+    return running.service.audit.records(kind="feedback")
+
+
+def test_an_accepted_suggestion_must_be_one_of_the_cards(setup):
+    running, stays, res = setup
+    card = _card(running, stays[0], res)
+    assert [s["uuid"] for s in card["suggestions"]] == suggestion_ids(card["uuid"])
+    before = len(_feedback_records(running))
+    other = _card(running, stays[1], res)  # another patient's warning card: its suggestions are not this card's
+    r = _post(running, [{"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": WHEN,
+                         "acceptedSuggestions": [{"id": other["suggestions"][0]["uuid"]}]}])
+    assert r.status_code == 400 and "suggestion of the card" in r.text
+    r = _post(running, [{"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": WHEN,
+                         "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}]}])
+    assert r.json() == {"received": 1, "new": 1}
+    records = _feedback_records(running)[before:]
+    assert [(x["outcome"], x["detail"].get("http_status")) for x in records] == [("minor", "400"), ("success", None)]
+    assert {x["patient"] for x in records} == {stays[0]["patient_id"]}  # the card's patient, refused or not
+    stored = [f for f in running.service.store.feedback("readmission-risk") if f["card"] == card["uuid"]]
+    assert [f["accepted_suggestions"] for f in stored] == [[card["suggestions"][0]["uuid"]]]
+
+
+def test_a_card_takes_feedback_only_at_the_service_that_showed_it(setup):
+    running, stays, res = setup
+    card = _card(running, stays[1], res)
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN}
+    r = _post(running, [item], service="readmission-risk-patient-view")
+    assert r.status_code == 404 and "no card of this service" in r.text
+    assert not any(f["card"] == card["uuid"] for f in running.service.store.feedback())
+    assert _post(running, [item]).json() == {"received": 1, "new": 1}
+
+
+def test_an_info_card_takes_feedback_but_offers_nothing_to_accept(setup):
+    running, stays, res = setup
+    card = _card(running, stays[3], res, child=True)  # out of scope: the deferral card
+    assert card["indicator"] == "info"
+    assert _post(running, [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN}]).json() == {
+        "received": 1, "new": 1}
+    r = _post(running, [{"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": WHEN,
+                         "acceptedSuggestions": [{"id": suggestion_ids(card["uuid"])[0]}]}])
+    assert r.status_code == 400
+    assert running.service.store.last_card("readmission-risk", stays[3]["patient_id"],
+                                           running.service.model_key, "warning") is None  # info cards never suppress
+
+
+def test_a_batch_with_one_bad_item_stores_nothing(setup):
+    running, stays, res = setup
+    card = _card(running, stays[4], res, child=True)
+    good = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-22T11:00:00Z"}
+    before = len(running.service.store.feedback())
+    for bad in ({"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": WHEN},
+                {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "9999-12-31T23:59:59-05:00"},
+                {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "0001-01-01T00:00:00+05:00"},
+                {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN,
+                 "overrideReason": {"reason": {"code": "has a space"}}}):
+        audited = len(_feedback_records(running))
+        r = _post(running, [good, bad])
+        assert r.status_code in (400, 404) and r.json()["resourceType"] == "OperationOutcome", r.text
+        assert "feedback[1]" in r.text and "has a space" not in r.text
+        assert len(running.service.store.feedback()) == before
+        refused = _feedback_records(running)[audited:]
+        assert [(x["outcome"], x["detail"]["http_status"]) for x in refused] == [("minor", str(r.status_code))]
+    assert _post(running, [good]).json() == {"received": 1, "new": 1}
+
+
+def test_every_refused_feedback_is_audited(setup):
+    running, stays, res = setup
+    card = _card(running, stays[0], res)
+    url = f"{running.url}/cds-services/readmission-risk/feedback"
+    pem, kid = running.keys
+    cases = [
+        ([{"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": WHEN}], 400),  # nothing accepted
+        ([{"card": card["uuid"], "outcome": "maybe", "outcomeTimestamp": WHEN}], 400),
+        ([{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": 1700000000}], 400),  # not RFC 3339
+        ([{"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": WHEN}], 404),
+    ]
+    for items, status in cases:
+        before = len(_feedback_records(running))
+        r = httpx.post(url, json={"feedback": items}, headers=bearer(pem, kid, url), timeout=10)
+        assert r.status_code == status, r.text
+        assert [x["outcome"] for x in _feedback_records(running)[before:]] == ["minor"]
+    before = len(_feedback_records(running))
+    r = httpx.post(url, content=b"{" + b" " * (6 << 20) + b"}", headers=bearer(pem, kid, url), timeout=30)
+    assert r.status_code == 413
+    assert [x["detail"]["http_status"] for x in _feedback_records(running)[before:]] == ["413"]
