@@ -327,6 +327,8 @@ def test_issuers_are_unique_and_at_least_one_is_trusted(tmp_path: Path, keys: di
         ("state", "mysql://h/db", False),
         ("state", "state.db", False),
         ("base_url", "http://127.0.0.1:8080", True),
+        ("base_url", "http://localhost:8080", True),
+        ("base_url", "http://cds.example.org", False),  # HTTPS off loopback (CDS Hooks: all exchanges over TLS)
         ("base_url", "https://cds.example.org/prefix", True),
         ("base_url", "cds.example.org", False),
         ("base_url", "https://cds.example.org?x=1", False),

@@ -244,6 +244,8 @@ class ServiceConfig(_Strict):
         url = urlsplit(v)
         if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
             raise ValueError("base_url must be an http(s) URL without query or fragment, e.g. https://cds.example.org")
+        if url.scheme == "http" and not is_loopback(url.hostname):  # CDS Hooks: all exchanges MUST use HTTPS
+            raise ValueError("base_url must be https (plain http only on loopback, for tests and the demo)")
         return v.rstrip("/")
 
     @model_validator(mode="after")
