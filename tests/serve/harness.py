@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -73,3 +74,22 @@ def bearer(key: bytes, kid: str, aud: str, alg: str = "RS384", **kw) -> dict:
 
 def as_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+@contextlib.contextmanager
+def picked_stays_service(bundle: Path, store: Path, hospital: Path, folder: Path, state: str, **alert):
+    """A running service with its own RSA key (`running.keys`), and the stays `make demo` picks (the riskiest two,
+    a deferred one, two calm ones) with their patients' resources: (running, stays, resources)."""
+    from careloop.serve.demo import _pick
+    from tests.fhir_server.harness import make_rsa_key
+
+    stays, _ = _pick(bundle, store)
+    res = patient_resources(hospital / "ndjson", {s["patient_id"] for s in stays})
+    pem, jwk = make_rsa_key()
+    port = free_port()
+    running = Running(bundle, write_config(folder, state=state, jwks={"keys": [jwk]}, port=port, **alert), port)
+    running.keys = (pem, jwk["kid"])
+    try:
+        yield running, stays, res
+    finally:
+        running.stop()

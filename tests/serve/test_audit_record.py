@@ -15,37 +15,15 @@ import uuid
 import httpx
 import pytest
 
-from careloop.serve.demo import _pick
-
-from .harness import (
-    ADMIN_SECRET,
-    Running,
-    bearer,
-    free_port,
-    hook_request,
-    patient_resources,
-    prefetch_of,
-    write_config,
-)
+from .harness import ADMIN_SECRET, bearer, hook_request, picked_stays_service, prefetch_of
 
 
 @pytest.fixture(scope="module")
 def setup(trained_bundle, hospital_store, hospital, tmp_path_factory):
-    from tests.fhir_server.harness import make_rsa_key
-
-    stays, _ = _pick(trained_bundle, hospital_store[0])
-    res = patient_resources(hospital / "ndjson", {s["patient_id"] for s in stays})
-    pem, jwk = make_rsa_key()
     folder = tmp_path_factory.mktemp("audit-record")
-    port = free_port()
-    state = f"sqlite:///{folder / 'state.db'}"
-    running = Running(trained_bundle, write_config(folder, state=state, jwks={"keys": [jwk]}, port=port,
-                                                   repeat_window_h=1e-6), port)
-    running.keys = (pem, jwk["kid"])
-    try:
-        yield running, stays, res
-    finally:
-        running.stop()
+    with picked_stays_service(trained_bundle, hospital_store[0], hospital, folder, f"sqlite:///{folder / 'state.db'}",
+                              repeat_window_h=1e-6) as running_stays_res:
+        yield running_stays_res
 
 
 def _post(running, body, headers: dict | None = None, service: str = "readmission-risk") -> httpx.Response:

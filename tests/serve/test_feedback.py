@@ -11,29 +11,17 @@ import httpx
 import pytest
 
 from careloop.serve.cards import suggestion_ids
-from careloop.serve.demo import _pick
 
-from .harness import Running, bearer, free_port, hook_request, patient_resources, prefetch_of, write_config
+from .harness import bearer, hook_request, picked_stays_service, prefetch_of
 
 WHEN = "2026-11-22T10:00:00Z"
 
 
 @pytest.fixture(scope="module")
 def setup(trained_bundle, hospital_store, hospital, tmp_path_factory, state_url):
-    from tests.fhir_server.harness import make_rsa_key
-
-    stays, _ = _pick(trained_bundle, hospital_store[0])
-    res = patient_resources(hospital / "ndjson", {s["patient_id"] for s in stays})
-    pem, jwk = make_rsa_key()
-    folder = tmp_path_factory.mktemp("feedback")
-    port = free_port()
-    running = Running(trained_bundle, write_config(folder, state=state_url, jwks={"keys": [jwk]}, port=port,
-                                                   repeat_window_h=1e-6), port)
-    running.keys = (pem, jwk["kid"])
-    try:
-        yield running, stays, res
-    finally:
-        running.stop()
+    with picked_stays_service(trained_bundle, hospital_store[0], hospital, tmp_path_factory.mktemp("feedback"),
+                              state_url, repeat_window_h=1e-6) as running_stays_res:
+        yield running_stays_res
 
 
 def call(running, body: dict, service: str = "readmission-risk") -> httpx.Response:
