@@ -131,3 +131,16 @@ def test_every_refused_feedback_is_audited(setup):
     r = httpx.post(url, content=b"{" + b" " * (6 << 20) + b"}", headers=bearer(pem, kid, url), timeout=30)
     assert r.status_code == 413
     assert [x["detail"]["http_status"] for x in _feedback_records(running)[before:]] == ["413"]
+
+
+def test_each_item_of_a_batch_is_audited_with_its_own_reason(setup):
+    running, stays, res = setup
+    card = _card(running, stays[1], res)
+    reasons = card["overrideReasons"][:2]
+    items = [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": f"2026-11-23T0{i}:00:00Z",
+              "overrideReason": {"reason": r}} for i, r in enumerate(reasons)]
+    before = len(_feedback_records(running))
+    assert _post(running, items).json() == {"received": 2, "new": 2}
+    records = _feedback_records(running)[before:]
+    assert [x["detail"]["reason"] for x in records] == [r["code"] for r in reasons]
+    assert {x["patient"] for x in records} == {stays[1]["patient_id"]}

@@ -302,7 +302,7 @@ class Service:
         with self.store.transaction(write=True) as conn:
             new = self.store.add_feedback_rows_in(conn, [row for _, _, row in items])
             events = []
-            for (item, card, _), added in zip(items, new, strict=True):
+            for (item, card, row), added in zip(items, new, strict=True):
                 events += self._prepared("feedback", "success", claims=claims, service=service_id, request_id=rid,
                                          patient=card["patient"],
                                          detail={"card": item.card, "outcome": item.outcome, "new": added,
