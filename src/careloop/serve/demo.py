@@ -190,8 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg | {"base_url": f"http://127.0.0.1:{a.dashboard_port}", "state": f"sqlite:///{dash_state}"}))
     stays, threshold = _pick(a.model, a.store)
     res = patient_resources(a.hospital / "ndjson", {s["patient_id"] for s in stays})
+    from careloop.web.demo import demo_users
+
+    (a.out / "users.yaml").write_text(yaml.safe_dump(demo_users()))  # the dashboard's accounts (hashes only)
     server = subprocess.Popen([sys.executable, "-m", "careloop.cli", "serve", "--model", str(a.model), "--config",
-                               str(a.out / "service.yaml"), "--port", str(port)])
+                               str(a.out / "service.yaml"), "--port", str(port), "--dashboard", "--store",
+                               str(a.store), "--users", str(a.out / "users.yaml")])
     log: list[dict] = []
     try:
         wait_for_service(base, pause=0.1)
@@ -232,12 +236,20 @@ def main(argv: list[str] | None = None) -> int:
             return prefetch_of(res[s["patient_id"]], templates)
 
         sent = pf_of(stays[0])["observations"]["entry"]
+        tokens = templates["observations"].partition("combo-code=")[2].split(",") if "combo-code=" in templates[
+            "observations"] else []
         print(f"prefetch asked for: {len(templates)} searches; Observations of "
-              f"{templates['observations'].count(',') + 1} codes ({len(sent)} of "
-              f"{len(res[stays[0]['patient_id']].get('observations', []))} for the first patient)")
+              f"{sum(not t.endswith('|') for t in tokens)} codes and {sum(t.endswith('|') for t in tokens)} code "
+              f"systems ({len(sent)} of {len(res[stays[0]['patient_id']].get('observations', []))} for the first "
+              "patient)")
         high, low = stays[0], stays[-1]
         got = send(f"discharge of a high-risk patient (risk {high['risk']:.0%})",
                    request(high, pf_of(high)))
+        for card in got.get("cards", []):  # where the card's links lead (the stay's page is for signed-in clinicians)
+            for link in card.get("links", []):
+                status = httpx.get(link["url"], timeout=10, follow_redirects=False).status_code
+                print(f"      link: {link['label']}: {link['url']} (HTTP {status}"
+                      f"{', sign-in first' if status in (302, 303) else ''})")
         mid = stays[2]
         send(f"a patient in a range where clinicians judge better (risk {mid['risk']:.0%})",
              request(mid, pf_of(mid)))
