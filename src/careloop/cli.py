@@ -681,25 +681,71 @@ app.add_typer(audit_app, name="audit")
 @audit_app.command("verify")
 def audit_verify(
     state: Annotated[str, typer.Option("--state", help="State store URL (sqlite:///path or postgresql://...).")],
+    verify_key: Annotated[Path | None, typer.Option(
+        "--verify-key", help="Ed25519 public key (PEM) of the service's audit signing key: also check the signed "
+        "checkpoints, which expose a rewrite of the whole chain from some record on.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Walk the hash chain; exit 1 and name the first bad record if the log was edited, cut or reordered."""
     from careloop.audit import AuditLog
 
+    key = None
+    if verify_key is not None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        try:
+            key = load_pem_public_key(verify_key.read_bytes())
+        except (OSError, ValueError) as exc:
+            fail(f"--verify-key {verify_key}: not a readable PEM public key ({exc})")
+            return
+        if not isinstance(key, Ed25519PublicKey):
+            fail(f"--verify-key {verify_key}: not an Ed25519 public key")
+            return
     try:
-        result = AuditLog.open(state).verify()
+        log = AuditLog.open(state)
+        result = log.verify(verify_key=key)
+        signed = log.checkpoint_count() if key is not None else None
     except CareloopError as exc:
         fail(str(exc))
         return
-    doc = {"ok": result.ok, "checked": result.checked, "first_bad": result.first_bad, "reason": result.reason}
+    doc = {"ok": result.ok, "checked": result.checked, "first_bad": result.first_bad, "reason": result.reason,
+           "signed_checkpoints": signed}
     if as_json:
         _print_json(doc)
     elif result.ok:
-        out_console.print(f"audit log intact: {result.checked:,} records verified")
+        out_console.print(f"audit log intact: {result.checked:,} records verified"
+                          + (f", {signed:,} signed checkpoint{'s' * (signed != 1)} checked" if signed is not None
+                             else ""))
     else:
         out_console.print(f"[bold red]audit log altered[/]: first bad record {result.first_bad} ({result.reason})")
     if not result.ok:
         raise typer.Exit(code=1)
+
+
+@audit_app.command("keygen")
+def audit_keygen(
+    out: Annotated[Path, typer.Option("--out", help="Private key file to write (PEM); the public key goes beside it "
+                                                    "as NAME.pub.pem.")],
+) -> None:
+    """Make an Ed25519 key pair for signed audit checkpoints (the service config's audit.signing_key_file; give
+    the public key to whoever runs `careloop audit verify --verify-key`)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if out.exists():
+        fail(f"{out} exists: refusing to overwrite a signing key")
+        return
+    key = Ed25519PrivateKey.generate()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # readable by the service's user only
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+    public = out.with_name(out.name.removesuffix(".pem") + ".pub.pem")
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    out_console.print(f"wrote {out} (private, mode 600) and {public} (public)")
 
 
 deferral_app = typer.Typer(help="Learned deferral between the model and the clinician (CoDoC and an alternative).",

@@ -44,6 +44,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     insert,
     select,
     text,
@@ -417,6 +418,11 @@ class AuditLog:
             self._lock(conn)
             seq, hash_ = self._head(conn)
             return None if seq == 0 else self._insert_checkpoint(conn, seq, hash_)
+
+    def checkpoint_count(self) -> int:
+        """How many signed checkpoints the log holds."""
+        with self.store.transaction(write=False) as conn:
+            return int(conn.execute(select(func.count()).select_from(checkpoint_table)).scalar_one())
 
     def head(self) -> dict:
         """{"seq", "hash"} of the newest record (seq 0 and the genesis hash when empty)."""

@@ -177,7 +177,8 @@ class Service:
         self.intended_use = str(facts.intended_use or "see the model card")
         self.not_for = str(facts.out_of_scope or "see the model card")
         self.store = store or StateStore(config.state)
-        self.audit = AuditLog(self.store)
+        self.audit = AuditLog(self.store, signing_key=config.audit.signing_key(),
+                              checkpoint_every=config.audit.checkpoint_every)
         # a replay within this process is refused at once from memory; the state store, claimed in the same
         # transaction as the call's audit record (the journal's group commit), is the authority across processes
         self.recent = RecentJti()
@@ -198,8 +199,18 @@ class Service:
         self._pending_lock = threading.Lock()
         self.cost_s = 0.005  # moving average of one call's scoring time: predicts the queue's wait
 
-    def close(self) -> None:
+    def shutdown(self) -> None:
+        """Write what is queued; then, with a signing key, sign the log's head, so that cutting the tail written
+        since the last checkpoint shows too (idempotent)."""
         self.journal.close()
+        if self.audit.signing_key is not None:
+            try:
+                self.audit.checkpoint()
+            except Exception:
+                log.exception("the audit log's closing checkpoint could not be written")
+
+    def close(self) -> None:
+        self.shutdown()
         self.scorer.shutdown(wait=False, cancel_futures=True)
         self.store.close()
 
@@ -680,7 +691,7 @@ def create_app(service: Service) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
-        await asyncio.to_thread(service.journal.close)  # on shutdown: what is queued is written, then the thread ends
+        await asyncio.to_thread(service.shutdown)  # the queue written, the head signed
 
     app = FastAPI(
         title="careloop CDS Hooks service",

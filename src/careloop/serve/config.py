@@ -16,6 +16,9 @@ max_token_lifetime_s: 3600
 clock_skew_s: 60
 alert: {repeat_window_h: 72, repeat_delta: 0.10, daily_budget_per_unit: null, deferral: card}
 deadline_ms: 1500
+audit:                                       # optional: signed checkpoints of the audit chain
+  signing_key_file: keys/audit-ed25519.pem   # Ed25519 private key (`careloop audit keygen`), relative to this file
+  checkpoint_every: 1000                     # a checkpoint every N records
 ```
 
 `load_config(path)` reports every problem with its line (`service.yaml:7: trusted_clients.0: ...`), like every
@@ -218,6 +221,31 @@ class AlertConfig(_Strict):
     deferral: Literal["card", "none"] = "card"
 
 
+class AuditConfig(_Strict):
+    """Signed checkpoints of the audit chain: they expose a wholesale rewrite of the chain by someone with database
+    rights, which the hash chain alone cannot (`careloop audit verify --verify-key` checks them)."""
+
+    signing_key_file: Path | None = None
+    checkpoint_every: int = Field(default=1000, ge=1)
+
+    def signing_key(self):
+        """The Ed25519 private key, or None; ValueError saying what is wrong with the file."""
+        if self.signing_key_file is None:
+            return None
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            key = load_pem_private_key(self.signing_key_file.read_bytes(), password=None)
+        except OSError as exc:
+            raise ValueError(f"cannot read {self.signing_key_file}: {exc.strerror}") from None
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{self.signing_key_file} is not an unencrypted PEM private key ({exc})") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{self.signing_key_file} is not an Ed25519 key")
+        return key
+
+
 class ServiceConfig(_Strict):
     """The whole service configuration (see the module docstring)."""
 
@@ -229,6 +257,7 @@ class ServiceConfig(_Strict):
     clock_skew_s: int = Field(default=60, ge=0, le=300)
     alert: AlertConfig = Field(default_factory=AlertConfig)
     deadline_ms: int = Field(default=1500, gt=0, le=60_000)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @field_validator("state")
     @classmethod
@@ -287,6 +316,15 @@ def load_config(path: str | Path) -> ServiceConfig:
         except ValueError as exc:
             line = line_of(yaml.compose(text), ["trusted_clients", i, "jwks_file"])
             problems.append(f"{source}:{line}: trusted_clients.{i}.jwks_file: {exc}")
+    key_file = config.audit.signing_key_file
+    if key_file is not None:
+        if not key_file.is_absolute():
+            config.audit.signing_key_file = base / key_file
+        try:
+            config.audit.signing_key()
+        except ValueError as exc:
+            problems.append(f"{source}:{line_of(yaml.compose(text), ['audit', 'signing_key_file'])}: "
+                            f"audit.signing_key_file: {exc}")
     if problems:
         raise ConfigError("\n".join(problems))
     return config

@@ -181,8 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     base = f"http://127.0.0.1:{port}"
     state = a.out / "state.db"
     state.unlink(missing_ok=True)
+    signing = a.out / "audit-ed25519.pem"  # signs the audit log's checkpoints; its .pub.pem verifies them
+    if not signing.exists():
+        subprocess.run([sys.executable, "-m", "careloop.cli", "audit", "keygen", "--out", str(signing)], check=True,
+                       capture_output=True)
     cfg = {"trusted_clients": [{"iss": ISS, "jwks": jwks}], "admin": {"token_sha256": digest, "name": "demo-admin"},
-           "state": f"sqlite:///{state}", "base_url": base, "alert": {"repeat_window_h": 72, "deferral": "card"}}
+           "state": f"sqlite:///{state}", "base_url": base, "alert": {"repeat_window_h": 72, "deferral": "card"},
+           "audit": {"signing_key_file": str(signing), "checkpoint_every": 1000}}
     (a.out / "service.yaml").write_text(yaml.safe_dump(cfg))
     dash_state = a.out / "dashboard-state.db"  # the dashboard run starts from a fresh state store
     dash_state.unlink(missing_ok=True)
@@ -281,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         server.terminate()
         server.wait(timeout=20)
     (a.out / "exchanges.json").write_text(json.dumps(log, indent=1))
-    v = subprocess.run([sys.executable, "-m", "careloop.cli", "audit", "verify", "--state", f"sqlite:///{state}"],
+    v = subprocess.run([sys.executable, "-m", "careloop.cli", "audit", "verify", "--state", f"sqlite:///{state}",
+                        "--verify-key", str(signing.with_name("audit-ed25519.pub.pem"))],
                        capture_output=True, text=True)
     print(f"\n== audit log: {v.stdout.strip()}")
     print(f"exchanges: {a.out / 'exchanges.json'}; service config: {a.out / 'service.yaml'}")
