@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                        capture_output=True)
     cfg = {"trusted_clients": [{"iss": ISS, "jwks": jwks}], "admin": {"token_sha256": digest, "name": "demo-admin"},
            "state": f"sqlite:///{state}", "base_url": base, "alert": {"repeat_window_h": 72, "deferral": "card"},
-           "audit": {"signing_key_file": str(signing), "checkpoint_every": 1000}}
+           "audit": {"signing_key_file": signing.name, "checkpoint_every": 1000}}  # beside the config files
     (a.out / "service.yaml").write_text(yaml.safe_dump(cfg))
     dash_state = a.out / "dashboard-state.db"  # the dashboard run starts from a fresh state store
     dash_state.unlink(missing_ok=True)

@@ -1,0 +1,25 @@
+"""The service part of `make demo`, run as the Makefile runs it (relative paths, its own process): every exchange it
+prints happens, the warning card's links open, and the signed audit log verifies."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_the_demo_service_runs_end_to_end_from_relative_paths(trained_bundle, hospital, hospital_store, tmp_path):
+    (tmp_path / "bundle").symlink_to(trained_bundle)
+    (tmp_path / "hospital").symlink_to(hospital)
+    (tmp_path / "store").symlink_to(hospital_store[0])
+    run = subprocess.run([sys.executable, "-m", "careloop.serve.demo", "--model", "bundle", "--hospital", "hospital",
+                          "--store", "store", "--out", "out/service"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "audit log intact" in run.stdout and "1 signed checkpoint checked" in run.stdout, run.stdout[-1000:]
+    log = json.loads((tmp_path / "out" / "service" / "exchanges.json").read_text())
+    statuses = {x["title"].split(" (")[0]: x["status"] for x in log}
+    assert statuses["no prefetch and no FHIR access"] == 412 and statuses["a token from an untrusted issuer"] == 401
+    warning = next(c for x in log for c in x["response"].get("cards", []) if c["indicator"] == "warning")
+    assert "link: Patient risk page" in run.stdout and "(HTTP 303, sign-in first)" in run.stdout
+    assert {link["label"] for link in warning["links"]} == {"Model card and validation report", "Patient risk page"}
