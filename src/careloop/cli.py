@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -684,11 +685,22 @@ def audit_verify(
     verify_key: Annotated[Path | None, typer.Option(
         "--verify-key", help="Ed25519 public key (PEM) of the service's audit signing key: also check the signed "
         "checkpoints, which expose a rewrite of the whole chain from some record on.")] = None,
+    expect: Annotated[str | None, typer.Option(
+        "--expect", help="SEQ:HASH, the head an earlier verification printed (kept outside the database): that "
+        "record must still be there, unchanged, which exposes a cut of the tail or a forged retention anchor.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Walk the hash chain; exit 1 and name the first bad record if the log was edited, cut or reordered."""
     from careloop.audit import AuditLog
 
+    expected = None
+    if expect is not None:
+        seq_text, _, hash_ = expect.partition(":")
+        if not seq_text.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", hash_):
+            fail("--expect must be SEQ:HASH as `careloop audit verify` prints it (a number, a colon, 64 hex digits)")
+            return
+        expected = (int(seq_text), hash_)
     key = None
     if verify_key is not None:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -704,19 +716,20 @@ def audit_verify(
             return
     try:
         log = AuditLog.open(state)
-        result = log.verify(verify_key=key)
-        signed = log.checkpoint_count() if key is not None else None
+        result = log.verify(verify_key=key, expect=expected)
+        head = log.head()
     except CareloopError as exc:
         fail(str(exc))
         return
+    signed = result.checkpoints if key is not None else None
     doc = {"ok": result.ok, "checked": result.checked, "first_bad": result.first_bad, "reason": result.reason,
-           "signed_checkpoints": signed}
+           "signed_checkpoints": signed, "head": f"{head['seq']}:{head['hash']}"}
     if as_json:
         _print_json(doc)
     elif result.ok:
         out_console.print(f"audit log intact: {result.checked:,} records verified"
                           + (f", {signed:,} signed checkpoint{'s' * (signed != 1)} checked" if signed is not None
-                             else ""))
+                             else "") + f"; head {doc['head']} (keep it: --expect checks it next time)")
     else:
         out_console.print(f"[bold red]audit log altered[/]: first bad record {result.first_bad} ({result.reason})")
     if not result.ok:

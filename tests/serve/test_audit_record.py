@@ -75,10 +75,10 @@ def test_a_hook_instance_that_is_not_a_uuid_is_refused(setup):
     assert _record(running)["outcome"] == "minor"
 
 
+@pytest.mark.parametrize("secret", ["Jane Doe DOB 1950-02-03 MRN 12345", "Jane O'Brien"])  # repr: '...' or "..."
 @pytest.mark.parametrize("field", ["hook", "token_type"])
-def test_nothing_the_caller_sent_is_quoted_back(setup, field):
+def test_nothing_the_caller_sent_is_quoted_back(setup, field, secret):
     running, stays, _ = setup
-    secret = "Jane Doe DOB 1950-02-03 MRN 12345"
     body = hook_request(stays[0]["patient_id"], stays[0]["encounter_id"], None)
     if field == "hook":
         body["hook"] = secret
@@ -93,6 +93,13 @@ def test_nothing_the_caller_sent_is_quoted_back(setup, field):
     assert [x["outcome"] for x in records] == ["minor"]
     assert "Jane" not in r.text and "Jane" not in json.dumps(records, default=str)
     assert ("hook" if field == "hook" else "token_type") in r.json()["issue"][0]["diagnostics"]
+
+
+def test_an_encounter_id_that_is_not_a_fhir_id_is_refused(setup):
+    running, stays, res = setup
+    body = hook_request(stays[0]["patient_id"], "../../admin/status?x=", prefetch_of(res[stays[0]["patient_id"]]))
+    r = _post(running, body)
+    assert r.status_code == 400 and "encounterId must be a FHIR id" in r.text
 
 
 def test_admin_refusals_are_audited(setup):

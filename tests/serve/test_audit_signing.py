@@ -65,10 +65,32 @@ def test_the_service_signs_checkpoints_and_its_head_and_verify_checks_them(train
     assert code == 1 and "signature" in doc["reason"]
     code, doc = _verify(state, "--verify-key", str(tmp_path / "audit.pem"))  # the private key is not what is asked
     assert code != 0
+    from sqlalchemy import create_engine, text
+
+    with create_engine(state).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM careloop_audit_checkpoint")).scalar_one() == 3  # 3, 6, 7 once
+    code, doc = _verify(state, "--verify-key", str(tmp_path / "audit.pub.pem"))
+    head = doc["head"]
+    assert doc["signed_checkpoints"] == 3 and head.startswith("7:")
+    assert _verify(state, "--expect", head)[0] == 0
     with tampering(state) as conn:  # a DBA cuts the last record, which the hash chain alone cannot see
         conn.exec_driver_sql("DELETE FROM careloop_audit WHERE seq = 7")
     code, doc = _verify(state, "--verify-key", str(tmp_path / "audit.pub.pem"))
     assert code == 1 and doc["first_bad"] == 7, doc
+    with tampering(state) as conn:  # ... and its checkpoint too: only a head kept outside the database shows it
+        conn.exec_driver_sql("DELETE FROM careloop_audit_checkpoint WHERE seq = 7")
+    assert _verify(state, "--verify-key", str(tmp_path / "audit.pub.pem"))[0] == 0
+    code, doc = _verify(state, "--verify-key", str(tmp_path / "audit.pub.pem"), "--expect", head)
+    assert code == 1 and doc["first_bad"] == 7 and "gone" in doc["reason"], doc
+    with tampering(state) as conn:  # a forged anchor over records that are still there (a purge deletes them)
+        seq6 = conn.exec_driver_sql("SELECT entry_hash FROM careloop_audit WHERE seq = 6").scalar_one()
+        conn.exec_driver_sql(
+            "INSERT INTO careloop_audit_anchor (upto_seq, entry_hash, last_recorded, purged_at, minimum_days, "
+            f"purged_by) VALUES (6, '{seq6}', '2020-01-01 00:00:00', '2021-01-01 00:00:00', 183, 'x')")
+    code, doc = _verify(state)
+    assert code == 1 and doc["first_bad"] == 1 and "not made by a purge" in doc["reason"], doc
+    res = CliRunner().invoke(cli, ["audit", "verify", "--state", state, "--expect", "7:nothex"])
+    assert res.exit_code != 0 and "SEQ:HASH" in res.output
 
 
 def test_a_bad_signing_key_file_stops_the_service_at_start_with_its_line(tmp_path):

@@ -5,6 +5,7 @@ patient. Runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -144,3 +145,29 @@ def test_each_item_of_a_batch_is_audited_with_its_own_reason(setup):
     records = _feedback_records(running)[before:]
     assert [x["detail"]["reason"] for x in records] == [r["code"] for r in reasons]
     assert {x["patient"] for x in records} == {stays[1]["patient_id"]}
+
+
+def test_a_refusal_quotes_nothing_the_caller_sent_and_both_stores_refuse_alike(setup):
+    """Refusals are audited, so their text must hold no caller text: not a value (in any quoting, cut or not), not a
+    key the caller made up. A NUL byte, which PostgreSQL cannot store, is refused the same way on both stores."""
+    running, stays, res = setup
+    card = _card(running, stays[0], res)
+    base = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN}
+    secret = "Mrs O'Brien, DOB 1950-01-01, lives alone; daughter says no"
+    cases = [
+        ({**base, "Patient Jane Doe MRN 12345": 1}, 400),
+        ({**base, "overrideReason": {"reason": {"code": secret}}}, 400),
+        ({**base, "overrideReason": {"reason": {"code": "x" * 300 + secret}}}, 400),
+        ({**base, "overrideReason": {"reason": {"code": "ok", "display": "a\x00b"}}}, 400),
+        ({**base, "overrideReason": {"reason": {"code": "ok"}, "userComment": "seen\x00"}}, 400),
+        ({**base, "card": card["uuid"] + "\x00"}, 404),
+        ({**base, "outcome": secret}, 400),
+    ]
+    for item, status in cases:
+        before = len(_feedback_records(running))
+        r = _post(running, [item])
+        assert r.status_code == status, (item, r.text)
+        new = _feedback_records(running)[before:]
+        assert [x["outcome"] for x in new] == ["minor"]
+        text = r.text + json.dumps(new, default=str)
+        assert not any(w in text for w in ("Jane", "Brien", "daughter", "\\u0000")), text

@@ -71,6 +71,7 @@ def test_a_prefix_asks_for_its_whole_system_and_a_prefix_no_observation_carries_
     assert observation_tokens(feature_set(measure, panel)) == ["http://loinc.org|"]  # the exact code is inside it
     assert observation_tokens(feature_set(measure, sex, custom)) == ["http://loinc.org|2951-2"]
     assert observation_tokens(feature_set(sex)) == []
+    assert "observations" not in prefetch_templates(feature_set(sex))  # no empty combo-code search
     assert set(SYSTEMS.values()) >= {"LOINC", "SOPT", "RXNORM", "ICD10CM"}
 
 

@@ -425,15 +425,22 @@ class AuditLog:
             return int(conn.execute(select(func.count()).select_from(checkpoint_table)).scalar_one())
 
     def head(self) -> dict:
-        """{"seq", "hash"} of the newest record (seq 0 and the genesis hash when empty)."""
+        """{"seq", "hash"} of the newest record (seq 0 and the genesis hash when empty): what an auditor keeps
+        outside the database, to verify later with `expect`."""
         with self.store.transaction(write=False) as conn:
             seq, hash_ = self._head(conn)
         return {"seq": seq, "hash": hash_}
 
     # ------------------------------------------------------------------ verification
-    def verify(self, *, verify_key: Any = None, batch: int = 2000) -> VerifyResult:
+    def verify(self, *, verify_key: Any = None, batch: int = 2000,
+               expect: tuple[int, str] | None = None) -> VerifyResult:
         """Walk the whole chain (from genesis, or from the last retention anchor) and report the first record that
-        was edited, deleted, inserted or reordered; also check signed checkpoints and retention anchors."""
+        was edited, deleted, inserted or reordered; also check signed checkpoints and retention anchors.
+
+        Everything here lives in the database, so someone with its rights (triggers dropped) can cut the tail
+        together with its checkpoints, or forge an anchor and delete what it covers. `expect=(seq, entry_hash)`, a
+        head an earlier verification reported and the auditor kept outside the database, closes that: the record
+        must still be there with that hash."""
         key = verify_key if verify_key is not None else self.verify_key
         with self.store.transaction(write=False, snapshot=True) as conn:
             anchors = conn.execute(select(anchor_table).order_by(anchor_table.c.upto_seq)).mappings().all()
@@ -446,6 +453,17 @@ class AuditLog:
                                         f"purged records younger than {MIN_RETENTION_DAYS} days")
             if anchors:
                 start_seq, start_prev = anchors[-1]["upto_seq"] + 1, anchors[-1]["entry_hash"]
+                left = conn.execute(select(func.min(audit_table.c.seq)).where(
+                    audit_table.c.seq < start_seq)).scalar_one_or_none()
+                if left is not None:  # a purge deletes what it anchors: this anchor was not made by one
+                    return VerifyResult(False, 0, left, f"record {left} is still there below the retention anchor at "
+                                        f"record {start_seq - 1}: the anchor was not made by a purge")
+            if expect is not None:
+                seq, hash_ = expect
+                row = conn.execute(select(audit_table.c.entry_hash).where(audit_table.c.seq == seq)).first()
+                if row is None or row[0] != hash_:
+                    return VerifyResult(False, 0, seq, f"record {seq}, the head an earlier verification saw, is "
+                                        + ("gone" if row is None else "not the record it saw (another hash)"))
             checkpoints: dict[int, str] = {}
             for cp in cps:
                 if key is not None and not self._signature_ok(key, cp):

@@ -189,6 +189,7 @@ class Service:
             skew_s=config.clock_skew_s,
         )
         self.admin = AdminAuth(config.admin)
+        self._signed_head: int | None = None  # the head the last closing checkpoint signed
         self.patient_pages = False  # set by the dashboard when it serves the stays' pages (cards then link to them)
         # while calls are being scored, the journal waits a little for them to share its transaction
         self.journal = Journal(self.store, self.audit, linger_s=JOURNAL_LINGER_S, expecting=lambda: self.pending)
@@ -205,7 +206,8 @@ class Service:
         self.journal.close()
         if self.audit.signing_key is not None:
             try:
-                self.audit.checkpoint()
+                if self.audit.head()["seq"] != self._signed_head:  # once per head (close() follows the lifespan's)
+                    self._signed_head = (self.audit.checkpoint() or {}).get("seq")
             except Exception:
                 log.exception("the audit log's closing checkpoint could not be written")
 
@@ -286,12 +288,11 @@ class Service:
         try:
             fb = FeedbackRequest.model_validate_json(raw)
         except ValidationError as e:
-            err = e.errors()[0]
-            return refuse(400, f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}")
+            return refuse(400, _validation_problem(e))
         items = []
         for i, item in enumerate(fb.feedback):
             where = f"feedback[{i}]"
-            card = self.store.card(item.card)
+            card = self.store.card(item.card) if _UUID.fullmatch(item.card) else None  # cards' uuids are UUIDs
             if card is None or card["service"] != service_id:
                 return refuse(404, f"{where}.card: no card of this service has this uuid")
             if item.outcome == "accepted":
@@ -307,8 +308,7 @@ class Service:
                 row = self.store.feedback_row(service_id, json.loads(item.model_dump_json(exclude_none=True)),
                                               client=claims.iss)
             except StateError as e:
-                return refuse(400, f"{where}: {_QUOTED.sub('(value not shown)', str(e).splitlines()[0])[:200]}",
-                              card["patient"])
+                return refuse(400, f"{where}: {str(e).splitlines()[0][:200]}", card["patient"])
             items.append((item, card, row))
         with self.store.transaction(write=True) as conn:
             new = self.store.add_feedback_rows_in(conn, [row for _, _, row in items])
@@ -632,7 +632,7 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
     """One CDS Hooks call, from its headers and a coroutine function reading its body, to its answer; audited."""
     rid = headers.get("x-request-id") or str(uuidlib.uuid4())
     if service_id not in SERVICES:
-        return outcome(404, f"no CDS service {service_id!r}")
+        return outcome(404, "no such CDS service (see GET /cds-services)")
     claims = await _authenticate(service, headers, f"{service.base}/cds-services/{service_id}", service_id, rid)
     if claims is None:
         return JSONResponse({}, status_code=401)
@@ -655,7 +655,7 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
     try:
         req = HookRequest.decode(raw)
     except msgspec.DecodeError as e:  # the path and the expected type; a value the caller sent is not quoted back
-        msg = f"body: {_QUOTED.sub('(value not shown)', str(e))}"
+        msg = f"body: {_decode_problem(e)}"
         return await finish(outcome(400, msg), "cds-call", "minor", detail={"reason": msg[:200]})
     problem = _check_request(service_id, req)
     if problem:
@@ -735,7 +735,7 @@ def create_app(service: Service) -> FastAPI:
     async def feedback(service_id: str, request: Request):
         rid = request.headers.get("x-request-id") or str(uuidlib.uuid4())
         if service_id not in SERVICES:
-            return outcome(404, f"no CDS service {service_id!r}")
+            return outcome(404, "no such CDS service (see GET /cds-services)")
         claims = await authenticate(request, f"{base}/cds-services/{service_id}/feedback", service_id, rid)
         if claims is None:
             return JSONResponse({}, status_code=401)
@@ -762,7 +762,7 @@ def create_app(service: Service) -> FastAPI:
         try:
             body = SwitchRequest.model_validate_json(await request.body())
         except ValidationError as e:
-            return await refuse(400, e.errors()[0]["msg"])
+            return await refuse(400, _validation_problem(e))
         if model_key not in (service.model_key, service.model_key[:12]):
             return await refuse(404, "no such model is served here")
         await asyncio.to_thread(service.store.set_enabled, service.model_key, body.enabled, by=who)
@@ -796,7 +796,24 @@ def create_app(service: Service) -> FastAPI:
 
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_QUOTED = re.compile(r"'[^']*'")
+_SCHEMA_FIELDS = frozenset({"feedback", "card", "outcome", "acceptedSuggestions", "overrideReason",
+                            "outcomeTimestamp", "enabled"})
+
+
+def _validation_problem(e: ValidationError) -> str:
+    """The first problem of a request body, by its place and pydantic's message about our schema: a key the
+    caller invented is not named, and no value is quoted (it may be a name or a note, and refusals are audited)."""
+    err = e.errors(include_input=False, include_url=False)[0]
+    where = ".".join(str(x) if isinstance(x, int) or x in _SCHEMA_FIELDS else "(a field not in the schema)"
+                     for x in err["loc"]) or "body"
+    return f"{where}: {err['msg']}"
+
+
+def _decode_problem(e: msgspec.DecodeError) -> str:
+    """msgspec's message up to the first quoted value, and the JSON path (`$.fhirAuthorization.token_type`)."""
+    head, sep, path = str(e).partition(" - at `")
+    head = re.split(r"['\"]", head, maxsplit=1)[0].rstrip(" :")
+    return f"{head}{sep}{path}" if sep else head
 # the audit fields a caller shapes (ids from the request or its token, and details quoting it): one the audit log
 # refuses is left out of the record alone
 _CALLER_FIELDS = ("patient", "user", "hook_instance", "jti", "request_id", "client", "detail")
@@ -816,6 +833,8 @@ def _check_request(service_id: str, req: HookRequest) -> str | None:
         return "context.patientId must be a FHIR id (letters, digits, '-' and '.', at most 64)"
     if service_id == "readmission-risk" and not isinstance(req.context.get("encounterId"), str):
         return "context.encounterId is required for encounter-discharge"
+    if service_id == "readmission-risk" and not _FHIR_ID.fullmatch(req.context["encounterId"]):
+        return "context.encounterId must be a FHIR id (letters, digits, '-' and '.', at most 64)"
     return None
 
 

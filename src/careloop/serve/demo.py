@@ -240,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         def pf_of(s: dict) -> dict:
             return prefetch_of(res[s["patient_id"]], templates)
 
-        sent = pf_of(stays[0])["observations"]["entry"]
-        tokens = templates["observations"].partition("combo-code=")[2].split(",") if "combo-code=" in templates[
-            "observations"] else []
+        sent = pf_of(stays[0]).get("observations", {}).get("entry", [])
+        search = templates.get("observations", "")
+        tokens = search.partition("combo-code=")[2].split(",") if "combo-code=" in search else []
         print(f"prefetch asked for: {len(templates)} searches; Observations of "
               f"{sum(not t.endswith('|') for t in tokens)} codes and {sum(t.endswith('|') for t in tokens)} code "
               f"systems ({len(sent)} of {len(res[stays[0]['patient_id']].get('observations', []))} for the first "

@@ -83,7 +83,9 @@ def prefetch_templates(fs: FeatureSet | StayFeatures) -> dict[str, str]:
     needs (the minimum necessary) rather than every Observation of the patient's record."""
     out = dict(PREFETCH)
     tokens = observation_tokens(fs)
-    if tokens is not None:
+    if tokens == []:  # no feature reads an Observation: none is asked for
+        del out["observations"]
+    elif tokens is not None:
         out["observations"] = f"{PREFETCH['observations']}&combo-code={','.join(tokens)}"
     return out
 

@@ -147,11 +147,16 @@ _PRINTABLE = re.compile(r"[\x21-\x7e]+")  # visible ASCII, no spaces: ids, URLs,
 def _key(value: Any, name: str, *, optional: bool = False) -> str | None:
     if value is None and optional:
         return None
+    # messages say what is wrong, never the value: it may be a name or a note, and errors reach answers and logs
     if not isinstance(value, str) or not value or len(value) > MAX_KEY:
-        raise StateError(f"{name} must be a non-empty string of at most {MAX_KEY} characters, not {value!r:.60}")
+        got = f"a string of {len(value)} characters" if isinstance(value, str) else type(value).__name__
+        raise StateError(f"{name} must be a non-empty string of at most {MAX_KEY} characters, not {got}")
     if not _PRINTABLE.fullmatch(value):
-        raise StateError(f"{name} must be visible ASCII without spaces: {value!r:.60}")
+        raise StateError(f"{name} must be visible ASCII without spaces")
     return value
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # controls but tab, line feed, carriage return
 
 
 def _text(value: Any, name: str, *, limit: int = 4096) -> str | None:
@@ -159,6 +164,8 @@ def _text(value: Any, name: str, *, limit: int = 4096) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > limit:
         raise StateError(f"{name} must be a string of at most {limit} characters")
+    if _CONTROL.search(value):  # NUL and other controls: PostgreSQL refuses NUL in text, SQLite would keep it
+        raise StateError(f"{name} must not contain control characters")
     return value
 
 
@@ -449,7 +456,7 @@ class StateStore:
         card = _key(item.get("card"), "feedback card")
         outcome = item.get("outcome")
         if outcome not in OUTCOMES:
-            raise StateError(f"feedback outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r:.40}")
+            raise StateError(f"feedback outcome must be one of {', '.join(OUTCOMES)}")
         outcome_at = parse_instant(item.get("outcomeTimestamp"), "outcomeTimestamp")  # type: ignore[arg-type]
         accepted = item.get("acceptedSuggestions") or []
         if not isinstance(accepted, list) or not all(isinstance(s, dict) for s in accepted):

@@ -65,15 +65,17 @@ def seed_activity(service, store_dir: Path, *, seed: int = 0) -> dict[str, int]:
         item: dict = {"card": card["uuid"], "outcomeTimestamp": (at + dt.timedelta(minutes=rng.uniform(1, 90)))
                       .isoformat()}
         code = None
-        if u < 0.4:
-            item |= {"outcome": "accepted", "acceptedSuggestions": [{"id": str(uuid.uuid4())}]}
+        if u < 0.4 and card["indicator"] == "warning":  # only a warning card has suggestions to accept
+            from careloop.serve.cards import suggestion_ids
+
+            item |= {"outcome": "accepted", "acceptedSuggestions": [{"id": suggestion_ids(card["uuid"])[0]}]}
         else:
             code, display = OVERRIDES[rng.randrange(len(OVERRIDES))]
             item |= {"outcome": "overridden", "overrideReason": {
                 "reason": {"code": code, "system": "https://careloop.example/fhir/CodeSystem/override-reason",
                            "display": display}}}
         service.store.add_feedback(sid, item, client=DEMO_CLIENT)
-        service.record("feedback", "success", service=sid,
+        service.record("feedback", "success", service=sid, patient=r.patient_id,
                        detail={"card": card["uuid"], "outcome": item["outcome"], "reason": code})
         counts[item["outcome"]] += 1
     return counts
