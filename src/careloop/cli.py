@@ -686,21 +686,30 @@ def audit_verify(
         "--verify-key", help="Ed25519 public key (PEM) of the service's audit signing key: also check the signed "
         "checkpoints, which expose a rewrite of the whole chain from some record on.")] = None,
     expect: Annotated[str | None, typer.Option(
-        "--expect", help="SEQ:HASH, the head an earlier verification printed (kept outside the database): that "
-        "record must still be there, unchanged, which exposes a cut of the tail or a forged retention anchor.")
+        "--expect", help="SEQ:HASH@TIME, the head an earlier verification printed (kept outside the database): "
+        "that record must still be there, unchanged (or purged once 183 days old), which exposes a cut of the tail "
+        "or a forged retention anchor.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Walk the hash chain; exit 1 and name the first bad record if the log was edited, cut or reordered."""
     from careloop.audit import AuditLog
+    from careloop.state import iso_z
 
     expected = None
     if expect is not None:
-        seq_text, _, hash_ = expect.partition(":")
-        if not seq_text.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", hash_):
-            fail("--expect must be SEQ:HASH as `careloop audit verify` prints it (a number, a colon, 64 hex digits)")
+        head_text, _, when_text = expect.partition("@")
+        seq_text, _, hash_ = head_text.partition(":")
+        try:
+            when = dt.datetime.fromisoformat(when_text.replace("Z", "+00:00")) if when_text else None
+        except ValueError:
+            when = dt.datetime.min
+        if not seq_text.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", hash_) or when == dt.datetime.min or (
+                when is not None and when.tzinfo is None):
+            fail("--expect must be SEQ:HASH@TIME as `careloop audit verify` prints it (a number, a colon, 64 hex "
+                 "digits, and the head's UTC time)")
             return
-        expected = (int(seq_text), hash_)
+        expected = (int(seq_text), hash_, when)
     key = None
     if verify_key is not None:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -723,7 +732,8 @@ def audit_verify(
         return
     signed = result.checkpoints if key is not None else None
     doc = {"ok": result.ok, "checked": result.checked, "first_bad": result.first_bad, "reason": result.reason,
-           "signed_checkpoints": signed, "head": f"{head['seq']}:{head['hash']}"}
+           "signed_checkpoints": signed,
+           "head": f"{head['seq']}:{head['hash']}" + (f"@{iso_z(head['recorded'])}" if head["recorded"] else "")}
     if as_json:
         _print_json(doc)
     elif result.ok:

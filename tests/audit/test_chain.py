@@ -85,7 +85,7 @@ def test_thousand_appends_verify(full_log):
         assert b["prev_hash"] == a["entry_hash"]
     r = recs[41]
     assert r["entry_hash"] == entry_hash(r["prev_hash"], 42, canonical_json(EVENTS[41]))
-    assert full_log.head() == {"seq": N, "hash": recs[-1]["entry_hash"]}
+    assert full_log.head() == {"seq": N, "hash": recs[-1]["entry_hash"], "recorded": recs[-1]["recorded"]}
 
 
 def test_append_returns_seq_hash_prev(log):
@@ -99,7 +99,7 @@ def test_append_returns_seq_hash_prev(log):
 
 def test_empty_log_verifies(log):
     assert log.verify() == log.verify().__class__(True, 0)
-    assert log.head() == {"seq": 0, "hash": GENESIS}
+    assert log.head() == {"seq": 0, "hash": GENESIS, "recorded": None}
 
 
 # Each tampering, done as a DBA with the triggers disabled, and the seq verify() must name first.
@@ -422,3 +422,31 @@ def test_purge_never_removes_the_head(log):
     assert log.purge(now - timedelta(days=200), now=now) == 9
     assert log.verify().ok
     assert [r["seq"] for r in log.records()] == [10, 11]
+
+
+def test_expect_holds_for_an_empty_log_and_a_purged_head_old_enough(log):
+    """`verify(expect=...)`: the empty log's head always holds; a head a later purge removed holds when it was old
+    enough to purge (183 days), and not when the verifier saw it more recently than that (a forged anchor)."""
+    empty = log.head()
+    assert empty["seq"] == 0 and log.verify(expect=(0, empty["hash"], None)).ok
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    log.append_many(make_events(10, now - timedelta(days=400)))
+    old = log.head()
+    assert log.verify(expect=(0, empty["hash"], None)).ok
+    log.append_many(make_events(5, now - timedelta(days=10)))
+    assert log.purge(now - timedelta(days=200), now=now) == 10  # the old head is now under the anchor
+    assert log.verify(expect=(old["seq"], old["hash"], old["recorded"])).ok
+    res = log.verify(expect=(old["seq"], old["hash"], datetime.now(UTC) - timedelta(days=30)))
+    assert not res.ok and res.first_bad == old["seq"] and "younger" in res.reason
+    assert not log.verify(expect=(old["seq"], "0" * 64, old["recorded"])).ok
+
+
+def test_the_head_is_signed_once_however_many_processes_close(db_url):
+    key = Ed25519PrivateKey.generate()
+    log = AuditLog.open(db_url, signing_key=key)
+    try:
+        log.append_many(make_events(4))
+        first, second = log.checkpoint(), log.checkpoint()
+        assert first["seq"] == second["seq"] == 4 and log.checkpoint_count() == 1
+    finally:
+        log.close()

@@ -69,10 +69,21 @@ def test_the_user_of_the_hook_context_is_recorded(setup):
 def test_a_hook_instance_that_is_not_a_uuid_is_refused(setup):
     running, stays, _ = setup
     body = hook_request(stays[0]["patient_id"], stays[0]["encounter_id"], None)
-    body["hookInstance"] = "not a uuid"
+    body["hookInstance"] = "Jane.Doe-DOB-1950-02-03"  # id-shaped, so the audit log would take it: not recorded
     r = _post(running, body)
     assert r.status_code == 400 and "hookInstance must be a UUID" in r.text
-    assert _record(running)["outcome"] == "minor"
+    rec = _record(running)
+    assert rec["outcome"] == "minor" and rec.get("hook_instance") is None and "Jane" not in json.dumps(rec, default=str)
+
+
+def test_a_body_that_is_not_utf8_is_a_400_and_audited(setup):
+    running, *_ = setup
+    url = f"{running.url}/cds-services/readmission-risk"
+    before = len(running.service.audit.records())
+    r = httpx.post(url, content=b'{"hook": "\xff\xfe"}', headers={**bearer(*running.keys, url),
+                                                                    "Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == 400 and "not UTF-8" in r.text
+    assert [x["outcome"] for x in running.service.audit.records()[before:]] == ["minor"]
 
 
 @pytest.mark.parametrize("secret", ["Jane Doe DOB 1950-02-03 MRN 12345", "Jane O'Brien"])  # repr: '...' or "..."

@@ -417,7 +417,11 @@ class AuditLog:
         with self.store.transaction(write=True) as conn:
             self._lock(conn)
             seq, hash_ = self._head(conn)
-            return None if seq == 0 else self._insert_checkpoint(conn, seq, hash_)
+            if seq == 0:
+                return None
+            c = checkpoint_table.c
+            done = conn.execute(select(checkpoint_table).where(c.seq == seq, c.entry_hash == hash_)).mappings().first()
+            return dict(done) if done is not None else self._insert_checkpoint(conn, seq, hash_)
 
     def checkpoint_count(self) -> int:
         """How many signed checkpoints the log holds."""
@@ -425,22 +429,24 @@ class AuditLog:
             return int(conn.execute(select(func.count()).select_from(checkpoint_table)).scalar_one())
 
     def head(self) -> dict:
-        """{"seq", "hash"} of the newest record (seq 0 and the genesis hash when empty): what an auditor keeps
-        outside the database, to verify later with `expect`."""
+        """{"seq", "hash", "recorded"} of the newest record (seq 0, the genesis hash and None when empty): what an
+        auditor keeps outside the database, to verify later with `expect`."""
         with self.store.transaction(write=False) as conn:
             seq, hash_ = self._head(conn)
-        return {"seq": seq, "hash": hash_}
+            recorded = conn.execute(select(audit_table.c.recorded).where(audit_table.c.seq == seq)).scalar_one_or_none()
+        return {"seq": seq, "hash": hash_, "recorded": recorded}
 
     # ------------------------------------------------------------------ verification
     def verify(self, *, verify_key: Any = None, batch: int = 2000,
-               expect: tuple[int, str] | None = None) -> VerifyResult:
+               expect: tuple[int, str, datetime | None] | None = None) -> VerifyResult:
         """Walk the whole chain (from genesis, or from the last retention anchor) and report the first record that
         was edited, deleted, inserted or reordered; also check signed checkpoints and retention anchors.
 
         Everything here lives in the database, so someone with its rights (triggers dropped) can cut the tail
-        together with its checkpoints, or forge an anchor and delete what it covers. `expect=(seq, entry_hash)`, a
-        head an earlier verification reported and the auditor kept outside the database, closes that: the record
-        must still be there with that hash."""
+        together with its checkpoints, or forge an anchor and delete what it covers. `expect=(seq, entry_hash,
+        recorded)`, a head an earlier verification reported and the auditor kept outside the database, closes that:
+        the record must still be there with that hash, unless a retention purge removed it, which it may only once
+        the record is 183 days old."""
         key = verify_key if verify_key is not None else self.verify_key
         with self.store.transaction(write=False, snapshot=True) as conn:
             anchors = conn.execute(select(anchor_table).order_by(anchor_table.c.upto_seq)).mappings().all()
@@ -453,13 +459,23 @@ class AuditLog:
                                         f"purged records younger than {MIN_RETENTION_DAYS} days")
             if anchors:
                 start_seq, start_prev = anchors[-1]["upto_seq"] + 1, anchors[-1]["entry_hash"]
+                if expect is not None and 0 < expect[0] < start_seq:
+                    seen = expect[2]
+                    if seen is None or seen > now_utc() - timedelta(days=MIN_RETENTION_DAYS):
+                        return VerifyResult(False, 0, expect[0], f"record {expect[0]}, the head an earlier "
+                                            "verification saw, is under a retention anchor, but no purge may remove "
+                                            f"a record younger than {MIN_RETENTION_DAYS} days")
+                    if expect[0] == start_seq - 1 and expect[1] != start_prev:
+                        return VerifyResult(False, 0, expect[0], f"record {expect[0]}, the head an earlier "
+                                            "verification saw, is not the record the retention anchor holds")
                 left = conn.execute(select(func.min(audit_table.c.seq)).where(
                     audit_table.c.seq < start_seq)).scalar_one_or_none()
                 if left is not None:  # a purge deletes what it anchors: this anchor was not made by one
                     return VerifyResult(False, 0, left, f"record {left} is still there below the retention anchor at "
                                         f"record {start_seq - 1}: the anchor was not made by a purge")
-            if expect is not None:
-                seq, hash_ = expect
+            if expect is not None and expect[:2] != (0, GENESIS) and expect[0] >= start_seq:
+                # (the empty log's head always holds; one a purge removed was checked above)
+                seq, hash_ = expect[:2]
                 row = conn.execute(select(audit_table.c.entry_hash).where(audit_table.c.seq == seq)).first()
                 if row is None or row[0] != hash_:
                     return VerifyResult(False, 0, seq, f"record {seq}, the head an earlier verification saw, is "

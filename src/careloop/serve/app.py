@@ -304,6 +304,11 @@ class Service:
                                   card["patient"])
             if item.outcomeTimestamp.tzinfo is None:
                 return refuse(400, f"{where}.outcomeTimestamp needs a time zone (RFC 3339)", card["patient"])
+            reason = (item.overrideReason or {}).get("reason")
+            offered_reasons = {c for c, _ in C.OVERRIDE_REASONS} if card["indicator"] == "warning" else set()
+            if reason is not None and (not isinstance(reason, dict) or reason.get("code") not in offered_reasons):
+                return refuse(400, f"{where}.overrideReason.reason: must be one of the card's overrideReasons",
+                              card["patient"])
             try:
                 row = self.store.feedback_row(service_id, json.loads(item.model_dump_json(exclude_none=True)),
                                               client=claims.iss)
@@ -356,7 +361,7 @@ class Service:
             service=service,
             patient=(decision.patient if decision else None) or (_patient_of(req) if req else None) or patient,
             user=user,
-            hook_instance=req.hookInstance if req else None,
+            hook_instance=req.hookInstance if req and _UUID.fullmatch(req.hookInstance) else None,
             jti=getattr(claims, "jti", None),
             request_id=request_id,
             model_hash=self.bundle.bundle_id,
@@ -654,8 +659,8 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
                             detail={"reason": "request too large"})
     try:
         req = HookRequest.decode(raw)
-    except msgspec.DecodeError as e:  # the path and the expected type; a value the caller sent is not quoted back
-        msg = f"body: {_decode_problem(e)}"
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # the path and the expected type, never a value sent
+        msg = "body: not UTF-8 JSON" if isinstance(e, UnicodeDecodeError) else f"body: {_decode_problem(e)}"
         return await finish(outcome(400, msg), "cds-call", "minor", detail={"reason": msg[:200]})
     problem = _check_request(service_id, req)
     if problem:
@@ -796,8 +801,8 @@ def create_app(service: Service) -> FastAPI:
 
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_SCHEMA_FIELDS = frozenset({"feedback", "card", "outcome", "acceptedSuggestions", "overrideReason",
-                            "outcomeTimestamp", "enabled"})
+_SCHEMA_FIELDS = frozenset({"feedback", "card", "outcome", "acceptedSuggestions", "id", "overrideReason", "reason",
+                            "code", "system", "display", "userComment", "outcomeTimestamp", "enabled"})
 
 
 def _validation_problem(e: ValidationError) -> str:

@@ -125,11 +125,11 @@ def utc(value: datetime, name: str = "time") -> datetime:
     if not isinstance(value, datetime):
         raise StateError(f"{name} must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
-        raise StateError(f"{name} must be timezone-aware (e.g. datetime.now(UTC)), got naive {value.isoformat()}")
+        raise StateError(f"{name} must be timezone-aware (e.g. datetime.now(UTC)), got a naive datetime")
     try:
         return value.astimezone(UTC)
     except OverflowError:
-        raise StateError(f"{name} is out of range once converted to UTC: {value.isoformat()}") from None
+        raise StateError(f"{name} is out of range once converted to UTC") from None
 
 
 def now_utc() -> datetime:
@@ -148,13 +148,13 @@ def parse_instant(text: str, name: str = "timestamp") -> datetime:
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise StateError(f"{name} is not an ISO 8601 date-time: {text[:40]!r}") from None
+        raise StateError(f"{name} is not an ISO 8601 date-time") from None  # (values are never quoted back)
     if value.tzinfo is None:
-        raise StateError(f"{name} must carry a time zone (Z or +hh:mm): {text[:40]!r}")
+        raise StateError(f"{name} must carry a time zone (Z or +hh:mm)")
     try:
         return value.astimezone(UTC)
     except OverflowError:  # e.g. 9999-12-31T23:59:59-05:00 is past the last instant Python can hold in UTC
-        raise StateError(f"{name} is out of range once converted to UTC: {text[:40]!r}") from None
+        raise StateError(f"{name} is out of range once converted to UTC") from None
 
 
 def canonical_json(value: Any) -> str:

@@ -31,8 +31,6 @@ def demo_users(password: str = DEMO_PASSWORD) -> dict[str, dict]:
 
 
 DEMO_CLIENT = "https://ehr.demo.careloop.example/fhir"  # the made-up EHR the demo's cards and feedback come from
-OVERRIDES = (("already-arranged", "Follow-up already arranged"), ("not-relevant", "Not relevant to this patient"),
-             ("low-risk", "Clinician judges the risk lower"))
 
 
 def seed_activity(service, store_dir: Path, *, seed: int = 0) -> dict[str, int]:
@@ -70,10 +68,11 @@ def seed_activity(service, store_dir: Path, *, seed: int = 0) -> dict[str, int]:
 
             item |= {"outcome": "accepted", "acceptedSuggestions": [{"id": suggestion_ids(card["uuid"])[0]}]}
         else:
-            code, display = OVERRIDES[rng.randrange(len(OVERRIDES))]
+            from careloop.serve.cards import OVERRIDE_REASONS, OVERRIDE_SYSTEM
+
+            code, display = OVERRIDE_REASONS[rng.randrange(len(OVERRIDE_REASONS))]
             item |= {"outcome": "overridden", "overrideReason": {
-                "reason": {"code": code, "system": "https://careloop.example/fhir/CodeSystem/override-reason",
-                           "display": display}}}
+                "reason": {"code": code, "system": OVERRIDE_SYSTEM, "display": display}}}
         service.store.add_feedback(sid, item, client=DEMO_CLIENT)
         service.record("feedback", "success", service=sid, patient=r.patient_id,
                        detail={"card": card["uuid"], "outcome": item["outcome"], "reason": code})
