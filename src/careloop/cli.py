@@ -739,7 +739,8 @@ def audit_verify(
     elif result.ok:
         out_console.print(f"audit log intact: {result.checked:,} records verified"
                           + (f", {signed:,} signed checkpoint{'s' * (signed != 1)} checked" if signed is not None
-                             else "") + f"; head {doc['head']} (keep it: --expect checks it next time)")
+                             else "") + f"; head {doc['head']} (keep it: --expect checks it next time)",
+                          soft_wrap=True)  # one line: the head is copied as it is
     else:
         out_console.print(f"[bold red]audit log altered[/]: first bad record {result.first_bad} ({result.reason})")
     if not result.ok:
