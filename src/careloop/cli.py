@@ -696,20 +696,11 @@ def audit_verify(
     from careloop.audit import AuditLog
     from careloop.state import iso_z
 
-    expected = None
-    if expect is not None:
-        head_text, _, when_text = expect.partition("@")
-        seq_text, _, hash_ = head_text.partition(":")
-        try:
-            when = dt.datetime.fromisoformat(when_text.replace("Z", "+00:00")) if when_text else None
-        except ValueError:
-            when = dt.datetime.min
-        if not seq_text.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", hash_) or when == dt.datetime.min or (
-                when is not None and when.tzinfo is None):
-            fail("--expect must be SEQ:HASH@TIME as `careloop audit verify` prints it (a number, a colon, 64 hex "
-                 "digits, and the head's UTC time)")
-            return
-        expected = (int(seq_text), hash_, when)
+    expected = _audit_head(expect) if expect is not None else None
+    if expect is not None and expected is None:
+        fail("--expect must be SEQ:HASH@TIME as `careloop audit verify` prints it (a number, a colon, 64 hex "
+             "digits, and the head's UTC time)")
+        return
     key = None
     if verify_key is not None:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -745,6 +736,21 @@ def audit_verify(
         out_console.print(f"[bold red]audit log altered[/]: first bad record {result.first_bad} ({result.reason})")
     if not result.ok:
         raise typer.Exit(code=1)
+
+
+def _audit_head(text: str) -> tuple[int, str, dt.datetime | None] | None:
+    """`SEQ:HASH@TIME` (TIME optional, as an empty log's head has none) as `AuditLog.verify(expect=...)` takes it;
+    None when malformed."""
+    m = re.fullmatch(r"(\d+):([0-9a-f]{64})(?:@(.+))?", text)
+    if m is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(m[3].replace("Z", "+00:00")) if m[3] else None
+    except ValueError:
+        return None
+    if when is not None and when.tzinfo is None:
+        return None
+    return int(m[1]), m[2], when
 
 
 @audit_app.command("keygen")

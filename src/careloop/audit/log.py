@@ -130,14 +130,14 @@ CREATE OR REPLACE FUNCTION careloop_audit_append_only() RETURNS trigger LANGUAGE
 BEGIN
   IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'careloop_audit' THEN
     IF OLD.seq <= (SELECT COALESCE(MAX(upto_seq), 0) FROM careloop_audit_anchor)
-       AND OLD.recorded < now() - interval '183 days' THEN
+       AND OLD.recorded < now() - interval 'MIN_RETENTION_DAYS days' THEN
       RETURN OLD;  -- a retention purge of an anchored prefix
     END IF;
   END IF;
   RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP;
 END
 $$
-"""
+""".replace("MIN_RETENTION_DAYS", str(MIN_RETENTION_DAYS))  # the same minimum as SQLite's trigger and purge()
 
 
 def entry_hash(prev_hash: str, seq: int, canonical: str) -> str:
