@@ -209,7 +209,7 @@ def _print_ingest_report(report) -> None:
     t.add_row("[bold]total[/]", *(f"[bold]{d[k]:,}[/]" for k in ("input", "loaded", "quarantined", "skipped")))
     out_console.print(t)
     if d["reasons"]:
-        r = Table(title="Quarantine reasons and skip rules")
+        r = Table(title="Why: quarantine reasons, skip rules, records loaded without events")
         r.add_column("reason")
         r.add_column("resources", justify="right")
         for k, v in d["reasons"].items():

@@ -143,3 +143,23 @@ def test_every_link_of_a_card_opens(setup):
     for u in urls:
         assert httpx.get(u, timeout=10).status_code == 200, u
     assert str(uuid.UUID(card["uuid"])) == card["uuid"]
+
+
+def test_a_withdrawn_result_is_recorded_as_not_read_and_leaves_the_score_alone(setup):
+    running, stays, res = setup
+    high = stays[0]
+    pid, enc = high["patient_id"], high["encounter_id"]
+    plain = hook_request(pid, enc, prefetch_of(res[pid]))
+    assert _post(running, plain).status_code == 200
+    before = _record(running, plain["hookInstance"])
+    already = json.loads((before["detail"] or {}).get("void_resources", "{}")).get("Observation entered-in-error", 0)
+    last = max((o for o in res[pid]["observations"] if o["encounter"]["reference"] == f"Encounter/{enc}"
+                and o["code"]["coding"][0]["code"] == "2160-0"), key=lambda o: o["effectiveDateTime"])  # creatinine
+    slips = [last | {"id": f"slip-{i}", "status": "entered-in-error",
+                     "valueQuantity": last["valueQuantity"] | {"value": last["valueQuantity"]["value"] * 10}}
+             for i in range(2)]
+    sent = hook_request(pid, enc, prefetch_of({**res[pid], "observations": res[pid]["observations"] + slips}))
+    assert _post(running, sent).status_code == 200
+    rec = _record(running, sent["hookInstance"])
+    assert json.loads(rec["detail"]["void_resources"]) == {"Observation entered-in-error": already + 2}
+    assert rec["score"] == before["score"] and rec["input_digest"] != before["input_digest"]

@@ -135,3 +135,37 @@ def test_digest_is_of_the_prefetch_as_received(hospital):
     mixed = copy.deepcopy(pf)
     mixed["encounters"]["entry"] += [{"resource": r} for r in other["encounters"]]
     assert len({collect(as_received(pid, "e", x), pid).digest() for x in (pf, changed, mixed)}) == 3
+
+
+def test_a_withdrawn_result_never_reaches_the_bedside_features(hospital_store, hospital):
+    """Stays whose record holds results withdrawn as entered-in-error (a tenfold slip, sent beside the right
+    result): their features are the same as with those results absent, and would not be if the results counted."""
+    import pyarrow.compute as pc
+
+    from careloop.engines import DuckDBEngine
+    from careloop.tasks.cohort import build_cohort
+    from careloop.tasks.spec import load_task
+
+    cohort = build_cohort(load_task("readmission-30d"), DuckDBEngine(hospital_store[0])).table
+    stays = {r["encounter_id"]: r["patient_id"] for r in cohort.filter(pc.is_valid(cohort.column("label"))
+                                                                        ).to_pylist()}
+    res = patient_resources(hospital / "ndjson", set(stays.values()))
+    withdrawn_in = {}
+    for enc, pid in stays.items():
+        bad = [o for o in res[pid]["observations"] if o["status"] == "entered-in-error"
+               and o["encounter"]["reference"] == f"Encounter/{enc}"]
+        if bad:
+            withdrawn_in[enc] = bad
+    assert len(withdrawn_in) >= 20
+    changed = 0
+    for enc, bad in list(withdrawn_in.items())[:40]:
+        pid = stays[enc]
+        kept = prefetch_of(res[pid])
+        without = prefetch_of({**res[pid], "observations": [o for o in res[pid]["observations"] if o not in bad]})
+        counted = prefetch_of({**res[pid], "observations": [o | {"status": "final"} if o in bad else o
+                                                            for o in res[pid]["observations"]]})
+        a, b, c = (bedside_features(FS, collect(as_received(pid, enc, pf), pid), pid, enc)
+                   for pf in (kept, without, counted))
+        assert a.row is not None and a.row == b.row, enc
+        changed += c.row != a.row
+    assert changed >= 10  # the withdrawn values would have moved the features

@@ -11,6 +11,7 @@ import base64
 import binascii
 import datetime as dt
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import msgspec
@@ -230,10 +231,11 @@ def append_row(cols: dict[str, list], **values: object) -> None:
 class Batch:
     """Column buffers for every table of one unit of work."""
 
-    __slots__ = ("_subjects", "dir", "enc", "ev", "notes", "pat")
+    __slots__ = ("_subjects", "dir", "enc", "ev", "notes", "pat", "void")
 
     def __init__(self) -> None:
         self.ev: list[tuple] = []
+        self.void: Counter = Counter()  # resources loaded without events, by why (see `void_reason`)
         self.enc: dict[str, list] = {k: [] for k in (
             "encounter_id", "subject_id", "patient_id", "class", "status", "start", "end", "priority", "type_code",
             "admit_source", "discharge_disposition", "discharge_disposition_nubc", "site_ref", "location_ref",
@@ -634,11 +636,50 @@ def decode(raw: bytes) -> M.Resource:
     raise Reject("invalid value", error, rtype, rid)
 
 
+# Statuses by which a record says that it was a mistake or that the thing never happened (FHIR R4's required value
+# sets). Such a resource is loaded, so that it replaces an earlier version of itself (a result first sent as final,
+# then marked entered-in-error), but it gives no events: no feature, in training or at the bedside, reads a refuted
+# diagnosis, a cancelled order or a lab value withdrawn as a mistake. Statuses that record something real
+# (preliminary, amended, stopped, superseded, a resolved condition) keep their events.
+VOID_STATUS: dict[type, frozenset[str]] = {
+    M.Encounter: frozenset({"cancelled", "entered-in-error"}),
+    M.Observation: frozenset({"cancelled", "entered-in-error"}),
+    M.MedicationRequest: frozenset({"cancelled", "entered-in-error"}),
+    M.Procedure: frozenset({"not-done", "entered-in-error"}),
+    M.Immunization: frozenset({"not-done", "entered-in-error"}),
+    M.DocumentReference: frozenset({"entered-in-error"}),
+    M.Coverage: frozenset({"entered-in-error"}),
+}
+VOID_VERIFICATION = frozenset({"refuted", "entered-in-error"})  # Condition and AllergyIntolerance.verificationStatus
+_VERIFIED = (M.Condition, M.AllergyIntolerance)
+
+
+def void_reason(res: M.Resource) -> str | None:
+    """Why `res` gives no events ("Observation entered-in-error"), or None when it records something real."""
+    rtype = type(res)
+    if rtype in _VERIFIED:
+        concept = res.verificationStatus
+        if concept is not None:
+            for c in concept.coding:
+                if c.code in VOID_VERIFICATION:
+                    return f"{rtype.__name__} {c.code}"
+        return None
+    void = VOID_STATUS.get(rtype)
+    if void is None or res.status not in void:
+        return None
+    return f"{rtype.__name__} {res.status}"
+
+
 def map_resource(res: M.Resource, ctx: Context, b: Batch, fallback_id: str | None = None) -> tuple[str, str]:
-    """Map one decoded resource into `b`; returns (type, id). Raises Reject."""
+    """Map one decoded resource into `b`; returns (type, id). Raises Reject. A resource whose status voids it
+    (`void_reason`) is counted in `b.void` and maps to nothing."""
     rtype = type(res).__name__
     rid = res.id or fallback_id
     if not rid:
         raise Reject("missing id", f"{rtype} without id")
-    MAPPERS[type(res)](res, rid, ctx, b)
+    why = void_reason(res)
+    if why is None:
+        MAPPERS[type(res)](res, rid, ctx, b)
+    else:
+        b.void[why] += 1
     return rtype, rid

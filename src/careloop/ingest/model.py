@@ -105,6 +105,7 @@ class Encounter(_R, tag="Encounter"):
 
 class Condition(_R, tag="Condition"):
     code: CodeableConcept | None = None
+    verificationStatus: CodeableConcept | None = None
     category: list[CodeableConcept] = []
     subject: Reference | None = None
     encounter: Reference | None = None
@@ -122,6 +123,7 @@ class Component(Struct, gc=False, omit_defaults=True):
 
 
 class Observation(_R, tag="Observation"):
+    status: str | None = None
     code: CodeableConcept | None = None
     subject: Reference | None = None
     encounter: Reference | None = None
@@ -137,6 +139,7 @@ class Observation(_R, tag="Observation"):
 
 
 class MedicationRequest(_R, tag="MedicationRequest"):
+    status: str | None = None
     subject: Reference | None = None
     encounter: Reference | None = None
     medicationCodeableConcept: CodeableConcept | None = None
@@ -146,6 +149,7 @@ class MedicationRequest(_R, tag="MedicationRequest"):
 
 
 class Procedure(_R, tag="Procedure"):
+    status: str | None = None
     code: CodeableConcept | None = None
     subject: Reference | None = None
     encounter: Reference | None = None
@@ -168,6 +172,7 @@ class DocContext(Struct, gc=False, omit_defaults=True):
 
 
 class DocumentReference(_R, tag="DocumentReference"):
+    status: str | None = None
     type: CodeableConcept | None = None
     subject: Reference | None = None
     date: str | None = None
@@ -176,12 +181,14 @@ class DocumentReference(_R, tag="DocumentReference"):
 
 
 class Coverage(_R, tag="Coverage"):
+    status: str | None = None
     type: CodeableConcept | None = None
     beneficiary: Reference | None = None
     period: Period | None = None
 
 
 class Immunization(_R, tag="Immunization"):
+    status: str | None = None
     vaccineCode: CodeableConcept | None = None
     patient: Reference | None = None
     encounter: Reference | None = None
@@ -190,6 +197,7 @@ class Immunization(_R, tag="Immunization"):
 
 class AllergyIntolerance(_R, tag="AllergyIntolerance"):
     code: CodeableConcept | None = None
+    verificationStatus: CodeableConcept | None = None
     patient: Reference | None = None
     recordedDate: str | None = None
     onsetDateTime: str | None = None

@@ -276,6 +276,8 @@ def _process_unit(unit: Unit, staging_root: str, t0: float) -> UnitResult:
             col.quarantine(unit.label, None, None, "unparseable JSON", str(exc)[:200], unit.data)
         else:
             _take_bundle(col, bundle, unit.label)
+    for why, n in col.batch.void.items():  # loaded (they replace earlier versions) but mapped to no events
+        col.reasons[f"loaded without events: {why}"] += n
     rows = col.write(Path(staging_root) / unit.uid)
     return UnitResult(unit.uid, unit.label, col.counts, col.reasons, time.perf_counter() - t0, rows)
 

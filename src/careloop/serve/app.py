@@ -450,6 +450,8 @@ class Service:
             return self.defer(ctx, "required data (the patient and their encounters) is missing", digest=digest)
         feats = bedside_features(self.features, pre, patient, encounter, directory=self.locations, now=now)
         extra = {"foreign_resources": pre.foreign} if pre.foreign else {}
+        if pre.batch.void:  # e.g. results withdrawn as entered-in-error: received, not read
+            extra["void_resources"] = dict(sorted(pre.batch.void.items()))
         if feats.row is None:
             return self.defer(ctx, feats.reason or "the stay cannot be scored", digest=digest, extra=extra)
         if feats.encounter_class != "IMP":

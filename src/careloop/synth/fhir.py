@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import random
+import uuid
 from collections.abc import Iterator
 from zoneinfo import ZoneInfo
 
@@ -19,6 +20,7 @@ from careloop.synth.world import World
 Resource = tuple[str, str, dict]  # (resourceType, id, resource)
 
 _EASTERN = ZoneInfo("America/New_York")
+ENTERED_IN_ERROR = 0.005  # share of inpatient lab results also sent as a withdrawn, wrong version (a feed quirk)
 _LAB_CAT = [V.concept(V.coding(V.OBS_CATEGORY, "laboratory", "Laboratory"))]
 _VITAL_CAT = [V.concept(V.coding(V.OBS_CATEGORY, "vital-signs", "Vital Signs"))]
 _SOCIAL_CAT = [V.concept(V.coding(V.OBS_CATEGORY, "social-history", "Social History"))]
@@ -263,6 +265,16 @@ class Renderer:
                     _L if low is not None and value < low else _N)
         return "Observation", m.id, base
 
+    def entered_in_error(self, p: Person, m: Measurement, site: str, enc: str) -> Resource:
+        """A result filed with a decimal slip (ten times the value) and withdrawn: a real feed sends the withdrawn
+        version, status entered-in-error, beside the right one. Decided by a hash of the result's id, so the
+        simulation's random streams, and everything else written, are the same with or without it."""
+        wrong = Measurement(m.key, m.time, m.value * 10, m.value2, str(uuid.uuid5(uuid.NAMESPACE_URL, m.id)))
+        rtype, rid, res = self.measurement(p, wrong, site, enc)
+        res["status"] = "entered-in-error"
+        res.pop("interpretation", None)
+        return rtype, rid, res
+
     def visit(self, p: Person, v: Visit) -> Iterator[Resource]:
         site = self.sites[v.site]
         doc = self.doctor(v.site, v.clinician)
@@ -360,6 +372,8 @@ class Renderer:
         for m in s.labs:
             if m.time < end_ts:
                 yield self.measurement(p, m, s.site, s.id)
+                if stable_fraction(m.id, "entered-in-error") < ENTERED_IN_ERROR:
+                    yield self.entered_in_error(p, m, s.site, s.id)
         for m in s.vitals:
             if m.time < end_ts and m.time <= s.discharge:
                 yield self.measurement(p, m, s.site, s.id)
