@@ -22,7 +22,9 @@ errors (any non-200 or unexpected answer: must be 0), the answers by kind, the s
 (all worker processes) at start, middle and end (`--duration 300` for the memory-flatness check), and the data
 sizes. Then servers with the default deadline (1.5 s) and a tiny one (`--deadline-ms`, 5) under the same load and
 with one client show how often calls are answered `{"cards": []}`, how late, and that each timeout is audited;
-and the steps of a call are timed in this process over every stay, to show where the time goes.
+then two floors beside careloop under the same load and the same calls (bench/_floor.py: uvicorn reading the
+request and answering `{"cards": []}`, and the same after decoding every prefetched resource), with the ratios; and
+the steps of a call are timed in this process over every stay, to show where the time goes.
 
 Bar (issue 6): p95 <= 50 ms at 50 concurrent clients on this 2-core machine, no errors, memory flat over 5 minutes.
 
@@ -238,13 +240,17 @@ class Signer:
 class ServerProcess:
     """`careloop serve` with its worker processes; CPU and memory are summed over all of them."""
 
-    def __init__(self, bundle: Path, config: Path, port: int, log: Path, workers: int, pin: bool = False) -> None:
+    def __init__(self, bundle: Path | None, config: Path | None, port: int, log: Path, workers: int,
+                 pin: bool = False, floor: str | None = None) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.log = log.open("w")
-        self.proc = subprocess.Popen([*CLI, "serve", "--model", str(bundle), "--config", str(config), "--port",
-                                      str(port), "--workers", str(workers), *(["--pin-cpus"] if pin else [])],
-                                     stdout=self.log,
-                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        if floor:  # bench/_floor.py under uvicorn, as `careloop serve` runs it
+            cmd = [sys.executable, "-m", "uvicorn", f"bench._floor:{floor}", "--port", str(port), "--workers",
+                   str(workers), "--log-level", "warning", "--no-access-log"]
+        else:
+            cmd = [*CLI, "serve", "--model", str(bundle), "--config", str(config), "--port", str(port), "--workers",
+                   str(workers), *(["--pin-cpus"] if pin else [])]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.ps = psutil.Process(self.proc.pid)
         try:
             wait_for_service(self.url, attempts=1200, pause=0.1)
@@ -453,6 +459,7 @@ def main() -> None:
     ap.add_argument("--baseline-duration", type=float, default=10.0, help="seconds of the one-client run")
     ap.add_argument("--deadline-ms", type=int, default=5, help="the tiny deadline of the second run")
     ap.add_argument("--deadline-duration", type=float, default=15.0)
+    ap.add_argument("--floor-duration", type=float, default=15.0, help="seconds of each floor's run")
     ap.add_argument("--whole-record", action="store_true",
                     help="prefetch every Observation of the record, not only those of the codes the service asks for")
     args = ap.parse_args()
@@ -535,7 +542,7 @@ def main() -> None:
         sent = 0
         for clients in client_counts:
             dres = wrk(server, bodies, signer, folder, clients=clients, seconds=args.deadline_duration,
-                       expected_rps=max(res["rps"], base["rps"]) * 2)
+                       expected_rps=max(res["rps"], base["rps"]) * 4)  # shed calls are fast
             dres.pop("memory")
             sent += dres["requests"]
             results["deadline"][f"{deadline_ms} ms, {clients} clients"] = dres
@@ -554,7 +561,28 @@ def main() -> None:
         print(f"  timeouts audited: {timeouts:,} ({sent:,} calls answered in the measured runs); audit chain "
               f"{'intact' if verified.ok else 'BROKEN'}", flush=True)
 
-    # 3. the steps of a call
+    # 3. floors beside careloop: the same calls and load, answered by servers that do (almost) nothing
+    results["floors"] = {}
+    print(f"\nfloors under the same load ({args.clients} clients, {args.floor_duration:.0f} s, {args.workers} worker "
+          f"processes, uvicorn as careloop runs it; bench/_floor.py), beside careloop's {res['rps']:,.0f} req/s, "
+          f"p95 {res['p95_ms']:.1f} ms, {1000 * res['server_cpu_s'] / res['requests']:.2f} ms server CPU per call:")
+    for floor, what in (("read", "read the request, answer {\"cards\": []}"),
+                        ("decode", "... after decoding every prefetched resource (msgspec)")):
+        port = free_port()
+        server = ServerProcess(None, None, port, folder / f"floor-{floor}.log", args.workers, floor=floor)
+        wrk(server, bodies, signer, folder, clients=args.clients, seconds=3, expected_rps=5000)  # warm-up
+        fres = wrk(server, bodies, signer, folder, clients=args.clients, seconds=args.floor_duration,
+                   expected_rps=5000)
+        server.stop()
+        fres.pop("memory")
+        results["floors"][floor] = fres
+        cpu_ms = 1000 * fres["server_cpu_s"] / fres["requests"]
+        print(f"  {what:<58} {fres['rps']:7,.0f} req/s, p50 {fres['p50_ms']:5.1f}, p95 {fres['p95_ms']:5.1f} ms, "
+              f"{cpu_ms:.2f} ms server CPU per call; careloop's p95 is {res['p95_ms'] / fres['p95_ms']:.1f}x, its "
+              f"CPU per call {1000 * res['server_cpu_s'] / res['requests'] / cpu_ms:.1f}x; errors "
+              f"{sum(fres['errors'].values())}", flush=True)
+
+    # 4. the steps of a call
     sfolder = folder / "steps"
     sfolder.mkdir()
     st = steps(bundle, bodies, signer, sfolder, jwks)
