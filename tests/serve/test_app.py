@@ -210,6 +210,49 @@ def test_child_is_out_of_scope(running, chosen):
     assert "under 18" in card["detail"]
 
 
+def _with_disposition(pf: dict, encounter_id: str, code: str) -> dict:
+    """The prefetch with the index stay's discharge disposition recorded (HL7 discharge-disposition)."""
+    out = json.loads(json.dumps(pf))
+    for e in out["encounters"]["entry"]:
+        if e["resource"]["id"] == encounter_id:
+            e["resource"].setdefault("hospitalization", {})["dischargeDisposition"] = {"coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": code}]}
+    return out
+
+
+@pytest.mark.parametrize(("code", "why"), [("hosp", "discharged to hospice"),
+                                           ("other-hcf", "transferred to another acute hospital"),
+                                           ("aadvice", "left against medical advice"), ("exp", "died in the stay")])
+def test_a_stay_the_task_excludes_is_not_scored(running, chosen, code, why):
+    """The task's exclusions hold at the bedside: a high-risk stay discharged to hospice (or transferred, or
+    leaving against advice, or ending in death) gets no risk, only the deferral that says why; sent home, it is
+    scored."""
+    high, _, res = chosen
+    row = high[1]
+    pf = prefetch_of(res[row["patient_id"]])
+    (card,) = call(running, hook_request(row["patient_id"], row["encounter_id"],
+                                         _with_disposition(pf, row["encounter_id"], code))).json()["cards"]
+    assert card["indicator"] == "info" and why in card["detail"] and "%" not in card["summary"]
+    excluded = running.service.audit.records()[-1]
+    assert excluded["deferral_reason"].startswith(why) and excluded["score"] is None
+    home = hook_request(row["patient_id"], row["encounter_id"], _with_disposition(pf, row["encounter_id"], "home"))
+    assert call(running, home).status_code == 200
+    scored = running.service.audit.records()[-1]
+    assert scored["hook_instance"] == home["hookInstance"]
+    assert scored["deferral_reason"] is None and scored["score"] > running.service.threshold
+
+
+def test_a_patient_recorded_dead_is_not_scored(running, chosen):
+    high, _, res = chosen
+    row = high[2]
+    pf = prefetch_of(res[row["patient_id"]])
+    end = next(e["resource"]["period"]["end"] for e in pf["encounters"]["entry"]
+               if e["resource"]["id"] == row["encounter_id"])
+    pf["patient"] = dict(pf["patient"], deceasedDateTime=end)  # died as the stay ended
+    (card,) = call(running, hook_request(row["patient_id"], row["encounter_id"], pf)).json()["cards"]
+    assert card["indicator"] == "info" and "died in the stay" in card["detail"]
+
+
 def test_another_patients_data_is_not_used(running, chosen):
     high, _, res = chosen
     a, b = high[4], high[5] if len(high) > 5 else high[0]

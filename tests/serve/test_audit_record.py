@@ -163,3 +163,20 @@ def test_a_withdrawn_result_is_recorded_as_not_read_and_leaves_the_score_alone(s
     rec = _record(running, sent["hookInstance"])
     assert json.loads(rec["detail"]["void_resources"]) == {"Observation entered-in-error": already + 2}
     assert rec["score"] == before["score"] and rec["input_digest"] != before["input_digest"]
+
+
+def test_a_value_in_a_unit_without_conversion_is_counted_not_read_and_not_quoted(setup):
+    running, stays, res = setup
+    low = stays[-1]
+    pid, enc = low["patient_id"], low["encounter_id"]
+    stay_obs = [o for o in res[pid]["observations"] if o["encounter"]["reference"] == f"Encounter/{enc}"]
+    creat = max((o for o in stay_obs if o["code"]["coding"][0]["code"] == "2160-0"),
+                key=lambda o: o["effectiveDateTime"])
+    odd = creat | {"id": "odd-unit", "effectiveDateTime": creat["effectiveDateTime"],
+                   "valueQuantity": {"value": 4.2, "unit": "zorkmid per fortnight"}}
+    sent = hook_request(pid, enc, prefetch_of({**res[pid], "observations": res[pid]["observations"] + [odd]}))
+    plain = hook_request(pid, enc, prefetch_of(res[pid]))
+    assert _post(running, plain).status_code == 200 and _post(running, sent).status_code == 200
+    before, rec = _record(running, plain["hookInstance"]), _record(running, sent["hookInstance"])
+    assert int(rec["detail"]["unconverted_values"]) == int((before["detail"] or {}).get("unconverted_values", 0)) + 1
+    assert "zorkmid" not in json.dumps(running.service.audit.records(), default=str)

@@ -113,3 +113,24 @@ def test_mortality_task_labels_deaths_before_discharge(engine, truth):
         assert row["index_time"] == t["admit_time"] + day
         assert row["label"] == t["died_in_hospital"]
     assert sum(r["label"] is True for r in rows.values()) > 10
+
+
+def test_the_bedside_check_agrees_with_the_cohort_on_every_candidate(engine):
+    """`excluded_at_index` (one stay, as the service checks it) removes exactly the candidates the cohort's
+    disposition and death steps remove, and names the same step."""
+    from careloop.tasks.cohort import Dialect, candidates_sql, excluded_at_index, exclusion_masks
+
+    task = load_task("readmission-30d")
+    t = engine.arrow(candidates_sql(task, Dialect()))
+    steps = dict(exclusion_masks(task, t, 2**62))
+    names = ("died in the stay", "transferred to another acute hospital", "left against medical advice",
+             "discharged to hospice")
+    masks = {n: steps[n].to_pylist() for n in names}
+    rows = t.select(["disposition", "death_us", "index_us"]).to_pylist()
+    hits = Counter()
+    for i, r in enumerate(rows):
+        got = excluded_at_index(task, disposition=r["disposition"], death_us=r["death_us"], index_us=r["index_us"])
+        first = next((n for n in names if masks[n][i]), None)  # the task lists them in this order
+        assert got == first, r
+        hits[got] += 1
+    assert all(hits[n] > 0 for n in names), hits  # every rule is exercised by the synthetic hospital

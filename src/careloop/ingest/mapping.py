@@ -71,24 +71,40 @@ _CONVERT: dict[tuple[str, str], tuple[float, float]] = {  # value_canonical = va
     ("mmol/L", "mEq/L"): (1.0, 0.0),
 }
 _MOLAR = {"2345-7": 18.016, "2339-0": 18.016, "3094-0": 2.801, "6299-2": 2.801}  # mmol/L -> mg/dL
+# Units as feeds write them in `unit` (display text) for the UCUM code they mean: UCUM is case-sensitive and has no
+# micro sign, but a feed that sends no `code` often writes "mg/dl" or "µmol/L".
+UNIT_ALIASES = {
+    "mg/dl": "mg/dL", "g/dl": "g/dL", "g/l": "g/L", "mmol/l": "mmol/L", "umol/l": "umol/L", "µmol/L": "umol/L",
+    "μmol/L": "umol/L", "µmol/l": "umol/L", "μmol/l": "umol/L", "meq/l": "mEq/L", "mEq/l": "mEq/L",
+    "°C": "Cel", "degC": "Cel", "C": "Cel", "°F": "[degF]", "degF": "[degF]", "F": "[degF]", "lb": "[lb_av]",
+    "lbs": "[lb_av]", "in": "[in_i]", "KG": "kg", "Kg": "kg", "CM": "cm",
+}
 
 
-def normalise(loinc: str, value: float, unit: str | None) -> tuple[float, str | None]:
-    """Value in the code's canonical unit where the conversion is known; else as sent.
+def normalise(loinc: str, value: float, unit: str | None) -> tuple[float | None, str | None]:
+    """Value in the code's canonical unit where the conversion is known. For a code with a canonical unit, a value
+    in a unit careloop cannot convert gives None (the number stays in the event's `original_value`): read as if it
+    were in the canonical unit, a creatinine in µmol/mol or a weight in stones would be a wrong feature. A value
+    with no unit is taken to be in the canonical unit; a code with none keeps its value and unit as sent.
 
     >>> normalise("2160-0", 88.42, "umol/L")
     (1.0, 'mg/dL')
     >>> normalise("8310-5", 98.6, "[degF]")[0].__round__(2)
     37.0
+    >>> normalise("2160-0", 1.1, "mg/dl"), normalise("2160-0", 1.1, "mmol/mol")
+    ((1.1, 'mg/dL'), (None, 'mmol/mol'))
     """
     canon = CANONICAL_UNITS.get(loinc)
     if canon is None or unit == canon or unit is None:
         return value, unit
+    unit = UNIT_ALIASES.get(unit, unit)
+    if unit == canon:
+        return value, canon
     if unit == "mmol/L" and loinc in _MOLAR:
         return value * _MOLAR[loinc], canon
     conv = _CONVERT.get((canon, unit))
     if conv is None:
-        return value, unit
+        return None, unit
     return value * conv[0] + conv[1], canon
 
 
@@ -231,11 +247,12 @@ def append_row(cols: dict[str, list], **values: object) -> None:
 class Batch:
     """Column buffers for every table of one unit of work."""
 
-    __slots__ = ("_subjects", "dir", "enc", "ev", "notes", "pat", "void")
+    __slots__ = ("_subjects", "dir", "enc", "ev", "notes", "pat", "unconverted", "void")
 
     def __init__(self) -> None:
         self.ev: list[tuple] = []
         self.void: Counter = Counter()  # resources loaded without events, by why (see `void_reason`)
+        self.unconverted: Counter = Counter()  # values whose unit has no conversion to their code's, by code and unit
         self.enc: dict[str, list] = {k: [] for k in (
             "encounter_id", "subject_id", "patient_id", "class", "status", "start", "end", "priority", "type_code",
             "admit_source", "discharge_disposition", "discharge_disposition_nubc", "site_ref", "location_ref",
@@ -500,11 +517,15 @@ def map_observation(res: M.Observation, rid: str, ctx: Context, b: Batch) -> Non
             rows.append((ccode, *_value(comp, ccode[6:] if ccode.startswith("LOINC/") else None, "component")))
         for ccode, num, text, unit, orig, ounit in rows:
             b.event(sid, t, ccode, num, text, unit, orig, ounit, enc, "Observation", rid)
+            if num is None and orig is not None:
+                b.unconverted[(ccode, unit)] += 1
         if res.valueQuantity is None and res.valueCodeableConcept is None and res.valueInteger is None \
                 and res.valueString is None and res.valueBoolean is None:
             return
     num, text, unit, orig, ounit = _value(res, code[6:] if code.startswith("LOINC/") else None, "Observation")
     b.event(sid, t, code, num, text, unit, orig, ounit, enc, "Observation", rid)
+    if num is None and orig is not None:
+        b.unconverted[(code, unit)] += 1
 
 
 def map_medication_request(res: M.MedicationRequest, rid: str, ctx: Context, b: Batch) -> None:

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from careloop import contracts as C
 from careloop.contracts import content_hash, key_hash
 from careloop.ingest import model as M
-from careloop.ingest.mapping import Batch, Context, Reject, Skip, append_row, decode, map_resource
+from careloop.ingest.mapping import CANONICAL_UNITS, Batch, Context, Reject, Skip, append_row, decode, map_resource
 
 NDJSON_CHUNK_BYTES = int(os.environ.get("CARELOOP_INGEST_CHUNK_BYTES", 12 << 20))  # env: for tests
 BUNDLE_BATCH_FILES = 250
@@ -278,6 +278,9 @@ def _process_unit(unit: Unit, staging_root: str, t0: float) -> UnitResult:
             _take_bundle(col, bundle, unit.label)
     for why, n in col.batch.void.items():  # loaded (they replace earlier versions) but mapped to no events
         col.reasons[f"loaded without events: {why}"] += n
+    for (code, sent), n in col.batch.unconverted.items():  # loaded; the number kept as sent, never read
+        col.reasons[f"loaded, value not read: {code} in {sent[:24]!r}, no conversion to "
+                    f"{CANONICAL_UNITS[code.removeprefix('LOINC/')]}"] += n
     rows = col.write(Path(staging_root) / unit.uid)
     return UnitResult(unit.uid, unit.label, col.counts, col.reasons, time.perf_counter() - t0, rows)
 

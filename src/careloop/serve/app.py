@@ -41,6 +41,7 @@ from careloop.serve import cards as C
 from careloop.serve.auth import RecentJti
 from careloop.serve.features import (
     REQUIRED_KEYS,
+    BedsideFeatures,
     bedside_features,
     collect,
     evaluator,
@@ -163,6 +164,14 @@ class Service:
         self.threshold = float(op["threshold"])
         self.band = tuple(op["threshold_ci"]) if op.get("threshold_ci") else None
         self.ranges = self.meta.get("input_ranges") or {}
+        # the task the model was trained for: the bedside scores only stays its cohort would have held
+        self.task = None
+        if "task.yaml" in self.bundle.files:
+            from careloop.tasks.spec import Task
+
+            self.task = Task.from_text((self.bundle.path / "task.yaml").read_text(), "task.yaml")
+        self.index_classes = frozenset(self.task.index.encounter_class if self.task else ("IMP",))
+        self.min_age = max(MIN_AGE, self.task.min_age or 0.0) if self.task else MIN_AGE
         self.policy = None  # a learned deferral policy, hashed with the bundle (careloop train --clinician)
         if "deferral_policy.json" in self.bundle.files:
             from careloop.deferral import DeferralPolicy
@@ -452,12 +461,13 @@ class Service:
         extra = {"foreign_resources": pre.foreign} if pre.foreign else {}
         if pre.batch.void:  # e.g. results withdrawn as entered-in-error: received, not read
             extra["void_resources"] = dict(sorted(pre.batch.void.items()))
+        if pre.batch.unconverted:  # values in a unit with no conversion: received, not read (units are not quoted)
+            extra["unconverted_values"] = sum(pre.batch.unconverted.values())
         if feats.row is None:
             return self.defer(ctx, feats.reason or "the stay cannot be scored", digest=digest, extra=extra)
-        if feats.encounter_class != "IMP":
-            return self.defer(ctx, "not an inpatient stay (out of scope)", digest=digest, extra=extra)
-        if feats.age is None or feats.age < MIN_AGE:
-            return self.defer(ctx, "patient under 18 (out of scope: an adult model)", digest=digest, extra=extra)
+        scope = self.out_of_scope(feats)
+        if scope:
+            return self.defer(ctx, scope, digest=digest, extra=extra)
         ood = self.out_of_distribution(feats.row)
         if ood:
             return self.defer(ctx, f"inputs outside the training data ({ood})", digest=digest, extra=extra)
@@ -480,6 +490,22 @@ class Service:
 
     def out_of_distribution(self, row) -> str | None:
         return outside_training(row, self.ranges)
+
+    def out_of_scope(self, feats: BedsideFeatures) -> str | None:
+        """Why the model's task leaves this stay out (its index encounter class, age and exclusions: the same
+        rules that built the training cohort), or None when the stay is in scope."""
+        from careloop.tasks.cohort import excluded_at_index
+
+        if feats.encounter_class not in self.index_classes:
+            return "not an inpatient stay (out of scope)"
+        if feats.age is None or feats.age < self.min_age:
+            return under_age(self.min_age)
+        if self.task is not None and feats.index_us is not None:
+            gone = excluded_at_index(self.task, disposition=feats.disposition, death_us=feats.death_us,
+                                     index_us=feats.index_us)
+            if gone:
+                return f"{gone} (out of scope: the model's task excludes such stays)"
+        return None
 
     def alert(self, service_id: str, ctx: C.CardContext, decision: Decision, row, now: dt.datetime) -> Decision:
         """Repeat suppression, the unit's daily budget, then the card with its reasons."""
@@ -528,6 +554,10 @@ class Service:
                              now)
         decision.cards = [card]
         return decision
+
+
+def under_age(min_age: float) -> str:
+    return f"patient under {min_age:g} (out of scope: an adult model)"
 
 
 def outside_training(row: dict, ranges: dict) -> str | None:

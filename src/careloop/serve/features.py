@@ -46,7 +46,8 @@ PREFETCH = {  # CDS Hooks prefetch templates for one patient's record (`prefetch
 REQUIRED_KEYS = ("patient", "encounters")  # without these there is no index stay to score
 _SYSTEM_OF = {prefix: url for url, prefix in SYSTEMS.items()}  # LOINC -> http://loinc.org
 _PATIENT_REFS = ("subject", "patient", "beneficiary")
-_ENC_KEYS = ("encounter_id", "class", "start", "end", "priority", "admit_source", "location_ref", "reason_code")
+_ENC_KEYS = ("encounter_id", "class", "start", "end", "priority", "admit_source", "location_ref", "reason_code",
+             "discharge_disposition")
 
 
 def observation_tokens(fs: FeatureSet | StayFeatures) -> list[str] | None:
@@ -349,6 +350,9 @@ class BedsideFeatures:
     index_time: dt.datetime | None = None
     age: float | None = None
     encounter_class: str | None = None
+    disposition: str | None = None  # the stay's discharge disposition (HL7 code), when already recorded
+    death_us: int | None = None  # the patient's recorded death (UTC microseconds)
+    index_us: int | None = None
 
 
 _EVALUATORS: dict[int, tuple[FeatureSet, StayFeatures]] = {}
@@ -428,7 +432,8 @@ def bedside_features(
     if pre.deferred:
         _map_deferred(pre, evaluator(fs), stay)
     pat = pre.batch.pat
-    birth = next((b for p, b in zip(pat["patient_id"], pat["birth_date"], strict=True) if p == patient_id), None)
+    birth, death = next(((b, d) for p, b, d in zip(pat["patient_id"], pat["birth_date"], pat["deceased_time"],
+                                                    strict=True) if p == patient_id), (None, None))
     locations = location_names(directory)
     d = pre.batch.dir
     locations.update({rid: name for rt, rid, name in zip(d["resource_type"], d["resource_id"], d["name"], strict=True)
@@ -437,4 +442,5 @@ def bedside_features(
                   for e, c, s, t in zip(ids, enc["class"], enc["start"], enc["end"], strict=True)]
     values = evaluator(fs)(Record(pre.batch.ev, encounters, birth, locations), stay)
     index_time = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=index_us)
-    return BedsideFeatures(values, None, index_time, values.get("age"), row["class"])
+    return BedsideFeatures(values, None, index_time, values.get("age"), row["class"], row["discharge_disposition"],
+                           death, index_us)

@@ -158,6 +158,31 @@ def candidates_sql(task: Task, d: Dialect) -> str:
     FROM c"""
 
 
+# The exclusions a discharge disposition decides (HL7 discharge-disposition codes), with their step names: one
+# definition for the cohort (below) and for the bedside (`excluded_at_index`), so the service never scores a stay
+# the model's task leaves out.
+DISPOSITION_EXCLUSIONS = {
+    "transfer_out": ("other-hcf", "transferred to another acute hospital"),
+    "against_medical_advice": ("aadvice", "left against medical advice"),
+    "hospice": ("hosp", "discharged to hospice"),
+}
+DIED = ("exp", "died in the stay")  # the disposition "expired", or a death at or before the index time
+
+
+def excluded_at_index(task: Task, *, disposition: str | None, death_us: int | None, index_us: int) -> str | None:
+    """The first of the task's exclusions (other than age, checked apart) that removes one stay, as the cohort
+    names it; None when the stay is in scope. Scalar twin of `exclusion_masks` for a stay scored at the bedside."""
+    for rule in task.exclusions:
+        if rule == "died_in_stay":
+            if disposition == DIED[0] or (death_us is not None and death_us <= index_us):
+                return DIED[1]
+        elif rule in DISPOSITION_EXCLUSIONS:
+            code, name = DISPOSITION_EXCLUSIONS[rule]
+            if disposition == code:
+                return name
+    return None
+
+
 def exclusion_masks(task: Task, t: pa.Table, data_end_us: int) -> list[tuple[str, pa.Array]]:
     """(step name, rows it removes) in the order the task lists them, after the index rule itself."""
     disp = t.column("disposition")
@@ -171,15 +196,12 @@ def exclusion_masks(task: Task, t: pa.Table, data_end_us: int) -> list[tuple[str
             steps.append((f"age under {rule.age_under:g}", pc.fill_null(pc.less(age, rule.age_under), True)))
             continue
         if rule == "died_in_stay":
-            died = pc.or_(pc.fill_null(pc.equal(disp, "exp"), False),
+            died = pc.or_(pc.fill_null(pc.equal(disp, DIED[0]), False),
                           pc.fill_null(pc.less_equal(death, index_us), False))
-            steps.append(("died in the stay", died))
-        elif rule == "transfer_out":
-            steps.append(("transferred to another acute hospital", pc.fill_null(pc.equal(disp, "other-hcf"), False)))
-        elif rule == "against_medical_advice":
-            steps.append(("left against medical advice", pc.fill_null(pc.equal(disp, "aadvice"), False)))
-        elif rule == "hospice":
-            steps.append(("discharged to hospice", pc.fill_null(pc.equal(disp, "hosp"), False)))
+            steps.append((DIED[1], died))
+        elif rule in DISPOSITION_EXCLUSIONS:
+            code, name = DISPOSITION_EXCLUSIONS[rule]
+            steps.append((name, pc.fill_null(pc.equal(disp, code), False)))
         elif rule == "out_of_hospital_at_index":
             gone = pc.or_(pc.fill_null(pc.less_equal(discharge, index_us), False),
                           pc.fill_null(pc.less_equal(death, index_us), False))

@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from careloop.contracts import TIME
+from careloop.serve.app import under_age
 
 US = 1_000_000
 HOUR_US = 3600 * US
 MAX_POINTS = 30  # risk-over-stay points per stay
-MIN_AGE = 18.0
 RECENT_DAYS = 7
 RECENT_LIMIT = 25
 
@@ -160,8 +160,8 @@ def assess(service, feats: pa.Table) -> tuple[list[Assessment], list[list]]:
     lo, hi = service.band if service.band else (None, None)
     for i in range(n):
         age = ages[i]
-        if age is None or (isinstance(age, float) and math.isnan(age)) or age < MIN_AGE:
-            out.append(Assessment(None, "deferred", "patient under 18 (out of scope: an adult model)"))
+        if age is None or (isinstance(age, float) and math.isnan(age)) or age < service.min_age:
+            out.append(Assessment(None, "deferred", under_age(service.min_age)))
             rs[i] = []
             continue
         ood = service.out_of_distribution(rows[i])
