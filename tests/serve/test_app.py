@@ -242,15 +242,34 @@ def test_a_stay_the_task_excludes_is_not_scored(running, chosen, code, why):
     assert scored["deferral_reason"] is None and scored["score"] > running.service.threshold
 
 
-def test_a_patient_recorded_dead_is_not_scored(running, chosen):
+def _days_after(when: str, days: int) -> str:
+    import datetime as dt
+
+    return (dt.datetime.fromisoformat(when.replace("Z", "+00:00")) + dt.timedelta(days=days)).isoformat()
+
+
+@pytest.mark.parametrize("death", ["at discharge", "later", "no time"])
+def test_a_patient_recorded_dead_is_not_scored(running, chosen, death):
+    """Dead as the stay ended (the task's exclusion), dead later (a chart opened after the death: patient-view),
+    or recorded as deceasedBoolean: no readmission risk, the deferral says why."""
     high, _, res = chosen
     row = high[2]
     pf = prefetch_of(res[row["patient_id"]])
     end = next(e["resource"]["period"]["end"] for e in pf["encounters"]["entry"]
                if e["resource"]["id"] == row["encounter_id"])
-    pf["patient"] = dict(pf["patient"], deceasedDateTime=end)  # died as the stay ended
-    (card,) = call(running, hook_request(row["patient_id"], row["encounter_id"], pf)).json()["cards"]
-    assert card["indicator"] == "info" and "died in the stay" in card["detail"]
+    # the record as it stood at this stay's discharge: nothing after it, no death yet
+    pf["encounters"]["entry"] = [e for e in pf["encounters"]["entry"] if e["resource"]["period"]["start"] <= end]
+    alive = {k: v for k, v in pf["patient"].items() if not k.startswith("deceased")}
+    pf["patient"] = dict(alive, **{"at discharge": {"deceasedDateTime": end},
+                                           "later": {"deceasedDateTime": _days_after(end, 40)},
+                                           "no time": {"deceasedBoolean": True}}[death])
+    hook = "encounter-discharge" if death == "at discharge" else "patient-view"
+    encounter = row["encounter_id"] if hook == "encounter-discharge" else None
+    service = "readmission-risk" if hook == "encounter-discharge" else "readmission-risk-patient-view"
+    (card,) = call(running, hook_request(row["patient_id"], encounter, pf, hook=hook), service=service
+                   ).json()["cards"]
+    assert card["indicator"] == "info"
+    assert ("died in the stay" if death == "at discharge" else "death is recorded") in card["detail"]
 
 
 def test_another_patients_data_is_not_used(running, chosen):

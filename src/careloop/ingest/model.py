@@ -74,6 +74,7 @@ class Patient(_R, tag="Patient"):
     birthDate: str | None = None
     gender: str | None = None
     deceasedDateTime: str | None = None
+    deceasedBoolean: bool | None = None
     extension: list[Extension] = []
     communication: list[Communication] = []
     address: list[Address] = []

@@ -465,7 +465,7 @@ class Service:
             extra["unconverted_values"] = sum(pre.batch.unconverted.values())
         if feats.row is None:
             return self.defer(ctx, feats.reason or "the stay cannot be scored", digest=digest, extra=extra)
-        scope = self.out_of_scope(feats)
+        scope = self.out_of_scope(feats, at_discharge=encounter is not None)
         if scope:
             return self.defer(ctx, scope, digest=digest, extra=extra)
         ood = self.out_of_distribution(feats.row)
@@ -491,9 +491,11 @@ class Service:
     def out_of_distribution(self, row) -> str | None:
         return outside_training(row, self.ranges)
 
-    def out_of_scope(self, feats: BedsideFeatures) -> str | None:
+    def out_of_scope(self, feats: BedsideFeatures, *, at_discharge: bool = True) -> str | None:
         """Why the model's task leaves this stay out (its index encounter class, age and exclusions: the same
-        rules that built the training cohort), or None when the stay is in scope."""
+        rules that built the training cohort), or None when the stay is in scope. At a discharge only a death up to
+        its time counts (a later one in the record is a replay's future); a chart opened later (patient-view) is
+        out of scope once any death is recorded."""
         from careloop.tasks.cohort import excluded_at_index
 
         if feats.encounter_class not in self.index_classes:
@@ -505,6 +507,8 @@ class Service:
                                      index_us=feats.index_us)
             if gone:
                 return f"{gone} (out of scope: the model's task excludes such stays)"
+        if feats.deceased_no_time or (not at_discharge and feats.death_us is not None):
+            return "the patient's death is recorded (out of scope)"
         return None
 
     def alert(self, service_id: str, ctx: C.CardContext, decision: Decision, row, now: dt.datetime) -> Decision:

@@ -352,6 +352,7 @@ class BedsideFeatures:
     encounter_class: str | None = None
     disposition: str | None = None  # the stay's discharge disposition (HL7 code), when already recorded
     death_us: int | None = None  # the patient's recorded death (UTC microseconds)
+    deceased_no_time: bool = False  # the Patient says deceasedBoolean: true (a death without a time)
     index_us: int | None = None
 
 
@@ -442,5 +443,6 @@ def bedside_features(
                   for e, c, s, t in zip(ids, enc["class"], enc["start"], enc["end"], strict=True)]
     values = evaluator(fs)(Record(pre.batch.ev, encounters, birth, locations), stay)
     index_time = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=index_us)
+    deceased = any(ident == ("Patient", patient_id) and res.deceasedBoolean is True for ident, res in pre.used)
     return BedsideFeatures(values, None, index_time, values.get("age"), row["class"], row["discharge_disposition"],
-                           death, index_us)
+                           death, deceased, index_us)
