@@ -20,6 +20,9 @@ def test_the_demo_service_runs_end_to_end_from_relative_paths(trained_bundle, ho
     log = json.loads((tmp_path / "out" / "service" / "exchanges.json").read_text())
     statuses = {x["title"].split(" (")[0]: x["status"] for x in log}
     assert statuses["no prefetch and no FHIR access"] == 412 and statuses["a token from an untrusted issuer"] == 401
+    hospice = next(x for x in log if x["title"].startswith("a discharge to hospice"))
+    assert [c["indicator"] for c in hospice["response"]["cards"]] == ["info"]
+    assert "discharged to hospice" in hospice["response"]["cards"][0]["detail"]
     warning = next(c for x in log for c in x["response"].get("cards", []) if c["indicator"] == "warning")
     assert "link: Patient risk page" in run.stdout and "(HTTP 303, sign-in first)" in run.stdout
     assert {link["label"] for link in warning["links"]} == {"Model card and validation report", "Patient risk page"}

@@ -3,9 +3,9 @@
 `python -m careloop.serve.demo --model BUNDLE --hospital DIR --store DIR --out DIR` makes an EHR key pair (RS384)
 and an administrator secret, writes the service config, starts `careloop serve` in a subprocess, builds each
 request's prefetch from the synthetic hospital's Bulk export (the resources an EHR would send), and prints what
-comes back: a high-risk discharge, a low-risk one, a child, a call without prefetch (412), a forged token (401),
-feedback on a card, the kill switch, and the audit log's verification. It writes everything it sent and got to
-`OUT/exchanges.json`.
+comes back: a high-risk discharge, a low-risk one, a child, a discharge to hospice (both out of scope), a call
+without prefetch (412), a forged token (401), feedback on a card, the kill switch, and the audit log's
+verification. It writes everything it sent and got to `OUT/exchanges.json`.
 """
 
 from __future__ import annotations
@@ -263,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         child = pf_of(stays[1])
         child["patient"] = dict(child["patient"], birthDate="2016-03-01")
         send("a 10-year-old (out of scope for an adult model)", request(stays[1], child))
+        hospice = pf_of(stays[1])
+        for entry in hospice.get("encounters", {}).get("entry", []):
+            if entry["resource"]["id"] == stays[1]["encounter_id"]:  # disposition recorded at discharge: hospice
+                entry["resource"] = {**entry["resource"], "hospitalization": {
+                    **entry["resource"].get("hospitalization", {}), "dischargeDisposition": {"coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": "hosp"}]}}}
+        send("a discharge to hospice (the model's task excludes it)", request(stays[1], hospice))
         send("no prefetch and no FHIR access", request(stays[3], None))
         forged = sign_request_token(pem, "ehr-demo-1", "https://attacker.example", url)
         send("a token from an untrusted issuer", request(high, pf_of(high)), forged)
