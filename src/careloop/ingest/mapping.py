@@ -694,13 +694,16 @@ def void_reason(res: M.Resource) -> str | None:
 def map_resource(res: M.Resource, ctx: Context, b: Batch, fallback_id: str | None = None) -> tuple[str, str]:
     """Map one decoded resource into `b`; returns (type, id). Raises Reject. A resource whose status voids it
     (`void_reason`) is counted in `b.void` and maps to nothing."""
-    rtype = type(res).__name__
+    cls = type(res)
+    rtype = cls.__name__
     rid = res.id or fallback_id
     if not rid:
         raise Reject("missing id", f"{rtype} without id")
-    why = void_reason(res)
-    if why is None:
-        MAPPERS[type(res)](res, rid, ctx, b)
-    else:
-        b.void[why] += 1
+    void = VOID_STATUS.get(cls)  # inline first test: `void_reason` is called only for a likely hit (a hot path)
+    if (res.status in void) if void is not None else (cls in _VERIFIED and res.verificationStatus is not None):
+        why = void_reason(res)
+        if why is not None:
+            b.void[why] += 1
+            return rtype, rid
+    MAPPERS[cls](res, rid, ctx, b)
     return rtype, rid

@@ -105,6 +105,7 @@ class Prefetched:
     rejected: list[str] = field(default_factory=list)  # resources the mapping refused, with the reason
     deferred: list[Any] = field(default_factory=list)  # decoded, mapped once the index stay is known (see below)
     unread: int = 0  # deferred resources no feature could read, left unmapped
+    patient: Any = None  # the Patient resource (decoded)
     ctx: Context = field(default_factory=Context)
 
     def digest(self) -> str:
@@ -289,6 +290,8 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
                 out.foreign += 1
                 continue
             out.used.append((ident, res))
+            if ident[0] == "Patient":
+                out.patient = res
             if ident[0] in defer:
                 out.deferred.append(res)
                 continue
@@ -443,6 +446,6 @@ def bedside_features(
                   for e, c, s, t in zip(ids, enc["class"], enc["start"], enc["end"], strict=True)]
     values = evaluator(fs)(Record(pre.batch.ev, encounters, birth, locations), stay)
     index_time = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=index_us)
-    deceased = any(ident == ("Patient", patient_id) and res.deceasedBoolean is True for ident, res in pre.used)
+    deceased = pre.patient is not None and pre.patient.deceasedBoolean is True
     return BedsideFeatures(values, None, index_time, values.get("age"), row["class"], row["discharge_disposition"],
                            death, deceased, index_us)
