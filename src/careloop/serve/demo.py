@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             for c in got.get("cards", []):
                 print(f"  [{c['indicator']}] {c['summary']}")
                 for line in c.get("detail", "").splitlines():
-                    if line.startswith("- "):
+                    if line.startswith(("- ", "No risk estimate")):  # the reasons, or why the model defers
                         print(f"      {line}")
             if r.status_code == 200 and not got.get("cards"):
                 print("  (no card: the model stays quiet)")
