@@ -105,3 +105,18 @@ def test_the_ingest_report_counts_values_not_read(tmp_path):
     rows = con.execute("SELECT source_id, numeric_value, original_value FROM events WHERE code = 'LOINC/2160-0' "
                        "ORDER BY source_id").fetchall()
     assert rows == [("a", None, 9.0), ("b", None, 9.5), ("c", 1.3, 1.3)]
+
+
+def test_a_value_not_read_does_not_name_the_columns_unit(tmp_path):
+    """The unit a trained column is shown in (the model card, the card's reasons) is that of the values features
+    read: a creatinine sent in kelvin ("K" sorts before "mg/dL") leaves it mg/dL."""
+    from careloop.engines import DuckDBEngine
+    from careloop.workflows._data import _units
+
+    folder = tmp_path / "x"
+    folder.mkdir()
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1950-02-03"}
+    lines = [patient, _obs("2160-0", 300.0, "K") | {"id": "a"}, _obs("2160-0", 1.3, "mg/dL") | {"id": "b"}]
+    (folder / "x.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines))
+    ingest([folder], tmp_path / "store", workers=1)
+    assert _units(DuckDBEngine(tmp_path / "store"), ["LOINC/2160-0"]) == {"LOINC/2160-0": "mg/dL"}

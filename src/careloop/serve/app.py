@@ -51,6 +51,7 @@ from careloop.serve.features import (
 )
 from careloop.serve.journal import Journal, Work
 from careloop.state import StateError
+from careloop.tasks.cohort import excluded_at_index
 
 MAX_BODY = 5 * 1024 * 1024  # bytes; a larger request is refused with 413 before it is parsed
 SERVICES = {
@@ -496,8 +497,6 @@ class Service:
         rules that built the training cohort), or None when the stay is in scope. At a discharge only a death up to
         its time counts (a later one in the record is a replay's future); a chart opened later (patient-view) is
         out of scope once any death is recorded."""
-        from careloop.tasks.cohort import excluded_at_index
-
         if feats.encounter_class not in self.index_classes:
             return "not an inpatient stay (out of scope)"
         if feats.age is None or feats.age < self.min_age:

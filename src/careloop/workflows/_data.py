@@ -144,8 +144,10 @@ def _units(eng, codes: list[str]) -> dict[str, str]:
     from careloop.tasks.cohort import sql_literal
 
     lst = ", ".join(sql_literal(c) for c in codes)
+    # the unit of the values features read (a value with no conversion to its code's unit keeps its own unit
+    # but no numeric_value, and must not name the column's unit)
     t = eng.arrow(f"SELECT code, min(unit) AS unit FROM events WHERE code IN ({lst}) AND unit IS NOT NULL "
-                  "GROUP BY code")
+                  "AND numeric_value IS NOT NULL GROUP BY code")
     return dict(zip(t.column("code").to_pylist(), t.column("unit").to_pylist(), strict=True))
 
 
