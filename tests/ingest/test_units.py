@@ -24,6 +24,8 @@ EXPECTED = [
     ("2160-0", 114.946, "μmol/L", 1.3),  # Greek mu
     ("2160-0", 114.946, "umol/l", 1.3),
     ("2345-7", 5.5, "mmol/L", 5.5 * 18.016),
+    ("2345-7", 5550.0, "µmol/L", 100.0),  # glucose in umol/L: glucose's molar mass, not creatinine's factor
+    ("3094-0", 7140.0, "umol/L", 20.0),  # urea nitrogen
     ("2345-7", 99.0, "mg/dl", 99.0),
     ("718-7", 135.0, "g/L", 13.5),
     ("718-7", 135.0, "g/l", 13.5),
@@ -78,7 +80,7 @@ def test_a_code_without_canonical_unit_keeps_value_and_unit_as_sent():
 
 
 def test_every_alias_names_a_unit_the_mapping_knows():
-    known = set(CANONICAL_UNITS.values()) | {u for _, u in _CONVERT} | {"mmol/L", "umol/L"}
+    known = set(CANONICAL_UNITS.values()) | {u for _, u in _CONVERT} | {"mmol/L", "umol/L"}  # molar: by code
     assert set(UNIT_ALIASES.values()) <= known
 
 

@@ -242,6 +242,18 @@ def test_a_stay_the_task_excludes_is_not_scored(running, chosen, code, why):
     assert scored["deferral_reason"] is None and scored["score"] > running.service.threshold
 
 
+@pytest.mark.parametrize("status", ["cancelled", "entered-in-error"])
+def test_a_withdrawn_index_encounter_is_named_as_such(running, chosen, status):
+    high, _, res = chosen
+    row = high[3]
+    pf = json.loads(json.dumps(prefetch_of(res[row["patient_id"]])))
+    for e in pf["encounters"]["entry"]:
+        if e["resource"]["id"] == row["encounter_id"]:
+            e["resource"]["status"] = status
+    (card,) = call(running, hook_request(row["patient_id"], row["encounter_id"], pf)).json()["cards"]
+    assert card["indicator"] == "info" and f"the context's encounter is {status}" in card["detail"]
+
+
 def _days_after(when: str, days: int) -> str:
     import datetime as dt
 

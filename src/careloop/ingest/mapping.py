@@ -60,7 +60,6 @@ CANONICAL_UNITS: dict[str, str] = {
     "2951-2": "mmol/L", "2947-0": "mmol/L", "2823-3": "mmol/L", "6298-4": "mmol/L", "4548-4": "%",
 }
 _CONVERT: dict[tuple[str, str], tuple[float, float]] = {  # value_canonical = value * a + b
-    ("mg/dL", "umol/L"): (1 / 88.42, 0.0),  # creatinine
     ("g/dL", "g/L"): (0.1, 0.0),
     ("kg", "[lb_av]"): (1 / 2.20462, 0.0),
     ("kg", "g"): (0.001, 0.0),
@@ -71,6 +70,8 @@ _CONVERT: dict[tuple[str, str], tuple[float, float]] = {  # value_canonical = va
     ("mmol/L", "mEq/L"): (1.0, 0.0),
 }
 _MOLAR = {"2345-7": 18.016, "2339-0": 18.016, "3094-0": 2.801, "6299-2": 2.801}  # mmol/L -> mg/dL
+# umol/L -> mg/dL, by code: a molar unit's factor is the substance's (creatinine's 1/88.42 would misread a glucose)
+_MICROMOLAR = {"2160-0": 1 / 88.42, "38483-4": 1 / 88.42, **{code: f / 1000 for code, f in _MOLAR.items()}}
 # Units as feeds write them in `unit` (display text) for the UCUM code they mean: UCUM is case-sensitive and has no
 # micro sign, but a feed that sends no `code` often writes "mg/dl" or "µmol/L".
 UNIT_ALIASES = {
@@ -102,6 +103,8 @@ def normalise(loinc: str, value: float, unit: str | None) -> tuple[float | None,
         return value, canon
     if unit == "mmol/L" and loinc in _MOLAR:
         return value * _MOLAR[loinc], canon
+    if unit == "umol/L" and loinc in _MICROMOLAR:
+        return value * _MICROMOLAR[loinc], canon
     conv = _CONVERT.get((canon, unit))
     if conv is None:
         return None, unit

@@ -32,6 +32,7 @@ from careloop.ingest.mapping import (
     map_resource,
     observation_codes,
     observation_time,
+    void_reason,
 )
 
 PREFETCH = {  # CDS Hooks prefetch templates for one patient's record (`prefetch_templates` narrows the Observations)
@@ -425,6 +426,9 @@ def bedside_features(
     elif encounter_id in ids:
         j = ids.index(encounter_id)
     else:
+        sent = next((res for ident, res in pre.used if ident == ("Encounter", encounter_id)), None)
+        if sent is not None and void_reason(sent):  # sent, but its status withdraws it
+            return BedsideFeatures(None, f"the context's encounter is {sent.status} (not a stay to score)")
         return BedsideFeatures(None, "the context's encounter is not in the prefetched data")
     row = {k: enc[k][j] for k in _ENC_KEYS}
     if row["start"] is None:
