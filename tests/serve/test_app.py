@@ -211,16 +211,19 @@ def test_child_is_out_of_scope(running, chosen):
 
 
 def _with_disposition(pf: dict, encounter_id: str, code: str) -> dict:
-    """The prefetch with the index stay's discharge disposition recorded (HL7 discharge-disposition)."""
+    """The prefetch with the index stay's discharge disposition recorded: an HL7 discharge-disposition code, or
+    a two-digit NUBC patient status code alone."""
+    system = ("https://www.nubc.org/CodeSystem/PatDischargeStatus" if code.isdigit()
+              else "http://terminology.hl7.org/CodeSystem/discharge-disposition")
     out = json.loads(json.dumps(pf))
     for e in out["encounters"]["entry"]:
         if e["resource"]["id"] == encounter_id:
             e["resource"].setdefault("hospitalization", {})["dischargeDisposition"] = {"coding": [
-                {"system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": code}]}
+                {"system": system, "code": code}]}
     return out
 
 
-@pytest.mark.parametrize(("code", "why"), [("hosp", "discharged to hospice"),
+@pytest.mark.parametrize(("code", "why"), [("hosp", "discharged to hospice"), ("51", "discharged to hospice"),
                                            ("other-hcf", "transferred to another acute hospital"),
                                            ("aadvice", "left against medical advice"), ("exp", "died in the stay")])
 def test_a_stay_the_task_excludes_is_not_scored(running, chosen, code, why):

@@ -126,11 +126,17 @@ def test_the_bedside_check_agrees_with_the_cohort_on_every_candidate(engine):
     names = ("died in the stay", "transferred to another acute hospital", "left against medical advice",
              "discharged to hospice")
     masks = {n: steps[n].to_pylist() for n in names}
-    rows = t.select(["disposition", "death_us", "index_us"]).to_pylist()
+    rows = t.select(["disposition", "disposition_nubc", "death_us", "index_us"]).to_pylist()
     hits = Counter()
     for i, r in enumerate(rows):
-        got = excluded_at_index(task, disposition=r["disposition"], death_us=r["death_us"], index_us=r["index_us"])
+        got = excluded_at_index(task, disposition=r["disposition"], disposition_nubc=r["disposition_nubc"],
+                                death_us=r["death_us"], index_us=r["index_us"])
         first = next((n for n in names if masks[n][i]), None)  # the task lists them in this order
         assert got == first, r
         hits[got] += 1
     assert all(hits[n] > 0 for n in names), hits  # every rule is exercised by the synthetic hospital
+    # a feed sending only the NUBC code (or only the HL7 one) gets the same answer
+    assert excluded_at_index(task, disposition=None, disposition_nubc="51", death_us=None, index_us=0) == names[3]
+    assert excluded_at_index(task, disposition="hosp", disposition_nubc=None, death_us=None, index_us=0) == names[3]
+    assert excluded_at_index(task, disposition=None, disposition_nubc="20", death_us=None, index_us=0) == names[0]
+    assert excluded_at_index(task, disposition="home", disposition_nubc="01", death_us=None, index_us=0) is None

@@ -175,6 +175,39 @@ def test_risk_over_the_stay_equals_the_training_features_at_every_time(dash):
         engine.close()
 
 
+def test_the_worklist_leaves_out_recent_stays_the_task_excludes(dash):
+    """As at the bedside: a recent discharge to hospice (by its HL7 or its NUBC code), to another acute hospital or
+    against advice gets no risk and says why; the others are assessed as before. A stay still open is not judged by
+    a disposition the replayed store already holds."""
+    import pyarrow as pa
+
+    from careloop.web import data as D
+
+    engine = D.engine_for(dash.store_dir)
+    try:
+        _, rec = D.current_stays(engine, D.data_end(engine))
+        rec = rec.slice(0, 8)
+        idx = rec.column("end_us").to_pylist()
+        feats = D.features(dash.service, engine, D.cohort_of(rec, idx))
+        sent = [("hosp", None), (None, "51"), ("other-hcf", "02"), ("aadvice", None)] + [("home", "01")] * 4
+        t = rec.set_column(rec.schema.get_field_index("disposition"), "disposition",
+                           pa.array([d for d, _ in sent], pa.string()))
+        t = t.set_column(t.schema.get_field_index("disposition_nubc"), "disposition_nubc",
+                         pa.array([n for _, n in sent], pa.string()))
+        before = D._rows(dash.service, rec.drop_columns(["death_us"]).append_column(
+            "death_us", pa.nulls(rec.num_rows, pa.int64())), feats, idx, True)
+        after = D._rows(dash.service, t, feats, idx, True)
+        still_open = D._rows(dash.service, t, feats, idx, False)
+    finally:
+        engine.close()
+    whys = ["discharged to hospice", "discharged to hospice", "transferred to another acute hospital",
+            "left against medical advice"]
+    for i, why in enumerate(whys):
+        assert after[i].assessment.risk is None and after[i].assessment.reason.startswith(why), after[i]
+        assert still_open[i].assessment.reason is None or "task excludes" not in still_open[i].assessment.reason
+    assert [r.assessment for r in after[4:]] == [r.assessment for r in before[4:]]  # sent home: unchanged
+
+
 def test_demo_activity_fills_a_fresh_state_store(dash, tmp_path):
     """`make demo`'s cards and feedback: recorded and audited as the service does, the chain intact."""
     from careloop.serve.app import Service

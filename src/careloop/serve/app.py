@@ -492,6 +492,15 @@ class Service:
     def out_of_distribution(self, row) -> str | None:
         return outside_training(row, self.ranges)
 
+    def excluded(self, *, disposition: str | None, disposition_nubc: str | None, death_us: int | None,
+                 index_us: int) -> str | None:
+        """The task's exclusion that removes this stay, worded for a deferral; None when none does."""
+        if self.task is None:
+            return None
+        gone = excluded_at_index(self.task, disposition=disposition, disposition_nubc=disposition_nubc,
+                                 death_us=death_us, index_us=index_us)
+        return f"{gone} (out of scope: the model's task excludes such stays)" if gone else None
+
     def out_of_scope(self, feats: BedsideFeatures, *, at_discharge: bool = True) -> str | None:
         """Why the model's task leaves this stay out (its index encounter class, age and exclusions: the same
         rules that built the training cohort), or None when the stay is in scope. At a discharge only a death up to
@@ -501,11 +510,11 @@ class Service:
             return "not an inpatient stay (out of scope)"
         if feats.age is None or feats.age < self.min_age:
             return under_age(self.min_age)
-        if self.task is not None and feats.index_us is not None:
-            gone = excluded_at_index(self.task, disposition=feats.disposition, death_us=feats.death_us,
-                                     index_us=feats.index_us)
+        if feats.index_us is not None:
+            gone = self.excluded(disposition=feats.disposition, disposition_nubc=feats.disposition_nubc,
+                                 death_us=feats.death_us, index_us=feats.index_us)
             if gone:
-                return f"{gone} (out of scope: the model's task excludes such stays)"
+                return gone
         if feats.deceased_no_time or (not at_discharge and feats.death_us is not None):
             return "the patient's death is recorded (out of scope)"
         return None

@@ -48,7 +48,7 @@ REQUIRED_KEYS = ("patient", "encounters")  # without these there is no index sta
 _SYSTEM_OF = {prefix: url for url, prefix in SYSTEMS.items()}  # LOINC -> http://loinc.org
 _PATIENT_REFS = ("subject", "patient", "beneficiary")
 _ENC_KEYS = ("encounter_id", "class", "start", "end", "priority", "admit_source", "location_ref", "reason_code",
-             "discharge_disposition")
+             "discharge_disposition", "discharge_disposition_nubc")
 
 
 def observation_tokens(fs: FeatureSet | StayFeatures) -> list[str] | None:
@@ -355,6 +355,7 @@ class BedsideFeatures:
     age: float | None = None
     encounter_class: str | None = None
     disposition: str | None = None  # the stay's discharge disposition (HL7 code), when already recorded
+    disposition_nubc: str | None = None  # ... and its NUBC patient status code
     death_us: int | None = None  # the patient's recorded death (UTC microseconds)
     deceased_no_time: bool = False  # the Patient says deceasedBoolean: true (a death without a time)
     index_us: int | None = None
@@ -452,4 +453,4 @@ def bedside_features(
     index_time = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=index_us)
     deceased = pre.patient is not None and pre.patient.deceasedBoolean is True
     return BedsideFeatures(values, None, index_time, values.get("age"), row["class"], row["discharge_disposition"],
-                           death, deceased, index_us)
+                           row["discharge_disposition_nubc"], death, deceased, index_us)

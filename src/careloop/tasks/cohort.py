@@ -139,13 +139,15 @@ def candidates_sql(task: Task, d: Dialect) -> str:
                    AND {d.micros('r.start')} > c.index_us AND {d.micros('r.start')} <= c.index_us + {within})"""
         window_end = f"c.index_us + {within}"
     else:
-        event_sql = ("(c.disposition = 'exp' OR (c.death_us IS NOT NULL AND c.death_us >= c.index_us "
+        died = DISPOSITION_EXCLUSIONS["died_in_stay"]
+        event_sql = (f"(c.disposition = '{died[0]}' OR c.disposition_nubc IN {_in(died[1])} OR (c.death_us IS NOT NULL "
+                     "AND c.death_us >= c.index_us "
                      "AND (c.discharge_us IS NULL OR c.death_us <= c.discharge_us)))")
         window_end = "coalesce(c.discharge_us, 9223372036854775807)"
     return f"""
     WITH c AS (
       SELECT e.encounter_id, e.patient_id, e.subject_id, e.site_name, e.site_id, e.priority, e.admit_source,
-             e.discharge_disposition AS disposition, e.status,
+             e.discharge_disposition AS disposition, e.discharge_disposition_nubc AS disposition_nubc, e.status,
              {d.micros('e.start')} AS admit_us, {d.micros('e.' + d.q('end'))} AS discharge_us,
              {index_us} AS index_us,
              {d.micros('p.deceased_time')} AS death_us, p.birth_date
@@ -158,34 +160,36 @@ def candidates_sql(task: Task, d: Dialect) -> str:
     FROM c"""
 
 
-# The exclusions a discharge disposition decides (HL7 discharge-disposition codes), with their step names: one
-# definition for the cohort (below) and for the bedside (`excluded_at_index`), so the service never scores a stay
-# the model's task leaves out.
-DISPOSITION_EXCLUSIONS = {
-    "transfer_out": ("other-hcf", "transferred to another acute hospital"),
-    "against_medical_advice": ("aadvice", "left against medical advice"),
-    "hospice": ("hosp", "discharged to hospice"),
+# The exclusions a discharge disposition decides, by its HL7 discharge-disposition code or its NUBC UB-04 patient
+# status code (a feed may send either), with their step names: one definition for the cohort (below) and for the
+# bedside (`excluded_at_index`), so the service never scores a stay the model's task leaves out.
+DISPOSITION_EXCLUSIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "died_in_stay": ("exp", ("20", "40", "41", "42"), "died in the stay"),  # or a death at or before the index
+    "transfer_out": ("other-hcf", ("02", "66", "82"), "transferred to another acute hospital"),
+    "against_medical_advice": ("aadvice", ("07",), "left against medical advice"),
+    "hospice": ("hosp", ("50", "51"), "discharged to hospice"),
 }
-DIED = ("exp", "died in the stay")  # the disposition "expired", or a death at or before the index time
 
 
-def excluded_at_index(task: Task, *, disposition: str | None, death_us: int | None, index_us: int) -> str | None:
+def excluded_at_index(task: Task, *, disposition: str | None, disposition_nubc: str | None, death_us: int | None,
+                      index_us: int) -> str | None:
     """The first of the task's exclusions (other than age, checked apart) that removes one stay, as the cohort
     names it; None when the stay is in scope. Scalar twin of `exclusion_masks` for a stay scored at the bedside."""
     for rule in task.exclusions:
-        if rule == "died_in_stay":
-            if disposition == DIED[0] or (death_us is not None and death_us <= index_us):
-                return DIED[1]
-        elif rule in DISPOSITION_EXCLUSIONS:
-            code, name = DISPOSITION_EXCLUSIONS[rule]
-            if disposition == code:
-                return name
+        if rule not in DISPOSITION_EXCLUSIONS:
+            continue
+        code, nubc, name = DISPOSITION_EXCLUSIONS[rule]
+        if disposition == code or disposition_nubc in nubc:
+            return name
+        if rule == "died_in_stay" and death_us is not None and death_us <= index_us:
+            return name
     return None
 
 
 def exclusion_masks(task: Task, t: pa.Table, data_end_us: int) -> list[tuple[str, pa.Array]]:
     """(step name, rows it removes) in the order the task lists them, after the index rule itself."""
     disp = t.column("disposition")
+    nubc = t.column("disposition_nubc").cast(pa.string())
     death = t.column("death_us")
     index_us = t.column("index_us")
     discharge = t.column("discharge_us")
@@ -195,13 +199,13 @@ def exclusion_masks(task: Task, t: pa.Table, data_end_us: int) -> list[tuple[str
             age = t.column("age_at_index")
             steps.append((f"age under {rule.age_under:g}", pc.fill_null(pc.less(age, rule.age_under), True)))
             continue
-        if rule == "died_in_stay":
-            died = pc.or_(pc.fill_null(pc.equal(disp, DIED[0]), False),
-                          pc.fill_null(pc.less_equal(death, index_us), False))
-            steps.append((DIED[1], died))
-        elif rule in DISPOSITION_EXCLUSIONS:
-            code, name = DISPOSITION_EXCLUSIONS[rule]
-            steps.append((name, pc.fill_null(pc.equal(disp, code), False)))
+        if rule in DISPOSITION_EXCLUSIONS:
+            code, codes, name = DISPOSITION_EXCLUSIONS[rule]
+            hit = pc.or_(pc.fill_null(pc.equal(disp, code), False),
+                         pc.fill_null(pc.is_in(nubc, value_set=pa.array(codes, pa.string())), False))
+            if rule == "died_in_stay":
+                hit = pc.or_(hit, pc.fill_null(pc.less_equal(death, index_us), False))
+            steps.append((name, hit))
         elif rule == "out_of_hospital_at_index":
             gone = pc.or_(pc.fill_null(pc.less_equal(discharge, index_us), False),
                           pc.fill_null(pc.less_equal(death, index_us), False))

@@ -88,7 +88,8 @@ def _stays_sql(engine, where: str, order: str, limit: int | None) -> str:
     lim = f" LIMIT {int(limit)}" if limit else ""
     return f"""
 SELECT e.encounter_id, e.patient_id, e.subject_id, {d.micros('e.start')} AS admit_us,
-       {d.micros('e.' + d.q('end'))} AS end_us, e.site_name, p.sex
+       {d.micros('e.' + d.q('end'))} AS end_us, e.site_name, p.sex, e.discharge_disposition AS disposition,
+       e.discharge_disposition_nubc AS disposition_nubc, {d.micros('p.deceased_time')} AS death_us
 FROM encounters e LEFT JOIN patients p ON p.subject_id = e.subject_id
 WHERE e.class = 'IMP' AND e.start IS NOT NULL AND {where}
 ORDER BY {order}{lim}"""
@@ -138,8 +139,9 @@ def features(service, engine, cohort: pa.Table) -> pa.Table:
     return extract(service.fs, cohort, engine).table
 
 
-def assess(service, feats: pa.Table) -> tuple[list[Assessment], list[list]]:
-    """Each row's risk and status as the bedside service would decide it, and its top three reasons."""
+def assess(service, feats: pa.Table, stays: list[dict] | None = None) -> tuple[list[Assessment], list[list]]:
+    """Each row's risk and status as the bedside service would decide it, and its top three reasons. `stays`: each
+    row's disposition, disposition_nubc, death_us and index_us, for the task's exclusions (as at the bedside)."""
     from careloop.explain import reasons
 
     n = feats.num_rows
@@ -162,6 +164,11 @@ def assess(service, feats: pa.Table) -> tuple[list[Assessment], list[list]]:
         age = ages[i]
         if age is None or (isinstance(age, float) and math.isnan(age)) or age < service.min_age:
             out.append(Assessment(None, "deferred", under_age(service.min_age)))
+            rs[i] = []
+            continue
+        gone = service.excluded(**stays[i]) if stays else None
+        if gone:
+            out.append(Assessment(None, "deferred", gone))
             rs[i] = []
             continue
         ood = service.out_of_distribution(rows[i])
@@ -245,10 +252,14 @@ def worklist(service, store_dir: Path) -> dict:
 def _rows(service, t: pa.Table, feats: pa.Table, idx: list[int], discharged: bool) -> list[StayRow]:
     if t.num_rows == 0:
         return []
-    assessed, rs = assess(service, feats)
+    rows = t.to_pylist()
+    # a discharge's disposition is known once it happened; for a stay still open, the store's replay may hold it early
+    scope = [{"disposition": r["disposition"], "disposition_nubc": r["disposition_nubc"], "death_us": r["death_us"],
+              "index_us": idx[i]} for i, r in enumerate(rows)] if discharged else None
+    assessed, rs = assess(service, feats, scope)
     ages = feats.column("age").to_pylist() if "age" in feats.column_names else [None] * t.num_rows
     out = []
-    for i, r in enumerate(t.to_pylist()):
+    for i, r in enumerate(rows):
         out.append(StayRow(r["encounter_id"], r["patient_id"], r["subject_id"], _dt(r["admit_us"]), _dt(idx[i]),
                            discharged, r["site_name"], r["sex"], ages[i], assessed[i], rs[i]))
     return out
