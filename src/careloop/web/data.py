@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from careloop.contracts import TIME
 from careloop.serve.app import under_age
+from careloop.tasks.cohort import DISPOSITION_EXCLUSIONS, sql_literal
 
 US = 1_000_000
 HOUR_US = 3600 * US
@@ -104,9 +105,11 @@ def current_stays(engine, as_of: dt.datetime, *, recent_days: int = RECENT_DAYS,
     current = engine.arrow(_stays_sql(engine, f"{start} <= {now} AND ({end} IS NULL OR {end} > {now})",
                                       "admit_us, e.encounter_id", None))
     since = now - recent_days * 24 * HOUR_US
+    code, nubc, _ = DISPOSITION_EXCLUSIONS["died_in_stay"]  # alive: by the cohort's own codes (HL7 or NUBC)
     recent = engine.arrow(_stays_sql(
         engine, f"{end} IS NOT NULL AND {end} <= {now} AND {end} > {since} AND e.status = 'finished' "
-                "AND coalesce(e.discharge_disposition, '') <> 'exp'",
+                f"AND coalesce(e.discharge_disposition, '') <> {sql_literal(code)} "
+                f"AND coalesce(e.discharge_disposition_nubc, '') NOT IN ({', '.join(map(sql_literal, nubc))})",
         "end_us DESC, e.encounter_id", recent_limit))
     return current, recent
 
