@@ -96,6 +96,8 @@ RESOURCES = pa.schema([
     ("source", pa.string()),  # file (with #entry[i] in a Bundle) or REST page
     ("line", pa.int64()),  # line in an NDJSON file
     ("unit", pa.string()),
+    ("last_updated", pa.string()),  # meta.lastUpdated and meta.versionId as sent (null if absent): which copy of
+    ("version_id", pa.string()),  # a resource loaded twice is the newer (`ingest.versions`)
 ])
 
 TABLES: dict[str, pa.Schema] = {

@@ -66,8 +66,17 @@ class HumanName(Struct, gc=False, omit_defaults=True):
     given: list[str] = []
 
 
+class Meta(Struct, gc=False, omit_defaults=True):
+    """Which version of the resource this copy is (`ingest.versions`); loosely typed, since a malformed value
+    there is ignored rather than quarantined."""
+
+    versionId: object = None
+    lastUpdated: object = None
+
+
 class _R(Struct, tag_field="resourceType", gc=False, omit_defaults=True):
     id: str | None = None
+    meta: Meta | None = None
 
 
 class Patient(_R, tag="Patient"):

@@ -35,6 +35,7 @@ from careloop.ingest.units import (
     ndjson_units,
     process_unit,
 )
+from careloop.ingest.versions import newest, version_of
 from careloop.store import TABLE_DIRS, EventStore
 
 
@@ -202,9 +203,10 @@ SETTLE_MEMORY = "512MB"  # DuckDB's limit for the duplicate check; beyond it, it
 
 
 def settle_duplicates(store: EventStore, report: IngestReport, run_units: set[str]) -> int:
-    """Resources loaded more than once (same Type/id) keep one copy: the latest version's content, and among
-    copies with that content the first loaded. Removals are journalled before they are made. Returns how many
-    copies were removed."""
+    """Resources loaded more than once (same Type/id) keep one copy: the newest version (`ingest.versions`: by
+    meta.lastUpdated, else a numeric meta.versionId, else the copy committed last), and among copies with its
+    content the first loaded. Removals are journalled before they are made. Returns how many copies were
+    removed."""
     parts = store.parts("resources")
     if not parts:
         return 0
@@ -213,10 +215,12 @@ def settle_duplicates(store: EventStore, report: IngestReport, run_units: set[st
     try:
         con.execute(f"SET memory_limit = '{SETTLE_MEMORY}'")
         con.execute(f"SET temp_directory = '{store.staging / 'duckdb-spill'}'")
+        # union_by_name: parts written before the meta columns existed read them as null
         rows = con.execute(f"""
-            WITH r AS (SELECT resource_key, key_hash, content_hash, unit FROM read_parquet({files})),
+            WITH r AS (SELECT resource_key, key_hash, content_hash, unit, last_updated, version_id
+                       FROM read_parquet({files}, union_by_name = true)),
                  twice AS (SELECT key_hash FROM r GROUP BY key_hash HAVING count(*) > 1)
-            SELECT resource_key, list(unit), list(content_hash)
+            SELECT resource_key, list(unit), list(content_hash), list(last_updated), list(version_id)
             FROM r WHERE key_hash IN (SELECT key_hash FROM twice)
             GROUP BY resource_key HAVING count(*) > 1""").fetchall()
     finally:
@@ -224,7 +228,7 @@ def settle_duplicates(store: EventStore, report: IngestReport, run_units: set[st
     if not rows:
         return 0
     seq: dict[str, int] = {}
-    for _, units, _ in rows:
+    for _, units, *_ in rows:
         for u in units:
             if u not in seq:
                 rec = store.ledger / f"{u}.json"
@@ -232,21 +236,23 @@ def settle_duplicates(store: EventStore, report: IngestReport, run_units: set[st
     removals: dict[str, set[str]] = {}
     counts: dict[str, Counter] = {"loaded": Counter(), "skipped": Counter()}
     reasons: Counter = Counter()
-    for key, units, hashes in rows:
-        copies = sorted(zip(units, hashes, strict=True), key=lambda c: seq[c[0]])
-        latest = copies[-1][1]
+    for key, units, hashes, updated, versions in rows:
+        copies = sorted(zip(units, hashes, updated, versions, strict=True), key=lambda c: seq[c[0]])
+        winner = newest([version_of(c[2], c[3]) for c in copies])
+        latest = copies[winner][1]
         keep = next(c for c in copies if c[1] == latest)
         rtype = key.split("/", 1)[0]
-        for unit, h in copies:
-            if (unit, h) == keep:
+        for i, (unit, h, *_) in enumerate(copies):
+            if copies[i] is keep:
                 continue
             removals.setdefault(unit, set()).add(key)
             if unit in run_units:  # counted as loaded by this run: it was not, after all
                 counts["loaded"][rtype] -= 1
                 counts["skipped"][rtype] += 1
                 reasons["skipped: duplicate of a loaded resource (same Type/id, same content)" if h == latest
+                        else "skipped: older than the version already loaded (by meta)" if i > winner
                         else "skipped: superseded by a newer version in the same run"] += 1
-        if keep[0] in run_units and any(h != latest for _, h in copies):
+        if keep[0] in run_units and any(h != latest for _, h, *_ in copies[:winner]):
             reasons["loaded: update replacing an earlier version (same Type/id, new content)"] += 1
     entry = store.journal / f"settle-{time.time_ns()}.json"
     entry.write_bytes(orjson.dumps({u: sorted(k) for u, k in removals.items()}))

@@ -27,9 +27,14 @@ from careloop import contracts as C
 from careloop.contracts import content_hash, key_hash
 from careloop.ingest import model as M
 from careloop.ingest.mapping import CANONICAL_UNITS, Batch, Context, Reject, Skip, append_row, decode, map_resource
+from careloop.ingest.versions import meta_version, supersedes
 
 NDJSON_CHUNK_BYTES = int(os.environ.get("CARELOOP_INGEST_CHUNK_BYTES", 12 << 20))  # env: for tests
 BUNDLE_BATCH_FILES = 250
+_ID_COLUMN = {"enc": "encounter_id", "pat": "patient_id", "notes": "note_id", "dir": "resource_id"}  # Batch's
+# tables other than events, and the column naming the resource each row came from
+_TABLE_OF = {"Encounter": "enc", "Patient": "pat", "DocumentReference": "notes", "Organization": "dir",
+             "Location": "dir", "Practitioner": "dir"}
 
 
 @dataclass
@@ -61,10 +66,14 @@ class _Collector:
         self.batch = Batch()
         self.q: dict[str, list] = {k: [] for k in C.QUARANTINE.names}
         self.keys: list[str] = []
-        self.seen: set[str] = set()
+        self.live: dict[str, int] = {}  # Type/id -> index of the copy kept so far (in keys, content, ...)
         self.content: list[int] = []
         self.sources: list[str | tuple[str, int]] = []
         self.types: list[str] = []
+        self.metas: list[M.Meta | None] = []  # each copy's meta: which version it is (`ingest.versions`)
+        self.ev_at: list[int] = []  # where each copy's events start in the batch (they are appended together)
+        self.dropped: set[int] = set()  # copies replaced by a newer version later in the unit
+        self.drop_rows: dict[str, list[int]] = {}  # table -> rows of those copies
         self.counts: dict[str, Counter] = {k: Counter() for k in ("input", "loaded", "quarantined", "skipped")}
         self.reasons: Counter = Counter()
 
@@ -81,18 +90,20 @@ class _Collector:
 
     def take(self, raw: bytes, source: str | tuple[str, int], ctx: Context, fallback_id: str | None = None) -> None:
         """Decode and map one resource, keeping the unit's tables consistent if it is rejected part-way.
-        `source` is a label, or (file, line), formatted only when written."""
+        `source` is a label, or (file, line), formatted only when written. A resource already in the unit is
+        mapped again only if this copy is a newer version (`ingest.versions`); it then replaces the other."""
         # every mapper validates before it appends a row, so a rejected resource leaves nothing behind
         # (tests/ingest/test_quarantine.py checks this for a panel whose second component is bad)
+        prior = None
         try:
             res = decode(raw)
             rid = res.id or fallback_id
-            if rid and f"{type(res).__name__}/{rid}" in self.seen:  # the same resource twice in one unit
-                rtype = type(res).__name__
-                self.counts["input"][rtype] += 1
-                self.counts["skipped"][rtype] += 1
-                self.reasons["skipped: same Type/id again in the same batch of input (first copy kept)"] += 1
-                return
+            if rid:
+                prior = self.live.get(f"{type(res).__name__}/{rid}")
+                if prior is not None and not self._replaces(res, raw, prior):
+                    return
+            ev_at = len(self.batch.ev)
+            rows_at = self._row_counts() if prior is not None else None
             try:
                 rtype, rid = map_resource(res, ctx, self.batch, fallback_id)
             except Reject as r:
@@ -111,13 +122,73 @@ class _Collector:
             return
         # loaded resources are counted once per unit, from `types`, when the unit is written
         key = f"{rtype}/{rid}"
+        if prior is not None:
+            self._drop(prior, rtype, rid, ev_at, rows_at)
+        self.live[key] = len(self.keys)
         self.keys.append(key)
         self.types.append(rtype)
-        self.seen.add(key)
         self.content.append(content_hash(raw))
         self.sources.append(source)
+        self.metas.append(res.meta)
+        self.ev_at.append(ev_at)
+
+    def _replaces(self, res: M.Resource, raw: bytes, prior: int) -> bool:
+        """Is this copy of a resource already in the unit a newer version of it? If not it is counted skipped."""
+        rtype = type(res).__name__
+        if content_hash(raw) == self.content[prior]:
+            why = "skipped: same Type/id again in the same batch of input, same content"
+        elif not supersedes(meta_version(res.meta), meta_version(self.metas[prior])):
+            why = "skipped: an older version of a resource already in the same batch of input (by meta)"
+        else:
+            return True
+        self.counts["input"][rtype] += 1
+        self.counts["skipped"][rtype] += 1
+        self.reasons[why] += 1
+        return False
+
+    def _row_counts(self) -> dict[str, int]:
+        return {table: len(getattr(self.batch, table)[id_col]) for table, id_col in _ID_COLUMN.items()}
+
+    def _drop(self, prior: int, rtype: str, rid: str, new_at: int, rows_at: dict[str, int] | None) -> None:
+        """Take out the rows of copy `prior`, replaced by a newer version just mapped. Its events run from where
+        they started to where the next copy's start (`new_at`, the new copy's, if none came between); its other
+        rows are those of its type's table that name it, among the rows there before the new copy was mapped."""
+        self.dropped.add(prior)
+        self.counts["input"][rtype] += 1
+        self.counts["skipped"][rtype] += 1
+        self.reasons["skipped: superseded by a newer version in the same batch of input"] += 1
+        end = self.ev_at[prior + 1] if prior + 1 < len(self.ev_at) else new_at
+        self.drop_rows.setdefault("events", []).extend(range(self.ev_at[prior], end))
+        table = _TABLE_OF.get(rtype)
+        if table is None or rows_at is None:
+            return
+        cols = getattr(self.batch, table)
+        ids, types = cols[_ID_COLUMN[table]], cols.get("resource_type")
+        gone = set(self.drop_rows.get(table, ()))
+        self.drop_rows.setdefault(table, []).extend(
+            i for i in range(rows_at[table])
+            if ids[i] == rid and (types is None or types[i] == rtype) and i not in gone)
+
+    def _without_dropped(self) -> None:
+        """Remove the copies replaced by newer versions, and their rows, before the unit is written."""
+        keep = [i not in self.dropped for i in range(len(self.keys))]
+        for name in ("keys", "types", "content", "sources", "metas", "ev_at"):
+            setattr(self, name, [v for v, k in zip(getattr(self, name), keep, strict=True) if k])
+        b = self.batch
+        for table, rows in self.drop_rows.items():
+            gone = set(rows)
+            if table == "events":
+                b.ev = [e for i, e in enumerate(b.ev) if i not in gone]
+            else:
+                cols = getattr(b, table)
+                for c, values in cols.items():
+                    cols[c] = [v for i, v in enumerate(values) if i not in gone]
+        self.dropped.clear()
+        self.drop_rows.clear()
 
     def write(self, staging: Path) -> int:
+        if self.dropped:
+            self._without_dropped()
         loaded = Counter(self.types)
         self.counts["loaded"].update(loaded)
         self.counts["input"].update(loaded)
@@ -148,11 +219,22 @@ class _Collector:
                     pa.array(self.content, pa.int64()),
                     *_source_columns(self.sources),
                     pa.array([self.uid] * len(self.keys), pa.string()),
+                    *_meta_columns(self.metas),
                 ],
                 schema=C.RESOURCES,
             )
             pq.write_table(table, staging / "resources.parquet", compression="zstd")
         return rows
+
+
+def _meta_columns(metas: list[M.Meta | None]) -> tuple[pa.Array, pa.Array]:
+    """(last_updated, version_id) columns of the resource index: the strings as sent, null when absent or not
+    a string."""
+    def strings(field: str) -> pa.Array:
+        values = [None if m is None else getattr(m, field) for m in metas]
+        return pa.array([v if isinstance(v, str) else None for v in values], pa.string())
+
+    return strings("lastUpdated"), strings("versionId")
 
 
 def _source_columns(sources: list[str | tuple[str, int]]) -> tuple[pa.Array, pa.Array]:

@@ -34,6 +34,7 @@ from careloop.ingest.mapping import (
     observation_time,
     void_reason,
 )
+from careloop.ingest.versions import meta_version, supersedes
 
 PREFETCH = {  # CDS Hooks prefetch templates for one patient's record (`prefetch_templates` narrows the Observations)
     "patient": "Patient/{{context.patientId}}",
@@ -251,16 +252,17 @@ def _about(res: Any, patient_id: str) -> bool:
 
 def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str, ...] = tuple(PREFETCH), *,
             defer: tuple[str, ...] = ("Observation",)) -> Prefetched:
-    """Gather and map the prefetched resources about `patient_id`, de-duplicated by type and id. Values may be
-    parsed JSON (dicts) or undecoded JSON (`msgspec.Raw`, bytes: the service's fast path).
+    """Gather and map the prefetched resources about `patient_id`, de-duplicated by type and id (a resource sent
+    twice is read in its newest version, by the rule ingest applies: `ingest.versions`). Values may be parsed JSON
+    (dicts) or undecoded JSON (`msgspec.Raw`, bytes: the service's fast path).
 
     Resources of the `defer` types (Observations: most of a record) are decoded and checked now but mapped by
     `bedside_features` once the index stay is known, and only those a feature could read at their time (an
     Observation from years ago whose code no feature reads over the whole record is never mapped). A deferred
     resource that is never mapped is never checked by the mapping either, so `rejected` does not list it."""
     out = Prefetched()
-    seen: set[tuple[str, str]] = set()
-    ctx = out.ctx
+    rejected: set[tuple[str, str]] = set()
+    chosen: dict[tuple[str, str], Any] = {}  # each resource once: the newest copy (`ingest.versions`)
     prefetch = prefetch or {}
     for key in keys:
         value = prefetch.get(key)
@@ -277,29 +279,31 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
             if isinstance(res, Skip):
                 continue  # OperationOutcome entries (search warnings) and types the features do not read
             if isinstance(res, Reject):
-                if res.rtype and res.rid and (res.rtype, res.rid) in seen:
-                    continue
                 if res.rtype and res.rid:
-                    seen.add((res.rtype, res.rid))
+                    if (res.rtype, res.rid) in rejected:
+                        continue
+                    rejected.add((res.rtype, res.rid))
                 out.rejected.append(f"{res.rtype or 'resource'}: {res.reason}")
                 continue
             ident = (type(res).__name__, str(res.id))
-            if ident in seen:
-                continue
-            seen.add(ident)
-            if not _about(res, patient_id):
-                out.foreign += 1
-                continue
-            out.used.append((ident, res))
-            if ident[0] == "Patient":
-                out.patient = res
-            if ident[0] in defer:
-                out.deferred.append(res)
-                continue
-            try:
-                map_resource(res, ctx, out.batch)
-            except Reject as e:
-                out.rejected.append(f"{ident[0]}: {e.reason}")
+            prior = chosen.get(ident)
+            if prior is None or (prior != res and supersedes(meta_version(res.meta), meta_version(prior.meta))):
+                chosen[ident] = res  # a repeat with the same content keeps the first: nothing to choose
+    ctx = out.ctx
+    for ident, res in chosen.items():
+        if not _about(res, patient_id):
+            out.foreign += 1
+            continue
+        out.used.append((ident, res))
+        if ident[0] == "Patient":
+            out.patient = res
+        if ident[0] in defer:
+            out.deferred.append(res)
+            continue
+        try:
+            map_resource(res, ctx, out.batch)
+        except Reject as e:
+            out.rejected.append(f"{ident[0]}: {e.reason}")
     return out
 
 
