@@ -8,7 +8,7 @@ import itertools
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from careloop.ingest.runner import ingest
@@ -215,3 +215,33 @@ def test_the_bedside_reads_the_version_ingest_keeps(tmp_path, order, keys):
     assert [r.status for r in used] == ["entered-in-error"]
     _, con = _ingest(tmp_path, [PAT, *copies])
     assert _creatinine(con) == []
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["cr1", "cr2", "e1"]), st.integers(0, 3), st.integers(1, 4),
+                          st.booleans()), min_size=1, max_size=9))
+def test_a_unit_holds_exactly_the_winners_of_its_copies(tmp_path_factory, sends):
+    """Any sequence of copies of a few resources (versions by lastUpdated or versionId, some the same content
+    twice) in one file loads exactly what sending only each resource's newest copy loads, row for row."""
+    def copy(rid: str, stamp: int, value: int, by_time: bool) -> dict:
+        meta = {"updated": f"2024-03-0{stamp + 1}T00:00:00Z"} if by_time else {"version": str(stamp)}
+        if rid == "e1":
+            return _meta({"resourceType": "Encounter", "id": "e1", "status": "finished", "class": {"code": "IMP"},
+                          "subject": {"reference": "Patient/p1"},
+                          "period": {"start": "2024-01-01T10:00:00Z", "end": f"2024-01-0{value + 1}T10:00:00Z"}},
+                         **meta)
+        return _value(float(value), **meta) | {"id": rid}
+
+    copies = [copy(*s) for s in sends]
+    winners = {}
+    for rid in dict.fromkeys(s[0] for s in sends):
+        mine = [c for c in copies if c["id"] == rid]
+        winners[rid] = mine[newest([version_of(c["meta"].get("lastUpdated"), c["meta"].get("versionId"))
+                                    for c in mine])]
+    base = tmp_path_factory.mktemp("unit")
+    _, con = _ingest(base, [PAT, *copies], name="all")
+    _, ref = _ingest(base, [PAT, *winners.values()], name="winners", store=base / "ref")
+    for table in ("events", "encounters"):
+        got = sorted(con.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+        assert got == sorted(ref.execute(f"SELECT * FROM {table}").fetchall(), key=repr), table
+    assert con.execute("SELECT count(*) FROM resources").fetchone()[0] == 1 + len(winners)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import gzip
 import hashlib
+import itertools
 import os
 import time
 import zlib
@@ -70,10 +71,11 @@ class _Collector:
         self.content: list[int] = []
         self.sources: list[str | tuple[str, int]] = []
         self.types: list[str] = []
-        self.metas: list[M.Meta | None] = []  # each copy's meta: which version it is (`ingest.versions`)
-        self.ev_at: list[int] = []  # where each copy's events start in the batch (they are appended together)
+        self.metas: dict[int, M.Meta] = {}  # index -> meta, for copies whose meta names a version
         self.dropped: set[int] = set()  # copies replaced by a newer version later in the unit
         self.drop_rows: dict[str, list[int]] = {}  # table -> rows of those copies
+        self._spans: dict[tuple[str, str], list[int]] = {}  # (type, id) -> [first, last + 1] event row, indexed
+        self._indexed = 0  # ... up to here, only once a copy is replaced (a copy's events are appended together)
         self.counts: dict[str, Counter] = {k: Counter() for k in ("input", "loaded", "quarantined", "skipped")}
         self.reasons: Counter = Counter()
 
@@ -102,7 +104,6 @@ class _Collector:
                 prior = self.live.get(f"{type(res).__name__}/{rid}")
                 if prior is not None and not self._replaces(res, raw, prior):
                     return
-            ev_at = len(self.batch.ev)
             rows_at = self._row_counts() if prior is not None else None
             try:
                 rtype, rid = map_resource(res, ctx, self.batch, fallback_id)
@@ -123,21 +124,22 @@ class _Collector:
         # loaded resources are counted once per unit, from `types`, when the unit is written
         key = f"{rtype}/{rid}"
         if prior is not None:
-            self._drop(prior, rtype, rid, ev_at, rows_at)
+            self._drop(prior, rtype, rid, rows_at)
+        meta = res.meta
+        if meta is not None and (meta.lastUpdated is not None or meta.versionId is not None):
+            self.metas[len(self.keys)] = meta
         self.live[key] = len(self.keys)
         self.keys.append(key)
         self.types.append(rtype)
         self.content.append(content_hash(raw))
         self.sources.append(source)
-        self.metas.append(res.meta)
-        self.ev_at.append(ev_at)
 
     def _replaces(self, res: M.Resource, raw: bytes, prior: int) -> bool:
         """Is this copy of a resource already in the unit a newer version of it? If not it is counted skipped."""
         rtype = type(res).__name__
         if content_hash(raw) == self.content[prior]:
             why = "skipped: same Type/id again in the same batch of input, same content"
-        elif not supersedes(meta_version(res.meta), meta_version(self.metas[prior])):
+        elif not supersedes(meta_version(res.meta), meta_version(self.metas.get(prior))):
             why = "skipped: an older version of a resource already in the same batch of input (by meta)"
         else:
             return True
@@ -147,20 +149,30 @@ class _Collector:
         return False
 
     def _row_counts(self) -> dict[str, int]:
-        return {table: len(getattr(self.batch, table)[id_col]) for table, id_col in _ID_COLUMN.items()}
+        """Rows in each table before a replacing copy is mapped (its own come after)."""
+        return {"ev": len(self.batch.ev)} | {t: len(getattr(self.batch, t)[c]) for t, c in _ID_COLUMN.items()}
 
-    def _drop(self, prior: int, rtype: str, rid: str, new_at: int, rows_at: dict[str, int] | None) -> None:
-        """Take out the rows of copy `prior`, replaced by a newer version just mapped. Its events run from where
-        they started to where the next copy's start (`new_at`, the new copy's, if none came between); its other
-        rows are those of its type's table that name it, among the rows there before the new copy was mapped."""
+    def _drop(self, prior: int, rtype: str, rid: str, rows_at: dict[str, int]) -> None:
+        """Take out the rows of copy `prior`, replaced by a newer version just mapped: its events (found through
+        `_spans`) and the rows of its type's table that name it, among those there before the new copy's."""
         self.dropped.add(prior)
         self.counts["input"][rtype] += 1
         self.counts["skipped"][rtype] += 1
         self.reasons["skipped: superseded by a newer version in the same batch of input"] += 1
-        end = self.ev_at[prior + 1] if prior + 1 < len(self.ev_at) else new_at
-        self.drop_rows.setdefault("events", []).extend(range(self.ev_at[prior], end))
+        ev, spans = self.batch.ev, self._spans
+        for i in range(self._indexed, rows_at["ev"]):
+            k = (ev[i][9], ev[i][10])
+            span = spans.get(k)
+            if span is None:
+                spans[k] = [i, i + 1]
+            else:
+                span[1] = i + 1
+        self._indexed = rows_at["ev"]
+        span = spans.pop((rtype, rid), None)  # the new copy's events, indexed later, start a span of their own
+        if span is not None:
+            self.drop_rows.setdefault("events", []).extend(range(*span))
         table = _TABLE_OF.get(rtype)
-        if table is None or rows_at is None:
+        if table is None:
             return
         cols = getattr(self.batch, table)
         ids, types = cols[_ID_COLUMN[table]], cols.get("resource_type")
@@ -172,8 +184,10 @@ class _Collector:
     def _without_dropped(self) -> None:
         """Remove the copies replaced by newer versions, and their rows, before the unit is written."""
         keep = [i not in self.dropped for i in range(len(self.keys))]
-        for name in ("keys", "types", "content", "sources", "metas", "ev_at"):
+        for name in ("keys", "types", "content", "sources"):
             setattr(self, name, [v for v, k in zip(getattr(self, name), keep, strict=True) if k])
+        new_index = list(itertools.accumulate(keep, initial=0))  # old index -> index among the kept
+        self.metas = {new_index[i]: m for i, m in self.metas.items() if keep[i]}
         b = self.batch
         for table, rows in self.drop_rows.items():
             gone = set(rows)
@@ -219,7 +233,7 @@ class _Collector:
                     pa.array(self.content, pa.int64()),
                     *_source_columns(self.sources),
                     pa.array([self.uid] * len(self.keys), pa.string()),
-                    *_meta_columns(self.metas),
+                    *_meta_columns(self.metas, len(self.keys)),
                 ],
                 schema=C.RESOURCES,
             )
@@ -227,11 +241,15 @@ class _Collector:
         return rows
 
 
-def _meta_columns(metas: list[M.Meta | None]) -> tuple[pa.Array, pa.Array]:
+def _meta_columns(metas: dict[int, M.Meta], n: int) -> tuple[pa.Array, pa.Array]:
     """(last_updated, version_id) columns of the resource index: the strings as sent, null when absent or not
     a string."""
     def strings(field: str) -> pa.Array:
-        values = [None if m is None else getattr(m, field) for m in metas]
+        if not metas:
+            return pa.nulls(n, pa.string())
+        values: list[object] = [None] * n
+        for i, m in metas.items():
+            values[i] = getattr(m, field)
         return pa.array([v if isinstance(v, str) else None for v in values], pa.string())
 
     return strings("lastUpdated"), strings("versionId")
