@@ -245,3 +245,30 @@ def test_a_unit_holds_exactly_the_winners_of_its_copies(tmp_path_factory, sends)
         got = sorted(con.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
         assert got == sorted(ref.execute(f"SELECT * FROM {table}").fetchall(), key=repr), table
     assert con.execute("SELECT count(*) FROM resources").fetchone()[0] == 1 + len(winners)
+
+
+def test_the_report_gives_no_reason_for_a_copy_that_was_replaced(tmp_path):
+    """A result first sent withdrawn, or in a unit careloop cannot convert, then corrected: the report counts
+    only what stayed loaded (the corrected result), not why the replaced copies would have given no value."""
+    odd_unit = _meta(CREAT | {"valueQuantity": {"value": 97.0, "code": "mmol/mol"}}, updated=T1)
+    withdrawn_first = _meta(WITHDRAWN, updated=T1)
+    report, con = _ingest(tmp_path, [PAT, withdrawn_first, odd_unit | {"id": "cr2"}, _value(1.3, updated=T2),
+                                     _value(1.4, updated=T2) | {"id": "cr2"}])
+    assert sorted(con.execute("SELECT source_id, numeric_value FROM events WHERE code = 'LOINC/2160-0'")
+                  .fetchall()) == [("cr1", 1.3), ("cr2", 1.4)]
+    assert not [r for r in report["reasons"] if r.startswith(("loaded without events", "loaded, value not read"))]
+    assert report["reasons"]["skipped: superseded by a newer version in the same batch of input"] == 2
+    # the same copies, the replacing ones older: the withdrawal and the unread value stand, and are reported
+    (tmp_path / "x").mkdir()
+    report, _ = _ingest(tmp_path / "x", [PAT, _meta(WITHDRAWN, updated=T2), odd_unit | {"id": "cr2"},
+                                         _value(1.3, updated=T1),
+                                         _value(1.4, updated="2024-03-04T05:00:00Z") | {"id": "cr2"}])
+    assert report["reasons"]["loaded without events: Observation entered-in-error"] == 1
+    assert any(r.startswith("loaded, value not read: LOINC/2160-0") for r in report["reasons"])
+
+
+def test_a_replacing_copy_that_is_quarantined_leaves_the_withdrawal_in_place(tmp_path):
+    bad = _value(1.3, updated=T2) | {"effectiveDateTime": "2024-02-30T00:00:00Z"}
+    report, con = _ingest(tmp_path, [PAT, _meta(WITHDRAWN, updated=T1), bad])
+    assert _creatinine(con) == [] and report["quarantined"] == 1
+    assert report["reasons"]["loaded without events: Observation entered-in-error"] == 1

@@ -250,11 +250,12 @@ def append_row(cols: dict[str, list], **values: object) -> None:
 class Batch:
     """Column buffers for every table of one unit of work."""
 
-    __slots__ = ("_subjects", "dir", "enc", "ev", "notes", "pat", "unconverted", "void")
+    __slots__ = ("_subjects", "dir", "enc", "ev", "notes", "pat", "unconverted", "void", "voided")
 
     def __init__(self) -> None:
         self.ev: list[tuple] = []
         self.void: Counter = Counter()  # resources loaded without events, by why (see `void_reason`)
+        self.voided: dict[tuple[str, str], str] = {}  # which: (type, id) -> why (a copy replaced later is uncounted)
         self.unconverted: Counter = Counter()  # values whose unit has no conversion to their code's, by code and unit
         self.enc: dict[str, list] = {k: [] for k in (
             "encounter_id", "subject_id", "patient_id", "class", "status", "start", "end", "priority", "type_code",
@@ -707,6 +708,7 @@ def map_resource(res: M.Resource, ctx: Context, b: Batch, fallback_id: str | Non
         why = void_reason(res)
         if why is not None:
             b.void[why] += 1
+            b.voided[(rtype, rid)] = why
             return rtype, rid
     MAPPERS[cls](res, rid, ctx, b)
     return rtype, rid

@@ -104,11 +104,17 @@ class _Collector:
                 prior = self.live.get(f"{type(res).__name__}/{rid}")
                 if prior is not None and not self._replaces(res, raw, prior):
                     return
-            rows_at = self._row_counts() if prior is not None else None
+            rows_at = old_void = None
+            if prior is not None:
+                rows_at = self._row_counts()
+                old_void = self.batch.voided.pop((type(res).__name__, rid), None)
             try:
                 rtype, rid = map_resource(res, ctx, self.batch, fallback_id)
-            except Reject as r:
-                r.rtype, r.rid = type(res).__name__, res.id
+            except (Reject, Skip) as r:
+                if old_void is not None:  # the copy in place stays, withdrawn as it was
+                    self.batch.voided[(type(res).__name__, rid)] = old_void
+                if isinstance(r, Reject):
+                    r.rtype, r.rid = type(res).__name__, res.id
                 raise
         except Reject as r:
             rtype = r.rtype or "unknown"
@@ -124,7 +130,7 @@ class _Collector:
         # loaded resources are counted once per unit, from `types`, when the unit is written
         key = f"{rtype}/{rid}"
         if prior is not None:
-            self._drop(prior, rtype, rid, rows_at)
+            self._drop(prior, rtype, rid, rows_at, old_void)  # type: ignore[arg-type]
         meta = res.meta
         if meta is not None and (meta.lastUpdated is not None or meta.versionId is not None):
             self.metas[len(self.keys)] = meta
@@ -152,9 +158,15 @@ class _Collector:
         """Rows in each table before a replacing copy is mapped (its own come after)."""
         return {"ev": len(self.batch.ev)} | {t: len(getattr(self.batch, t)[c]) for t, c in _ID_COLUMN.items()}
 
-    def _drop(self, prior: int, rtype: str, rid: str, rows_at: dict[str, int]) -> None:
+    def _drop(self, prior: int, rtype: str, rid: str, rows_at: dict[str, int], void: str | None) -> None:
         """Take out the rows of copy `prior`, replaced by a newer version just mapped: its events (found through
-        `_spans`) and the rows of its type's table that name it, among those there before the new copy's."""
+        `_spans`) and the rows of its type's table that name it, among those there before the new copy's; and
+        its part in the report's reasons (`void`: why it was withdrawn, if it was; values it could not read)."""
+        b = self.batch
+        if void is not None:
+            b.void[void] -= 1
+            if not b.void[void]:
+                del b.void[void]
         self.dropped.add(prior)
         self.counts["input"][rtype] += 1
         self.counts["skipped"][rtype] += 1
@@ -171,6 +183,11 @@ class _Collector:
         span = spans.pop((rtype, rid), None)  # the new copy's events, indexed later, start a span of their own
         if span is not None:
             self.drop_rows.setdefault("events", []).extend(range(*span))
+            for e in ev[span[0]:span[1]]:
+                if e[3] is None and e[6] is not None:  # as `map_observation` counted it: (code, unit)
+                    b.unconverted[(e[2], e[5])] -= 1
+                    if not b.unconverted[(e[2], e[5])]:
+                        del b.unconverted[(e[2], e[5])]
         table = _TABLE_OF.get(rtype)
         if table is None:
             return
