@@ -11,10 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from careloop import contracts as C
 from careloop.ingest.runner import ingest
 from careloop.ingest.versions import Version, newest, supersedes, version_of
 from careloop.serve.features import collect
-from careloop.store import EventStore
+from careloop.store import FORMAT, EventStore
 
 PAT = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1950-02-03"}
 CREAT = {"resourceType": "Observation", "id": "cr1", "status": "final", "subject": {"reference": "Patient/p1"},
@@ -72,8 +73,22 @@ def test_supersedes_by_last_updated_then_version_then_arrival():
     assert supersedes(new, old) and not supersedes(old, new)  # lastUpdated decides over versionId
     assert not supersedes(version_of(None, "2"), version_of(None, "10"))  # numerically, not as text
     assert supersedes(version_of(T1, "3"), version_of(T1, "2"))  # same instant: the version number
-    assert supersedes(version_of(None, "1"), version_of(T2, None))  # nothing in common: the later arrival
-    assert supersedes(Version(None, None), Version(None, None))
+    assert not supersedes(version_of(None, "1"), version_of(T2, None))  # a stated lastUpdated ranks higher
+    assert not supersedes(Version(None, None), version_of(None, "1"))  # ... and a stated versionId
+    assert supersedes(Version(None, None), Version(None, None))  # nothing to tell them apart: the later arrival
+
+
+versions = st.builds(Version, st.none() | st.integers(0, 5), st.none() | st.integers(0, 5))
+
+
+@given(st.lists(versions, min_size=1, max_size=8), st.data())
+def test_the_copy_kept_does_not_depend_on_how_the_input_is_cut(copies, data):
+    """The winner of each piece, then of the pieces' winners (in order), is the winner of the whole: what a
+    unit boundary, or a second run, must not change."""
+    cut = data.draw(st.integers(0, len(copies)))
+    pieces = [list(range(cut)), list(range(cut, len(copies)))]
+    winners = [p[newest([copies[i] for i in p])] for p in pieces if p]
+    assert winners[newest([copies[i] for i in winners])] == newest(copies)
 
 
 @given(st.lists(st.integers(0, 10**6), min_size=1, max_size=8, unique=True), st.randoms())
@@ -175,6 +190,16 @@ def test_a_stale_copy_loaded_later_does_not_replace_the_newer_one(tmp_path):
     assert con.execute("SELECT count(*) FROM resources WHERE resource_key = 'Observation/cr1'").fetchone() == (1,)
 
 
+def test_one_file_or_two_keep_the_same_copy(tmp_path):
+    """Copies with lastUpdated T2, none, T1: the same copy stands whether they come in one unit or two."""
+    copies = [_value(2.0, updated=T2), _value(9.0), _value(1.0, updated=T1)]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    _, one = _ingest(tmp_path / "one", [PAT, *copies])
+    _, two = _ingest(tmp_path / "two", [PAT, *copies[:2]], copies[2:])
+    assert _creatinine(one) == _creatinine(two) == [(2.0,)]
+
+
 def test_units_of_one_run_settle_by_version_not_by_commit_order(tmp_path):
     """Two files of one run (two units, committed in order): the newer version is in the first."""
     report, con = _ingest(tmp_path, [PAT, _value(2.0, updated=T2)], [_value(1.0, updated=T1)])
@@ -183,16 +208,25 @@ def test_units_of_one_run_settle_by_version_not_by_commit_order(tmp_path):
     assert report["loaded"] == 2
 
 
-def test_parts_written_before_the_meta_columns_still_settle(tmp_path):
-    """A store from an earlier careloop has no last_updated/version_id columns: its copies count as unversioned
-    (so a later copy replaces them, as before), and nothing fails."""
+@pytest.mark.parametrize("second_run", ["an update", "no resource at all"])
+def test_a_store_from_before_the_meta_columns_is_upgraded_by_its_next_ingest(tmp_path, second_run):
+    """A store written by an earlier careloop has no last_updated/version_id columns (and no _format): the next
+    ingest adds them, null, to every part, so the resource index reads alike and settles; its copies count as
+    unversioned, so a later copy with a version replaces them."""
     _ingest(tmp_path, [PAT, _value(1.0)], name="run1")
-    for part in (tmp_path / "store" / "resources").glob("part-*.parquet"):
-        t = pq.read_table(part)
-        pq.write_table(t.drop(["last_updated", "version_id"]), part)
-    report, con = _ingest(tmp_path, [_value(2.0, updated=T1)], name="run2")
-    assert _creatinine(con) == [(2.0,)]
-    assert report["reasons"]["loaded: update replacing an earlier version (same Type/id, new content)"] == 1
+    store = tmp_path / "store"
+    for part in (store / "resources").glob("part-*.parquet"):
+        pq.write_table(pq.read_table(part).drop(["last_updated", "version_id"]), part)
+    (store / "_format").unlink()
+    sent = [_value(2.0, updated=T1)] if second_run == "an update" else [{"resourceType": "Claim", "id": "c1"}]
+    report, con = _ingest(tmp_path, sent, name="run2")
+    assert _creatinine(con) == ([(2.0,)] if second_run == "an update" else [(1.0,)])
+    for part in (store / "resources").glob("part-*.parquet"):
+        assert pq.read_schema(part).names == C.RESOURCES.names
+    assert con.execute("SELECT count(*) FROM resources WHERE last_updated IS NULL").fetchone()[0] >= 1
+    assert (store / "_format").read_text().strip() == str(FORMAT)
+    if second_run == "an update":
+        assert report["reasons"]["loaded: update replacing an earlier version (same Type/id, new content)"] == 1
 
 
 # --- the bedside reads the same version ---------------------------------------------------------------
@@ -272,3 +306,36 @@ def test_a_replacing_copy_that_is_quarantined_leaves_the_withdrawal_in_place(tmp
     report, con = _ingest(tmp_path, [PAT, _meta(WITHDRAWN, updated=T1), bad])
     assert _creatinine(con) == [] and report["quarantined"] == 1
     assert report["reasons"]["loaded without events: Observation entered-in-error"] == 1
+
+
+@pytest.mark.parametrize("rtype", ["Condition", "Observation"])
+def test_when_the_newest_copy_cannot_be_mapped_both_keep_the_one_before(tmp_path, rtype):
+    """Ingest quarantines a newer copy the mapping refuses and keeps the older; the bedside does the same (for an
+    Observation too, whose mapping it otherwise defers), and lists why the newer one was not used."""
+    if rtype == "Condition":
+        good = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]},
+                "recordedDate": "2024-01-01T00:00:00Z"}
+        bad = {k: v for k, v in good.items() if k != "recordedDate"}  # no time: 'missing time'
+    else:
+        good, bad = CREAT, CREAT | {"effectiveDateTime": "2024-02-30T00:00:00Z"}  # 'impossible date'
+    copies = [_meta(good, version="1"), _meta(bad, version="2")]
+    report, con = _ingest(tmp_path, [PAT, *copies])
+    assert report["quarantined"] == 1
+    stored = con.execute(f"SELECT count(*) FROM events WHERE source_resource = '{rtype}'").fetchone()[0]
+    assert stored >= 1
+    key = "conditions" if rtype == "Condition" else "observations"
+    pre = collect({"patient": PAT, key: {"resourceType": "Bundle", "entry": [{"resource": r} for r in copies]}},
+                  "p1")
+    used = [r for (t, _), r in pre.used if t == rtype]
+    assert len(used) == 1 and used[0].meta.versionId == "1"
+    assert len(pre.rejected) == 1 and pre.rejected[0].startswith(f"{rtype}: ")
+
+
+@pytest.mark.parametrize("meta", [[], "1", 3, True, {"versionId": 3, "lastUpdated": ["x"]}])
+def test_a_meta_careloop_cannot_read_is_no_reason_to_quarantine(tmp_path, meta):
+    report, con = _ingest(tmp_path, [PAT, CREAT | {"meta": meta}])
+    assert report["quarantined"] == 0 and _creatinine(con) == [(1.1,)]
+    pre = collect({"patient": PAT, "observations": {"resourceType": "Bundle", "entry": [
+        {"resource": CREAT | {"meta": meta}}, {"resource": _value(2.0, updated=T1)}]}}, "p1")
+    assert [r.valueQuantity.value for (t, _), r in pre.used if t == "Observation"] == [2.0] and not pre.rejected

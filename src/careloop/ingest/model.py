@@ -76,7 +76,7 @@ class Meta(Struct, gc=False, omit_defaults=True):
 
 class _R(Struct, tag_field="resourceType", gc=False, omit_defaults=True):
     id: str | None = None
-    meta: Meta | None = None
+    meta: Meta | list | str | float | bool | None = None  # not an object: no version (never a reason to quarantine)
 
 
 class Patient(_R, tag="Patient"):

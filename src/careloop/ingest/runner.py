@@ -215,10 +215,9 @@ def settle_duplicates(store: EventStore, report: IngestReport, run_units: set[st
     try:
         con.execute(f"SET memory_limit = '{SETTLE_MEMORY}'")
         con.execute(f"SET temp_directory = '{store.staging / 'duckdb-spill'}'")
-        # union_by_name: parts written before the meta columns existed read them as null
         rows = con.execute(f"""
             WITH r AS (SELECT resource_key, key_hash, content_hash, unit, last_updated, version_id
-                       FROM read_parquet({files}, union_by_name = true)),
+                       FROM read_parquet({files})),
                  twice AS (SELECT key_hash FROM r GROUP BY key_hash HAVING count(*) > 1)
             SELECT resource_key, list(unit), list(content_hash), list(last_updated), list(version_id)
             FROM r WHERE key_hash IN (SELECT key_hash FROM twice)

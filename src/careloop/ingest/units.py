@@ -76,6 +76,8 @@ class _Collector:
         self.drop_rows: dict[str, list[int]] = {}  # table -> rows of those copies
         self._spans: dict[tuple[str, str], list[int]] = {}  # (type, id) -> [first, last + 1] event row, indexed
         self._indexed = 0  # ... up to here, only once a copy is replaced (a copy's events are appended together)
+        self._rows: dict[str, dict[object, list[int]]] = {}  # the other tables: table -> its key -> rows, indexed
+        self._rows_at: dict[str, int] = {}  # ... up to here
         self.counts: dict[str, Counter] = {k: Counter() for k in ("input", "loaded", "quarantined", "skipped")}
         self.reasons: Counter = Counter()
 
@@ -132,7 +134,7 @@ class _Collector:
         if prior is not None:
             self._drop(prior, rtype, rid, rows_at, old_void)  # type: ignore[arg-type]
         meta = res.meta
-        if meta is not None and (meta.lastUpdated is not None or meta.versionId is not None):
+        if type(meta) is M.Meta and (meta.lastUpdated is not None or meta.versionId is not None):
             self.metas[len(self.keys)] = meta
         self.live[key] = len(self.keys)
         self.keys.append(key)
@@ -191,12 +193,13 @@ class _Collector:
         table = _TABLE_OF.get(rtype)
         if table is None:
             return
-        cols = getattr(self.batch, table)
+        cols = getattr(b, table)
         ids, types = cols[_ID_COLUMN[table]], cols.get("resource_type")
-        gone = set(self.drop_rows.get(table, ()))
-        self.drop_rows.setdefault(table, []).extend(
-            i for i in range(rows_at[table])
-            if ids[i] == rid and (types is None or types[i] == rtype) and i not in gone)
+        index = self._rows.setdefault(table, {})
+        for i in range(self._rows_at.get(table, 0), rows_at[table]):  # indexed once each, as the events are
+            index.setdefault(ids[i] if types is None else (types[i], ids[i]), []).append(i)
+        self._rows_at[table] = rows_at[table]
+        self.drop_rows.setdefault(table, []).extend(index.pop(rid if types is None else (rtype, rid), ()))
 
     def _without_dropped(self) -> None:
         """Remove the copies replaced by newer versions, and their rows, before the unit is written."""

@@ -1,16 +1,18 @@
 """Which of two copies of one resource (same Type/id) to keep.
 
 A feed may send a resource more than once: a Bulk export and a later `_since` export, a history Bundle (newest
-version first), a result sent as `final` and then again as `entered-in-error`. The copy kept is the newer by the
-resource's own `meta.lastUpdated` when both copies carry one, else by `meta.versionId` when both are whole
-numbers, else the one that arrived later. Arrival order alone would be wrong for a history Bundle, and for a
-stale export loaded after a fresh one.
+version first), a result sent as `final` and then again as `entered-in-error`. The copy kept is the newest by the
+resource's own `meta.lastUpdated`, else by `meta.versionId` (a whole number), else the one that arrived last;
+a copy that states a lastUpdated counts as newer than one that does not, and likewise for versionId. Arrival
+order alone would be wrong for a history Bundle, and for a stale export loaded after a fresh one.
 
+This is a total order (`rank`), so the copy kept does not depend on how the input was cut into units, nor on
+the order in which copies meet: the winner of a unit, then of the units (settling), is the winner of all.
 Ingest (inside a unit, and across units and runs when duplicates are settled) and the bedside (a prefetch that
 names a resource twice) apply this one rule, so training and the service read the same version.
 
-A `meta.lastUpdated` that is not a valid instant, or a `versionId` that is not a whole number, is treated as
-absent: careloop reads nothing else from `meta`, so it does not quarantine a resource for it.
+A `meta.lastUpdated` that is not a valid instant, a `versionId` that is not a whole number, or a `meta` that is
+not an object, counts as absent: careloop reads nothing else from `meta`, so it quarantines nothing for it.
 """
 
 from __future__ import annotations
@@ -43,26 +45,22 @@ def version_of(last_updated: object, version_id: object) -> Version:
 
 
 def meta_version(meta: object) -> Version:
-    """`version_of` a decoded resource's `meta` (an `ingest.model.Meta`, or None)."""
-    if meta is None:
+    """`version_of` a decoded resource's `meta` (an `ingest.model.Meta`; anything else is unversioned)."""
+    if meta is None or not hasattr(meta, "lastUpdated"):
         return UNVERSIONED
-    return version_of(getattr(meta, "lastUpdated", None), getattr(meta, "versionId", None))
+    return version_of(meta.lastUpdated, meta.versionId)  # type: ignore[attr-defined]
+
+
+def rank(v: Version) -> tuple[bool, int, bool, int]:
+    """The order of versions: by lastUpdated (stated beats absent), then by versionId (likewise)."""
+    return (v.updated is not None, v.updated or 0, v.number is not None, v.number or 0)
 
 
 def supersedes(later: Version, earlier: Version) -> bool:
-    """Does a copy that arrived after another replace it? See the module's docstring for the rule."""
-    if later.updated is not None and earlier.updated is not None and later.updated != earlier.updated:
-        return later.updated > earlier.updated
-    if later.number is not None and earlier.number is not None and later.number != earlier.number:
-        return later.number > earlier.number
-    return True
+    """Does a copy that arrived after another replace it? Yes unless it ranks lower (a tie: the later wins)."""
+    return rank(later) >= rank(earlier)
 
 
 def newest(copies: list[Version]) -> int:
-    """Index of the copy kept among copies listed in arrival order: each replaces the one kept so far if it
-    `supersedes` it."""
-    kept = 0
-    for i in range(1, len(copies)):
-        if supersedes(copies[i], copies[kept]):
-            kept = i
-    return kept
+    """Index of the copy kept among copies listed in arrival order: the highest rank, the last among equals."""
+    return max(range(len(copies)), key=lambda i: (rank(copies[i]), i))

@@ -34,7 +34,7 @@ from careloop.ingest.mapping import (
     observation_time,
     void_reason,
 )
-from careloop.ingest.versions import meta_version, supersedes
+from careloop.ingest.versions import meta_version, rank
 
 PREFETCH = {  # CDS Hooks prefetch templates for one patient's record (`prefetch_templates` narrows the Observations)
     "patient": "Patient/{{context.patientId}}",
@@ -262,7 +262,8 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
     resource that is never mapped is never checked by the mapping either, so `rejected` does not list it."""
     out = Prefetched()
     rejected: set[tuple[str, str]] = set()
-    chosen: dict[tuple[str, str], Any] = {}  # each resource once: the newest copy (`ingest.versions`)
+    chosen: dict[tuple[str, str], Any] = {}  # each resource once: the newest copy (`ingest.versions`) ...
+    others: dict[tuple[str, str], list] = {}  # ... chosen among its copies, when it came more than once
     prefetch = prefetch or {}
     for key in keys:
         value = prefetch.get(key)
@@ -287,9 +288,13 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
                 continue
             ident = (type(res).__name__, str(res.id))
             prior = chosen.get(ident)
-            if prior is None or (prior != res and supersedes(meta_version(res.meta), meta_version(prior.meta))):
-                chosen[ident] = res  # a repeat with the same content keeps the first: nothing to choose
+            if prior is None:
+                chosen[ident] = res
+            elif prior != res:  # a repeat with the same content: nothing to choose
+                others.setdefault(ident, [prior]).append(res)
     ctx = out.ctx
+    for ident, copies in others.items():
+        chosen[ident] = _newest_mappable(copies, ctx, out.rejected)
     for ident, res in chosen.items():
         if not _about(res, patient_id):
             out.foreign += 1
@@ -305,6 +310,25 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
         except Reject as e:
             out.rejected.append(f"{ident[0]}: {e.reason}")
     return out
+
+
+def _newest_mappable(copies: list, ctx: Context, rejected: list[str]) -> Any:
+    """The copy of a resource sent more than once (listed in arrival order) that ingest would keep: the newest
+    (`ingest.versions.rank`, the later among equals) that the mapping accepts; each newer one it refuses is listed
+    in `rejected`, as ingest quarantines it. If none is accepted, the newest, left for the mapping to refuse (or
+    not to read) as it would a lone copy."""
+    order = sorted(range(len(copies)), key=lambda i: (rank(meta_version(copies[i].meta)), i), reverse=True)
+    refused = []
+    for i in order:
+        try:
+            map_resource(copies[i], ctx, Batch())  # a trial: a refused resource leaves nothing behind anyway
+        except Reject as e:
+            refused.append(f"{type(copies[i]).__name__}: {e.reason}")
+            continue
+        rejected.extend(refused)
+        return copies[i]
+    rejected.extend(refused[1:])
+    return copies[order[0]]
 
 
 def _dumps(value: Any) -> bytes:

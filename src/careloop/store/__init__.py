@@ -4,6 +4,7 @@
     STORE/encounters/, patients/, notes/, directory/, quarantine/, resources/
     STORE/catalog.duckdb              views over the Parquet (encounters resolve their site through directory)
     STORE/_ledger/                    one record per committed unit of ingest work
+    STORE/_format                     the parts' format (`FORMAT`); an older store is upgraded by its next ingest
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ KEYS = {  # how each table names the resource a row came from: (type column or l
     "notes": ("DocumentReference", "note_id"),
     "directory": ("resource_type", "resource_id"),
 }
+
+
+FORMAT = 2  # of the parts on disk; 2: the resource index has last_updated and version_id (see `upgrade`)
 
 
 class StoreError(CareloopError):
@@ -76,9 +80,13 @@ class EventStore:
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise StoreError(f"--store: {root} exists and is not a directory")
+        new = not (root / "_ledger").is_dir()
         for d in (*TABLE_DIRS, "_ledger", "_journal", ".staging"):
             (root / d).mkdir(parents=True, exist_ok=True)
-        return cls(root)
+        store = cls(root)
+        if new:
+            store._write_format()
+        return store
 
     @classmethod
     def open(cls, root: Path | str) -> EventStore:
@@ -149,9 +157,43 @@ class EventStore:
                 self.remove_resources(unit, set(keys))
             entry.unlink()
 
+    def upgrade(self) -> int:
+        """Bring parts written by an older careloop to the contracts' schemas (a column added since is null in
+        them), so that every part of a table reads alike; once per store (`FORMAT`, in `_format`), under the
+        writer lock. Each part is replaced atomically, so an interrupted upgrade is simply redone. Returns how
+        many parts were rewritten."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        marker = self.root / "_format"
+        if marker.exists() and marker.read_text().strip() == str(FORMAT):
+            return 0
+        rewritten = 0
+        for table in TABLE_DIRS:
+            schema = C.TABLES[table]
+            for part in self.parts(table):
+                missing = [f for f in schema if f.name not in pq.read_schema(part).names]
+                if not missing:
+                    continue
+                t = pq.read_table(part)
+                for f in missing:
+                    t = t.append_column(f, pa.nulls(t.num_rows, f.type))
+                tmp = part.with_suffix(".tmp")
+                pq.write_table(t.select(schema.names), tmp, compression="zstd")
+                os.replace(tmp, part)
+                rewritten += 1
+        self._write_format()
+        return rewritten
+
+    def _write_format(self) -> None:
+        tmp = self.root / ".format.tmp"
+        tmp.write_text(f"{FORMAT}\n")
+        os.replace(tmp, self.root / "_format")
+
     def recover(self) -> int:
         """Undo what an interrupted run left half-done: staged units, and parts whose ledger was never written;
-        finish promised removals of superseded resources."""
+        finish promised removals of superseded resources. Upgrades a store written by an older careloop first."""
+        self.upgrade()
         self.journal.mkdir(exist_ok=True)
         self.apply_journal()
         shutil.rmtree(self.staging, ignore_errors=True)
