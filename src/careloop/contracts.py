@@ -98,6 +98,7 @@ RESOURCES = pa.schema([
     ("unit", pa.string()),
     ("last_updated", pa.string()),  # meta.lastUpdated and meta.versionId as sent (null if absent): which copy of
     ("version_id", pa.string()),  # a resource loaded twice is the newer (`ingest.versions`)
+    ("withdrawn", pa.string()),  # why it gives no events (entered-in-error, ...: `void_reason`), else null
 ])
 
 TABLES: dict[str, pa.Schema] = {

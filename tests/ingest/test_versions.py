@@ -339,3 +339,22 @@ def test_a_meta_careloop_cannot_read_is_no_reason_to_quarantine(tmp_path, meta):
     pre = collect({"patient": PAT, "observations": {"resourceType": "Bundle", "entry": [
         {"resource": CREAT | {"meta": meta}}, {"resource": _value(2.0, updated=T1)}]}}, "p1")
     assert [r.valueQuantity.value for (t, _), r in pre.used if t == "Observation"] == [2.0] and not pre.rejected
+
+
+def test_a_copy_settled_away_takes_its_reasons_out_of_the_report(tmp_path):
+    """The same as inside a unit, across the units of one run: a withdrawn result and a value in an unknown unit,
+    each replaced by a corrected copy in a later file, leave no reason behind; the counts still reconcile."""
+    odd_unit = _meta(CREAT | {"id": "cr2", "valueQuantity": {"value": 97.0, "code": "mmol/mol"}}, updated=T1)
+    report, con = _ingest(tmp_path, [PAT, _meta(WITHDRAWN, updated=T1), odd_unit],
+                          [_value(1.3, updated=T2), _value(1.4, updated=T2) | {"id": "cr2"}])
+    assert sorted(con.execute("SELECT source_id, numeric_value FROM events WHERE code = 'LOINC/2160-0'")
+                  .fetchall()) == [("cr1", 1.3), ("cr2", 1.4)]
+    assert not [r for r in report["reasons"] if r.startswith(("loaded without events", "loaded, value not read"))]
+    assert report["reasons"]["skipped: superseded by a newer version in the same run"] == 2
+    assert con.execute("SELECT count(*) FROM resources WHERE withdrawn IS NOT NULL").fetchone() == (0,)
+    # the other way round, the withdrawal stands: reported once, and marked in the resource index
+    (tmp_path / "x").mkdir()
+    report, con = _ingest(tmp_path / "x", [PAT, _meta(WITHDRAWN, updated=T2)], [_value(1.3, updated=T1)])
+    assert report["reasons"]["loaded without events: Observation entered-in-error"] == 1
+    assert con.execute("SELECT withdrawn FROM resources WHERE resource_key = 'Observation/cr1'").fetchall() == [
+        ("Observation entered-in-error",)]

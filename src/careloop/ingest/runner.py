@@ -34,6 +34,8 @@ from careloop.ingest.units import (
     file_digest,
     ndjson_units,
     process_unit,
+    unread_text,
+    void_text,
 )
 from careloop.ingest.versions import newest, version_of
 from careloop.store import TABLE_DIRS, EventStore
@@ -81,6 +83,8 @@ class IngestReport:
                 row[what] += n
         for k, n in reasons.items():
             self.reasons[k] = self.reasons.get(k, 0) + n
+            if not self.reasons[k]:  # a reason taken back (a copy settled away) is not shown as 0
+                del self.reasons[k]
 
 
 # --- sources -> units --------------------------------------------------------------------------------
@@ -216,10 +220,11 @@ def settle_duplicates(store: EventStore, report: IngestReport, run_units: set[st
         con.execute(f"SET memory_limit = '{SETTLE_MEMORY}'")
         con.execute(f"SET temp_directory = '{store.staging / 'duckdb-spill'}'")
         rows = con.execute(f"""
-            WITH r AS (SELECT resource_key, key_hash, content_hash, unit, last_updated, version_id
+            WITH r AS (SELECT resource_key, key_hash, content_hash, unit, last_updated, version_id, withdrawn
                        FROM read_parquet({files})),
                  twice AS (SELECT key_hash FROM r GROUP BY key_hash HAVING count(*) > 1)
-            SELECT resource_key, list(unit), list(content_hash), list(last_updated), list(version_id)
+            SELECT resource_key, list(unit), list(content_hash), list(last_updated), list(version_id),
+                   list(withdrawn)
             FROM r WHERE key_hash IN (SELECT key_hash FROM twice)
             GROUP BY resource_key HAVING count(*) > 1""").fetchall()
     finally:
@@ -235,24 +240,27 @@ def settle_duplicates(store: EventStore, report: IngestReport, run_units: set[st
     removals: dict[str, set[str]] = {}
     counts: dict[str, Counter] = {"loaded": Counter(), "skipped": Counter()}
     reasons: Counter = Counter()
-    for key, units, hashes, updated, versions in rows:
-        copies = sorted(zip(units, hashes, updated, versions, strict=True), key=lambda c: seq[c[0]])
+    for key, units, hashes, updated, versions, withdrawn in rows:
+        copies = sorted(zip(units, hashes, updated, versions, withdrawn, strict=True), key=lambda c: seq[c[0]])
         winner = newest([version_of(c[2], c[3]) for c in copies])
         latest = copies[winner][1]
         keep = next(c for c in copies if c[1] == latest)
         rtype = key.split("/", 1)[0]
-        for i, (unit, h, *_) in enumerate(copies):
+        for i, (unit, h, _, _, why) in enumerate(copies):
             if copies[i] is keep:
                 continue
             removals.setdefault(unit, set()).add(key)
             if unit in run_units:  # counted as loaded by this run: it was not, after all
                 counts["loaded"][rtype] -= 1
                 counts["skipped"][rtype] += 1
+                if why is not None:
+                    reasons[void_text(why)] -= 1
                 reasons["skipped: duplicate of a loaded resource (same Type/id, same content)" if h == latest
                         else "skipped: older than the version already loaded (by meta)" if i > winner
                         else "skipped: superseded by a newer version in the same run"] += 1
         if keep[0] in run_units and any(h != latest for _, h, *_ in copies[:winner]):
             reasons["loaded: update replacing an earlier version (same Type/id, new content)"] += 1
+    reasons.subtract(_unread_in(store, {u: k for u, k in removals.items() if u in run_units}))
     entry = store.journal / f"settle-{time.time_ns()}.json"
     entry.write_bytes(orjson.dumps({u: sorted(k) for u, k in removals.items()}))
     for unit, keys in removals.items():
@@ -260,6 +268,24 @@ def settle_duplicates(store: EventStore, report: IngestReport, run_units: set[st
     entry.unlink()
     report.add(counts, reasons)
     return sum(len(k) for k in removals.values())
+
+
+def _unread_in(store: EventStore, removals: dict[str, set[str]]) -> Counter:
+    """The "value not read" reasons of the copies about to be removed from these units (this run counted them)."""
+    out: Counter = Counter()
+    for unit, keys in removals.items():
+        part = store.root / "events" / f"part-{unit}.parquet"
+        if not part.exists():
+            continue
+        con = duckdb.connect()
+        try:
+            found = con.execute(f"""
+                SELECT source_resource || '/' || source_id, code, unit FROM read_parquet('{part}')
+                WHERE numeric_value IS NULL AND original_value IS NOT NULL""").fetchall()
+        finally:
+            con.close()
+        out.update(unread_text(code, sent) for key, code, sent in found if key in keys)
+    return out
 
 
 # --- the run ---------------------------------------------------------------------------------------

@@ -220,6 +220,15 @@ class _Collector:
         self.dropped.clear()
         self.drop_rows.clear()
 
+    def _withdrawn_column(self) -> pa.Array:
+        """Why each kept copy gives no events (`mapping.void_reason`), or null: settling takes the reason back
+        from the report when it removes such a copy."""
+        voided = self.batch.voided
+        if not voided:
+            return pa.nulls(len(self.keys), pa.string())
+        return pa.array([voided.get((t, k[len(t) + 1:])) for t, k in zip(self.types, self.keys, strict=True)],
+                        pa.string())
+
     def write(self, staging: Path) -> int:
         if self.dropped:
             self._without_dropped()
@@ -254,6 +263,7 @@ class _Collector:
                     *_source_columns(self.sources),
                     pa.array([self.uid] * len(self.keys), pa.string()),
                     *_meta_columns(self.metas, len(self.keys)),
+                    self._withdrawn_column(),
                 ],
                 schema=C.RESOURCES,
             )
@@ -365,6 +375,17 @@ def _bundle_file(col: _Collector, path: str) -> None:
     _take_bundle(col, bundle, path)
 
 
+def void_text(why: str) -> str:
+    """The report's reason for a resource loaded without events (`mapping.void_reason`)."""
+    return f"loaded without events: {why}"
+
+
+def unread_text(code: str, sent: str) -> str:
+    """The report's reason for a value kept as sent, in a unit with no conversion to its code's."""
+    return (f"loaded, value not read: {code} in {sent[:24]!r}, no conversion to "
+            f"{CANONICAL_UNITS[code.removeprefix('LOINC/')]}")
+
+
 def process_unit(unit: Unit, staging_root: str) -> UnitResult:
     """Map one unit into staged Parquet parts under `staging_root/<uid>/`."""
     t0 = time.perf_counter()
@@ -397,10 +418,9 @@ def _process_unit(unit: Unit, staging_root: str, t0: float) -> UnitResult:
         else:
             _take_bundle(col, bundle, unit.label)
     for why, n in col.batch.void.items():  # loaded (they replace earlier versions) but mapped to no events
-        col.reasons[f"loaded without events: {why}"] += n
+        col.reasons[void_text(why)] += n
     for (code, sent), n in col.batch.unconverted.items():  # loaded; the number kept as sent, never read
-        col.reasons[f"loaded, value not read: {code} in {sent[:24]!r}, no conversion to "
-                    f"{CANONICAL_UNITS[code.removeprefix('LOINC/')]}"] += n
+        col.reasons[unread_text(code, sent)] += n
     rows = col.write(Path(staging_root) / unit.uid)
     return UnitResult(unit.uid, unit.label, col.counts, col.reasons, time.perf_counter() - t0, rows)
 
