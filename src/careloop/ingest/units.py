@@ -166,14 +166,12 @@ class _Collector:
         its part in the report's reasons (`void`: why it was withdrawn, if it was; values it could not read)."""
         b = self.batch
         if void is not None:
-            b.void[void] -= 1
-            if not b.void[void]:
-                del b.void[void]
+            _take_back(b.void, void)
         self.dropped.add(prior)
         self.counts["input"][rtype] += 1
         self.counts["skipped"][rtype] += 1
         self.reasons["skipped: superseded by a newer version in the same batch of input"] += 1
-        ev, spans = self.batch.ev, self._spans
+        ev, spans = b.ev, self._spans
         for i in range(self._indexed, rows_at["ev"]):
             k = (ev[i][9], ev[i][10])
             span = spans.get(k)
@@ -187,9 +185,7 @@ class _Collector:
             self.drop_rows.setdefault("events", []).extend(range(*span))
             for e in ev[span[0]:span[1]]:
                 if e[3] is None and e[6] is not None:  # as `map_observation` counted it: (code, unit)
-                    b.unconverted[(e[2], e[5])] -= 1
-                    if not b.unconverted[(e[2], e[5])]:
-                        del b.unconverted[(e[2], e[5])]
+                    _take_back(b.unconverted, (e[2], e[5]))
         table = _TABLE_OF.get(rtype)
         if table is None:
             return
@@ -269,6 +265,13 @@ class _Collector:
             )
             pq.write_table(table, staging / "resources.parquet", compression="zstd")
         return rows
+
+
+def _take_back(counter: Counter, key: object) -> None:
+    """Uncount one `key` (a replaced copy's), leaving no zero behind for the report."""
+    counter[key] -= 1
+    if not counter[key]:
+        del counter[key]
 
 
 def _meta_columns(metas: dict[int, M.Meta], n: int) -> tuple[pa.Array, pa.Array]:
