@@ -273,18 +273,19 @@ def settle_duplicates(store: EventStore, report: IngestReport, run_units: set[st
 def _unread_in(store: EventStore, removals: dict[str, set[str]]) -> Counter:
     """The "value not read" reasons of the copies about to be removed from these units (this run counted them)."""
     out: Counter = Counter()
-    for unit, keys in removals.items():
-        part = store.root / "events" / f"part-{unit}.parquet"
-        if not part.exists():
-            continue
-        con = duckdb.connect()
-        try:
+    parts = {u: store.root / "events" / f"part-{u}.parquet" for u in removals}
+    parts = {u: p for u, p in parts.items() if p.exists()}
+    if not parts:
+        return out
+    con = duckdb.connect()
+    try:
+        for unit, part in parts.items():
             found = con.execute(f"""
                 SELECT source_resource || '/' || source_id, code, unit FROM read_parquet('{part}')
                 WHERE numeric_value IS NULL AND original_value IS NOT NULL""").fetchall()
-        finally:
-            con.close()
-        out.update(unread_text(code, sent) for key, code, sent in found if key in keys)
+            out.update(unread_text(code, sent) for key, code, sent in found if key in removals[unit])
+    finally:
+        con.close()
     return out
 
 

@@ -14,7 +14,7 @@ import os
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,10 +74,8 @@ class _Collector:
         self.metas: dict[int, M.Meta] = {}  # index -> meta, for copies whose meta names a version
         self.dropped: set[int] = set()  # copies replaced by a newer version later in the unit
         self.drop_rows: dict[str, list[int]] = {}  # table -> rows of those copies
-        self._spans: dict[tuple[str, str], list[int]] = {}  # (type, id) -> [first, last + 1] event row, indexed
-        self._indexed = 0  # ... up to here, only once a copy is replaced (a copy's events are appended together)
-        self._rows: dict[str, dict[object, list[int]]] = {}  # the other tables: table -> its key -> rows, indexed
-        self._rows_at: dict[str, int] = {}  # ... up to here
+        self._rows: dict[str, dict[object, list[int]]] = {}  # table -> resource -> its rows (`_rows_of`) ...
+        self._rows_at: dict[str, int] = {}  # ... indexed up to here
         self.counts: dict[str, Counter] = {k: Counter() for k in ("input", "loaded", "quarantined", "skipped")}
         self.reasons: Counter = Counter()
 
@@ -158,12 +156,12 @@ class _Collector:
 
     def _row_counts(self) -> dict[str, int]:
         """Rows in each table before a replacing copy is mapped (its own come after)."""
-        return {"ev": len(self.batch.ev)} | {t: len(getattr(self.batch, t)[c]) for t, c in _ID_COLUMN.items()}
+        return {"events": len(self.batch.ev)} | {t: len(getattr(self.batch, t)[c]) for t, c in _ID_COLUMN.items()}
 
     def _drop(self, prior: int, rtype: str, rid: str, rows_at: dict[str, int], void: str | None) -> None:
-        """Take out the rows of copy `prior`, replaced by a newer version just mapped: its events (found through
-        `_spans`) and the rows of its type's table that name it, among those there before the new copy's; and
-        its part in the report's reasons (`void`: why it was withdrawn, if it was; values it could not read)."""
+        """Take out the rows of copy `prior`, replaced by a newer version just mapped: its events and the rows of
+        its type's table that name it, among those there before the new copy's (`_rows_of`); and its part in the
+        report's reasons (`void`: why it was withdrawn, if it was; values it could not read)."""
         b = self.batch
         if void is not None:
             _take_back(b.void, void)
@@ -171,31 +169,38 @@ class _Collector:
         self.counts["input"][rtype] += 1
         self.counts["skipped"][rtype] += 1
         self.reasons["skipped: superseded by a newer version in the same batch of input"] += 1
-        ev, spans = b.ev, self._spans
-        for i in range(self._indexed, rows_at["ev"]):
-            k = (ev[i][9], ev[i][10])
-            span = spans.get(k)
-            if span is None:
-                spans[k] = [i, i + 1]
+        for table, rows in self._rows_of(rtype, rid, rows_at).items():
+            self.drop_rows.setdefault(table, []).extend(rows)
+            if table == "events":
+                for i in rows:
+                    e = b.ev[i]
+                    if e[3] is None and e[6] is not None:  # as `map_observation` counted it: (code, unit)
+                        _take_back(b.unconverted, (e[2], e[5]))
+
+    def _rows_of(self, rtype: str, rid: str, rows_at: dict[str, int]) -> dict[str, list[int]]:
+        """The rows naming (rtype, rid) among the first `rows_at` of each table that could hold them, through
+        indexes built only once a copy is replaced and then extended, so each row is indexed once. Taken out of
+        the index: the replacing copy's rows, indexed later, start entries of their own."""
+        b = self.batch
+        found = {}
+        for table in ("events", _TABLE_OF.get(rtype)):
+            if table is None:
+                continue
+            start = self._rows_at.get(table, 0)
+            if table == "events":
+                n, key = rows_at["events"], (rtype, rid)
+                keys: Iterable = ((e[9], e[10]) for e in b.ev[start:n])
             else:
-                span[1] = i + 1
-        self._indexed = rows_at["ev"]
-        span = spans.pop((rtype, rid), None)  # the new copy's events, indexed later, start a span of their own
-        if span is not None:
-            self.drop_rows.setdefault("events", []).extend(range(*span))
-            for e in ev[span[0]:span[1]]:
-                if e[3] is None and e[6] is not None:  # as `map_observation` counted it: (code, unit)
-                    _take_back(b.unconverted, (e[2], e[5]))
-        table = _TABLE_OF.get(rtype)
-        if table is None:
-            return
-        cols = getattr(b, table)
-        ids, types = cols[_ID_COLUMN[table]], cols.get("resource_type")
-        index = self._rows.setdefault(table, {})
-        for i in range(self._rows_at.get(table, 0), rows_at[table]):  # indexed once each, as the events are
-            index.setdefault(ids[i] if types is None else (types[i], ids[i]), []).append(i)
-        self._rows_at[table] = rows_at[table]
-        self.drop_rows.setdefault(table, []).extend(index.pop(rid if types is None else (rtype, rid), ()))
+                cols = getattr(b, table)
+                ids, types = cols[_ID_COLUMN[table]], cols.get("resource_type")
+                n, key = rows_at[table], rid if types is None else (rtype, rid)
+                keys = ids[start:n] if types is None else zip(types[start:n], ids[start:n], strict=True)
+            index = self._rows.setdefault(table, {})
+            for i, k in enumerate(keys, start):
+                index.setdefault(k, []).append(i)
+            self._rows_at[table] = n
+            found[table] = index.pop(key, [])
+        return found
 
     def _without_dropped(self) -> None:
         """Remove the copies replaced by newer versions, and their rows, before the unit is written."""

@@ -61,6 +61,11 @@ def supersedes(later: Version, earlier: Version) -> bool:
     return rank(later) >= rank(earlier)
 
 
+def preference(copies: list[Version]) -> list[int]:
+    """Indexes of copies listed in arrival order, the one to keep first: by rank, the later among equals."""
+    return sorted(range(len(copies)), key=lambda i: (rank(copies[i]), i), reverse=True)
+
+
 def newest(copies: list[Version]) -> int:
-    """Index of the copy kept among copies listed in arrival order: the highest rank, the last among equals."""
+    """Index of the copy kept among copies listed in arrival order (`preference`'s first)."""
     return max(range(len(copies)), key=lambda i: (rank(copies[i]), i))

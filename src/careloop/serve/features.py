@@ -34,7 +34,7 @@ from careloop.ingest.mapping import (
     observation_time,
     void_reason,
 )
-from careloop.ingest.versions import meta_version, rank
+from careloop.ingest.versions import meta_version, preference
 
 PREFETCH = {  # CDS Hooks prefetch templates for one patient's record (`prefetch_templates` narrows the Observations)
     "patient": "Patient/{{context.patientId}}",
@@ -314,10 +314,10 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
 
 def _newest_mappable(copies: list, ctx: Context, rejected: list[str]) -> Any:
     """The copy of a resource sent more than once (listed in arrival order) that ingest would keep: the newest
-    (`ingest.versions.rank`, the later among equals) that the mapping accepts; each newer one it refuses is listed
+    (`ingest.versions.preference`) that the mapping accepts; each newer one it refuses is listed
     in `rejected`, as ingest quarantines it. If none is accepted, the newest, left for the mapping to refuse (or
     not to read) as it would a lone copy."""
-    order = sorted(range(len(copies)), key=lambda i: (rank(meta_version(copies[i].meta)), i), reverse=True)
+    order = preference([meta_version(c.meta) for c in copies])
     refused = []
     for i in order:
         try:

@@ -32,7 +32,7 @@ KEYS = {  # how each table names the resource a row came from: (type column or l
 }
 
 
-FORMAT = 2  # of the parts on disk; 2: the resource index has last_updated and version_id (see `upgrade`)
+FORMAT = 2  # of the parts on disk; 2: the resource index has last_updated, version_id, withdrawn (`upgrade`)
 
 
 class StoreError(CareloopError):
