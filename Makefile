@@ -27,8 +27,11 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/careloop synth --patients $(DEMO_PATIENTS) --seed $(SEED) --drift --drift-date $(DRIFT_DATE) \
-		--out $(DEMO_DIR)/hospital --overwrite
+		--out $(DEMO_DIR)/hospital --overwrite --updates
 	$(BIN)/careloop ingest $(DEMO_DIR)/hospital/ndjson --store $(DEMO_DIR)/store
+	# two nightly _since exports, the second night's first and the first night's late: the newest version wins
+	$(BIN)/careloop ingest $(DEMO_DIR)/hospital/updates/day-2 --store $(DEMO_DIR)/store
+	$(BIN)/careloop ingest $(DEMO_DIR)/hospital/updates/day-1 --store $(DEMO_DIR)/store
 	$(BIN)/careloop store info $(DEMO_DIR)/store
 	$(BIN)/careloop cohort --task readmission-30d --store $(DEMO_DIR)/store --out $(DEMO_DIR)/cohort/readmission-30d.parquet
 	$(BIN)/careloop features --cohort $(DEMO_DIR)/cohort/readmission-30d.parquet --store $(DEMO_DIR)/store \

@@ -83,6 +83,9 @@ def synth(
     scenario: Annotated[list[str] | None, typer.Option(help="Scenario by name (drift, bias); repeatable.")] = None,
     bundle_format: Annotated[str, typer.Option(help="Bundle files as json or json.gz.")] = "json.gz",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a hospital already in --out.")] = False,
+    updates: Annotated[bool, typer.Option("--updates", help="Also write two nightly _since exports after the Bulk "
+                                          "export (new versions of Patients, withdrawn results, resent Encounters) "
+                                          "under OUT/updates/.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Generate a synthetic hospital: FHIR R4 Bundles, a Bulk Data export and the ground truth."""
@@ -98,7 +101,7 @@ def synth(
             patients=patients, seed=seed, out=out, workers=workers, start=_date(start, "--start"),
             end=_date(end, "--end"), scenarios=tuple(dict.fromkeys(scenarios)),
             drift_date=_date(drift_date, "--drift-date"), bias_group=bias_group, bundle_format=bundle_format,
-            overwrite=overwrite,
+            overwrite=overwrite, updates=updates,
         )
     except CareloopError as exc:
         fail(str(exc))
@@ -141,6 +144,9 @@ def _print_synth_summary(result) -> None:
     )
     out_console.print(f"Bulk export: {result.out}/ndjson/   Bundles: {result.out}/bundles/   "
                       f"Truth: {result.out}/truth/stays.parquet")
+    for day, changes in result.updates.items():
+        out_console.print(f"Nightly export {result.out}/updates/{day}/: "
+                          + ", ".join(f"{what} {n:,}" for what, n in changes.items()))
 
 
 @app.command()

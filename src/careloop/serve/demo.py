@@ -33,23 +33,36 @@ KEY_OF = {"Patient": "patient", "Encounter": "encounters", "Condition": "conditi
           "MedicationRequest": "medications", "Procedure": "procedures", "Coverage": "coverage"}
 
 
-def patient_resources(ndjson: Path, patients: set[str]) -> dict[str, dict[str, list[dict]]]:
-    """Each patient's resources from a Bulk export, grouped by prefetch key (references as a FHIR server has them)."""
+def patient_resources(exports: Path | list[Path], patients: set[str]) -> dict[str, dict[str, list[dict]]]:
+    """Each patient's resources from Bulk exports (a full one, then nightly `_since` ones), grouped by prefetch key
+    (references as a FHIR server has them). A FHIR server holds one current version of each resource: of copies
+    in several exports, the newest by `careloop.ingest.versions` (the rule ingest applies) is kept."""
+    from careloop.ingest.versions import rank, version_of
+
+    held: dict[tuple[str, str], tuple[tuple, str, dict]] = {}
+    for folder in [exports] if isinstance(exports, Path) else exports:
+        for f in sorted(folder.glob("*.ndjson.gz")):
+            rtype = f.name.split(".")[0]
+            if rtype not in KEY_OF:
+                continue
+            with gzip.open(f) as fh:
+                for line in fh:
+                    r = orjson.loads(line)
+                    if rtype == "Patient":
+                        pid = r["id"]
+                    else:
+                        ref = next((r[k]["reference"] for k in ("subject", "patient", "beneficiary") if k in r), "")
+                        pid = ref.rsplit("/", 1)[-1]
+                    if pid not in patients:
+                        continue
+                    meta = r.get("meta") if isinstance(r.get("meta"), dict) else {}
+                    v = rank(version_of(meta.get("lastUpdated"), meta.get("versionId")))
+                    key = (rtype, r["id"])
+                    if key not in held or v >= held[key][0]:
+                        held[key] = (v, pid, r)
     out: dict[str, dict[str, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
-    for f in sorted(ndjson.glob("*.ndjson.gz")):
-        rtype = f.name.split(".")[0]
-        if rtype not in KEY_OF:
-            continue
-        with gzip.open(f) as fh:
-            for line in fh:
-                r = orjson.loads(line)
-                if rtype == "Patient":
-                    pid = r["id"]
-                else:
-                    ref = next((r[k]["reference"] for k in ("subject", "patient", "beneficiary") if k in r), "")
-                    pid = ref.rsplit("/", 1)[-1]
-                if pid in patients:
-                    out[pid][KEY_OF[rtype]].append(r)
+    for (rtype, _), (_, pid, r) in held.items():
+        out[pid][KEY_OF[rtype]].append(r)
     return out
 
 
@@ -194,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     (a.out / "dashboard.yaml").write_text(yaml.safe_dump(
         cfg | {"base_url": f"http://127.0.0.1:{a.dashboard_port}", "state": f"sqlite:///{dash_state}"}))
     stays, threshold = _pick(a.model, a.store)
-    res = patient_resources(a.hospital / "ndjson", {s["patient_id"] for s in stays})
+    nights = sorted((a.hospital / "updates").glob("day-*"))  # the EHR holds the newest versions, as the store does
+    res = patient_resources([a.hospital / "ndjson", *nights], {s["patient_id"] for s in stays})
     from careloop.web.demo import demo_users
 
     (a.out / "users.yaml").write_text(yaml.safe_dump(demo_users()))  # the dashboard's accounts (hashes only)

@@ -35,6 +35,7 @@ class SynthConfig(BaseModel):
     shard_size: Annotated[int, Field(ge=1, le=100_000)] = 250
     bundle_format: Literal["json", "json.gz"] = "json.gz"
     overwrite: bool = False
+    updates: bool = False  # also write two nightly `_since` exports after the Bulk export (synth/updates.py)
 
     @model_validator(mode="after")
     def _check_window(self) -> SynthConfig:

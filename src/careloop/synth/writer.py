@@ -33,6 +33,7 @@ from careloop.synth import vocab as V
 from careloop.synth.config import SynthConfig
 from careloop.synth.fhir import Renderer
 from careloop.synth.sim import _ts, simulate
+from careloop.synth.updates import write_updates
 from careloop.synth.world import World, build_world
 
 RESOURCE_ORDER = ("Organization", "Location", "Practitioner", "Patient", "Coverage", "Encounter", "Condition",
@@ -77,9 +78,10 @@ class SynthResult:
     readmission_rate: float
     inhospital_mortality: float
     by_site: dict[str, dict[str, float]] = field(default_factory=dict)
+    updates: dict[str, dict[str, int]] = field(default_factory=dict)  # per night: how many of each change
 
     def to_json(self) -> dict:
-        return {"out": str(self.out), "patients": self.patients, "resources": self.counts,
+        return {"updates": self.updates, "out": str(self.out), "patients": self.patients, "resources": self.counts,
                 "resources_total": sum(self.counts.values()), "bytes_written": self.bytes_written,
                 "inpatient_stays": self.stays, "readmission_rate_30d": self.readmission_rate,
                 "inhospital_mortality": self.inhospital_mortality, "by_site": self.by_site}
@@ -262,11 +264,15 @@ def generate(cfg: SynthConfig, progress: Callable[[int], None] | None = None) ->
     (staging / "truth").mkdir()
     try:
         result = _generate_into(cfg, staging, progress)
-        for name in ("ndjson", "bundles", "truth"):
+        if cfg.updates:
+            result.updates = {day: dict(c) for day, c in write_updates(
+                staging / "ndjson", staging / "updates", seed=cfg.seed, after=cfg.end).items()}
+        for name in ("ndjson", "bundles", "truth", "updates"):
             target = out / name
             if target.exists():
                 shutil.rmtree(target)
-            (staging / name).rename(target)
+            if (staging / name).exists():
+                (staging / name).rename(target)
         summary = out / "summary.json"
         summary.write_bytes(orjson.dumps(result.to_json() | {"out": None}, option=orjson.OPT_INDENT_2
                                          | orjson.OPT_SORT_KEYS))
