@@ -590,3 +590,53 @@ def test_shutdown_writes_the_queued_audit_records(trained_bundle, keys, tmp_path
     assert all(w.future.done() and w.future.result() is True for w in works)
     assert service.audit.head()["seq"] == before + 5
     service.close()
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda p: p["patient"].pop("birthDate"), "birth date is missing"),
+    (lambda p: p.update(patient=dict(p["patient"], id="someone-else")), "another patient than the one in context"),
+])
+def test_a_missing_birth_date_or_anothers_patient_is_named_not_taken_for_a_child(running, chosen, mutate, reason):
+    high, _, res = chosen
+    row = high[3]
+    pf = prefetch_of(res[row["patient_id"]])
+    pf["patient"] = dict(pf["patient"])
+    mutate(pf)
+    (card,) = call(running, hook_request(row["patient_id"], row["encounter_id"], pf)).json()["cards"]
+    assert card["indicator"] == "info" and reason in card["detail"] and "under 18" not in card["detail"]
+
+
+def test_json_nested_too_deeply_is_a_400_and_audited(running):
+    head = f'{{"hook": "encounter-discharge", "hookInstance": "{uuid.uuid4()}", "context": {{"patientId": "p", '
+    raw = head + '"encounterId": "e", "deep": ' + "[" * 3000 + '"x"' + "]" * 3000 + "}}"
+    url = f"{running.url}/cds-services/readmission-risk"
+    before = len(running.service.audit.records(kind="cds-call"))
+    r = httpx.post(url, content=raw, headers={**bearer(*running.keys, url), "Content-Type": "application/json"},
+                   timeout=30)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["issue"][0]["diagnostics"]
+    assert len(running.service.audit.records(kind="cds-call")) == before + 1
+
+
+def test_an_unknown_service_is_a_404_and_audited(running):
+    before = len(running.service.audit.records(kind="cds-call"))
+    r = httpx.post(f"{running.url}/cds-services/no-such-service", json={}, timeout=10)
+    assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome"
+    new = running.service.audit.records(kind="cds-call")[before:]
+    text = json.dumps(new, default=str)
+    assert len(new) == 1 and "no such CDS service" in text and "no-such-service" not in text
+
+
+def test_a_defect_met_while_scoring_is_answered_empty_and_audited_never_a_500(running, chosen, monkeypatch):
+    high, _, res = chosen
+    row = high[0]
+
+    def broken(rows):
+        raise ZeroDivisionError("a value from the request")
+
+    monkeypatch.setattr(running.service.model, "predict_proba_rows", broken)
+    body = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))
+    r = call(running, body)
+    assert r.status_code == 200 and r.json() == {"cards": []}
+    (rec,) = _records(running, "cds-call", body["hookInstance"])
+    assert rec["outcome"] == "serious" and "ZeroDivisionError" in json.dumps(rec, default=str)
+    assert "a value from the request" not in json.dumps(rec, default=str)

@@ -186,3 +186,47 @@ def test_an_override_reason_must_be_one_the_card_offered(setup):
     r = _post(running, [{"card": info["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN,
                          "overrideReason": {"reason": card["overrideReasons"][0]}}])
     assert r.status_code == 400
+
+
+def test_feedback_beyond_the_clients_limit_gets_429_with_retry_after_and_is_audited(setup):
+    """Checklist C-18: a burst above the limit gets 429 (a token bucket per client and worker process); the refusal
+    is audited, nothing of it is stored, and after Retry-After the client may send again."""
+    import time
+
+    from careloop.serve.config import FeedbackLimit
+
+    running, stays, res = setup
+    card = _card(running, stays[0], res)
+    service = running.service
+    kept = service.config.feedback_limit
+    service.config.feedback_limit = FeedbackLimit(per_minute=60, burst=3)
+    service._buckets.clear()
+    try:
+        item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN}
+        before = len(_feedback_records(running))
+        got = [_post(running, [item]) for _ in range(5)]
+        assert [r.status_code for r in got] == [200, 200, 200, 429, 429]
+        assert got[3].json()["issue"][0]["code"] == "throttled"
+        assert 1 <= int(got[3].headers["Retry-After"]) <= 2
+        new = _feedback_records(running)[before:]
+        assert [x["outcome"] for x in new] == ["success"] * 3 + ["minor"] * 2
+        assert all("rate limit" in json.dumps(x["detail"]) for x in new[3:])
+        time.sleep(int(got[4].headers["Retry-After"]))
+        assert _post(running, [item]).status_code == 200
+    finally:
+        service.config.feedback_limit = kept
+        service._buckets.clear()
+
+
+def test_feedback_from_the_future_is_refused_and_extensions_are_accepted(setup):
+    running, stays, res = setup
+    card = _card(running, stays[0], res)
+    future = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2999-01-01T00:00:00Z"}
+    r = _post(running, [future])
+    assert r.status_code == 400 and "in the future" in r.text
+    url = f"{running.url}/cds-services/readmission-risk/feedback"
+    body = {"feedback": [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN,
+                          "extension": {"org.example.unit": "4 West"}}], "extension": {"org.example.batch": 7}}
+    r = httpx.post(url, json=body, headers=bearer(*running.keys, url), timeout=10)
+    assert r.status_code == 200 and r.json()["received"] == 1, r.text
+    assert "4 West" not in json.dumps(running.service.store.feedback(), default=str)  # accepted, not stored

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import httpx
 import pytest
@@ -107,3 +108,65 @@ def test_the_observation_template_selects_on_a_real_fhir_server_what_the_ehr_emu
     sent = sorted(e["resource"]["id"] for e in prefetch_of(res, templates)["observations"]["entry"])
     assert got == sent
     assert 0 < len(sent) < len(res["observations"])
+
+
+def test_a_slow_fhir_server_delays_only_its_own_call(setup):
+    """Reads from the FHIR server wait off the scoring thread, within one deadline for all of them: calls with their
+    prefetch are answered as fast as ever while another call waits on a slow server."""
+    import threading
+
+    running, fhir, key, high, res = setup
+    full = hook_request(high["patient_id"], high["encounter_id"], prefetch_of(res))
+    fhir.inject_fault(status=None, count=50, delay_ms=DEADLINE_MS + 2000)
+    slow: dict = {}
+
+    def wait_on_the_slow_server():
+        t0 = time.perf_counter()
+        slow["r"] = _call(running, fhir, key, _without_prefetch(fhir, high))
+        slow["took"] = time.perf_counter() - t0
+
+    thread = threading.Thread(target=wait_on_the_slow_server)
+    thread.start()
+    try:
+        time.sleep(0.2)  # the slow call is waiting on the FHIR server now
+        for _ in range(3):
+            t0 = time.perf_counter()
+            r = _call(running, fhir, key, dict(full, hookInstance=str(uuid.uuid4())))
+            assert r.status_code == 200 and r.json()["cards"][0]["indicator"] == "warning", r.text
+            assert time.perf_counter() - t0 < 1.0
+        thread.join(timeout=DEADLINE_MS / 1000 + 5)
+    finally:
+        fhir.clear_faults()
+    assert slow["r"].status_code == 200 and slow["r"].json() == {"cards": []}
+    assert slow["took"] < DEADLINE_MS / 1000 + 0.5, slow["took"]
+    time.sleep(DEADLINE_MS / 1000)  # the abandoned read ends
+
+
+def _first_page(pf: dict, key: str, next_url: str) -> dict:
+    bundle = pf[key]
+    return dict(pf, **{key: dict(bundle, entry=bundle["entry"][:1], total=len(bundle["entry"]),
+                                 link=[{"relation": "self", "url": next_url}, {"relation": "next", "url": next_url}])})
+
+
+def test_a_prefetch_of_one_page_is_read_whole_from_the_fhir_server_or_not_scored(setup):
+    """A prefetched search Bundle with a `next` link is only part of the record: scoring it would understate the
+    history (a lower risk, no warning). With FHIR access the service reads the search whole and scores as from the
+    full prefetch; without, it defers and the audit record names the key."""
+    running, fhir, key, high, res = setup
+    full = prefetch_of(res)
+    whole = _call(running, fhir, key, hook_request(high["patient_id"], high["encounter_id"], full))
+    assert whole.status_code == 200 and whole.json()["cards"][0]["indicator"] == "warning"
+    paged = _first_page(full, "encounters", f"{fhir.base_url}/Encounter?patient={high['patient_id']}&page=2")
+    fhir.reset_stats()
+    body = _without_prefetch(fhir, high) | {"prefetch": paged}
+    r = _call(running, fhir, key, body)
+    assert r.status_code == 200
+    assert [c["summary"] for c in r.json()["cards"]] == [c["summary"] for c in whole.json()["cards"]]
+    assert set(fhir.stats()["requests"]) == {"/fhir/R4/Encounter"}  # only the paged key was read again
+    alone = hook_request(high["patient_id"], high["encounter_id"], paged)
+    r = _call(running, fhir, key, alone)
+    cards = r.json()["cards"]
+    assert r.status_code == 200 and [c["indicator"] for c in cards] == ["info"]
+    assert "only part of encounters" in cards[0]["detail"]
+    rec = [x for x in running.service.audit.records(kind="cds-call") if x["hook_instance"] == alone["hookInstance"]]
+    assert len(rec) == 1 and json.loads(rec[0]["detail"]["partial_prefetch"]) == ["encounters"], rec

@@ -59,8 +59,8 @@ TEXT_DETAIL_KEYS = frozenset({
     "accepted_suggestions", "action", "alg", "aud", "band", "by", "card", "code", "count", "deadline_ms",
     "deferral_policy", "elapsed_ms", "enabled", "error", "feature_set", "field", "format", "hook", "http_status",
     "iss", "jku", "kid", "method", "model", "model_key", "new", "note", "old", "outcome", "override_reason",
-    "override_system", "prefetch", "reason", "route", "rows", "setting", "stage", "status", "tenant", "threshold",
-    "threshold_version", "upto_seq", "value", "version", "void_resources",
+    "override_system", "partial_prefetch", "prefetch", "reason", "route", "rows", "setting", "stage", "status",
+    "tenant", "threshold", "threshold_version", "upto_seq", "value", "version", "void_resources",
 })
 MAX_DETAIL_TEXT = 512
 

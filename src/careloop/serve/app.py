@@ -18,6 +18,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -102,11 +103,13 @@ class FeedbackItem(BaseModel):
     acceptedSuggestions: list[dict[str, str]] | None = None
     overrideReason: dict[str, Any] | None = None
     outcomeTimestamp: dt.datetime = Field(strict=True)  # RFC 3339 text (strict: not a Unix number)
+    extension: dict[str, Any] | None = None  # CDS Hooks extensions: accepted, not stored (careloop defines none)
 
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     feedback: list[FeedbackItem] = Field(min_length=1, max_length=100)
+    extension: dict[str, Any] | None = None
 
 
 class SwitchRequest(BaseModel):
@@ -116,8 +119,8 @@ class SwitchRequest(BaseModel):
 
 def outcome(status: int, text: str) -> JSONResponse:
     """A non-2xx answer with a FHIR OperationOutcome body (CDS Hooks 3.0 ballot recommends one)."""
-    code = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 412: "incomplete", 413: "too-costly",
-            503: "transient"}.get(
+    code = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 412: "incomplete",
+            413: "too-costly", 429: "throttled", 503: "transient"}.get(
         status, "exception"
     )
     body = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": text}]}
@@ -134,6 +137,7 @@ class Decision:
     note: str | None = None
     extra: dict = field(default_factory=dict)
     card_row: tuple | None = None  # the card to remember (StateStore.record_card_in's arguments)
+    refetch: list[str] | None = None  # not decided yet: these keys are first to be read from the FHIR server
 
 
 class Service:
@@ -205,9 +209,13 @@ class Service:
         # one scoring thread: calls queue in order (no convoy of threads on the GIL) and a call slower than its
         # deadline is answered without waiting for it
         self.scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="careloop-score")
+        # reads from EHRs' FHIR servers wait here, never on the scoring thread: a slow server delays only its calls
+        self.fetcher = ThreadPoolExecutor(max_workers=8, thread_name_prefix="careloop-fhir")
         self.pending = 0  # calls submitted to the scorer and not finished
         self._pending_lock = threading.Lock()
         self.cost_s = 0.005  # moving average of one call's scoring time: predicts the queue's wait
+        self._buckets: dict[str, tuple[float, float]] = {}  # feedback limit: client -> (tokens, at)
+        self._bucket_lock = threading.Lock()
 
     def shutdown(self) -> None:
         """Write what is queued; then, with a signing key, sign the log's head, so that cutting the tail written
@@ -312,17 +320,21 @@ class Service:
                                   card["patient"])
             if item.outcomeTimestamp.tzinfo is None:
                 return refuse(400, f"{where}.outcomeTimestamp needs a time zone (RFC 3339)", card["patient"])
+            if item.outcomeTimestamp > dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.config.clock_skew_s):
+                return refuse(400, f"{where}.outcomeTimestamp is in the future", card["patient"])
             reason = (item.overrideReason or {}).get("reason")
             offered_reasons = {c for c, _ in C.OVERRIDE_REASONS} if card["indicator"] == "warning" else set()
             if reason is not None and (not isinstance(reason, dict) or reason.get("code") not in offered_reasons):
                 return refuse(400, f"{where}.overrideReason.reason: must be one of the card's overrideReasons",
                               card["patient"])
             try:
-                row = self.store.feedback_row(service_id, json.loads(item.model_dump_json(exclude_none=True)),
-                                              client=claims.iss)
+                sent = json.loads(item.model_dump_json(exclude_none=True, exclude={"extension"}))
+                row = self.store.feedback_row(service_id, sent, client=claims.iss)
             except StateError as e:
                 return refuse(400, f"{where}: {str(e).splitlines()[0][:200]}", card["patient"])
             items.append((item, card, row))
+        # each distinct interaction is kept (the spec: "a card once ignored could later be acted upon", and the
+        # client reports each); the same one sent again is not (the unique key), so retries never double-count
         with self.store.transaction(write=True) as conn:
             new = self.store.add_feedback_rows_in(conn, [row for _, _, row in items])
             events = []
@@ -381,24 +393,47 @@ class Service:
         )
 
     # -- the scoring thread ---------------------------------------------------------------------------
-    def score(self, service_id: str, req: HookRequest, client_iss: str | None):
-        """`handle` on the scoring thread; a concurrent future. A call cancelled before it starts never runs."""
+    def score(self, service_id: str, req: HookRequest, client_iss: str | None, fetched: dict | None = None):
+        """`handle` on the scoring thread, without reading the FHIR server (a Decision with `refetch` says what to
+        read first); a concurrent future. A call cancelled before it starts never runs."""
         with self._pending_lock:
             self.pending += 1
-        fut = self.scorer.submit(self._timed_handle, service_id, req, client_iss)
+        fut = self.scorer.submit(self._timed_handle, service_id, req, client_iss, fetched)
         fut.add_done_callback(self._done)
         return fut
 
-    def _timed_handle(self, service_id: str, req: HookRequest, client_iss: str | None) -> Decision:
+    def fetch(self, req: HookRequest, keys: list[str], timeout: float) -> dict:
+        """The prefetch keys `keys`, read from the request's FHIR server within `timeout` seconds in all."""
+        assert req.fhirServer is not None and req.fhirAuthorization is not None
+        return fetch_prefetch(req.fhirServer, req.fhirAuthorization.access_token, _patient_of(req) or "", keys,
+                              templates=self.prefetch, timeout=timeout)
+
+    def _timed_handle(self, service_id: str, req: HookRequest, client_iss: str | None,
+                      fetched: dict | None) -> Decision:
         t0 = time.perf_counter()
         try:
-            return self.handle(service_id, req, None, client_iss)
+            return self.handle(service_id, req, None, client_iss, fetched=fetched, fetch=False)
         finally:
             self.cost_s = 0.9 * self.cost_s + 0.1 * (time.perf_counter() - t0)
 
     def _done(self, _fut) -> None:
         with self._pending_lock:
             self.pending -= 1
+
+    def feedback_wait(self, client: str) -> float:
+        """0 when `client` may send feedback now (one request taken from its bucket), else the seconds until it
+        may (config `feedback_limit`, per worker process)."""
+        lim = self.config.feedback_limit
+        rate = lim.per_minute / 60
+        with self._bucket_lock:
+            now = time.monotonic()
+            tokens, at = self._buckets.get(client, (float(lim.burst), now))
+            tokens = min(float(lim.burst), tokens + (now - at) * rate)
+            if tokens >= 1:
+                self._buckets[client] = (tokens - 1, now)
+                return 0.0
+            self._buckets[client] = (tokens, now)
+            return (1 - tokens) / rate
 
     def expected_wait(self) -> float:
         """Seconds a call submitted now would wait for and take on the scoring thread (the calls ahead of it, and
@@ -425,37 +460,47 @@ class Service:
         return Decision(cards, ctx.patient_id, deferral=reason, **kw)
 
     def handle(self, service_id: str, req: HookRequest, now: dt.datetime | None = None,
-               client_iss: str | None = None) -> Decision:
+               client_iss: str | None = None, *, fetched: dict | None = None, fetch: bool = True) -> Decision:
         """Score one request, or say why not; the card shown, if any, is remembered with the call (feedback names
-        it, and warnings drive repeat suppression and the daily budget)."""
+        it, and warnings drive repeat suppression and the daily budget). Data the EHR did not prefetch, or sent
+        only a page of, is read from its FHIR server first: here when `fetch`, else the Decision's `refetch` asks
+        the caller to read it (off the scoring thread) and call again with it as `fetched`."""
         now = now or dt.datetime.now(dt.UTC)
-        d = self._decide(service_id, req, now, client_iss)
+        d = self._decide(service_id, req, now, client_iss, fetched)
+        if d.refetch is not None and fetch:
+            d = self._decide(service_id, req, now, client_iss,
+                             self.fetch(req, d.refetch, self.config.deadline_ms / 1000))
         if d.cards and d.card_row is None and d.patient:
             card = d.cards[0]
             d.card_row = (card["uuid"], service_id, d.patient, self.model_key, d.score, card["indicator"], None, now)
         return d
 
-    def _decide(self, service_id: str, req: HookRequest, now: dt.datetime, client_iss: str | None) -> Decision:
-        """The decision. The EHR's FHIR server is read only when it lies under the token's issuer (the EHR's own
-        FHIR base, as Epic sets `iss`): an attacker-chosen `fhirServer` is never fetched."""
+    def _decide(self, service_id: str, req: HookRequest, now: dt.datetime, client_iss: str | None,
+                fetched: dict | None = None) -> Decision:
+        """The decision, or (`refetch`) the keys to read from the FHIR server first: those not prefetched, and those
+        prefetched as only a page of their search. The EHR's FHIR server is read only when it lies under the token's
+        issuer (the EHR's own FHIR base, as Epic sets `iss`), and only for the patient its access token is for: an
+        attacker-chosen `fhirServer` is never fetched."""
         patient = _patient_of(req)
         encounter = req.context.get("encounterId") if service_id == "readmission-risk" else None
         ctx = self.card_context(patient, encounter)
-        prefetch: dict[str, Any] = dict(req.prefetch or {})
-        missing = [k for k in self.prefetch if k not in prefetch]
-        if missing and req.fhirServer and req.fhirAuthorization and _under(req.fhirServer, client_iss):
-            prefetch |= fetch_prefetch(
-                req.fhirServer,
-                req.fhirAuthorization.access_token,
-                patient,
-                missing,
-                templates=self.prefetch,
-                timeout=self.config.deadline_ms / 1000,
-            )
+        prefetch: dict[str, Any] = dict(req.prefetch or {}) | (fetched or {})
+        absent = [k for k in self.prefetch if k not in prefetch]
         pre = collect(prefetch, patient)
+        need = [k for k in self.prefetch if k in absent or k in pre.partial]
+        if need and fetched is None and _may_fetch(req, client_iss, patient):
+            return Decision([], patient, refetch=need)
         digest = pre.digest()
         if pre.outcomes:
             return self.defer(ctx, f"the EHR could not supply {', '.join(pre.outcomes)}", digest=digest)
+        if pre.partial:
+            return self.defer(ctx, f"the EHR sent only part of {', '.join(pre.partial)} (a page of the search; the "
+                                   "model does not score part of a record)", digest=digest,
+                              extra={"partial_prefetch": pre.partial})
+        if pre.patient is None and "patient" not in pre.missing and "patient" in self.prefetch:
+            why = ("the prefetched Patient is another patient than the one in context" if pre.foreign
+                   else "the prefetched Patient could not be read")
+            return self.defer(ctx, why, digest=digest)
         if any(k in pre.missing for k in REQUIRED_KEYS):
             return self.defer(ctx, "required data (the patient and their encounters) is missing", digest=digest)
         feats = bedside_features(self.features, pre, patient, encounter, directory=self.locations, now=now)
@@ -508,7 +553,9 @@ class Service:
         out of scope once any death is recorded."""
         if feats.encounter_class not in self.index_classes:
             return "not an inpatient stay (out of scope)"
-        if feats.age is None or feats.age < self.min_age:
+        if feats.age is None:
+            return "the patient's birth date is missing (needed to check the model's age range)"
+        if feats.age < self.min_age:
             return under_age(self.min_age)
         if feats.index_us is not None:
             gone = self.excluded(disposition=feats.disposition, disposition_nubc=feats.disposition_nubc,
@@ -584,6 +631,14 @@ def outside_training(row: dict, ranges: dict) -> str | None:
         if v < lo - pad or v > hi + pad:
             far.append(col)
     return ", ".join(far[:3]) if len(far) >= 2 else None
+
+
+def _may_fetch(req: HookRequest, client_iss: str | None, patient: str | None) -> bool:
+    """May this call read the EHR's FHIR server: access granted, the server under the token's issuer, and the
+    access token (when it names its patient) for the patient in context?"""
+    auth = req.fhirAuthorization
+    return bool(req.fhirServer and auth and _under(req.fhirServer, client_iss)
+                and (auth.patient is None or auth.patient == patient))
 
 
 def _under(url: str, base: str | None) -> bool:
@@ -679,7 +734,7 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
     """One CDS Hooks call, from its headers and a coroutine function reading its body, to its answer; audited."""
     rid = headers.get("x-request-id") or str(uuidlib.uuid4())
     if service_id not in SERVICES:
-        return outcome(404, "no such CDS service (see GET /cds-services)")
+        return await _no_such_service(service, service_id, rid)
     claims = await _authenticate(service, headers, f"{service.base}/cds-services/{service_id}", service_id, rid)
     if claims is None:
         return JSONResponse({}, status_code=401)
@@ -701,8 +756,9 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
                             detail={"reason": "request too large"})
     try:
         req = HookRequest.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # the path and the expected type, never a value sent
-        msg = "body: not UTF-8 JSON" if isinstance(e, UnicodeDecodeError) else f"body: {_decode_problem(e)}"
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:  # the path and the type, never a value
+        msg = ("body: not UTF-8 JSON" if isinstance(e, UnicodeDecodeError) else "body: JSON nested too deeply"
+               if isinstance(e, RecursionError) else f"body: {_decode_problem(e)}")
         return await finish(outcome(400, msg), "cds-call", "minor", detail={"reason": msg[:200]})
     problem = _check_request(service_id, req)
     if problem:
@@ -719,15 +775,34 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
         why = "queued past the deadline" if budget <= 0 else f"overloaded: expected wait {expected * 1000:.0f} ms"
         return await finish(_json({"cards": []}), "timeout", "minor", req=req,
                             detail={"deadline_ms": service.config.deadline_ms, "reason": why})
+    until = time.monotonic() + budget
     try:
         decision = await asyncio.wait_for(asyncio.wrap_future(service.score(service_id, req, claims.iss)), budget)
+        if decision.refetch is not None:  # read from the EHR's FHIR server off the scoring thread, then score
+            left = until - time.monotonic()
+            loop = asyncio.get_running_loop()
+            fetched = await asyncio.wait_for(
+                loop.run_in_executor(service.fetcher, service.fetch, req, decision.refetch, max(left, 0.001)), left)
+            decision = await asyncio.wait_for(
+                asyncio.wrap_future(service.score(service_id, req, claims.iss, fetched)), until - time.monotonic())
     except TimeoutError:
         return await finish(_json({"cards": []}), "timeout", "minor", req=req,
                             detail={"deadline_ms": service.config.deadline_ms,
                                     "reason": "scoring (or the FHIR server) was slower than the deadline"})
+    except Exception as e:  # a defect met by some input: answered and audited, never a 500 (nor its traceback)
+        log.error("a call could not be scored: %s", type(e).__name__)
+        return await finish(_json({"cards": []}), "cds-call", "serious", req=req,
+                            detail={"reason": f"internal error while scoring ({type(e).__name__})"})
     detail = {"note": decision.note, **decision.extra} if decision.note or decision.extra else None
     return await finish(_json({"cards": decision.cards}), "cds-call", "success", req=req, decision=decision,
                         detail=detail)
+
+
+async def _no_such_service(service: Service, service_id: str, rid: str) -> Response:
+    """404 for a service this server does not have, audited like every refusal (the id sent is not quoted)."""
+    await service.audited("cds-call", "minor", request_id=rid,
+                          detail={"reason": "no such CDS service", "http_status": 404})
+    return outcome(404, "no such CDS service (see GET /cds-services)")
 
 
 def _json(body: dict) -> Response:
@@ -782,10 +857,18 @@ def create_app(service: Service) -> FastAPI:
     async def feedback(service_id: str, request: Request):
         rid = request.headers.get("x-request-id") or str(uuidlib.uuid4())
         if service_id not in SERVICES:
-            return outcome(404, "no such CDS service (see GET /cds-services)")
+            return await _no_such_service(service, service_id, rid)
         claims = await authenticate(request, f"{base}/cds-services/{service_id}/feedback", service_id, rid)
         if claims is None:
             return JSONResponse({}, status_code=401)
+        wait = service.feedback_wait(claims.iss)
+        if wait > 0:
+            await service.audited("feedback", "minor", claims=claims, service=service_id, request_id=rid,
+                                  detail={"reason": "rate limit: too much feedback from this client",
+                                          "http_status": 429})
+            answer = outcome(429, "too much feedback from this client; retry after the time in Retry-After")
+            answer.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return answer
         raw = await body_of(request)
         try:
             return await asyncio.to_thread(service.take_feedback, service_id, claims, rid, raw)
@@ -844,7 +927,8 @@ def create_app(service: Service) -> FastAPI:
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _SCHEMA_FIELDS = frozenset({"feedback", "card", "outcome", "acceptedSuggestions", "id", "overrideReason", "reason",
-                            "code", "system", "display", "userComment", "outcomeTimestamp", "enabled"})
+                            "code", "system", "display", "userComment", "outcomeTimestamp", "enabled",
+                            "extension"})
 
 
 def _validation_problem(e: ValidationError) -> str:

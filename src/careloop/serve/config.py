@@ -19,6 +19,7 @@ deadline_ms: 1500
 audit:                                       # optional: signed checkpoints of the audit chain
   signing_key_file: keys/audit-ed25519.pem   # Ed25519 private key (`careloop audit keygen`), relative to this file
   checkpoint_every: 1000                     # a checkpoint every N records
+feedback_limit: {per_minute: 600, burst: 120}  # per client and worker process; beyond it, 429 with Retry-After
 ```
 
 `load_config(path)` reports every problem with its line (`service.yaml:7: trusted_clients.0: ...`), like every
@@ -221,6 +222,14 @@ class AlertConfig(_Strict):
     deferral: Literal["card", "none"] = "card"
 
 
+class FeedbackLimit(_Strict):
+    """How much feedback one client (token issuer) may send to one worker process: a token bucket holding `burst`
+    requests, refilled at `per_minute`; a request beyond it gets 429 with Retry-After (and is audited)."""
+
+    per_minute: float = Field(default=600, gt=0)
+    burst: int = Field(default=120, ge=1)
+
+
 class AuditConfig(_Strict):
     """Signed checkpoints of the audit chain: they expose a wholesale rewrite of the chain by someone with database
     rights, which the hash chain alone cannot (`careloop audit verify --verify-key` checks them)."""
@@ -258,6 +267,7 @@ class ServiceConfig(_Strict):
     alert: AlertConfig = Field(default_factory=AlertConfig)
     deadline_ms: int = Field(default=1500, gt=0, le=60_000)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    feedback_limit: FeedbackLimit = Field(default_factory=FeedbackLimit)
 
     @field_validator("state")
     @classmethod

@@ -103,6 +103,7 @@ class Prefetched:
     batch: Batch = field(default_factory=Batch)  # their rows in the store's tables
     missing: list[str] = field(default_factory=list)  # keys absent or null
     outcomes: list[str] = field(default_factory=list)  # keys answered with an OperationOutcome
+    partial: list[str] = field(default_factory=list)  # keys answered with only a page of the search (see is_page)
     foreign: int = 0  # resources about another patient (not used)
     rejected: list[str] = field(default_factory=list)  # resources the mapping refused, with the reason
     deferred: list[Any] = field(default_factory=list)  # decoded, mapped once the index stay is known (see below)
@@ -124,15 +125,28 @@ class Prefetched:
         return h.hexdigest()
 
 
+class _Search(msgspec.Struct):
+    mode: Any = None
+
+
+class _Link(msgspec.Struct):
+    relation: Any = None
+    url: Any = None
+
+
 class _Entry(msgspec.Struct):
     resource: msgspec.Raw = msgspec.Raw(b"null")
+    search: Any = None
 
 
 class _Value(msgspec.Struct):
-    """A prefetch value's outline: its type and, for a Bundle, its entries' resources left undecoded."""
+    """A prefetch value's outline: its type and, for a Bundle, its entries' resources left undecoded, its links
+    and its total (a page of a search is not the whole record)."""
 
     resourceType: Any = None
     entry: list[_Entry] | None = None
+    link: Any = None
+    total: Any = None
 
 
 _value_decoder = msgspec.json.Decoder(_Value)
@@ -144,10 +158,36 @@ class _Outcome(msgspec.Struct, tag_field="resourceType", tag="OperationOutcome")
 
 class _SearchEntry(msgspec.Struct):
     resource: M.Resource | _Outcome | None = None
+    search: _Search | None = None
 
 
 class _SearchBundle(msgspec.Struct, tag_field="resourceType", tag="Bundle"):
     entry: list[_SearchEntry] = []
+    link: list[_Link] = []
+    total: Any = None
+
+
+def _field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def next_link(link: Any) -> Any:
+    """The `next` link's url of a Bundle's `link` (decoded or parsed), or None."""
+    for lk in link if isinstance(link, list) else ():
+        if _field(lk, "relation") == "next":
+            return _field(lk, "url") or True  # a next link without a url still says there is more
+    return None
+
+
+def is_page(link: Any, total: Any, entries: Any) -> bool:
+    """Is this Bundle only part of its search: a `next` link, or a `total` above the matches it holds (entries
+    whose search mode is `match` or unstated; `include` and `outcome` entries are not counted)?"""
+    if next_link(link) is not None:
+        return True
+    if not isinstance(total, int) or isinstance(total, bool):
+        return False
+    modes = (_field(_field(e, "search"), "mode") for e in entries if isinstance(e, (dict, msgspec.Struct)))
+    return total > sum(m in (None, "match") for m in modes)
 
 
 # A well-formed prefetch value in one pass: a resource careloop maps, a Bundle of them (search warnings allowed), an
@@ -169,35 +209,51 @@ def fetch_prefetch(
     client=None,
 ) -> dict:
     """What the EHR did not prefetch, read from its FHIR server with the token it gave (never logged or kept).
-    A key that fails is left out, so the request defers rather than scoring on partial data."""
+
+    `timeout` bounds the whole fetch, every key and page together, not each request: a slow server costs at most
+    that. A key is left out, so that the request defers rather than scores on part of the record, when any of its
+    pages fails, is not a Bundle, or is not all there in `max_pages`; a `next` link is followed only on the same
+    server (scheme, host, port) and under its base path, so the token never leaves the EHR's FHIR server."""
+    import time
+
     import httpx
 
     base = fhir_server.rstrip("/")
     headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/fhir+json"}
+    until = time.monotonic() + timeout
     out: dict = {}
     own = client is None
     client = client or httpx.Client(timeout=timeout, follow_redirects=False)
+
+    def read(url: str) -> Any:
+        left = until - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        r = client.get(url, headers=headers, timeout=left)
+        return r.json() if r.status_code == 200 else None
+
     try:
         for key in keys:
-            url = f"{base}/" + templates[key].replace("{{context.patientId}}", patient_id)
             try:
-                first = client.get(url, headers=headers)
-                if first.status_code != 200:
+                doc = read(f"{base}/" + templates[key].replace("{{context.patientId}}", patient_id))
+                if not isinstance(doc, dict):
                     continue
-                doc = first.json()
-                entries = list(doc.get("entry") or []) if doc.get("resourceType") == "Bundle" else None
-                pages = 1
-                while entries is not None and pages < max_pages:
-                    nxt = next((lk.get("url") for lk in doc.get("link") or [] if lk.get("relation") == "next"), None)
-                    if not nxt or not str(nxt).startswith(base):  # never follow a link off the EHR's server
-                        break
-                    doc = client.get(nxt, headers=headers).json()
-                    entries += doc.get("entry") or []
+                if doc.get("resourceType") != "Bundle":
+                    out[key] = doc  # a read (the Patient), or an OperationOutcome: collect says what it is
+                    continue
+                entries, pages = [], 0
+                while isinstance(doc, dict) and doc.get("resourceType") == "Bundle" and pages < max_pages:
+                    found = doc.get("entry") or []
+                    entries += found if isinstance(found, list) else []
                     pages += 1
-                out[key] = (
-                    {"resourceType": "Bundle", "type": "searchset", "entry": entries} if entries is not None else doc
-                )
-            except (httpx.HTTPError, ValueError):
+                    nxt = next_link(doc.get("link"))
+                    if nxt is None:
+                        out[key] = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+                        break
+                    if not isinstance(nxt, str) or not on_server(nxt, base):
+                        break  # the rest of the search is not to be had: the key is left out
+                    doc = read(nxt)
+            except (httpx.HTTPError, ValueError, TimeoutError):
                 continue
     finally:
         if own:
@@ -205,9 +261,22 @@ def fetch_prefetch(
     return out
 
 
-def _resources(value: Any) -> list[bytes] | None:
+def on_server(url: str, base: str) -> bool:
+    """Is `url` on the FHIR server at `base`: the same scheme, host and port, and a path under the base's?"""
+    import httpx
+
+    try:
+        u, b = httpx.URL(url), httpx.URL(base)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return False
+    root = b.path.rstrip("/")
+    return ((u.scheme, u.host, u.port) == (b.scheme, b.host, b.port) and not u.userinfo
+            and (u.path == root or u.path.startswith(root + "/")) and "/../" not in u.path + "/")
+
+
+def _resources(value: Any) -> tuple[list[bytes] | None, bool]:
     """A prefetch value's resources as JSON bytes: the resource itself, or a Bundle's entries (None for an
-    OperationOutcome, [] for null or anything that is not a resource)."""
+    OperationOutcome, [] for null or anything that is not a resource); and whether it is only a page of its search."""
     if isinstance(value, (bytes, msgspec.Raw)):
         raw = bytes(value)
         try:
@@ -215,28 +284,30 @@ def _resources(value: Any) -> list[bytes] | None:
         except msgspec.DecodeError:  # not an object, or an odd Bundle (e.g. a non-list entry): read it generally
             try:
                 return _resources(orjson.loads(raw))
-            except orjson.JSONDecodeError:
-                return []
+            except (orjson.JSONDecodeError, RecursionError):
+                return [], False
         if outline.resourceType == "OperationOutcome":
-            return None
+            return None, False
         if outline.resourceType == "Bundle":
             raws = [bytes(e.resource) for e in outline.entry or ()]
-            return [r for r in raws if r[:1] == b"{"]
-        return [raw] if isinstance(outline.resourceType, str) else []
+            return [r for r in raws if r[:1] == b"{"], is_page(outline.link, outline.total, outline.entry or [])
+        return ([raw] if isinstance(outline.resourceType, str) else []), False
     if not isinstance(value, dict):
-        return []
+        return [], False
     if value.get("resourceType") == "OperationOutcome":
-        return None
-    items = value.get("entry") if value.get("resourceType") == "Bundle" else [{"resource": value}]
+        return None, False
+    bundle = value.get("resourceType") == "Bundle"
+    items = value.get("entry") if bundle else [{"resource": value}]
+    items = items if isinstance(items, list) else []
     out = []
-    for e in items if isinstance(items, list) else []:
+    for e in items:
         r = e.get("resource") if isinstance(e, dict) else None
         if isinstance(r, dict):
             try:
                 out.append(orjson.dumps(r))
             except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits: refused like the mapping
                 out.append(b"{}")
-    return out
+    return out, bundle and is_page(value.get("link"), value.get("total"), items)
 
 
 def _about(res: Any, patient_id: str) -> bool:
@@ -269,7 +340,9 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
         value = prefetch.get(key)
         if key in prefetch:
             out.received.append((key, value if isinstance(value, (bytes, msgspec.Raw)) else _dumps(value)))
-        items = _decoded(value)
+        items, page = _decoded(value)
+        if page:
+            out.partial.append(key)
         if items is None:
             out.outcomes.append(key)
             continue
@@ -343,29 +416,30 @@ def _dumps(value: Any) -> bytes:
 _MISSING: list = []  # a sentinel: the key is absent or null
 
 
-def _decoded(value: Any) -> list | None:
+def _decoded(value: Any) -> tuple[list | None, bool]:
     """A prefetch value's resources, decoded (each a resource Struct, or the Skip or Reject that says why not);
-    `_MISSING` for an absent or null value, None for an OperationOutcome."""
+    `_MISSING` for an absent or null value, None for an OperationOutcome; and whether the value is only a page of
+    its search (a Bundle with a `next` link, or fewer matches than its `total`)."""
     if value is None:
-        return _MISSING
+        return _MISSING, False
     if isinstance(value, (bytes, msgspec.Raw)):
         try:
             fast = _fast_value.decode(value)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             pass  # read it resource by resource below, to say what is wrong with which
         else:
             if fast is None:
-                return _MISSING
+                return _MISSING, False
             if isinstance(fast, _Outcome):
-                return None
+                return None, False
             if isinstance(fast, _SearchBundle):
-                return [e.resource for e in fast.entry if e.resource is not None and not isinstance(e.resource,
-                                                                                                    _Outcome)]
-            return [fast]
+                return ([e.resource for e in fast.entry if e.resource is not None
+                         and not isinstance(e.resource, _Outcome)], is_page(fast.link, fast.total, fast.entry))
+            return [fast], False
         if bytes(value).strip() == b"null":
-            return _MISSING
-    items = _resources(value)
-    return None if items is None else [_decode_one(raw) for raw in items]
+            return _MISSING, False
+    items, page = _resources(value)
+    return (None if items is None else [_decode_one(raw) for raw in items]), page
 
 
 def _decode_one(raw: bytes) -> Any:
@@ -373,6 +447,8 @@ def _decode_one(raw: bytes) -> Any:
         return decode(raw)
     except (Skip, Reject) as e:
         return e
+    except RecursionError:
+        return Reject("malformed resource", "nested too deeply")
 
 
 @dataclass

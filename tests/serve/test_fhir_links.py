@@ -1,0 +1,162 @@
+"""Reading the EHR's FHIR server safely: the access token goes only to that server (a `next` link elsewhere is not
+followed), the whole read keeps one deadline, an odd answer leaves the key out (the call defers, never a 500), and
+a prefetched page of a search is recognised as a page. The servers are real HTTP servers on loopback."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import msgspec
+import orjson
+import pytest
+
+from careloop.serve.features import PREFETCH, collect, fetch_prefetch, is_page, on_server
+
+TOKEN = "granted-access-token-abcdef0123456789"
+PID = "p1"
+PATIENT = {"resourceType": "Patient", "id": PID, "birthDate": "1950-01-01", "gender": "female"}
+
+
+def _encounter(i: int) -> dict:
+    return {"resourceType": "Encounter", "id": f"e{i}", "status": "finished",
+            "subject": {"reference": f"Patient/{PID}"},
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+            "period": {"start": f"2024-0{i}-01T00:00:00Z", "end": f"2024-0{i}-03T00:00:00Z"}}
+
+
+@contextmanager
+def fhir_server(answer: Callable[[str, str], tuple[int, object]]) -> Iterator[tuple[str, list]]:
+    """A FHIR server on loopback answering `answer(base, path)`; yields its base URL and the (path, bearer) seen."""
+    seen: list[tuple[str, str | None]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            status, body = answer(base, self.path)
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/fhir+json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    base = f"http://127.0.0.1:{server.server_address[1]}/fhir"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield base, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _bundle(entries: list[dict], next_url: str | None = None, total: int | None = None) -> dict:
+    b: dict = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in entries]}
+    if next_url:
+        b["link"] = [{"relation": "next", "url": next_url}]
+    if total is not None:
+        b["total"] = total
+    return b
+
+
+def test_pages_on_the_server_are_followed_and_a_link_elsewhere_never_gets_the_token():
+    with fhir_server(lambda base, path: (200, _bundle([]))) as (elsewhere, elsewhere_seen):
+        def answer(base: str, path: str) -> tuple[int, object]:
+            if path.startswith("/fhir/Encounter?patient="):
+                return 200, _bundle([_encounter(1)], f"{base}/Encounter?page=2")
+            if path == "/fhir/Encounter?page=2":
+                return 200, _bundle([_encounter(2)], f"{base}/Encounter?page=3")
+            if path == "/fhir/Encounter?page=3":
+                return 200, _bundle([_encounter(3)])
+            if path.startswith("/fhir/Condition"):
+                return 200, _bundle([], f"{elsewhere}/Condition?page=2")  # another origin: not followed
+            if path.startswith("/fhir/Procedure"):
+                return 200, _bundle([], base.replace("/fhir", "/admin") + "/x")  # off the base path: not followed
+            return 200, _bundle([])
+
+        with fhir_server(answer) as (base, seen):
+            got = fetch_prefetch(base, TOKEN, PID, ["encounters", "conditions", "procedures", "coverage"])
+    assert [e["resource"]["id"] for e in got["encounters"]["entry"]] == ["e1", "e2", "e3"]
+    assert "conditions" not in got and "procedures" not in got  # the rest cannot be had: left out, the call defers
+    assert got["coverage"]["entry"] == []
+    assert elsewhere_seen == []
+    assert {auth for _, auth in seen} == {f"Bearer {TOKEN}"}
+    assert not any(p.startswith("/admin") for p, _ in seen)
+
+
+@pytest.mark.parametrize("url, ok", [
+    ("http://127.0.0.1:5100/fhir/Encounter?page=2", True),
+    ("http://127.0.0.1:5100/fhir", True),
+    ("http://127.0.0.1:51007/fhir/Encounter", False),
+    ("https://127.0.0.1:5100/fhir/Encounter", False),
+    ("http://127.0.0.1:5100/fhirx/Encounter", False),
+    ("http://127.0.0.1:5100/admin", False),
+    ("http://user:pw@127.0.0.1:5100/fhir/Encounter", False),
+    ("http://127.0.0.1.evil.example:5100/fhir/Encounter", False),
+    ("/fhir/Encounter?page=2", False),
+])
+def test_on_server_means_same_origin_and_under_the_base(url, ok):
+    assert on_server(url, "http://127.0.0.1:5100/fhir") is ok
+
+
+def test_a_slow_server_costs_one_deadline_for_all_keys_not_one_per_request():
+    def slow(base: str, path: str) -> tuple[int, object]:
+        time.sleep(0.4)
+        return 200, _bundle([])
+
+    with fhir_server(slow) as (base, _):
+        t0 = time.perf_counter()
+        got = fetch_prefetch(base, TOKEN, PID, list(PREFETCH), timeout=1.0)
+        took = time.perf_counter() - t0
+    assert took < 1.3, took  # seven keys at 0.4 s each would be 2.8 s
+    assert len(got) < len(PREFETCH)
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b"not json", {"resourceType": "Bundle", "link": ["next"], "entry": 3},
+                                  {"resourceType": "Bundle", "entry": [{"resource": _encounter(1)}],
+                                   "link": [{"relation": "next", "url": 7}]}])
+def test_an_odd_answer_leaves_its_key_out_without_an_error(body):
+    with fhir_server(lambda base, path: (200, body)) as (base, _):
+        got = fetch_prefetch(base, TOKEN, PID, ["encounters"])
+    if isinstance(body, dict) and isinstance(body.get("link"), list) and body["link"] == ["next"]:
+        assert got["encounters"]["entry"] == []  # a link list without a next link: the search is what was sent
+    else:
+        assert "encounters" not in got
+
+
+def test_a_failed_later_page_leaves_the_key_out():
+    def answer(base: str, path: str) -> tuple[int, object]:
+        if path == "/fhir/Encounter?page=2":
+            return 500, {"resourceType": "OperationOutcome"}
+        return 200, _bundle([_encounter(1)], f"{base}/Encounter?page=2")
+
+    with fhir_server(answer) as (base, _):
+        assert fetch_prefetch(base, TOKEN, PID, ["encounters"]) == {}
+
+
+@pytest.mark.parametrize("bundle, page", [
+    (_bundle([_encounter(1)]), False),
+    (_bundle([_encounter(1)], next_url="http://x/fhir/Encounter?page=2"), True),
+    (_bundle([_encounter(1)], total=1), False),
+    (_bundle([_encounter(1)], total=2), True),
+    ({**_bundle([_encounter(1)], total=1), "entry": [{"resource": _encounter(1), "search": {"mode": "match"}},
+                                                    {"resource": PATIENT, "search": {"mode": "include"}}]}, False),
+    ({**_bundle([_encounter(1)], total=2), "entry": [{"resource": _encounter(1), "search": {"mode": "match"}},
+                                                    {"resource": PATIENT, "search": {"mode": "include"}}]}, True),
+    ({**_bundle([_encounter(1)]), "link": [{"relation": "self", "url": "http://x"}]}, False),
+])
+def test_a_page_of_a_search_is_recognised_parsed_or_raw(bundle, page):
+    assert is_page(bundle.get("link"), bundle.get("total"), bundle["entry"]) is page
+    for value in (bundle, msgspec.Raw(orjson.dumps(bundle))):  # the fast path and the general one agree
+        pre = collect({"patient": PATIENT, "encounters": value}, PID)
+        assert pre.partial == (["encounters"] if page else [])
+        assert [ident for ident, _ in pre.used] == [("Patient", PID), ("Encounter", "e1")]
