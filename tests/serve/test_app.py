@@ -407,7 +407,9 @@ def test_kill_switch_needs_an_admin_and_takes_effect_at_once(running, chosen, ke
     url = f"{running.url}/admin/models/{key}/enabled"
     pem, kid = keys["rsa"]
     ehr = bearer(pem, kid, url)
-    assert httpx.post(url, json={"enabled": False}, headers=ehr).status_code == 401
+    assert httpx.post(url, json={"enabled": False}, headers=ehr).status_code == 403  # C-19: an EHR token, refused
+    assert httpx.post(url, json={"enabled": False}).status_code == 401  # no credential at all
+    assert httpx.post(url, json={"enabled": False}, headers={"Authorization": "Bearer guess"}).status_code == 401
     admin = {"Authorization": f"Bearer {ADMIN_SECRET}"}
     assert httpx.post(url, json={"enabled": False}, headers=admin).json()["enabled"] is False
     body = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))

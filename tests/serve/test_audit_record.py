@@ -120,7 +120,7 @@ def test_admin_refusals_are_audited(setup):
     admin = {"Authorization": f"Bearer {ADMIN_SECRET}"}
     ehr_status = bearer(*running.keys, f"{running.url}/admin/status")
     cases = [
-        (lambda: httpx.get(f"{running.url}/admin/status", headers=ehr_status), 401, "auth-failure"),
+        (lambda: httpx.get(f"{running.url}/admin/status", headers=ehr_status), 403, "auth-failure"),
         (lambda: httpx.post(switch, json={"enabled": "maybe"}, headers=admin), 400, "admin-change"),
         (lambda: httpx.post(f"{running.url}/admin/models/{'0' * 12}/enabled", json={"enabled": False},
                             headers=admin), 404, "admin-change"),
@@ -129,7 +129,7 @@ def test_admin_refusals_are_audited(setup):
         before = len(running.service.audit.records())
         assert send().status_code == status
         new = running.service.audit.records()[before:]
-        assert [(x["kind"], x["outcome"]) for x in new] == [(kind, "serious" if status == 401 else "minor")]
+        assert [(x["kind"], x["outcome"]) for x in new] == [(kind, "serious" if kind == "auth-failure" else "minor")]
     assert running.service.store.enabled(running.service.model_key)
 
 

@@ -883,7 +883,7 @@ def create_app(service: Service) -> FastAPI:
             who = service.admin.check(request.headers.get("authorization"))
         except AuthError as e:
             await service.audited("auth-failure", "serious", detail={"reason": str(e.reason)[:200], "route": "admin"})
-            return JSONResponse({}, status_code=401)
+            return JSONResponse({}, status_code=403 if e.forbidden else 401)
 
         async def refuse(status: int, text: str):
             await service.audited("admin-change", "minor", detail={"by": who, "reason": text, "http_status": status})
@@ -907,7 +907,7 @@ def create_app(service: Service) -> FastAPI:
             service.admin.check(request.headers.get("authorization"))
         except AuthError as e:
             await service.audited("auth-failure", "serious", detail={"reason": str(e.reason)[:200], "route": "admin"})
-            return JSONResponse({}, status_code=401)
+            return JSONResponse({}, status_code=403 if e.forbidden else 401)
         v = await asyncio.to_thread(service.audit.verify)
         return {
             "model": service.model_key,

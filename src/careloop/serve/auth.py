@@ -73,10 +73,12 @@ class AuthError(CareloopError):
     the signature check), `jti` is set when the signature verified (a replay).
     """
 
-    def __init__(self, reason: str, *, iss: str | None = None, jti: str | None = None) -> None:
+    def __init__(self, reason: str, *, iss: str | None = None, jti: str | None = None,
+                 forbidden: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.iss = iss
+        self.forbidden = forbidden  # authenticated as something that may never do this (403)
         self.jti = jti
 
 
@@ -470,8 +472,11 @@ class AdminAuth:
         if self.admin is None or self._digest is None:
             raise AuthError("no administrator credential is configured: administrator routes are closed")
         secret = _bearer(authorization_header)
+        if _COMPACT.fullmatch(secret):  # a JWT: what EHRs carry, never the administrator credential (403, not 401)
+            raise AuthError("a JWT on an administrator route: EHR tokens are not administrator credentials",
+                            forbidden=True)
         given = hashlib.sha256(secret.encode()).digest()
-        if not hmac.compare_digest(given, self._digest) or _COMPACT.fullmatch(secret):
+        if not hmac.compare_digest(given, self._digest):
             raise AuthError("not the administrator credential")
         return self.admin.name
 
