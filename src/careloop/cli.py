@@ -672,6 +672,11 @@ def serve(
                   + (f", {workers} workers" if workers > 1 else "")
                   + (", one CPU each" if workers > 1 and pin_cpus else "") + ")"
                   + (f"; dashboard at http://{host}:{port}/dashboard" if dashboard else ""), highlight=False)
+    if service.audit.signing_key is None:
+        console.print("warning: no audit.signing_key_file in the config: the hash chain shows an edited, deleted or "
+                      "reordered record, but not the newest records cut off; sign checkpoints (`careloop audit "
+                      "keygen`) or keep the head that `careloop audit verify` prints and pass it as --expect",
+                      highlight=False)
     if workers == 1:
         uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
         return
