@@ -170,3 +170,17 @@ def test_a_prefetch_of_one_page_is_read_whole_from_the_fhir_server_or_not_scored
     assert "only part of encounters" in cards[0]["detail"]
     rec = [x for x in running.service.audit.records(kind="cds-call") if x["hook_instance"] == alone["hookInstance"]]
     assert len(rec) == 1 and json.loads(rec[0]["detail"]["partial_prefetch"]) == ["encounters"], rec
+
+
+def test_an_access_token_for_another_patient_is_not_used(setup):
+    running, fhir, key, high, _ = setup
+    body = _without_prefetch(fhir, high)
+    body["fhirAuthorization"]["patient"] = "someone-else"
+    fhir.reset_stats()
+    r = _call(running, fhir, key, body)
+    assert r.status_code == 200 and "required data" in r.json()["cards"][0]["detail"]
+    assert not fhir.stats()["requests"]
+    body = _without_prefetch(fhir, high)
+    body["fhirAuthorization"]["patient"] = high["patient_id"]
+    r = _call(running, fhir, key, body)
+    assert r.status_code == 200 and r.json()["cards"][0]["indicator"] == "warning"
