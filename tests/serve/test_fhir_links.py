@@ -103,6 +103,14 @@ def test_pages_on_the_server_are_followed_and_a_link_elsewhere_never_gets_the_to
     ("http://user:pw@127.0.0.1:5100/fhir/Encounter", False),
     ("http://127.0.0.1.evil.example:5100/fhir/Encounter", False),
     ("/fhir/Encounter?page=2", False),
+    ("http://127.0.0.1:5100/fhir/../admin", False),
+    ("http://127.0.0.1:5100/fhir/..;/admin", False),  # Java servers strip the ";" parameter: "/fhir/../admin"
+    ("http://127.0.0.1:5100/fhir/%2e%2e/admin", False),
+    ("http://127.0.0.1:5100/fhir/..%2fadmin", False),
+    ("http://127.0.0.1:5100/fhir/..\\admin", False),  # some servers take a backslash for a slash
+    ("http://127.0.0.1:5100/fhir/%5c..%5cadmin", False),
+    ("http://127.0.0.1:5100/fhir/Encounter;jsessionid=1?page=2", True),
+    ("http://127.0.0.1:5100/fhir/Encounter?page=2&q=..", True),  # dots in the query are data, not a path
 ])
 def test_on_server_means_same_origin_and_under_the_base(url, ok):
     assert on_server(url, "http://127.0.0.1:5100/fhir") is ok
@@ -153,6 +161,13 @@ def test_a_failed_later_page_leaves_the_key_out():
     ({**_bundle([_encounter(1)], total=2), "entry": [{"resource": _encounter(1), "search": {"mode": "match"}},
                                                     {"resource": PATIENT, "search": {"mode": "include"}}]}, True),
     ({**_bundle([_encounter(1)]), "link": [{"relation": "self", "url": "http://x"}]}, False),
+    ({**_bundle([_encounter(1)]), "link": [{"relation": "first", "url": "http://x"}]}, False),
+    ({**_bundle([_encounter(1)]), "link": [{"relation": "previous", "url": "http://x"}]}, True),  # the last page
+    ({**_bundle([_encounter(1)]), "link": [{"relation": "prev", "url": "http://x"}]}, True),
+    ({**_bundle([_encounter(1)]), "total": "2"}, True),  # a lax server's total is read as meant
+    ({**_bundle([_encounter(1)]), "total": 2.0}, True),
+    ({**_bundle([_encounter(1)]), "total": "1"}, False),
+    ({**_bundle([_encounter(1)]), "total": "many"}, False),
 ])
 def test_a_page_of_a_search_is_recognised_parsed_or_raw(bundle, page):
     assert is_page(bundle.get("link"), bundle.get("total"), bundle["entry"]) is page
@@ -160,3 +175,68 @@ def test_a_page_of_a_search_is_recognised_parsed_or_raw(bundle, page):
         pre = collect({"patient": PATIENT, "encounters": value}, PID)
         assert pre.partial == (["encounters"] if page else [])
         assert [ident for ident, _ in pre.used] == [("Patient", PID), ("Encounter", "e1")]
+
+
+def test_a_server_that_drips_its_answer_is_abandoned_at_the_deadline():
+    """httpx's timeout bounds each network wait, not the body: a page sent a few bytes at a time would hold the
+    fetching thread for as long as the server likes, were the body not read against the clock."""
+
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            data = json.dumps(_bundle([])).encode() + b" " * 400
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for i in range(len(data)):
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.02)  # the whole answer would take ~9 s
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        t0 = time.perf_counter()
+        got = fetch_prefetch(f"http://127.0.0.1:{server.server_address[1]}/fhir", TOKEN, PID, ["encounters"],
+                             timeout=0.8)
+        took = time.perf_counter() - t0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert got == {} and took < 1.2, took
+
+
+def test_a_page_too_large_or_nested_too_deeply_leaves_its_key_out():
+    deep = b"[" * 100_000 + b"]" * 100_000
+    big = orjson.dumps(_bundle([_encounter(1)] * 200))
+
+    def answer(base: str, path: str) -> tuple[int, object]:
+        return 200, (deep if path.startswith("/fhir/Encounter") else big if path.startswith("/fhir/Condition")
+                     else _bundle([]))
+
+    with fhir_server(answer) as (base, _):
+        got = fetch_prefetch(base, TOKEN, PID, ["encounters", "conditions", "procedures"], max_bytes=len(big) - 1)
+    assert set(got) == {"procedures"}
+
+
+def test_a_search_read_short_of_its_total_stays_a_page():
+    """The server says 5 matches but its pages hold 2 (a page lost, or the search changed between pages): the rebuilt
+    Bundle keeps the total, so the call defers on it rather than scoring part of the record."""
+    def answer(base: str, path: str) -> tuple[int, object]:
+        if path == "/fhir/Encounter?page=2":
+            return 200, _bundle([_encounter(2)])
+        return 200, _bundle([_encounter(1)], f"{base}/Encounter?page=2", total=5)
+
+    with fhir_server(answer) as (base, _):
+        got = fetch_prefetch(base, TOKEN, PID, ["encounters"])
+    assert [e["resource"]["id"] for e in got["encounters"]["entry"]] == ["e1", "e2"]
+    assert collect({"patient": PATIENT, **got}, PID).partial == ["encounters"]
+    with fhir_server(lambda base, path: answer(base, path) if "page=2" in path else
+                     (200, _bundle([_encounter(1)], f"{base}/Encounter?page=2", total=2))) as (base, _):
+        got = fetch_prefetch(base, TOKEN, PID, ["encounters"])
+    assert collect({"patient": PATIENT, **got}, PID).partial == []

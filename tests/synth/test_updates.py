@@ -39,8 +39,9 @@ def test_the_nights_leave_the_bulk_export_as_it_was_and_do_not_depend_on_workers
     assert not (plain / "updates").exists()
     assert _tree(plain / "ndjson") == _tree(hospital / "ndjson")
     assert _tree(two / "updates") == _tree(hospital / "updates")
-    again = make_hospital(hospital.parent / "again", patients=600, seed=SEED, workers=1)  # no stale nights left over
-    make_hospital(again, patients=600, seed=SEED, workers=1)
+    again = make_hospital(hospital.parent / "again", patients=600, seed=SEED, workers=1, updates=True)
+    assert (again / "updates" / "day-1").is_dir()
+    make_hospital(again, patients=600, seed=SEED, workers=1)  # written again without: no stale nights left over
     assert not (again / "updates").exists()
 
 

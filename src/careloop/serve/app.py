@@ -230,6 +230,7 @@ class Service:
     def close(self) -> None:
         self.shutdown()
         self.scorer.shutdown(wait=False, cancel_futures=True)
+        self.fetcher.shutdown(wait=False, cancel_futures=True)  # a read in flight ends at its own deadline
         self.store.close()
 
     # -- audit ----------------------------------------------------------------------------------------
@@ -783,6 +784,8 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
             loop = asyncio.get_running_loop()
             fetched = await asyncio.wait_for(
                 loop.run_in_executor(service.fetcher, service.fetch, req, decision.refetch, max(left, 0.001)), left)
+            if not service.store.enabled(service.model_key):  # switched off while the FHIR server was read
+                return await finish(_json({"cards": []}), "kill-switch", "minor", req=req)
             decision = await asyncio.wait_for(
                 asyncio.wrap_future(service.score(service_id, req, claims.iss, fetched)), until - time.monotonic())
     except TimeoutError:

@@ -179,15 +179,36 @@ def next_link(link: Any) -> Any:
     return None
 
 
+def _has_previous(link: Any) -> bool:
+    """Does the Bundle link to an earlier page (`previous`, or `prev` as some servers write it): it is not the first
+    page, so the matches before it are not here."""
+    return any(_field(lk, "relation") in ("previous", "prev") for lk in (link if isinstance(link, list) else ()))
+
+
+def _count(total: Any) -> int | None:
+    """`Bundle.total` as a number: an unsignedInt, or one written as a whole float or a digit string by a lax
+    server (read as meant, not ignored); None when absent or not a count."""
+    if isinstance(total, bool):
+        return None
+    if isinstance(total, int):
+        return total
+    if isinstance(total, float) and total.is_integer():
+        return int(total)
+    if isinstance(total, str) and total.strip().isdigit():
+        return int(total)
+    return None
+
+
 def is_page(link: Any, total: Any, entries: Any) -> bool:
-    """Is this Bundle only part of its search: a `next` link, or a `total` above the matches it holds (entries
-    whose search mode is `match` or unstated; `include` and `outcome` entries are not counted)?"""
-    if next_link(link) is not None:
+    """Is this Bundle only part of its search: a `next` link, a `previous` one, or a `total` above the matches it
+    holds (entries whose search mode is `match` or unstated; `include` and `outcome` entries are not counted)?"""
+    if next_link(link) is not None or _has_previous(link):
         return True
-    if not isinstance(total, int) or isinstance(total, bool):
+    count = _count(total)
+    if count is None:
         return False
     modes = (_field(_field(e, "search"), "mode") for e in entries if isinstance(e, (dict, msgspec.Struct)))
-    return total > sum(m in (None, "match") for m in modes)
+    return count > sum(m in (None, "match") for m in modes)
 
 
 # A well-formed prefetch value in one pass: a resource careloop maps, a Bundle of them (search warnings allowed), an
@@ -206,13 +227,16 @@ def fetch_prefetch(
     templates: Mapping[str, str] = PREFETCH,
     timeout: float = 1.5,
     max_pages: int = 20,
+    max_bytes: int = 64 << 20,
     client=None,
 ) -> dict:
     """What the EHR did not prefetch, read from its FHIR server with the token it gave (never logged or kept).
 
     `timeout` bounds the whole fetch, every key and page together, not each request: a slow server costs at most
     that. A key is left out, so that the request defers rather than scores on part of the record, when any of its
-    pages fails, is not a Bundle, or is not all there in `max_pages`; a `next` link is followed only on the same
+    pages fails, is not a Bundle, is larger than `max_bytes`, or is not all there in `max_pages` (its rebuilt Bundle
+    keeps the first page's `total`, so that one that says more matches than were read is still seen as a page: the
+    caller defers on it); a `next` link is followed only on the same
     server (scheme, host, port) and under its base path, so the token never leaves the EHR's FHIR server."""
     import time
 
@@ -226,11 +250,22 @@ def fetch_prefetch(
     client = client or httpx.Client(timeout=timeout, follow_redirects=False)
 
     def read(url: str) -> Any:
+        """One page, streamed against the clock: httpx's timeout bounds each network wait, not the whole body, so a
+        server that drips its answer would otherwise hold this thread long past the deadline."""
         left = until - time.monotonic()
         if left <= 0:
             raise TimeoutError
-        r = client.get(url, headers=headers, timeout=left)
-        return r.json() if r.status_code == 200 else None
+        with client.stream("GET", url, headers=headers, timeout=left) as r:
+            if r.status_code != 200:
+                return None
+            body = bytearray()
+            for chunk in r.iter_bytes():
+                body += chunk
+                if time.monotonic() > until:
+                    raise TimeoutError
+                if len(body) > max_bytes:
+                    raise ValueError("a FHIR page larger than max_bytes")
+        return orjson.loads(body)  # orjson refuses JSON nested too deeply (a JSONDecodeError, a ValueError)
 
     try:
         for key in keys:
@@ -241,7 +276,7 @@ def fetch_prefetch(
                 if doc.get("resourceType") != "Bundle":
                     out[key] = doc  # a read (the Patient), or an OperationOutcome: collect says what it is
                     continue
-                entries, pages = [], 0
+                entries, pages, total = [], 0, doc.get("total")
                 while isinstance(doc, dict) and doc.get("resourceType") == "Bundle" and pages < max_pages:
                     found = doc.get("entry") or []
                     entries += found if isinstance(found, list) else []
@@ -249,11 +284,13 @@ def fetch_prefetch(
                     nxt = next_link(doc.get("link"))
                     if nxt is None:
                         out[key] = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+                        if total is not None:
+                            out[key]["total"] = total
                         break
                     if not isinstance(nxt, str) or not on_server(nxt, base):
                         break  # the rest of the search is not to be had: the key is left out
                     doc = read(nxt)
-            except (httpx.HTTPError, ValueError, TimeoutError):
+            except (httpx.HTTPError, ValueError, TimeoutError, RecursionError):
                 continue
     finally:
         if own:
@@ -271,7 +308,16 @@ def on_server(url: str, base: str) -> bool:
         return False
     root = b.path.rstrip("/")
     return ((u.scheme, u.host, u.port) == (b.scheme, b.host, b.port) and not u.userinfo
-            and (u.path == root or u.path.startswith(root + "/")) and "/../" not in u.path + "/")
+            and (u.path == root or u.path.startswith(root + "/")) and not _climbs(u.raw_path.split(b"?")[0]))
+
+
+def _climbs(raw_path: bytes) -> bool:
+    """Could a server read this path as leaving the directory it names: a dot segment, written plainly, encoded
+    (`%2e`), or with parameters (`..;x`, which Java servers strip), or a backslash (which some take for a slash)?"""
+    from urllib.parse import unquote
+
+    path = unquote(raw_path.decode("ascii", "replace"))
+    return "\\" in path or any(seg.split(";")[0] in (".", "..") for seg in path.split("/"))
 
 
 def _resources(value: Any) -> tuple[list[bytes] | None, bool]:
