@@ -203,9 +203,11 @@ def test_the_kill_switch_flipped_while_the_fhir_server_is_read_stops_that_call(s
     url = f"{running.url}/admin/models/{service.model_key[:12]}/enabled"
     admin = {"Authorization": f"Bearer {ADMIN_SECRET}"}
 
-    def fetch_then_switch_off(*args, **kw):
-        got = real_fetch(*args, **kw)
-        assert httpx.post(url, json={"enabled": False}, headers=admin, timeout=10).json()["enabled"] is False
+    async def fetch_then_switch_off(*args, **kw):
+        got = await real_fetch(*args, **kw)
+        async with httpx.AsyncClient() as client:
+            r = await client.post(url, json={"enabled": False}, headers=admin, timeout=10)
+        assert r.json()["enabled"] is False
         return got
 
     service.fetch = fetch_then_switch_off
@@ -221,15 +223,3 @@ def test_the_kill_switch_flipped_while_the_fhir_server_is_read_stops_that_call(s
     r = _call(running, fhir, key, body)
     assert [c["indicator"] for c in r.json()["cards"]] == ["warning"], _audited(running, body)
 
-
-def test_closing_the_service_stops_its_fhir_readers(trained_bundle, tmp_path):
-    from careloop.serve.app import Service
-    from careloop.serve.config import load_config
-
-    cfg = _write_config(tmp_path, state=f"sqlite:///{tmp_path / 'state.db'}", jwks={"keys": [make_rsa_key()[1]]},
-                        port=free_port())
-    service = Service(trained_bundle, load_config(cfg))
-    assert service.fetcher.submit(lambda: 7).result() == 7
-    service.close()
-    with pytest.raises(RuntimeError):  # no FHIR read can start on a closed service
-        service.fetcher.submit(lambda: 7)

@@ -49,6 +49,7 @@ from careloop.serve.features import (
     fetch_prefetch,
     location_names,
     prefetch_templates,
+    read_prefetch,
 )
 from careloop.serve.journal import Journal, Work
 from careloop.state import StateError
@@ -209,8 +210,6 @@ class Service:
         # one scoring thread: calls queue in order (no convoy of threads on the GIL) and a call slower than its
         # deadline is answered without waiting for it
         self.scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="careloop-score")
-        # reads from EHRs' FHIR servers wait here, never on the scoring thread: a slow server delays only its calls
-        self.fetcher = ThreadPoolExecutor(max_workers=8, thread_name_prefix="careloop-fhir")
         self.pending = 0  # calls submitted to the scorer and not finished
         self._pending_lock = threading.Lock()
         self.cost_s = 0.005  # moving average of one call's scoring time: predicts the queue's wait
@@ -230,7 +229,6 @@ class Service:
     def close(self) -> None:
         self.shutdown()
         self.scorer.shutdown(wait=False, cancel_futures=True)
-        self.fetcher.shutdown(wait=False, cancel_futures=True)  # a read in flight ends at its own deadline
         self.store.close()
 
     # -- audit ----------------------------------------------------------------------------------------
@@ -403,11 +401,12 @@ class Service:
         fut.add_done_callback(self._done)
         return fut
 
-    def fetch(self, req: HookRequest, keys: list[str], timeout: float) -> dict:
-        """The prefetch keys `keys`, read from the request's FHIR server within `timeout` seconds in all."""
+    async def fetch(self, req: HookRequest, keys: list[str], timeout: float) -> dict:
+        """The prefetch keys `keys`, read from the request's FHIR server within `timeout` seconds in all (on the
+        event loop: a slow server delays only its own call, and holds no thread)."""
         assert req.fhirServer is not None and req.fhirAuthorization is not None
-        return fetch_prefetch(req.fhirServer, req.fhirAuthorization.access_token, _patient_of(req) or "", keys,
-                              templates=self.prefetch, timeout=timeout)
+        return await read_prefetch(req.fhirServer, req.fhirAuthorization.access_token, _patient_of(req) or "", keys,
+                                   templates=self.prefetch, timeout=timeout)
 
     def _timed_handle(self, service_id: str, req: HookRequest, client_iss: str | None,
                       fetched: dict | None) -> Decision:
@@ -469,8 +468,10 @@ class Service:
         now = now or dt.datetime.now(dt.UTC)
         d = self._decide(service_id, req, now, client_iss, fetched)
         if d.refetch is not None and fetch:
-            d = self._decide(service_id, req, now, client_iss,
-                             self.fetch(req, d.refetch, self.config.deadline_ms / 1000))
+            assert req.fhirServer is not None and req.fhirAuthorization is not None
+            d = self._decide(service_id, req, now, client_iss, fetch_prefetch(
+                req.fhirServer, req.fhirAuthorization.access_token, _patient_of(req) or "", d.refetch,
+                templates=self.prefetch, timeout=self.config.deadline_ms / 1000))
         if d.cards and d.card_row is None and d.patient:
             card = d.cards[0]
             d.card_row = (card["uuid"], service_id, d.patient, self.model_key, d.score, card["indicator"], None, now)
@@ -780,10 +781,7 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
     try:
         decision = await asyncio.wait_for(asyncio.wrap_future(service.score(service_id, req, claims.iss)), budget)
         if decision.refetch is not None:  # read from the EHR's FHIR server off the scoring thread, then score
-            left = until - time.monotonic()
-            loop = asyncio.get_running_loop()
-            fetched = await asyncio.wait_for(
-                loop.run_in_executor(service.fetcher, service.fetch, req, decision.refetch, max(left, 0.001)), left)
+            fetched = await service.fetch(req, decision.refetch, max(until - time.monotonic(), 0.001))
             if not service.store.enabled(service.model_key):  # switched off while the FHIR server was read
                 return await finish(_json({"cards": []}), "kill-switch", "minor", req=req)
             decision = await asyncio.wait_for(

@@ -218,7 +218,14 @@ def is_page(link: Any, total: Any, entries: Any) -> bool:
 _fast_value = msgspec.json.Decoder(M.Resource | _SearchBundle | _Outcome | None)
 
 
-def fetch_prefetch(
+def fetch_prefetch(fhir_server: str, access_token: str, patient_id: str, keys: list[str], **kw: Any) -> dict:
+    """`read_prefetch` for code outside an event loop (the same arguments)."""
+    import asyncio
+
+    return asyncio.run(read_prefetch(fhir_server, access_token, patient_id, keys, **kw))
+
+
+async def read_prefetch(
     fhir_server: str,
     access_token: str,
     patient_id: str,
@@ -228,73 +235,73 @@ def fetch_prefetch(
     timeout: float = 1.5,
     max_pages: int = 20,
     max_bytes: int = 64 << 20,
-    client=None,
 ) -> dict:
     """What the EHR did not prefetch, read from its FHIR server with the token it gave (never logged or kept).
 
-    `timeout` bounds the whole fetch, every key and page together, not each request: a slow server costs at most
-    that. A key is left out, so that the request defers rather than scores on part of the record, when any of its
-    pages fails, is not a Bundle, is larger than `max_bytes`, or is not all there in `max_pages` (its rebuilt Bundle
-    keeps the first page's `total`, so that one that says more matches than were read is still seen as a page: the
-    caller defers on it); a `next` link is followed only on the same
-    server (scheme, host, port) and under its base path, so the token never leaves the EHR's FHIR server."""
-    import time
+    The keys are read at once, each on its own connection, so the wait is the slowest search, not the sum of all;
+    `timeout` bounds the whole read: at that time the reads still under way are cancelled (nothing is left waiting
+    on a slow or dripping server) and the keys already read are kept. A key is left out, so that the request defers
+    rather than scores on part of the record, when any of its pages fails, is not a Bundle, is larger than
+    `max_bytes`, or is not all there in `max_pages` (its rebuilt Bundle keeps the first page's `total`, so that one
+    that says more matches than were read is still seen as a page: the caller defers on it); a `next` link is
+    followed only on the same server (scheme, host, port) and under its base path, so the token never leaves the
+    EHR's FHIR server."""
+    import asyncio
 
     import httpx
 
     base = fhir_server.rstrip("/")
     headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/fhir+json"}
-    until = time.monotonic() + timeout
-    out: dict = {}
-    own = client is None
-    client = client or httpx.Client(timeout=timeout, follow_redirects=False)
 
-    def read(url: str) -> Any:
-        """One page, streamed against the clock: httpx's timeout bounds each network wait, not the whole body, so a
-        server that drips its answer would otherwise hold this thread long past the deadline."""
-        left = until - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        with client.stream("GET", url, headers=headers, timeout=left) as r:
+    async def read(client: httpx.AsyncClient, url: str) -> Any:
+        async with client.stream("GET", url, headers=headers) as r:
             if r.status_code != 200:
                 return None
             body = bytearray()
-            for chunk in r.iter_bytes():
+            async for chunk in r.aiter_bytes():
                 body += chunk
-                if time.monotonic() > until:
-                    raise TimeoutError
                 if len(body) > max_bytes:
                     raise ValueError("a FHIR page larger than max_bytes")
         return orjson.loads(body)  # orjson refuses JSON nested too deeply (a JSONDecodeError, a ValueError)
 
-    try:
-        for key in keys:
-            try:
-                doc = read(f"{base}/" + templates[key].replace("{{context.patientId}}", patient_id))
-                if not isinstance(doc, dict):
-                    continue
-                if doc.get("resourceType") != "Bundle":
-                    out[key] = doc  # a read (the Patient), or an OperationOutcome: collect says what it is
-                    continue
-                entries, pages, total = [], 0, doc.get("total")
-                while isinstance(doc, dict) and doc.get("resourceType") == "Bundle" and pages < max_pages:
-                    found = doc.get("entry") or []
-                    entries += found if isinstance(found, list) else []
-                    pages += 1
-                    nxt = next_link(doc.get("link"))
-                    if nxt is None:
-                        out[key] = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
-                        if total is not None:
-                            out[key]["total"] = total
-                        break
-                    if not isinstance(nxt, str) or not on_server(nxt, base):
-                        break  # the rest of the search is not to be had: the key is left out
-                    doc = read(nxt)
-            except (httpx.HTTPError, ValueError, TimeoutError, RecursionError):
-                continue
-    finally:
-        if own:
-            client.close()
+    async def search(client: httpx.AsyncClient, key: str) -> Any:
+        """The key's value (a read, or a searchset Bundle holding every page), or None when not to be had whole."""
+        try:
+            doc = await read(client, f"{base}/" + templates[key].replace("{{context.patientId}}", patient_id))
+            if not isinstance(doc, dict):
+                return None
+            if doc.get("resourceType") != "Bundle":
+                return doc  # a read (the Patient), or an OperationOutcome: collect says what it is
+            entries, pages, total = [], 0, doc.get("total")
+            while isinstance(doc, dict) and doc.get("resourceType") == "Bundle" and pages < max_pages:
+                found = doc.get("entry") or []
+                entries += found if isinstance(found, list) else []
+                pages += 1
+                nxt = next_link(doc.get("link"))
+                if nxt is None:
+                    whole = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+                    return whole if total is None else whole | {"total": total}
+                if not isinstance(nxt, str) or not on_server(nxt, base):
+                    return None  # the rest of the search is not to be had
+                doc = await read(client, nxt)
+        except (httpx.HTTPError, ValueError, RecursionError):
+            pass
+        return None
+
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False,
+                                 limits=httpx.Limits(max_connections=len(keys) or 1)) as client:
+        tasks = {key: asyncio.create_task(search(client, key)) for key in keys}
+        try:
+            if tasks:
+                await asyncio.wait(tasks.values(), timeout=timeout)
+        finally:  # at the deadline, or when the caller gives up: no read outlives the call
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+    out: dict = {}
+    for key, task in tasks.items():
+        if task.done() and not task.cancelled() and task.result() is not None:
+            out[key] = task.result()
     return out
 
 
