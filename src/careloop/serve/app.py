@@ -47,6 +47,7 @@ from careloop.serve.features import (
     collect,
     evaluator,
     fetch_prefetch,
+    fhir_tls,
     location_names,
     prefetch_templates,
     read_prefetch,
@@ -210,6 +211,7 @@ class Service:
         # one scoring thread: calls queue in order (no convoy of threads on the GIL) and a call slower than its
         # deadline is answered without waiting for it
         self.scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="careloop-score")
+        fhir_tls()  # built now, not by the first call that reads a FHIR server (on the event loop)
         self.pending = 0  # calls submitted to the scorer and not finished
         self._pending_lock = threading.Lock()
         self.cost_s = 0.005  # moving average of one call's scoring time: predicts the queue's wait
