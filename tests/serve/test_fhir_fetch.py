@@ -97,6 +97,7 @@ def test_a_fhir_server_slower_than_the_deadline_gets_an_empty_answer_in_time_and
     recs = [x for x in running.service.audit.records(kind="timeout")
             if body["hookInstance"] in json.dumps(x, default=str)]
     assert len(recs) == 1 and "slower than the deadline" in json.dumps(recs[0], default=str)
+    assert set(json.loads(recs[0]["detail"]["missing_prefetch"])) == set(running.service.prefetch)  # none was read
     time.sleep(DEADLINE_MS / 1000)  # the abandoned read ends (its own timeout is the deadline)
 
 
@@ -223,3 +224,51 @@ def test_the_kill_switch_flipped_while_the_fhir_server_is_read_stops_that_call(s
     r = _call(running, fhir, key, body)
     assert [c["indicator"] for c in r.json()["cards"]] == ["warning"], _audited(running, body)
 
+
+
+def test_a_key_neither_sent_nor_read_defers_and_is_named(setup):
+    """Scoring without a key the EHR did not send would understate the history (no conditions: a lower risk, no
+    card). Without FHIR access, or when the FHIR server fails on it, the call defers and names the key."""
+    running, fhir, key, high, res = setup
+    pf = {k: v for k, v in prefetch_of(res).items() if k != "conditions"}
+    alone = hook_request(high["patient_id"], high["encounter_id"], pf)
+    r = _call(running, fhir, key, alone)
+    cards = r.json()["cards"]
+    assert r.status_code == 200 and [c["indicator"] for c in cards] == ["info"], _audited(running, alone)
+    assert "conditions were not sent by the EHR" in cards[0]["detail"]
+    rec = _audited(running, alone)
+    assert len(rec) == 1 and json.loads(rec[0]["detail"]["missing_prefetch"]) == ["conditions"]
+    body = _without_prefetch(fhir, high) | {"prefetch": pf}
+    fhir.inject_fault(500, count=3)  # the one read this call makes (Condition) fails
+    try:
+        r = _call(running, fhir, key, body)
+    finally:
+        fhir.clear_faults()
+    cards = r.json()["cards"]
+    assert [c["indicator"] for c in cards] == ["info"], _audited(running, body)
+    assert "conditions could not be read whole from the EHR's FHIR server" in cards[0]["detail"]
+    body = _without_prefetch(fhir, high) | {"prefetch": pf}  # the server answers again: scored as from prefetch
+    assert [c["indicator"] for c in _call(running, fhir, key, body).json()["cards"]] == ["warning"]
+
+
+def test_the_service_reads_fhir_servers_through_one_client_closed_at_shutdown(trained_bundle, tmp_path):
+    import asyncio
+
+    from careloop.serve.app import Service
+    from careloop.serve.config import load_config
+
+    cfg = _write_config(tmp_path, state=f"sqlite:///{tmp_path / 'state.db'}", jwks={"keys": [make_rsa_key()[1]]},
+                        port=free_port())
+    service = Service(trained_bundle, load_config(cfg))
+
+    async def serve_and_stop():
+        client = service.fhir_client()
+        assert service.fhir_client() is client  # calls share its connections and its limit
+        await service.close_fhir_client()
+        return client
+
+    try:
+        assert asyncio.run(serve_and_stop()).is_closed
+        assert asyncio.run(serve_and_stop()).is_closed  # a new event loop (a restart) gets a client of its own
+    finally:
+        service.close()

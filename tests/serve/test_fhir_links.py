@@ -113,6 +113,16 @@ def test_pages_on_the_server_are_followed_and_a_link_elsewhere_never_gets_the_to
     ("http://127.0.0.1:5100/fhir/..%2fadmin", False),
     ("http://127.0.0.1:5100/fhir/..\\admin", False),  # some servers take a backslash for a slash
     ("http://127.0.0.1:5100/fhir/%5c..%5cadmin", False),
+    ("http://127.0.0.1:5100/fhir/%252e%252e/admin", False),  # decoded twice by a lenient proxy: "/fhir/../admin"
+    ("http://127.0.0.1:5100/fhir/..%252fadmin", False),
+    ("http://127.0.0.1:5100/fhir/%255c..%255cadmin", False),
+    ("http://127.0.0.1:5100/fhir/\uff0e\uff0e/admin", False),  # fullwidth dots, which some servers fold to "."
+    ("http://127.0.0.1:5100/fhir/%c0%ae%c0%ae/admin", False),  # an overlong UTF-8 dot
+    ("http://127.0.0.1:5100/fhir/..%00/admin", False),
+    ("http://127.0.0.1:5100/fhir/..%20/admin", False),  # IIS trims a trailing space
+    ("http://127.0.0.1:5100/fhir/..%09/admin", False),
+    ("http://127.0.0.1:5100/fhir/Patient/p1/$everything?_count=50", True),
+    ("http://127.0.0.1:5100/fhir?_getpages=abc&_getpagesoffset=20", True),  # HAPI's paging links
     ("http://127.0.0.1:5100/fhir/Encounter;jsessionid=1?page=2", True),
     ("http://127.0.0.1:5100/fhir/Encounter?page=2&q=..", True),  # dots in the query are data, not a path
 ])
@@ -265,3 +275,79 @@ def test_the_tls_context_is_built_once_not_per_call(monkeypatch):
         for _ in range(3):
             assert fetch_prefetch(base, TOKEN, PID, ["encounters"]) == {"encounters": _bundle([])}
     assert len(loads) == 1
+
+
+def test_the_pages_of_one_call_together_are_capped():
+    """Each page is parsed on the event loop: many pages just under the page cap are refused once their sum passes
+    `max_total_bytes` (the key whose page crosses it is left out; those read before are kept)."""
+    page = orjson.dumps(_bundle([_encounter(1)] * 50))
+
+    with fhir_server(lambda base, path: (200, page)) as (base, _):
+        keys = ["encounters", "conditions", "procedures", "medications"]
+        got = fetch_prefetch(base, TOKEN, PID, keys, max_bytes=len(page), max_total_bytes=len(page) * 4)
+        assert set(got) == set(keys)
+        got = fetch_prefetch(base, TOKEN, PID, keys, max_bytes=len(page), max_total_bytes=len(page) * 2)
+    assert len(got) < len(keys)
+
+
+def test_a_shared_client_bounds_the_reads_in_flight():
+    """The service reads through one client per process: however many calls arrive without prefetch, the EHR's
+    FHIR server sees at most the client's connection limit at once."""
+    import asyncio
+
+    import httpx
+
+    from careloop.serve.features import read_prefetch
+
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def answer(base: str, path: str) -> tuple[int, object]:
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.05)
+        with lock:
+            state["now"] -= 1
+        return 200, PATIENT if path.startswith("/fhir/Patient") else _bundle([])
+
+    async def calls(base: str) -> list:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=3)) as client:
+            return await asyncio.gather(*(read_prefetch(base, TOKEN, PID, list(PREFETCH), timeout=5, client=client)
+                                          for _ in range(5)))
+
+    with fhir_server(answer) as (base, seen):
+        results = asyncio.run(calls(base))
+    assert all(set(got) == set(PREFETCH) and unread == [] for got, unread in results)
+    assert len(seen) == 5 * len(PREFETCH) and state["most"] == 3
+
+
+def test_a_search_unfinished_at_the_deadline_is_named_as_unread_not_as_failed():
+    import asyncio
+
+    from careloop.serve.features import read_prefetch
+
+    def answer(base: str, path: str) -> tuple[int, object]:
+        if path.startswith("/fhir/Observation"):
+            time.sleep(1.5)
+        if path.startswith("/fhir/Condition"):
+            return 500, {"resourceType": "OperationOutcome"}
+        return 200, PATIENT if path.startswith("/fhir/Patient") else _bundle([])
+
+    with fhir_server(answer) as (base, _):
+        got, unread = asyncio.run(read_prefetch(base, TOKEN, PID, list(PREFETCH), timeout=0.5))
+    assert unread == ["observations"]
+    assert set(got) == set(PREFETCH) - {"observations", "conditions"}  # conditions failed: left out, not unread
+
+
+def test_the_blocking_form_refuses_to_run_inside_an_event_loop():
+    import asyncio
+    import warnings
+
+    async def inside() -> None:
+        fetch_prefetch("http://127.0.0.1:9/fhir", TOKEN, PID, ["encounters"])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "coroutine was never awaited" either
+        with pytest.raises(RuntimeError, match="await read_prefetch"):
+            asyncio.run(inside())

@@ -58,8 +58,9 @@ TREATMENT_KINDS = ("cds-call", "feedback", "timeout")  # purposeOfEvent TREAT
 TEXT_DETAIL_KEYS = frozenset({
     "accepted_suggestions", "action", "alg", "aud", "band", "by", "card", "code", "count", "deadline_ms",
     "deferral_policy", "elapsed_ms", "enabled", "error", "feature_set", "field", "format", "hook", "http_status",
-    "iss", "jku", "kid", "method", "model", "model_key", "new", "note", "old", "outcome", "override_reason",
-    "override_system", "partial_prefetch", "prefetch", "reason", "route", "rows", "setting", "stage", "status",
+    "iss", "jku", "kid", "method", "missing_prefetch", "model", "model_key", "new", "note", "old", "outcome",
+    "override_reason", "override_system", "partial_prefetch", "prefetch", "reason", "route", "rows", "setting", "stage",
+    "status",
     "tenant", "threshold", "threshold_version", "upto_seq", "value", "version", "void_resources",
 })
 MAX_DETAIL_TEXT = 512

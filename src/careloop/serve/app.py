@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import httpx
 import msgspec
 import numpy as np
 import orjson
@@ -57,6 +58,7 @@ from careloop.state import StateError
 from careloop.tasks.cohort import excluded_at_index
 
 MAX_BODY = 5 * 1024 * 1024  # bytes; a larger request is refused with 413 before it is parsed
+FHIR_CONNECTIONS = 16  # per worker process: reads of EHRs' FHIR servers in flight at once (others wait their turn)
 SERVICES = {
     "readmission-risk": ("encounter-discharge", "30-day readmission risk at discharge"),
     "readmission-risk-patient-view": ("patient-view", "30-day readmission risk of the current inpatient stay"),
@@ -212,6 +214,7 @@ class Service:
         # deadline is answered without waiting for it
         self.scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="careloop-score")
         fhir_tls()  # built now, not by the first call that reads a FHIR server (on the event loop)
+        self._fhir: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
         self.pending = 0  # calls submitted to the scorer and not finished
         self._pending_lock = threading.Lock()
         self.cost_s = 0.005  # moving average of one call's scoring time: predicts the queue's wait
@@ -403,12 +406,26 @@ class Service:
         fut.add_done_callback(self._done)
         return fut
 
-    async def fetch(self, req: HookRequest, keys: list[str], timeout: float) -> dict:
-        """The prefetch keys `keys`, read from the request's FHIR server within `timeout` seconds in all (on the
-        event loop: a slow server delays only its own call, and holds no thread)."""
+    async def fetch(self, req: HookRequest, keys: list[str], timeout: float) -> tuple[dict, list[str]]:
+        """The prefetch keys `keys` read from the request's FHIR server within `timeout` seconds in all, and those
+        still unread then (on the event loop: a slow server delays only its own call, and holds no thread)."""
         assert req.fhirServer is not None and req.fhirAuthorization is not None
         return await read_prefetch(req.fhirServer, req.fhirAuthorization.access_token, _patient_of(req) or "", keys,
-                                   templates=self.prefetch, timeout=timeout)
+                                   templates=self.prefetch, timeout=timeout, client=self.fhir_client())
+
+    def fhir_client(self) -> httpx.AsyncClient:
+        """This process's client for EHRs' FHIR servers (one per event loop): its connections are reused, and at
+        most FHIR_CONNECTIONS reads are in flight, so a burst of calls without prefetch does not flood the EHR."""
+        loop = asyncio.get_running_loop()
+        if self._fhir is None or self._fhir[0] is not loop:
+            limits = httpx.Limits(max_connections=FHIR_CONNECTIONS, max_keepalive_connections=FHIR_CONNECTIONS)
+            self._fhir = (loop, httpx.AsyncClient(follow_redirects=False, verify=fhir_tls(), limits=limits))
+        return self._fhir[1]
+
+    async def close_fhir_client(self) -> None:
+        if self._fhir is not None and self._fhir[0] is asyncio.get_running_loop():
+            await self._fhir[1].aclose()
+        self._fhir = None
 
     def _timed_handle(self, service_id: str, req: HookRequest, client_iss: str | None,
                       fetched: dict | None) -> Decision:
@@ -507,6 +524,11 @@ class Service:
             return self.defer(ctx, why, digest=digest)
         if any(k in pre.missing for k in REQUIRED_KEYS):
             return self.defer(ctx, "required data (the patient and their encounters) is missing", digest=digest)
+        if absent:  # not sent, and not read: scoring without them would understate the history
+            why = ("could not be read whole from the EHR's FHIR server in time" if fetched is not None
+                   else "were not sent by the EHR, and its FHIR server could not be read")
+            return self.defer(ctx, f"{', '.join(absent)} {why} (the model does not score part of a record)",
+                              digest=digest, extra={"missing_prefetch": absent})
         feats = bedside_features(self.features, pre, patient, encounter, directory=self.locations, now=now)
         extra = {"foreign_resources": pre.foreign} if pre.foreign else {}
         if pre.batch.void:  # e.g. results withdrawn as entered-in-error: received, not read
@@ -783,7 +805,13 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
     try:
         decision = await asyncio.wait_for(asyncio.wrap_future(service.score(service_id, req, claims.iss)), budget)
         if decision.refetch is not None:  # read from the EHR's FHIR server off the scoring thread, then score
-            fetched = await service.fetch(req, decision.refetch, max(until - time.monotonic(), 0.001))
+            left = until - time.monotonic()  # the read leaves time to score what it got
+            fetched, unread = await service.fetch(req, decision.refetch,
+                                                  max(left - min(service.expected_wait() + 0.02, left / 2), 0.001))
+            if unread:  # answered now, in time, as the spec's deadline asks (keys that failed instead defer)
+                return await finish(_json({"cards": []}), "timeout", "minor", req=req, detail={
+                    "deadline_ms": service.config.deadline_ms, "missing_prefetch": unread,
+                    "reason": "the FHIR server was slower than the deadline"})
             if not service.store.enabled(service.model_key):  # switched off while the FHIR server was read
                 return await finish(_json({"cards": []}), "kill-switch", "minor", req=req)
             decision = await asyncio.wait_for(
@@ -815,7 +843,12 @@ def _json(body: dict) -> Response:
 def create_app(service: Service) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        # host name lookups for FHIR reads run on the loop's default pool and outlive a cancelled read; a pool of
+        # cpu+4 threads could be filled by one slow resolver, stalling token-key fetches that use it too
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32,
+                                                                           thread_name_prefix="careloop-io"))
         yield
+        await service.close_fhir_client()
         await asyncio.to_thread(service.shutdown)  # the queue written, the head signed
 
     app = FastAPI(

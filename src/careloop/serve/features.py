@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -233,7 +234,11 @@ def fetch_prefetch(fhir_server: str, access_token: str, patient_id: str, keys: l
     """`read_prefetch` for code outside an event loop (the same arguments)."""
     import asyncio
 
-    return asyncio.run(read_prefetch(fhir_server, access_token, patient_id, keys, **kw))
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(read_prefetch(fhir_server, access_token, patient_id, keys, **kw))[0]
+    raise RuntimeError("fetch_prefetch blocks: inside an event loop, await read_prefetch instead")
 
 
 async def read_prefetch(
@@ -245,34 +250,47 @@ async def read_prefetch(
     templates: Mapping[str, str] = PREFETCH,
     timeout: float = 1.5,
     max_pages: int = 20,
-    max_bytes: int = 64 << 20,
-) -> dict:
-    """What the EHR did not prefetch, read from its FHIR server with the token it gave (never logged or kept).
+    max_bytes: int = 8 << 20,
+    max_total_bytes: int = 32 << 20,
+    client: Any = None,
+) -> tuple[dict, list[str]]:
+    """What the EHR did not prefetch, read from its FHIR server with the token it gave (never logged or kept), and
+    the keys still unread at the deadline (the server was too slow, rather than wrong).
 
-    The keys are read at once, each on its own connection, so the wait is the slowest search, not the sum of all;
+    The keys are read at once, so the wait is the slowest search, not the sum of all;
     `timeout` bounds the whole read: at that time the reads still under way are cancelled (nothing is left waiting
     on a slow or dripping server) and the keys already read are kept. A key is left out, so that the request defers
     rather than scores on part of the record, when any of its pages fails, is not a Bundle, is larger than
-    `max_bytes`, or is not all there in `max_pages` (its rebuilt Bundle keeps the first page's `total`, so that one
+    `max_bytes` (or the call's pages together than `max_total_bytes`: each is parsed on the event loop), or is not
+    all there in `max_pages` (its rebuilt Bundle keeps the first page's `total`, so that one
     that says more matches than were read is still seen as a page: the caller defers on it); a `next` link is
     followed only on the same server (scheme, host, port) and under its base path, so the token never leaves the
-    EHR's FHIR server."""
+    EHR's FHIR server. `client`: a shared `httpx.AsyncClient` (its connections are reused and its pool limits the
+    reads in flight); by default one for this call."""
     import asyncio
+    import contextlib
+    import time
 
     import httpx
 
     base = fhir_server.rstrip("/")
+    until = time.monotonic() + timeout
+    received = [0]  # bytes of every page of this call
+    late = object()  # what a search still under way at the deadline gives
     headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/fhir+json"}
 
     async def read(client: httpx.AsyncClient, url: str) -> Any:
-        async with client.stream("GET", url, headers=headers) as r:
+        async with client.stream("GET", url, headers=headers, timeout=timeout) as r:
             if r.status_code != 200:
                 return None
             body = bytearray()
             async for chunk in r.aiter_bytes():
                 body += chunk
-                if len(body) > max_bytes:
-                    raise ValueError("a FHIR page larger than max_bytes")
+                received[0] += len(chunk)
+                if len(body) > max_bytes or received[0] > max_total_bytes:
+                    raise ValueError("FHIR pages larger than max_bytes or max_total_bytes")
+        if time.monotonic() > until:
+            raise TimeoutError  # too late to be used: not parsed (parsing holds the event loop)
         return orjson.loads(body)  # orjson refuses JSON nested too deeply (a JSONDecodeError, a ValueError)
 
     async def search(client: httpx.AsyncClient, key: str) -> Any:
@@ -295,12 +313,16 @@ async def read_prefetch(
                 if not isinstance(nxt, str) or not on_server(nxt, base):
                     return None  # the rest of the search is not to be had
                 doc = await read(client, nxt)
+        except (TimeoutError, httpx.TimeoutException):
+            return late
         except (httpx.HTTPError, ValueError, RecursionError):
             pass
         return None
 
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, verify=fhir_tls(),
-                                 limits=httpx.Limits(max_connections=len(keys) or 1)) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(httpx.AsyncClient(
+                follow_redirects=False, verify=fhir_tls(), limits=httpx.Limits(max_connections=len(keys) or 1)))
         tasks = {key: asyncio.create_task(search(client, key)) for key in keys}
         try:
             if tasks:
@@ -310,10 +332,13 @@ async def read_prefetch(
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
     out: dict = {}
+    unread = []
     for key, task in tasks.items():
-        if task.done() and not task.cancelled() and task.result() is not None:
+        if task.cancelled() or task.result() is late:
+            unread.append(key)
+        elif task.result() is not None:
             out[key] = task.result()
-    return out
+    return out, unread
 
 
 def on_server(url: str, base: str) -> bool:
@@ -329,13 +354,22 @@ def on_server(url: str, base: str) -> bool:
             and (u.path == root or u.path.startswith(root + "/")) and not _climbs(u.raw_path.split(b"?")[0]))
 
 
-def _climbs(raw_path: bytes) -> bool:
-    """Could a server read this path as leaving the directory it names: a dot segment, written plainly, encoded
-    (`%2e`), or with parameters (`..;x`, which Java servers strip), or a backslash (which some take for a slash)?"""
-    from urllib.parse import unquote
+_PATH_CHARS = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")  # RFC 3986 pchar and "/", as sent
 
-    path = unquote(raw_path.decode("ascii", "replace"))
-    return "\\" in path or any(seg.split(";")[0] in (".", "..") for seg in path.split("/"))
+
+def _climbs(raw_path: bytes) -> bool:
+    """Could a server read this path as leaving the directory it names? A dot segment, written plainly, encoded
+    (`%2e`) or with parameters (`..;x`, which Java servers strip); a backslash (which some take for a slash); or
+    anything a lenient server or proxy might decode into one: a percent sign left after one decoding (`%252e`),
+    a control character, a space, or a byte outside ASCII (`%c0%ae`, fullwidth dots)."""
+    from urllib.parse import unquote_to_bytes
+
+    if not _PATH_CHARS.fullmatch(raw_path):
+        return True
+    path = unquote_to_bytes(raw_path)
+    if any(c < 0x21 or c > 0x7E for c in path) or b"%" in path or b"\\" in path:
+        return True
+    return any(seg.split(b";")[0] in (b".", b"..") for seg in path.split(b"/"))
 
 
 def _resources(value: Any) -> tuple[list[bytes] | None, bool]:
