@@ -351,3 +351,44 @@ def test_the_blocking_form_refuses_to_run_inside_an_event_loop():
         warnings.simplefilter("error")  # no "coroutine was never awaited" either
         with pytest.raises(RuntimeError, match="await read_prefetch"):
             asyncio.run(inside())
+
+
+def test_a_cookie_the_fhir_server_sets_is_never_sent_back():
+    """The service's client is shared by every call of a process: a session cookie a gateway set while reading one
+    patient's record for one EHR must not ride along with the next call's reads."""
+    import asyncio
+
+    from careloop.serve.features import new_fhir_client, read_prefetch
+
+    cookies_seen: list[str | None] = []
+
+    class SetsCookies(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            cookies_seen.append(self.headers.get("Cookie"))
+            data = json.dumps(PATIENT if self.path.startswith("/fhir/Patient") else _bundle([])).encode()
+            self.send_response(200)
+            self.send_header("Set-Cookie", "SESSION=tenant-a-patient-p1; Path=/")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = _Server(("127.0.0.1", 0), SetsCookies)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/fhir"
+
+    async def two_calls() -> None:
+        async with new_fhir_client(4) as client:
+            for _ in range(2):
+                got, _ = await read_prefetch(base, TOKEN, PID, ["patient", "encounters"], client=client)
+                assert set(got) == {"patient", "encounters"}
+            assert not list(client.cookies.jar)
+
+    try:
+        asyncio.run(two_calls())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert cookies_seen == [None] * 4

@@ -50,6 +50,7 @@ from careloop.serve.features import (
     fetch_prefetch,
     fhir_tls,
     location_names,
+    new_fhir_client,
     prefetch_templates,
     read_prefetch,
 )
@@ -418,8 +419,7 @@ class Service:
         most FHIR_CONNECTIONS reads are in flight, so a burst of calls without prefetch does not flood the EHR."""
         loop = asyncio.get_running_loop()
         if self._fhir is None or self._fhir[0] is not loop:
-            limits = httpx.Limits(max_connections=FHIR_CONNECTIONS, max_keepalive_connections=FHIR_CONNECTIONS)
-            self._fhir = (loop, httpx.AsyncClient(follow_redirects=False, verify=fhir_tls(), limits=limits))
+            self._fhir = (loop, new_fhir_client(FHIR_CONNECTIONS))
         return self._fhir[1]
 
     async def close_fhir_client(self) -> None:

@@ -230,6 +230,20 @@ def fhir_tls() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+def new_fhir_client(connections: int) -> Any:
+    """An `httpx.AsyncClient` for reading EHRs' FHIR servers: no redirects followed (the token stays on the server
+    it was sent to), the one TLS context, at most `connections` at once, and no cookies kept. A shared client would
+    otherwise send one call's session cookie (a gateway's, set for one tenant or patient) with the next call's
+    reads, whoever they are for."""
+    import http.cookiejar
+
+    import httpx
+
+    refuse_all = http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(follow_redirects=False, verify=fhir_tls(), cookies=refuse_all,
+                             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
+
+
 def fetch_prefetch(fhir_server: str, access_token: str, patient_id: str, keys: list[str], **kw: Any) -> dict:
     """`read_prefetch` for code outside an event loop (the same arguments)."""
     import asyncio
@@ -321,8 +335,7 @@ async def read_prefetch(
 
     async with contextlib.AsyncExitStack() as stack:
         if client is None:
-            client = await stack.enter_async_context(httpx.AsyncClient(
-                follow_redirects=False, verify=fhir_tls(), limits=httpx.Limits(max_connections=len(keys) or 1)))
+            client = await stack.enter_async_context(new_fhir_client(len(keys) or 1))
         tasks = {key: asyncio.create_task(search(client, key)) for key in keys}
         try:
             if tasks:
