@@ -199,6 +199,12 @@ def test_no_prefetch_and_no_fhir_access_is_412(running, chosen):
     pf = prefetch_of(res[high[0]["patient_id"]])
     del pf["encounters"]  # a required key omitted (the client could not get it) is the same
     assert call(running, hook_request(high[0]["patient_id"], high[0]["encounter_id"], pf)).status_code == 412
+    pf = prefetch_of(res[high[0]["patient_id"]])
+    del pf["coverage"]  # so is any key the features read: scoring without it would understate the record
+    r = call(running, hook_request(high[0]["patient_id"], high[0]["encounter_id"], pf))
+    assert r.status_code == 412 and "prefetch coverage missing" in r.text
+    pf["coverage"] = None  # null: the EHR looked and found nothing, which is data
+    assert call(running, hook_request(high[0]["patient_id"], high[0]["encounter_id"], pf)).status_code == 200
 
 
 def test_child_is_out_of_scope(running, chosen):
@@ -311,7 +317,7 @@ def test_spec_hook_contexts_are_accepted(running, example):
         "readmission-risk-patient-view"
     hook = "encounter-discharge" if service == "readmission-risk" else "patient-view"
     body = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": ctx,
-            "prefetch": {"patient": None, "encounters": None}}
+            "prefetch": dict.fromkeys(running.service.prefetch)}  # every key sent, as null: no data
     r = call(running, body, service=service)
     assert r.status_code == 200, r.text
     jsonschema.validate(r.json(), RESPONSE)

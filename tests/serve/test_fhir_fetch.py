@@ -226,16 +226,15 @@ def test_the_kill_switch_flipped_while_the_fhir_server_is_read_stops_that_call(s
 
 
 
-def test_a_key_neither_sent_nor_read_defers_and_is_named(setup):
+def test_a_key_neither_sent_nor_read_is_412_or_defers_and_is_named(setup):
     """Scoring without a key the EHR did not send would understate the history (no conditions: a lower risk, no
-    card). Without FHIR access, or when the FHIR server fails on it, the call defers and names the key."""
+    card). Without FHIR access that is the spec's 412; when the FHIR server fails on it, the call defers and says
+    why; a key the EHR answered with an OperationOutcome is read from the server when access was granted."""
     running, fhir, key, high, res = setup
     pf = {k: v for k, v in prefetch_of(res).items() if k != "conditions"}
     alone = hook_request(high["patient_id"], high["encounter_id"], pf)
     r = _call(running, fhir, key, alone)
-    cards = r.json()["cards"]
-    assert r.status_code == 200 and [c["indicator"] for c in cards] == ["info"], _audited(running, alone)
-    assert "conditions were not sent by the EHR" in cards[0]["detail"]
+    assert r.status_code == 412 and "prefetch conditions missing" in r.text, r.text
     rec = _audited(running, alone)
     assert len(rec) == 1 and json.loads(rec[0]["detail"]["missing_prefetch"]) == ["conditions"]
     body = _without_prefetch(fhir, high) | {"prefetch": pf}
@@ -246,9 +245,15 @@ def test_a_key_neither_sent_nor_read_defers_and_is_named(setup):
         fhir.clear_faults()
     cards = r.json()["cards"]
     assert [c["indicator"] for c in cards] == ["info"], _audited(running, body)
-    assert "conditions could not be read whole from the EHR's FHIR server" in cards[0]["detail"]
+    assert "could not be read whole from the EHR's FHIR server: conditions (HTTP 500)" in cards[0]["detail"]
+    assert json.loads(_audited(running, body)[0]["detail"]["missing_prefetch"]) == ["conditions"]
     body = _without_prefetch(fhir, high) | {"prefetch": pf}  # the server answers again: scored as from prefetch
     assert [c["indicator"] for c in _call(running, fhir, key, body).json()["cards"]] == ["warning"]
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
+    body = _without_prefetch(fhir, high) | {"prefetch": pf | {"conditions": outcome}}
+    fhir.reset_stats()
+    assert [c["indicator"] for c in _call(running, fhir, key, body).json()["cards"]] == ["warning"]
+    assert set(fhir.stats()["requests"]) == {"/fhir/R4/Condition"}
 
 
 def test_the_service_reads_fhir_servers_through_one_client_closed_at_shutdown(trained_bundle, tmp_path):
@@ -262,13 +267,15 @@ def test_the_service_reads_fhir_servers_through_one_client_closed_at_shutdown(tr
     service = Service(trained_bundle, load_config(cfg))
 
     async def serve_and_stop():
-        client = service.fhir_client()
-        assert service.fhir_client() is client  # calls share its connections and its limit
-        await service.close_fhir_client()
-        return client
+        client = service.fhir_client("https://ehr-a.example/fhir/R4")
+        assert service.fhir_client("https://ehr-a.example/fhir/R4/tenant-2") is client  # one server: one pool
+        other = service.fhir_client("https://ehr-b.example/fhir")  # another EHR does not wait on its pool
+        assert other is not client
+        await service.close_fhir_clients()
+        return client, other
 
     try:
-        assert asyncio.run(serve_and_stop()).is_closed
-        assert asyncio.run(serve_and_stop()).is_closed  # a new event loop (a restart) gets a client of its own
+        assert all(c.is_closed for c in asyncio.run(serve_and_stop()))
+        assert all(c.is_closed for c in asyncio.run(serve_and_stop()))  # a new event loop (a restart) gets its own
     finally:
         service.close()

@@ -318,7 +318,7 @@ def test_a_shared_client_bounds_the_reads_in_flight():
 
     with fhir_server(answer) as (base, seen):
         results = asyncio.run(calls(base))
-    assert all(set(got) == set(PREFETCH) and unread == [] for got, unread in results)
+    assert all(set(r.values) == set(PREFETCH) and not r.unread and not r.failed for r in results)
     assert len(seen) == 5 * len(PREFETCH) and state["most"] == 3
 
 
@@ -335,9 +335,10 @@ def test_a_search_unfinished_at_the_deadline_is_named_as_unread_not_as_failed():
         return 200, PATIENT if path.startswith("/fhir/Patient") else _bundle([])
 
     with fhir_server(answer) as (base, _):
-        got, unread = asyncio.run(read_prefetch(base, TOKEN, PID, list(PREFETCH), timeout=0.5))
-    assert unread == ["observations"]
-    assert set(got) == set(PREFETCH) - {"observations", "conditions"}  # conditions failed: left out, not unread
+        got = asyncio.run(read_prefetch(base, TOKEN, PID, list(PREFETCH), timeout=0.5))
+    assert got.unread == ["observations"]
+    assert got.failed == {"conditions": "HTTP 500"}  # failed, with why: not unread
+    assert set(got.values) == set(PREFETCH) - {"observations", "conditions"}
 
 
 def test_the_blocking_form_refuses_to_run_inside_an_event_loop():
@@ -382,8 +383,8 @@ def test_a_cookie_the_fhir_server_sets_is_never_sent_back():
     async def two_calls() -> None:
         async with new_fhir_client(4) as client:
             for _ in range(2):
-                got, _ = await read_prefetch(base, TOKEN, PID, ["patient", "encounters"], client=client)
-                assert set(got) == {"patient", "encounters"}
+                got = await read_prefetch(base, TOKEN, PID, ["patient", "encounters"], client=client)
+                assert set(got.values) == {"patient", "encounters"}
             assert not list(client.cookies.jar)
 
     try:
@@ -392,3 +393,23 @@ def test_a_cookie_the_fhir_server_sets_is_never_sent_back():
         server.shutdown()
         server.server_close()
     assert cookies_seen == [None] * 4
+
+
+@pytest.mark.parametrize("answer, why", [
+    (lambda base, path: (403, {"resourceType": "OperationOutcome"}), "HTTP 403"),
+    (lambda base, path: (200, b"[1, 2]"), "not a FHIR resource"),
+    (lambda base, path: (200, b"{not json"), "not JSON (or nested too deeply)"),
+    (lambda base, path: (200, _bundle([_encounter(1)], "http://elsewhere.example/fhir/Encounter?page=2")),
+     "a next link off the FHIR server"),
+    (lambda base, path: (200, _bundle([_encounter(1)], f"{base}/Encounter?page=2")), "more than 20 pages"),
+])
+def test_a_key_that_cannot_be_had_says_why(answer, why):
+    """Operators tell a misconfiguration (a scope not granted, a search parameter the server lacks) from slowness
+    by the reason the audit record and the card give."""
+    import asyncio
+
+    from careloop.serve.features import read_prefetch
+
+    with fhir_server(answer) as (base, _):
+        got = asyncio.run(read_prefetch(base, TOKEN, PID, ["encounters"]))
+    assert got.failed == {"encounters": why} and not got.values and not got.unread

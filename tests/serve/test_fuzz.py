@@ -71,7 +71,7 @@ class Found:
 
 
 def _hook(pid: str, enc: str, **kw: Any) -> dict:
-    return hook_request(pid, enc, {"patient": None, "encounters": None}) | kw
+    return hook_request(pid, enc, dict.fromkeys(PREFETCH)) | kw  # every key sent, as null (no data): not a 412
 
 
 def _feedback(card: str, **item: Any) -> dict:
@@ -90,10 +90,10 @@ FOUND_5XX: list[Found] = [
     Found("audit-token-in-detail", _AUDIT + "the 400's reason quotes the request (here `hook`), and a Bearer-looking "
           "value in it", lambda pid, enc, card: (_DISCHARGE, {}, _hook(pid, enc, hook="Bearer abcdefghijklmnop"))),
     Found("bundle-entry-not-a-list", "TypeError in serve.features._entries: a Bundle `entry` that is not a list",
-          lambda pid, enc, card: (_DISCHARGE, {}, hook_request(pid, enc, {
+          lambda pid, enc, card: (_DISCHARGE, {}, hook_request(pid, enc, dict.fromkeys(PREFETCH) | {
               "patient": None, "encounters": {"resourceType": "Bundle", "type": "searchset", "entry": 5}}))),
     Found("integer-beyond-64-bit", "TypeError from orjson.dumps (Prefetched.digest): a JSON integer beyond 64 bits",
-          lambda pid, enc, card: (_DISCHARGE, {}, hook_request(pid, enc, {
+          lambda pid, enc, card: (_DISCHARGE, {}, hook_request(pid, enc, dict.fromkeys(PREFETCH) | {
               "patient": {"resourceType": "Patient", "id": pid, "x": 2**64}, "encounters": None}))),
     Found("feedback-state-error", "StateError from StateStore.add_feedback, not turned into a 400: an overrideReason "
           "that is not a Coding (or a code with a space, or not a string)",

@@ -44,10 +44,10 @@ from careloop.serve.auth import RecentJti
 from careloop.serve.features import (
     REQUIRED_KEYS,
     BedsideFeatures,
+    FhirRead,
     bedside_features,
     collect,
     evaluator,
-    fetch_prefetch,
     fhir_tls,
     location_names,
     new_fhir_client,
@@ -59,7 +59,7 @@ from careloop.state import StateError
 from careloop.tasks.cohort import excluded_at_index
 
 MAX_BODY = 5 * 1024 * 1024  # bytes; a larger request is refused with 413 before it is parsed
-FHIR_CONNECTIONS = 16  # per worker process: reads of EHRs' FHIR servers in flight at once (others wait their turn)
+FHIR_CONNECTIONS = 16  # per worker process and FHIR server: its reads in flight at once (others wait their turn)
 SERVICES = {
     "readmission-risk": ("encounter-discharge", "30-day readmission risk at discharge"),
     "readmission-risk-patient-view": ("patient-view", "30-day readmission risk of the current inpatient stay"),
@@ -215,7 +215,9 @@ class Service:
         # deadline is answered without waiting for it
         self.scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="careloop-score")
         fhir_tls()  # built now, not by the first call that reads a FHIR server (on the event loop)
-        self._fhir: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
+        self._fhir_loop: asyncio.AbstractEventLoop | None = None
+        self._fhir_clients: dict[tuple, httpx.AsyncClient] = {}  # (scheme, host, port) -> client
+        self._fhir_lock = threading.Lock()
         self.pending = 0  # calls submitted to the scorer and not finished
         self._pending_lock = threading.Lock()
         self.cost_s = 0.005  # moving average of one call's scoring time: predicts the queue's wait
@@ -398,7 +400,7 @@ class Service:
         )
 
     # -- the scoring thread ---------------------------------------------------------------------------
-    def score(self, service_id: str, req: HookRequest, client_iss: str | None, fetched: dict | None = None):
+    def score(self, service_id: str, req: HookRequest, client_iss: str | None, fetched: FhirRead | None = None):
         """`handle` on the scoring thread, without reading the FHIR server (a Decision with `refetch` says what to
         read first); a concurrent future. A call cancelled before it starts never runs."""
         with self._pending_lock:
@@ -407,28 +409,38 @@ class Service:
         fut.add_done_callback(self._done)
         return fut
 
-    async def fetch(self, req: HookRequest, keys: list[str], timeout: float) -> tuple[dict, list[str]]:
-        """The prefetch keys `keys` read from the request's FHIR server within `timeout` seconds in all, and those
-        still unread then (on the event loop: a slow server delays only its own call, and holds no thread)."""
+    async def fetch(self, req: HookRequest, keys: list[str], timeout: float) -> FhirRead:
+        """The prefetch keys `keys` read from the request's FHIR server within `timeout` seconds in all (on the event
+        loop: a slow server delays only its own call, and holds no thread)."""
         assert req.fhirServer is not None and req.fhirAuthorization is not None
         return await read_prefetch(req.fhirServer, req.fhirAuthorization.access_token, _patient_of(req) or "", keys,
-                                   templates=self.prefetch, timeout=timeout, client=self.fhir_client())
+                                   templates=self.prefetch, timeout=timeout, client=self.fhir_client(req.fhirServer))
 
-    def fhir_client(self) -> httpx.AsyncClient:
-        """This process's client for EHRs' FHIR servers (one per event loop): its connections are reused, and at
-        most FHIR_CONNECTIONS reads are in flight, so a burst of calls without prefetch does not flood the EHR."""
+    def fhir_client(self, fhir_server: str) -> httpx.AsyncClient:
+        """This process's client for one EHR's FHIR server (its scheme, host and port), per event loop: connections
+        are reused, and at most FHIR_CONNECTIONS reads are in flight to that server, so a burst of calls does not
+        flood it and a slow EHR does not hold the reads of another. Servers are those under trusted issuers only
+        (`_may_fetch`), so the clients are few."""
         loop = asyncio.get_running_loop()
-        if self._fhir is None or self._fhir[0] is not loop:
-            self._fhir = (loop, new_fhir_client(FHIR_CONNECTIONS))
-        return self._fhir[1]
+        url = httpx.URL(fhir_server)
+        origin = (url.scheme, url.host, url.port)
+        with self._fhir_lock:
+            if self._fhir_loop is not loop:  # a new loop (a test client's): those of the old one go with it
+                self._fhir_loop, self._fhir_clients = loop, {}
+            client = self._fhir_clients.get(origin)
+            if client is None:
+                client = self._fhir_clients[origin] = new_fhir_client(FHIR_CONNECTIONS)
+            return client
 
-    async def close_fhir_client(self) -> None:
-        if self._fhir is not None and self._fhir[0] is asyncio.get_running_loop():
-            await self._fhir[1].aclose()
-        self._fhir = None
+    async def close_fhir_clients(self) -> None:
+        with self._fhir_lock:
+            mine = self._fhir_loop is asyncio.get_running_loop()
+            clients, self._fhir_clients, self._fhir_loop = list(self._fhir_clients.values()), {}, None
+        for client in clients if mine else ():
+            await client.aclose()
 
     def _timed_handle(self, service_id: str, req: HookRequest, client_iss: str | None,
-                      fetched: dict | None) -> Decision:
+                      fetched: FhirRead | None) -> Decision:
         t0 = time.perf_counter()
         try:
             return self.handle(service_id, req, None, client_iss, fetched=fetched, fetch=False)
@@ -479,7 +491,7 @@ class Service:
         return Decision(cards, ctx.patient_id, deferral=reason, **kw)
 
     def handle(self, service_id: str, req: HookRequest, now: dt.datetime | None = None,
-               client_iss: str | None = None, *, fetched: dict | None = None, fetch: bool = True) -> Decision:
+               client_iss: str | None = None, *, fetched: FhirRead | None = None, fetch: bool = True) -> Decision:
         """Score one request, or say why not; the card shown, if any, is remembered with the call (feedback names
         it, and warnings drive repeat suppression and the daily budget). Data the EHR did not prefetch, or sent
         only a page of, is read from its FHIR server first: here when `fetch`, else the Decision's `refetch` asks
@@ -488,16 +500,16 @@ class Service:
         d = self._decide(service_id, req, now, client_iss, fetched)
         if d.refetch is not None and fetch:
             assert req.fhirServer is not None and req.fhirAuthorization is not None
-            d = self._decide(service_id, req, now, client_iss, fetch_prefetch(
+            d = self._decide(service_id, req, now, client_iss, asyncio.run(read_prefetch(
                 req.fhirServer, req.fhirAuthorization.access_token, _patient_of(req) or "", d.refetch,
-                templates=self.prefetch, timeout=self.config.deadline_ms / 1000))
+                templates=self.prefetch, timeout=self.config.deadline_ms / 1000)))
         if d.cards and d.card_row is None and d.patient:
             card = d.cards[0]
             d.card_row = (card["uuid"], service_id, d.patient, self.model_key, d.score, card["indicator"], None, now)
         return d
 
     def _decide(self, service_id: str, req: HookRequest, now: dt.datetime, client_iss: str | None,
-                fetched: dict | None = None) -> Decision:
+                fetched: FhirRead | None = None) -> Decision:
         """The decision, or (`refetch`) the keys to read from the FHIR server first: those not prefetched, and those
         prefetched as only a page of their search. The EHR's FHIR server is read only when it lies under the token's
         issuer (the EHR's own FHIR base, as Epic sets `iss`), and only for the patient its access token is for: an
@@ -505,10 +517,10 @@ class Service:
         patient = _patient_of(req)
         encounter = req.context.get("encounterId") if service_id == "readmission-risk" else None
         ctx = self.card_context(patient, encounter)
-        prefetch: dict[str, Any] = dict(req.prefetch or {}) | (fetched or {})
+        prefetch: dict[str, Any] = dict(req.prefetch or {}) | (fetched.values if fetched else {})
         absent = [k for k in self.prefetch if k not in prefetch]
         pre = collect(prefetch, patient)
-        need = [k for k in self.prefetch if k in absent or k in pre.partial]
+        need = [k for k in self.prefetch if k in absent or k in pre.partial or k in pre.outcomes]
         if need and fetched is None and _may_fetch(req, client_iss, patient):
             return Decision([], patient, refetch=need)
         digest = pre.digest()
@@ -525,10 +537,13 @@ class Service:
         if any(k in pre.missing for k in REQUIRED_KEYS):
             return self.defer(ctx, "required data (the patient and their encounters) is missing", digest=digest)
         if absent:  # not sent, and not read: scoring without them would understate the history
-            why = ("could not be read whole from the EHR's FHIR server in time" if fetched is not None
-                   else "were not sent by the EHR, and its FHIR server could not be read")
-            return self.defer(ctx, f"{', '.join(absent)} {why} (the model does not score part of a record)",
-                              digest=digest, extra={"missing_prefetch": absent})
+            if fetched is not None:
+                failed = [f"{k} ({fetched.failed[k]})" if k in fetched.failed else k for k in absent]
+                why = f"could not be read whole from the EHR's FHIR server: {', '.join(failed)}"
+            else:
+                why = f"{', '.join(absent)} were not sent by the EHR, and its FHIR server could not be read"
+            return self.defer(ctx, f"{why} (the model does not score part of a record)", digest=digest,
+                              extra={"missing_prefetch": absent})
         feats = bedside_features(self.features, pre, patient, encounter, directory=self.locations, now=now)
         extra = {"foreign_resources": pre.foreign} if pre.foreign else {}
         if pre.batch.void:  # e.g. results withdrawn as entered-in-error: received, not read
@@ -791,9 +806,12 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
         return await finish(outcome(400, problem), "cds-call", "minor", req=req, detail={"reason": problem})
     if not service.store.enabled(service.model_key):
         return await finish(_json({"cards": []}), "kill-switch", "minor", req=req)
-    if _prefetch_absent(req) and not req.fhirAuthorization:
-        return await finish(outcome(412, "the prefetch data is missing and no FHIR server access was granted"),
-                            "cds-call", "minor", req=req, detail={"reason": "412: no prefetch and no FHIR access"})
+    absent = _prefetch_absent(req, service.prefetch)
+    if absent and not req.fhirAuthorization:  # CDS Hooks 2.0: required data not prefetched and no FHIR access: 412
+        return await finish(outcome(412, f"prefetch {', '.join(absent)} missing and no FHIR server access was "
+                                         "granted to read it"),
+                            "cds-call", "minor", req=req, detail={"reason": "412: no prefetch and no FHIR access",
+                                                                  "missing_prefetch": absent})
     deadline_s = service.config.deadline_ms / 1000
     budget = deadline_s - (time.monotonic() - arrived)
     expected = service.expected_wait()
@@ -806,11 +824,11 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
         decision = await asyncio.wait_for(asyncio.wrap_future(service.score(service_id, req, claims.iss)), budget)
         if decision.refetch is not None:  # read from the EHR's FHIR server off the scoring thread, then score
             left = until - time.monotonic()  # the read leaves time to score what it got
-            fetched, unread = await service.fetch(req, decision.refetch,
-                                                  max(left - min(service.expected_wait() + 0.02, left / 2), 0.001))
-            if unread:  # answered now, in time, as the spec's deadline asks (keys that failed instead defer)
+            fetched = await service.fetch(req, decision.refetch,
+                                          max(left - min(service.expected_wait() + 0.02, left / 2), 0.001))
+            if fetched.unread:  # answered now, in time, as the spec's deadline asks (keys that failed instead defer)
                 return await finish(_json({"cards": []}), "timeout", "minor", req=req, detail={
-                    "deadline_ms": service.config.deadline_ms, "missing_prefetch": unread,
+                    "deadline_ms": service.config.deadline_ms, "missing_prefetch": fetched.unread,
                     "reason": "the FHIR server was slower than the deadline"})
             if not service.store.enabled(service.model_key):  # switched off while the FHIR server was read
                 return await finish(_json({"cards": []}), "kill-switch", "minor", req=req)
@@ -848,7 +866,7 @@ def create_app(service: Service) -> FastAPI:
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32,
                                                                            thread_name_prefix="careloop-io"))
         yield
-        await service.close_fhir_client()
+        await service.close_fhir_clients()
         await asyncio.to_thread(service.shutdown)  # the queue written, the head signed
 
     app = FastAPI(
@@ -1005,10 +1023,11 @@ def _check_request(service_id: str, req: HookRequest) -> str | None:
     return None
 
 
-def _prefetch_absent(req: HookRequest) -> bool:
-    """No prefetch key the service needs was sent at all (a null value counts as sent: 'no data')."""
+def _prefetch_absent(req: HookRequest, keys) -> list[str]:
+    """The prefetch keys the service needs that were not sent (a null value counts as sent: 'no data'). Every one is
+    needed: a record scored without its conditions or medications would understate the risk."""
     pf = req.prefetch or {}
-    return any(k not in pf for k in REQUIRED_KEYS)
+    return [k for k in keys if k not in pf]
 
 
 __all__ = ["SERVICES", "Service", "create_app"]

@@ -244,14 +244,28 @@ def new_fhir_client(connections: int) -> Any:
                              limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
 
 
+@dataclass
+class FhirRead:
+    """What `read_prefetch` got: each key's value; the keys still being read at the deadline (the server was too
+    slow); and the keys it could not use, with why (an HTTP status, a link off the server, too large...)."""
+
+    values: dict = field(default_factory=dict)
+    unread: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class _Unusable(Exception):
+    """A key's search cannot be had whole; the message says why (no token, no patient data: fit for the audit)."""
+
+
 def fetch_prefetch(fhir_server: str, access_token: str, patient_id: str, keys: list[str], **kw: Any) -> dict:
-    """`read_prefetch` for code outside an event loop (the same arguments)."""
+    """`read_prefetch`'s values, for code outside an event loop (the same arguments)."""
     import asyncio
 
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(read_prefetch(fhir_server, access_token, patient_id, keys, **kw))[0]
+        return asyncio.run(read_prefetch(fhir_server, access_token, patient_id, keys, **kw)).values
     raise RuntimeError("fetch_prefetch blocks: inside an event loop, await read_prefetch instead")
 
 
@@ -267,20 +281,18 @@ async def read_prefetch(
     max_bytes: int = 8 << 20,
     max_total_bytes: int = 32 << 20,
     client: Any = None,
-) -> tuple[dict, list[str]]:
-    """What the EHR did not prefetch, read from its FHIR server with the token it gave (never logged or kept), and
-    the keys still unread at the deadline (the server was too slow, rather than wrong).
+) -> FhirRead:
+    """What the EHR did not prefetch, read from its FHIR server with the token it gave (never logged or kept).
 
-    The keys are read at once, so the wait is the slowest search, not the sum of all;
-    `timeout` bounds the whole read: at that time the reads still under way are cancelled (nothing is left waiting
-    on a slow or dripping server) and the keys already read are kept. A key is left out, so that the request defers
-    rather than scores on part of the record, when any of its pages fails, is not a Bundle, is larger than
-    `max_bytes` (or the call's pages together than `max_total_bytes`: each is parsed on the event loop), or is not
-    all there in `max_pages` (its rebuilt Bundle keeps the first page's `total`, so that one
-    that says more matches than were read is still seen as a page: the caller defers on it); a `next` link is
-    followed only on the same server (scheme, host, port) and under its base path, so the token never leaves the
-    EHR's FHIR server. `client`: a shared `httpx.AsyncClient` (its connections are reused and its pool limits the
-    reads in flight); by default one for this call."""
+    The keys are read at once, so the wait is the slowest search, not the sum of all; `timeout` bounds the whole
+    read: at that time the reads still under way are cancelled (nothing is left waiting on a slow or dripping
+    server) and named `unread`. A key is `failed`, so that the request defers rather than scores on part of the
+    record, when any of its pages fails, is not a Bundle, is larger than `max_bytes` (or the call's pages together
+    than `max_total_bytes`: each is parsed on the event loop), or is not all there in `max_pages`; its rebuilt
+    Bundle keeps the first page's `total`, so that one that says more matches than were read is still seen as a
+    page. A `next` link is followed only on the same server (scheme, host, port) and under its base path, so the
+    token never leaves the EHR's FHIR server. `client`: a shared client (`new_fhir_client`: its connections are
+    reused and its pool limits the reads in flight); by default one for this call."""
     import asyncio
     import contextlib
     import time
@@ -293,30 +305,34 @@ async def read_prefetch(
     late = object()  # what a search still under way at the deadline gives
     headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/fhir+json"}
 
-    async def read(client: httpx.AsyncClient, url: str) -> Any:
+    async def read(client: httpx.AsyncClient, url: str) -> dict:
         async with client.stream("GET", url, headers=headers, timeout=timeout) as r:
             if r.status_code != 200:
-                return None
+                raise _Unusable(f"HTTP {r.status_code}")
             body = bytearray()
             async for chunk in r.aiter_bytes():
                 body += chunk
                 received[0] += len(chunk)
                 if len(body) > max_bytes or received[0] > max_total_bytes:
-                    raise ValueError("FHIR pages larger than max_bytes or max_total_bytes")
+                    raise _Unusable(f"larger than {max_bytes >> 20} MiB a page or {max_total_bytes >> 20} MiB a call")
         if time.monotonic() > until:
             raise TimeoutError  # too late to be used: not parsed (parsing holds the event loop)
-        return orjson.loads(body)  # orjson refuses JSON nested too deeply (a JSONDecodeError, a ValueError)
+        try:
+            doc = orjson.loads(body)  # orjson refuses JSON nested too deeply
+        except orjson.JSONDecodeError:
+            raise _Unusable("not JSON (or nested too deeply)") from None
+        if not isinstance(doc, dict):
+            raise _Unusable("not a FHIR resource")
+        return doc
 
     async def search(client: httpx.AsyncClient, key: str) -> Any:
-        """The key's value (a read, or a searchset Bundle holding every page), or None when not to be had whole."""
+        """The key's value (a read, or a searchset Bundle holding every page), `late`, or why it is not to be had."""
         try:
             doc = await read(client, f"{base}/" + templates[key].replace("{{context.patientId}}", patient_id))
-            if not isinstance(doc, dict):
-                return None
             if doc.get("resourceType") != "Bundle":
                 return doc  # a read (the Patient), or an OperationOutcome: collect says what it is
             entries, pages, total = [], 0, doc.get("total")
-            while isinstance(doc, dict) and doc.get("resourceType") == "Bundle" and pages < max_pages:
+            while True:
                 found = doc.get("entry") or []
                 entries += found if isinstance(found, list) else []
                 pages += 1
@@ -325,13 +341,18 @@ async def read_prefetch(
                     whole = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
                     return whole if total is None else whole | {"total": total}
                 if not isinstance(nxt, str) or not on_server(nxt, base):
-                    return None  # the rest of the search is not to be had
+                    raise _Unusable("a next link off the FHIR server")
+                if pages >= max_pages:
+                    raise _Unusable(f"more than {max_pages} pages")
                 doc = await read(client, nxt)
+                if doc.get("resourceType") != "Bundle":
+                    raise _Unusable("a page that is not a Bundle")
         except (TimeoutError, httpx.TimeoutException):
             return late
-        except (httpx.HTTPError, ValueError, RecursionError):
-            pass
-        return None
+        except _Unusable as e:
+            return e
+        except httpx.HTTPError as e:
+            return _Unusable(type(e).__name__)
 
     async with contextlib.AsyncExitStack() as stack:
         if client is None:
@@ -344,14 +365,16 @@ async def read_prefetch(
             for task in tasks.values():
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
-    out: dict = {}
-    unread = []
+    got = FhirRead()
     for key, task in tasks.items():
-        if task.cancelled() or task.result() is late:
-            unread.append(key)
-        elif task.result() is not None:
-            out[key] = task.result()
-    return out, unread
+        result = late if task.cancelled() else task.result()
+        if result is late:
+            got.unread.append(key)
+        elif isinstance(result, _Unusable):
+            got.failed[key] = str(result)
+        else:
+            got.values[key] = result
+    return got
 
 
 def on_server(url: str, base: str) -> bool:
