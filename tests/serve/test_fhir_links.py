@@ -34,16 +34,22 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 @contextmanager
-def fhir_server(answer: Callable[[str, str], tuple[int, object]]) -> Iterator[tuple[str, list]]:
-    """A FHIR server on loopback answering `answer(base, path)`; yields its base URL and the (path, bearer) seen."""
+def fhir_server(answer: Callable[[str, str], tuple[int, object]], *, set_cookie: str | None = None,
+                cookies: list | None = None) -> Iterator[tuple[str, list]]:
+    """A FHIR server on loopback answering `answer(base, path)`; yields its base URL and the (path, bearer) seen.
+    With `set_cookie` every answer sets that cookie, and `cookies` collects the Cookie header of each request."""
     seen: list[tuple[str, str | None]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             seen.append((self.path, self.headers.get("Authorization")))
+            if cookies is not None:
+                cookies.append(self.headers.get("Cookie"))
             status, body = answer(base, self.path)
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             self.send_response(status)
+            if set_cookie:
+                self.send_header("Set-Cookie", set_cookie)
             self.send_header("Content-Type", "application/fhir+json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -362,36 +368,17 @@ def test_a_cookie_the_fhir_server_sets_is_never_sent_back():
     from careloop.serve.features import new_fhir_client, read_prefetch
 
     cookies_seen: list[str | None] = []
+    answer = lambda base, path: (200, PATIENT if path.startswith("/fhir/Patient") else _bundle([]))  # noqa: E731
 
-    class SetsCookies(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            cookies_seen.append(self.headers.get("Cookie"))
-            data = json.dumps(PATIENT if self.path.startswith("/fhir/Patient") else _bundle([])).encode()
-            self.send_response(200)
-            self.send_header("Set-Cookie", "SESSION=tenant-a-patient-p1; Path=/")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = _Server(("127.0.0.1", 0), SetsCookies)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/fhir"
-
-    async def two_calls() -> None:
+    async def two_calls(base: str) -> None:
         async with new_fhir_client(4) as client:
             for _ in range(2):
                 got = await read_prefetch(base, TOKEN, PID, ["patient", "encounters"], client=client)
                 assert set(got.values) == {"patient", "encounters"}
             assert not list(client.cookies.jar)
 
-    try:
-        asyncio.run(two_calls())
-    finally:
-        server.shutdown()
-        server.server_close()
+    with fhir_server(answer, set_cookie="SESSION=tenant-a-patient-p1; Path=/", cookies=cookies_seen) as (base, _):
+        asyncio.run(two_calls(base))
     assert cookies_seen == [None] * 4
 
 
