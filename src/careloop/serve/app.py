@@ -409,12 +409,14 @@ class Service:
         fut.add_done_callback(self._done)
         return fut
 
-    async def fetch(self, req: HookRequest, keys: list[str], timeout: float) -> FhirRead:
+    async def fetch(self, req: HookRequest, keys: list[str], timeout: float, *, shared: bool = True) -> FhirRead:
         """The prefetch keys `keys` read from the request's FHIR server within `timeout` seconds in all (on the event
-        loop: a slow server delays only its own call, and holds no thread)."""
+        loop: a slow server delays only its own call, and holds no thread); `shared`: through the server's client
+        (`fhir_client`), else one of this call's own (a one-off event loop's)."""
         assert req.fhirServer is not None and req.fhirAuthorization is not None
         return await read_prefetch(req.fhirServer, req.fhirAuthorization.access_token, _patient_of(req) or "", keys,
-                                   templates=self.prefetch, timeout=timeout, client=self.fhir_client(req.fhirServer))
+                                   templates=self.prefetch, timeout=timeout,
+                                   client=self.fhir_client(req.fhirServer) if shared else None)
 
     def fhir_client(self, fhir_server: str) -> httpx.AsyncClient:
         """This process's client for one EHR's FHIR server (its scheme, host and port), per event loop: connections
@@ -499,10 +501,8 @@ class Service:
         now = now or dt.datetime.now(dt.UTC)
         d = self._decide(service_id, req, now, client_iss, fetched)
         if d.refetch is not None and fetch:
-            assert req.fhirServer is not None and req.fhirAuthorization is not None
-            d = self._decide(service_id, req, now, client_iss, asyncio.run(read_prefetch(
-                req.fhirServer, req.fhirAuthorization.access_token, _patient_of(req) or "", d.refetch,
-                templates=self.prefetch, timeout=self.config.deadline_ms / 1000)))
+            d = self._decide(service_id, req, now, client_iss, asyncio.run(
+                self.fetch(req, d.refetch, self.config.deadline_ms / 1000, shared=False)))
         if d.cards and d.card_row is None and d.patient:
             card = d.cards[0]
             d.card_row = (card["uuid"], service_id, d.patient, self.model_key, d.score, card["indicator"], None, now)
