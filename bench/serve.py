@@ -17,7 +17,9 @@ natural rate is ~4%).
 
 The load comes from wrk (Debian's `wrk`, C, with bench/wrk/cds.lua): 50 connections, each calling again as soon
 as it is answered, for `--duration` seconds after a warm-up run, with the deadline at its maximum (60 s) so that
-every call is scored. The bench prints requests/s, p50/p95/p99 latency (and those of one client alone), the
+every call is scored. Then the same 50 clients each wait a random time between calls (`--paced-rates`: offered
+rates of 100 to 500 req/s), as clinicians' EHR sessions do, to show the latency below saturation and the highest
+rate tried at which p95 stays within the bar. The bench prints requests/s, p50/p95/p99 latency (and those of one client alone), the
 errors (any non-200 or unexpected answer: must be 0), the answers by kind, the server's CPU, its RSS and PSS
 (all worker processes) at start, middle and end (`--duration 300` for the memory-flatness check), and the data
 sizes. Then servers with the default deadline (1.5 s) and a tiny one (`--deadline-ms`, 5) under the same load and
@@ -304,9 +306,16 @@ def kind(body: dict) -> str:
 
 
 def wrk(server: ServerProcess, bodies: Bodies, signer: Signer, folder: Path, *, clients: int, seconds: float,
-        expected_rps: float, sample_memory: bool = False) -> dict:
-    """One wrk run: `clients` connections for `seconds`; tokens for 1.5x the expected rate are signed first."""
+        expected_rps: float, sample_memory: bool = False, think_ms: float = 0.0) -> dict:
+    """One wrk run: `clients` connections for `seconds`; tokens for 1.5x the expected rate are signed first.
+
+    `think_ms` > 0: each client waits a random time (exponential, this mean) after each answer before it calls
+    again, as a clinician's EHR session does; wrk times a call from when it is sent, so the wait is not latency."""
     url = f"{server.url}/cds-services/{SERVICE}"
+    script = LUA
+    if think_ms > 0:
+        script = folder / "paced.lua"
+        script.write_text(LUA.read_text() + PACED_LUA.replace("THINK_MS", repr(float(think_ms))))
     threads = min(2, clients)
     n = int(expected_rps * seconds * 1.5) + 200 * threads
     (folder / "tokens.txt").write_text("\n".join(signer.sign(url, n)) + "\n")
@@ -324,7 +333,8 @@ def wrk(server: ServerProcess, bodies: Bodies, signer: Signer, folder: Path, *, 
         sampling.start()
     cpu0, own0 = server.cpu(), time.process_time()
     wrk_proc = psutil.Popen(["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{seconds:.0f}s", "--timeout",
-                             "120s", "-s", str(LUA), url, "--", str(threads), str(folder), f"/cds-services/{SERVICE}"],
+                             "120s", "-s", str(script), url, "--", str(threads), str(folder),
+                             f"/cds-services/{SERVICE}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = wrk_proc.communicate()
     server_cpu = server.cpu() - cpu0
@@ -361,6 +371,32 @@ def each_once(url: str, bodies: Bodies, signer: Signer, clients: int = 8) -> dic
             return await asyncio.gather(*(call(i) for i in range(len(bodies.items))))
 
     return dict(asyncio.run(run()))
+
+
+# wrk calls delay() after each answer and before the next request (its timer starts when the request is sent)
+PACED_LUA = """
+function delay()
+  return -math.log(1 - math.random()) * THINK_MS
+end
+"""
+
+
+def paced(server: ServerProcess, bodies: Bodies, signer: Signer, folder: Path, *, clients: int, seconds: float,
+          rates: list[float], one_call_ms: float) -> list[dict]:
+    """The same clients, each waiting between calls, at several offered rates: the latency a hospital sees below
+    saturation. A client's mean wait is clients / rate minus one call's latency, so that `rate` is the offered rate
+    when calls are fast; the achieved rate is measured."""
+    out = []
+    for rate in rates:
+        think = max(1.0, clients / rate * 1000 - one_call_ms)
+        r = wrk(server, bodies, signer, folder, clients=clients, seconds=seconds, expected_rps=rate, think_ms=think)
+        r.pop("memory")
+        out.append(r | {"offered_rps": rate, "think_ms": think})
+        errors = sum(r["errors"].values()) + r["tokens_reused"]
+        print(f"  {rate:6,.0f} req/s offered ({think:5.0f} ms mean wait): {r['rps']:6,.0f} req/s, p50 "
+              f"{r['p50_ms']:5.1f}, p95 {r['p95_ms']:5.1f}, p99 {r['p99_ms']:5.1f} ms, "
+              f"{1000 * r['server_cpu_s'] / max(1, r['requests']):.2f} ms CPU per call, errors {errors}", flush=True)
+    return out
 
 
 # -- the steps of a call, timed in this process ----------------------------------------------------------------------
@@ -460,6 +496,9 @@ def main() -> None:
     ap.add_argument("--deadline-ms", type=int, default=5, help="the tiny deadline of the second run")
     ap.add_argument("--deadline-duration", type=float, default=15.0)
     ap.add_argument("--floor-duration", type=float, default=15.0, help="seconds of each floor's run")
+    ap.add_argument("--paced-rates", default="100,200,300,400,500",
+                    help="offered rates (req/s, comma-separated) of the paced runs; empty: none")
+    ap.add_argument("--paced-duration", type=float, default=20.0, help="seconds of each paced run")
     ap.add_argument("--whole-record", action="store_true",
                     help="prefetch every Observation of the record, not only those of the codes the service asks for")
     args = ap.parse_args()
@@ -506,7 +545,6 @@ def main() -> None:
                expected_rps=max(200.0, 3 * base["rps"]))
     res = wrk(server, bodies, signer, folder, clients=args.clients, seconds=args.duration,
               expected_rps=warm["rps"], sample_memory=True)
-    server.stop()
     mem = res.pop("memory")
     mid, end = mem[len(mem) // 2], mem[-1]
     results["load"] = res | {"memory": {"start": mem[0][1:], "middle": mid[1:], "end": end[1:],
@@ -518,13 +556,24 @@ def main() -> None:
     print(f"  server memory RSS/PSS (all processes): start {mb(mem[0][1])}/{mb(mem[0][2])}, middle ({mid[0]:.0f} s) "
           f"{mb(mid[1])}/{mb(mid[2])}, end ({end[0]:.0f} s) {mb(end[1])}/{mb(end[2])}, max PSS "
           f"{mb(max(m[2] for m in mem))}; end/start PSS {end[2] / mem[0][2]:.2f}x")
+    rates = [float(x) for x in args.paced_rates.split(",") if x.strip()]
+    if rates:
+        print(f"\n{args.clients} clients, each waiting between calls (exponential waits), {args.paced_duration:.0f} s "
+              f"per rate:", flush=True)
+        results["paced"] = paced(server, bodies, signer, folder, clients=args.clients, seconds=args.paced_duration,
+                                 rates=rates, one_call_ms=base["p50_ms"])
+        held = [r["rps"] for r in results["paced"] if r["p95_ms"] <= BAR_P95_MS and not r["errors"]]
+        print(f"  p95 <= {BAR_P95_MS:.0f} ms up to {max(held):,.0f} req/s of those tried" if held else
+              f"  p95 > {BAR_P95_MS:.0f} ms at every rate tried", flush=True)
+    server.stop()
     from careloop.audit import AuditLog
 
     with AuditLog.open(state) as audit:
         timeouts, verified = len(audit.records(kind="timeout")), audit.verify()
     db = Path(state.removeprefix("sqlite:///"))
     results["load"] |= {"timeouts_audited": timeouts, "audit_records": verified.checked, "audit_ok": verified.ok}
-    print(f"  deadline {MAIN_DEADLINE_MS / 1000:.0f} s: {timeouts} timeouts; audit log {verified.checked:,} records, "
+    print(f"  this server, all runs: deadline {MAIN_DEADLINE_MS / 1000:.0f} s, {timeouts} timeouts; audit log "
+          f"{verified.checked:,} records, "
           f"chain {'intact' if verified.ok else 'BROKEN'}; state store {mb(db.stat().st_size)}", flush=True)
 
     # 2. deadlines: the service's default under the same load, then a tiny one with one client and with the load
