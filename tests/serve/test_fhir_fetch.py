@@ -256,6 +256,36 @@ def test_a_key_neither_sent_nor_read_is_412_or_defers_and_is_named(setup):
     assert set(fhir.stats()["requests"]) == {"/fhir/R4/Condition"}
 
 
+def test_a_fhir_server_without_combo_code_is_asked_for_every_observation_and_scores_the_same(setup):
+    """The advertised Observation search uses `combo-code`, which a FHIR server may not support (HAPI answers an
+    unknown search parameter with 400). The service then reads the whole Observation search, scores as from
+    prefetch, audits that it did, and asks that server the broader search straight away on the next calls."""
+    running, fhir, key, high, res = setup
+    service = running.service
+    whole = _call(running, fhir, key, hook_request(high["patient_id"], high["encounter_id"], prefetch_of(res)))
+    pf = {k: v for k, v in prefetch_of(res).items() if k != "observations"}
+    refusal = dict(status=400, count=5, query_contains="combo-code",
+                   operation_outcome="Unknown search parameter \"combo-code\" for resource type \"Observation\"")
+    fhir.inject_fault(**refusal)
+    try:
+        first = _without_prefetch(fhir, high) | {"prefetch": pf}
+        r = _call(running, fhir, key, first)
+        assert [f["remaining"] for f in fhir._admin("GET", "/_faults")["faults"]] == [4]  # tried once, refused
+        assert r.status_code == 200
+        assert [c["summary"] for c in r.json()["cards"]] == [c["summary"] for c in whole.json()["cards"]], \
+            _audited(running, first)
+        assert json.loads(_audited(running, first)[0]["detail"]["widened_prefetch"]) == ["observations"]
+        fhir.reset_stats()
+        again = _without_prefetch(fhir, high) | {"prefetch": pf}
+        r = _call(running, fhir, key, again)
+        assert [c["summary"] for c in r.json()["cards"]] == [c["summary"] for c in whole.json()["cards"]]
+        assert [f["remaining"] for f in fhir._admin("GET", "/_faults")["faults"]] == [4]  # not asked again
+        assert set(fhir.stats()["requests"]) == {"/fhir/R4/Observation"}
+    finally:
+        fhir.clear_faults()
+        service._narrow_refused.clear()
+
+
 def test_the_service_reads_fhir_servers_through_one_client_closed_at_shutdown(trained_bundle, tmp_path):
     import asyncio
 

@@ -400,3 +400,48 @@ def test_a_key_that_cannot_be_had_says_why(answer, why):
     with fhir_server(answer) as (base, _):
         got = asyncio.run(read_prefetch(base, TOKEN, PID, ["encounters"]))
     assert got.failed == {"encounters": why} and not got.values and not got.unread
+
+
+def _observation(i: int, code: str) -> dict:
+    return {"resourceType": "Observation", "id": f"o{i}", "status": "final", "subject": {"reference": f"Patient/{PID}"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]}, "valueQuantity": {"value": i}}
+
+
+NARROW = {"observations": "Observation?patient={{context.patientId}}&combo-code=http://loinc.org|2160-0"}
+WIDE = {"observations": "Observation?patient={{context.patientId}}"}
+
+
+REFUSED = {"resourceType": "OperationOutcome",
+           "issue": [{"severity": "error", "code": "not-supported", "diagnostics": "Unknown parameter combo-code"}]}
+
+
+@pytest.mark.parametrize("narrow, broad, expect", [
+    (400, 200, "widened"),  # no combo-code: the whole Observation search instead
+    (400, 500, "HTTP 400, and HTTP 500 for the broader search"),
+    (500, 200, "HTTP 500"),  # only a 400 (the search as written is refused) is worth a broader search
+])
+def test_a_search_the_server_refuses_is_read_through_the_broader_one(narrow, broad, expect):
+    """A FHIR server without `combo-code` (HAPI answers an unknown search parameter with 400) still gives the
+    Observations: the broader search is a superset the mapping filters; each other failure keeps its reason."""
+    import asyncio
+
+    from careloop.serve.features import read_prefetch
+
+    everything = [_observation(1, "2160-0"), _observation(2, "8867-4")]
+
+    def answer(base: str, path: str) -> tuple[int, object]:
+        if "combo-code" in path:
+            return narrow, REFUSED
+        return broad, _bundle(everything) if broad == 200 else REFUSED
+
+    with fhir_server(answer) as (base, seen):
+        got = asyncio.run(read_prefetch(base, TOKEN, PID, ["observations"], templates=NARROW, wider=WIDE))
+        without = asyncio.run(read_prefetch(base, TOKEN, PID, ["observations"], templates=NARROW))
+    if expect == "widened":
+        assert got.widened == ["observations"] and not got.failed
+        assert [e["resource"]["id"] for e in got.values["observations"]["entry"]] == ["o1", "o2"]
+        assert [p for p, _ in seen[:2]] == [f"/fhir/Observation?patient={PID}&combo-code=http://loinc.org|2160-0",
+                                           f"/fhir/Observation?patient={PID}"]
+    else:
+        assert got.failed == {"observations": expect} and not got.values and not got.widened
+    assert without.failed == {"observations": f"HTTP {narrow}"} and not without.widened

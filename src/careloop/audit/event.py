@@ -61,7 +61,7 @@ TEXT_DETAIL_KEYS = frozenset({
     "iss", "jku", "kid", "method", "missing_prefetch", "model", "model_key", "new", "note", "old", "outcome",
     "override_reason", "override_system", "partial_prefetch", "prefetch", "reason", "route", "rows", "setting", "stage",
     "status",
-    "tenant", "threshold", "threshold_version", "upto_seq", "value", "version", "void_resources",
+    "tenant", "threshold", "threshold_version", "upto_seq", "value", "version", "void_resources", "widened_prefetch",
 })
 MAX_DETAIL_TEXT = 512
 

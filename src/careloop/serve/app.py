@@ -42,6 +42,7 @@ from starlette.datastructures import Headers
 from careloop.serve import cards as C
 from careloop.serve.auth import RecentJti
 from careloop.serve.features import (
+    PREFETCH,
     REQUIRED_KEYS,
     BedsideFeatures,
     FhirRead,
@@ -60,6 +61,7 @@ from careloop.tasks.cohort import excluded_at_index
 
 MAX_BODY = 5 * 1024 * 1024  # bytes; a larger request is refused with 413 before it is parsed
 FHIR_CONNECTIONS = 16  # per worker process and FHIR server: its reads in flight at once (others wait their turn)
+NARROW_RETRY_S = 3600.0  # a FHIR server that refused a narrowed search is asked the broader one this long
 SERVICES = {
     "readmission-risk": ("encounter-discharge", "30-day readmission risk at discharge"),
     "readmission-risk-patient-view": ("patient-view", "30-day readmission risk of the current inpatient stay"),
@@ -169,6 +171,9 @@ class Service:
         self.locations = location_names(pq.read_table(directory) if directory.is_file() else None)
         self.features = evaluator(self.fs)
         self.prefetch = prefetch_templates(self.fs)  # what the EHR is asked for: the data these features read
+        # the broader searches for a FHIR server that refuses a narrowed one (no `combo-code`), and when one did
+        self.wider = {k: PREFETCH[k] for k, v in self.prefetch.items() if k in PREFETCH and v != PREFETCH[k]}
+        self._narrow_refused: dict[tuple[str, str, int | None], float] = {}
         self.infos = column_infos(self.meta.get("describe") or [], self.meta.get("units") or {})
         op = self.meta["operating_point"]
         self.threshold = float(op["threshold"])
@@ -414,9 +419,16 @@ class Service:
         loop: a slow server delays only its own call, and holds no thread); `shared`: through the server's client
         (`fhir_client`), else one of this call's own (a one-off event loop's)."""
         assert req.fhirServer is not None and req.fhirAuthorization is not None
-        return await read_prefetch(req.fhirServer, req.fhirAuthorization.access_token, _patient_of(req) or "", keys,
-                                   templates=self.prefetch, timeout=timeout,
-                                   client=self.fhir_client(req.fhirServer) if shared else None)
+        origin = _origin(req.fhirServer)
+        refused = self._narrow_refused.get(origin)
+        recently = refused is not None and time.monotonic() - refused < NARROW_RETRY_S
+        got = await read_prefetch(req.fhirServer, req.fhirAuthorization.access_token, _patient_of(req) or "", keys,
+                                  templates=self.prefetch | self.wider if recently else self.prefetch,
+                                  wider=self.wider, timeout=timeout,
+                                  client=self.fhir_client(req.fhirServer) if shared else None)
+        if got.widened:  # this server refuses the narrowed searches: ask it the broader ones for a while
+            self._narrow_refused[origin] = time.monotonic()
+        return got
 
     def fhir_client(self, fhir_server: str) -> httpx.AsyncClient:
         """This process's client for one EHR's FHIR server (its scheme, host and port), per event loop: connections
@@ -424,8 +436,7 @@ class Service:
         flood it and a slow EHR does not hold the reads of another. Servers are those under trusted issuers only
         (`_may_fetch`), so the clients are few."""
         loop = asyncio.get_running_loop()
-        url = httpx.URL(fhir_server)
-        origin = (url.scheme, url.host, url.port)
+        origin = _origin(fhir_server)
         with self._fhir_lock:
             if self._fhir_loop is not loop:  # a new loop (a test client's): those of the old one go with it
                 self._fhir_loop, self._fhir_clients = loop, {}
@@ -674,6 +685,11 @@ def outside_training(row: dict, ranges: dict) -> str | None:
     return ", ".join(far[:3]) if len(far) >= 2 else None
 
 
+def _origin(fhir_server: str) -> tuple[str, str, int | None]:
+    url = httpx.URL(fhir_server)
+    return url.scheme, url.host, url.port
+
+
 def _may_fetch(req: HookRequest, client_iss: str | None, patient: str | None) -> bool:
     """May this call read the EHR's FHIR server: access granted, the server under the token's issuer, and the
     access token (when it names its patient) for the patient in context?"""
@@ -820,6 +836,7 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
         return await finish(_json({"cards": []}), "timeout", "minor", req=req,
                             detail={"deadline_ms": service.config.deadline_ms, "reason": why})
     until = time.monotonic() + budget
+    fetched: FhirRead | None = None
     try:
         decision = await asyncio.wait_for(asyncio.wrap_future(service.score(service_id, req, claims.iss)), budget)
         if decision.refetch is not None:  # read from the EHR's FHIR server off the scoring thread, then score
@@ -842,7 +859,9 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
         log.error("a call could not be scored: %s", type(e).__name__)
         return await finish(_json({"cards": []}), "cds-call", "serious", req=req,
                             detail={"reason": f"internal error while scoring ({type(e).__name__})"})
-    detail = {"note": decision.note, **decision.extra} if decision.note or decision.extra else None
+    widened = {"widened_prefetch": fetched.widened} if fetched is not None and fetched.widened else {}
+    detail = ({"note": decision.note, **decision.extra, **widened} if decision.note or decision.extra or widened
+              else None)
     return await finish(_json({"cards": decision.cards}), "cds-call", "success", req=req, decision=decision,
                         detail=detail)
 

@@ -252,10 +252,15 @@ class FhirRead:
     values: dict = field(default_factory=dict)
     unread: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    widened: list[str] = field(default_factory=list)  # keys read through their `wider` search (see read_prefetch)
 
 
 class _Unusable(Exception):
     """A key's search cannot be had whole; the message says why (no token, no patient data: fit for the audit)."""
+
+
+class _Refused(_Unusable):
+    """HTTP 400: the server does not take the search as written (e.g. a search parameter it does not support)."""
 
 
 def fetch_prefetch(fhir_server: str, access_token: str, patient_id: str, keys: list[str], **kw: Any) -> dict:
@@ -276,6 +281,7 @@ async def read_prefetch(
     keys: list[str],
     *,
     templates: Mapping[str, str] = PREFETCH,
+    wider: Mapping[str, str] | None = None,
     timeout: float = 1.5,
     max_pages: int = 20,
     max_bytes: int = 8 << 20,
@@ -291,8 +297,11 @@ async def read_prefetch(
     than `max_total_bytes`: each is parsed on the event loop), or is not all there in `max_pages`; its rebuilt
     Bundle keeps the first page's `total`, so that one that says more matches than were read is still seen as a
     page. A `next` link is followed only on the same server (scheme, host, port) and under its base path, so the
-    token never leaves the EHR's FHIR server. `client`: a shared client (`new_fhir_client`: its connections are
-    reused and its pool limits the reads in flight); by default one for this call."""
+    token never leaves the EHR's FHIR server. `wider`: for a key whose search the server refuses (HTTP 400, as a
+    server without `combo-code` answers), a broader search to read instead; the mapping keeps only what the
+    features read from its superset, and the key is named in `widened`. `client`: a shared client
+    (`new_fhir_client`: its connections are reused and its pool limits the reads in flight); by default one for
+    this call."""
     import asyncio
     import contextlib
     import time
@@ -303,12 +312,13 @@ async def read_prefetch(
     until = time.monotonic() + timeout
     received = [0]  # bytes of every page of this call
     late = object()  # what a search still under way at the deadline gives
+    widened: list[str] = []
     headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/fhir+json"}
 
     async def read(client: httpx.AsyncClient, url: str) -> dict:
         async with client.stream("GET", url, headers=headers, timeout=timeout) as r:
             if r.status_code != 200:
-                raise _Unusable(f"HTTP {r.status_code}")
+                raise (_Refused if r.status_code == 400 else _Unusable)(f"HTTP {r.status_code}")
             body = bytearray()
             async for chunk in r.aiter_bytes():
                 body += chunk
@@ -325,10 +335,27 @@ async def read_prefetch(
             raise _Unusable("not a FHIR resource")
         return doc
 
+    def url_of(template: str) -> str:
+        return f"{base}/" + template.replace("{{context.patientId}}", patient_id)
+
+    async def first_page(client: httpx.AsyncClient, key: str) -> dict:
+        try:
+            return await read(client, url_of(templates[key]))
+        except _Refused:
+            broader = (wider or {}).get(key)
+            if broader is None or broader == templates[key]:
+                raise
+            try:
+                doc = await read(client, url_of(broader))
+            except _Unusable as e:
+                raise _Unusable(f"HTTP 400, and {e} for the broader search") from None
+            widened.append(key)
+            return doc
+
     async def search(client: httpx.AsyncClient, key: str) -> Any:
         """The key's value (a read, or a searchset Bundle holding every page), `late`, or why it is not to be had."""
         try:
-            doc = await read(client, f"{base}/" + templates[key].replace("{{context.patientId}}", patient_id))
+            doc = await first_page(client, key)
             if doc.get("resourceType") != "Bundle":
                 return doc  # a read (the Patient), or an OperationOutcome: collect says what it is
             entries, pages, total = [], 0, doc.get("total")
@@ -374,6 +401,7 @@ async def read_prefetch(
             got.failed[key] = str(result)
         else:
             got.values[key] = result
+    got.widened = [k for k in keys if k in widened and k in got.values]
     return got
 
 
