@@ -188,8 +188,17 @@ def test_an_override_reason_must_be_one_the_card_offered(setup):
     assert r.status_code == 400
 
 
+def _empty_buckets(service) -> None:
+    from sqlalchemy import delete
+
+    from careloop.state.store import rate_table
+
+    with service.store.transaction(write=True) as conn:
+        conn.execute(delete(rate_table))
+
+
 def test_feedback_beyond_the_clients_limit_gets_429_with_retry_after_and_is_audited(setup):
-    """Checklist C-18: a burst above the limit gets 429 (a token bucket per client and worker process); the refusal
+    """Checklist C-18: a burst above the limit gets 429 (a token bucket per client, in the state store); the refusal
     is audited, nothing of it is stored, and after Retry-After the client may send again."""
     import time
 
@@ -200,7 +209,7 @@ def test_feedback_beyond_the_clients_limit_gets_429_with_retry_after_and_is_audi
     service = running.service
     kept = service.config.feedback_limit
     service.config.feedback_limit = FeedbackLimit(per_minute=60, burst=3)
-    service._buckets.clear()
+    _empty_buckets(service)
     try:
         item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN}
         before = len(_feedback_records(running))
@@ -215,7 +224,7 @@ def test_feedback_beyond_the_clients_limit_gets_429_with_retry_after_and_is_audi
         assert _post(running, [item]).status_code == 200
     finally:
         service.config.feedback_limit = kept
-        service._buckets.clear()
+        _empty_buckets(service)
 
 
 def test_feedback_from_the_future_is_refused_and_extensions_are_accepted(setup):

@@ -42,6 +42,21 @@ def append_many(url: str, n: int, tag: str, barrier, out) -> None:
         out.put(("error", traceback.format_exc()))
 
 
+def take_many(url: str, n: int, barrier, out) -> None:
+    """Try to take n tokens from one shared bucket (burst 30, no refill to speak of); report how many were had."""
+    try:
+        from careloop.state import StateStore
+
+        store = StateStore(url)
+        try:
+            barrier.wait(timeout=60)
+            out.put(("ok", [sum(store.take_token("feedback|race", per_s=1e-6, burst=30) == 0 for _ in range(n))]))
+        finally:
+            store.close()
+    except BaseException:
+        out.put(("error", traceback.format_exc()))
+
+
 def collect(out, workers) -> list:
     """Every worker's result, flattened; raises AssertionError with the first worker's traceback on error."""
     results = []

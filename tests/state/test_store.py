@@ -176,6 +176,32 @@ def test_feedback_is_idempotent(store):
     assert len(store.feedback()) == 5
 
 
+# ------------------------------------------------------------------ rate limits
+def test_a_token_bucket_allows_its_burst_then_the_rate_and_says_how_long_to_wait(store):
+    take = store.take_token
+    assert [take("feedback|a", per_s=2, burst=3, now=100.0) for _ in range(3)] == [0, 0, 0]
+    assert take("feedback|a", per_s=2, burst=3, now=100.0) == pytest.approx(0.5)  # empty: one token in 0.5 s
+    assert take("feedback|a", per_s=2, burst=3, now=100.25) == pytest.approx(0.25)  # a refusal takes nothing
+    assert take("feedback|a", per_s=2, burst=3, now=100.5) == 0
+    assert take("feedback|b", per_s=2, burst=3, now=100.5) == 0  # another client's bucket is its own
+    assert [take("feedback|a", per_s=2, burst=3, now=200.0) for _ in range(4)][-1] > 0  # refilled to burst only
+    with pytest.raises(StateError):
+        take("feedback|a", per_s=0, burst=3)
+
+
+def test_a_token_bucket_is_shared_by_processes_and_never_overdrawn(db_url):
+    from tests.state._workers import collect, take_many
+
+    StateStore(db_url).close()
+    ctx = mp.get_context(START_METHOD)
+    procs = 3
+    barrier, out = ctx.Barrier(procs), ctx.Queue()
+    workers = [ctx.Process(target=take_many, args=(db_url, 20, barrier, out)) for _ in range(procs)]
+    for w in workers:
+        w.start()
+    assert sum(collect(out, workers)) == 30  # 60 tries by 3 processes: exactly the burst, not 3 times it
+
+
 def test_feedback_concurrent_duplicates_store_once(store):
     item = spec_feedback("docs-spec-current.22.feedback.json")
     barrier = threading.Barrier(6)

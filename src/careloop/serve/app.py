@@ -226,8 +226,6 @@ class Service:
         self.pending = 0  # calls submitted to the scorer and not finished
         self._pending_lock = threading.Lock()
         self.cost_s = 0.005  # moving average of one call's scoring time: predicts the queue's wait
-        self._buckets: dict[str, tuple[float, float]] = {}  # feedback limit: client -> (tokens, at)
-        self._bucket_lock = threading.Lock()
 
     def shutdown(self) -> None:
         """Write what is queued; then, with a signing key, sign the log's head, so that cutting the tail written
@@ -466,18 +464,9 @@ class Service:
 
     def feedback_wait(self, client: str) -> float:
         """0 when `client` may send feedback now (one request taken from its bucket), else the seconds until it
-        may (config `feedback_limit`, per worker process)."""
+        may (config `feedback_limit`; the bucket is in the state store, shared by every worker process)."""
         lim = self.config.feedback_limit
-        rate = lim.per_minute / 60
-        with self._bucket_lock:
-            now = time.monotonic()
-            tokens, at = self._buckets.get(client, (float(lim.burst), now))
-            tokens = min(float(lim.burst), tokens + (now - at) * rate)
-            if tokens >= 1:
-                self._buckets[client] = (tokens - 1, now)
-                return 0.0
-            self._buckets[client] = (tokens, now)
-            return (1 - tokens) / rate
+        return self.store.take_token(f"feedback|{client}", per_s=lim.per_minute / 60, burst=lim.burst)
 
     def expected_wait(self) -> float:
         """Seconds a call submitted now would wait for and take on the scoring thread (the calls ahead of it, and
@@ -934,7 +923,10 @@ def create_app(service: Service) -> FastAPI:
         claims = await authenticate(request, f"{base}/cds-services/{service_id}/feedback", service_id, rid)
         if claims is None:
             return JSONResponse({}, status_code=401)
-        wait = service.feedback_wait(claims.iss)
+        try:
+            wait = await asyncio.to_thread(service.feedback_wait, claims.iss)
+        except StateError:
+            return outcome(503, "the state store cannot be read now, so the feedback was not stored; retry later")
         if wait > 0:
             await service.audited("feedback", "minor", claims=claims, service=service_id, request_id=rid,
                                   detail={"reason": "rate limit: too much feedback from this client",

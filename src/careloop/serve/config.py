@@ -19,7 +19,7 @@ deadline_ms: 1500
 audit:                                       # optional: signed checkpoints of the audit chain
   signing_key_file: keys/audit-ed25519.pem   # Ed25519 private key (`careloop audit keygen`), relative to this file
   checkpoint_every: 1000                     # a checkpoint every N records
-feedback_limit: {per_minute: 600, burst: 120}  # per client and worker process; beyond it, 429 with Retry-After
+feedback_limit: {per_minute: 600, burst: 120}  # per client, all workers together; beyond it 429, Retry-After
 ```
 
 `load_config(path)` reports every problem with its line (`service.yaml:7: trusted_clients.0: ...`), like every
@@ -223,8 +223,9 @@ class AlertConfig(_Strict):
 
 
 class FeedbackLimit(_Strict):
-    """How much feedback one client (token issuer) may send to one worker process: a token bucket holding `burst`
-    requests, refilled at `per_minute`; a request beyond it gets 429 with Retry-After (and is audited)."""
+    """How much feedback one client (token issuer) may send: a token bucket holding `burst` requests, refilled at
+    `per_minute`, kept in the state store so that every worker process draws on the same one; a request beyond it
+    gets 429 with Retry-After (and is audited)."""
 
     per_minute: float = Field(default=600, gt=0)
     burst: int = Field(default=120, ge=1)

@@ -13,6 +13,7 @@ Tables (created if absent, never altered by the app):
                        override_code): idempotent feedback
 ``careloop_switch``    model_key primary key, enabled, changed_at, changed_by: kill switches
 ``careloop_setting``   key primary key, value (canonical JSON), changed_at, changed_by
+``careloop_rate``      key primary key, tokens, at: rate limits shared by every worker process (token buckets)
 """
 
 from __future__ import annotations
@@ -139,6 +140,14 @@ setting_table = Table(
     Column("value", Text, nullable=False),
     Column("changed_at", UTCDateTime, nullable=False),
     Column("changed_by", String, nullable=False),
+)
+
+rate_table = Table(
+    "careloop_rate",
+    metadata,
+    Column("key", String, primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("at", Float, nullable=False),  # seconds since the epoch: the workers may be on several hosts
 )
 
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")  # visible ASCII, no spaces: ids, URLs, uuids, hashes
@@ -562,6 +571,27 @@ class StateStore:
         with self.transaction(write=True) as conn:
             stmt = upsert(self.dialect, switch_table, row, ["model_key"], ["enabled", "changed_at", "changed_by"])
             conn.execute(stmt)
+
+    def take_token(self, key: str, *, per_s: float, burst: int, now: float | None = None) -> float:
+        """A token bucket shared by every process on this store (so N workers do not allow N times the rate): 0 when
+        a request under `key` may go now (one token is taken), else the seconds until one may. The bucket holds up to
+        `burst` tokens and refills at `per_s`. The row is read and written in one write transaction (SQLite's write
+        lock, PostgreSQL's row lock), so concurrent requests cannot both take the last token."""
+        if not (per_s > 0 and burst >= 1):
+            raise StateError("a rate limit needs per_s > 0 and burst >= 1")
+        key = _key(key, "rate key")
+        now = time.time() if now is None else now
+        with self.transaction(write=True) as conn:
+            # a full bucket first, if there is none yet (a concurrent first request waits for this one, then finds it)
+            conn.execute(insert_ignore(self.dialect, rate_table, {"key": key, "tokens": float(burst), "at": now}))
+            row = conn.execute(select(rate_table.c.tokens, rate_table.c.at).where(rate_table.c.key == key)
+                               .with_for_update()).one()
+            tokens = min(float(burst), row.tokens + max(0.0, now - row.at) * per_s)
+            if tokens < 1:  # refused: the bucket is left as it was (it refills with time)
+                return (1 - tokens) / per_s
+            taken = {"tokens": tokens - 1, "at": max(now, row.at)}  # a clock set back does not refill it twice
+            conn.execute(rate_table.update().where(rate_table.c.key == key).values(**taken))
+        return 0.0
 
     def switches(self) -> dict[str, dict]:
         """Every model_key an administrator has set: {model_key: {enabled, changed_at, changed_by}}."""
