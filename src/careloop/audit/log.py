@@ -343,6 +343,11 @@ class AuditLog:
                 conn.exec_driver_sql(f"GRANT SELECT, INSERT ON {t} TO {role}")
 
     # ------------------------------------------------------------------ appending
+    def lock_in(self, conn: Connection) -> None:
+        """Take the append lock in the caller's write transaction now (it is held to its end), so that a caller
+        with its own checks to make before appending makes them serialised with other appenders."""
+        self._lock(conn)
+
     def _lock(self, conn: Connection) -> None:
         if self.store.dialect == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_LOCK_AUDIT})

@@ -15,6 +15,7 @@ once that commit is durable (`journal.py`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -28,6 +29,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 import httpx
 import msgspec
@@ -61,6 +63,7 @@ from careloop.tasks.cohort import excluded_at_index
 
 MAX_BODY = 5 * 1024 * 1024  # bytes; a larger request is refused with 413 before it is parsed
 FHIR_CONNECTIONS = 16  # per worker process and FHIR server: its reads in flight at once (others wait their turn)
+UNKNOWN_UNIT = "hospital"  # the unit of a stay whose Encounter names no location: its budget is the hospital's
 NARROW_RETRY_S = 3600.0  # a FHIR server that refused a narrowed search is asked the broader one this long
 SERVICES = {
     "readmission-risk": ("encounter-discharge", "30-day readmission risk at discharge"),
@@ -377,7 +380,18 @@ class Service:
                                           "iss": getattr(claims, "iss", None)})
 
         jti = (claims.iss, claims.jti, claims.exp) if claims is not None else None
-        return Work(events, jti=jti, instead=instead, card=decision.card_row if decision is not None else None)
+        card = decision.card_row if decision is not None else None
+        if card is None or card[5] != "warning":  # only warnings are under the alert policy
+            return Work(events, jti=jti, instead=instead, card=card)
+        _uuid, _service, patient, _model, risk, _indicator, unit, at = card
+
+        def unshown(why: str) -> list[tuple[str, dict]]:
+            quiet = dataclasses.replace(decision, cards=[], note=why, card_row=None)
+            return self._prepared(kind, result, claims=claims, req=req, decision=quiet, service=service,
+                                  request_id=request_id, detail={**(detail or {}), "note": why})
+
+        return Work(events, jti=jti, instead=instead, card=card, unshown=unshown,
+                    recheck=lambda conn: self.alert_blocked(conn, patient, risk, unit, at))
 
     def _event(self, kind, result, *, claims, req, decision, service, request_id, detail, patient, user) -> dict:
         """The arguments of the call's `audit_event`: who (the client, and the user from the hook's context),
@@ -573,7 +587,7 @@ class Service:
         if risk < self.threshold:
             decision.note = "below threshold"
             return decision
-        return self.alert(service_id, ctx, decision, feats.row, now)
+        return self.alert(service_id, ctx, decision, feats.row, now, feats.unit)
 
     def out_of_distribution(self, row) -> str | None:
         return outside_training(row, self.ranges)
@@ -607,27 +621,39 @@ class Service:
             return "the patient's death is recorded (out of scope)"
         return None
 
-    def alert(self, service_id: str, ctx: C.CardContext, decision: Decision, row, now: dt.datetime) -> Decision:
-        """Repeat suppression, the unit's daily budget, then the card with its reasons."""
-        from careloop.explain import reasons
-
+    def alert_blocked(self, conn, patient: str, risk: float, unit: str | None, now: dt.datetime) -> str | None:
+        """Why the alert policy withholds a warning now, or None: this model warned on the patient within the repeat
+        window (from any hook) and the risk has not moved by more than `repeat_delta`; or the unit has had its
+        daily budget of this model's warnings since midnight in the hospital's time zone. Checked while scoring,
+        and again in the transaction that would record the card (journal.py), where it decides."""
         a = self.config.alert
-        last = self.store.last_card(service_id, ctx.patient_id, self.model_key, "warning")
+        last = self.store.last_card_in(conn, None, patient, self.model_key, "warning")
         if (
             last
             and last.get("risk") is not None
             and now - _aware(last["at"]) < dt.timedelta(hours=a.repeat_window_h)
-            and abs(decision.score - last["risk"]) <= a.repeat_delta
+            and abs(risk - last["risk"]) <= a.repeat_delta
         ):
-            decision.note = "repeat suppressed"
-            return decision
-        unit = None
+            return "repeat suppressed"
         if a.daily_budget_per_unit:
-            unit = "hospital"
-            midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-            if self.store.cards_since(service_id, unit, midnight, "warning") >= a.daily_budget_per_unit:
-                decision.note = "daily budget reached"
-                return decision
+            zone = ZoneInfo(a.timezone)
+            midnight = now.astimezone(zone).replace(hour=0, minute=0, second=0, microsecond=0)
+            shown = self.store.cards_since_in(conn, None, unit or UNKNOWN_UNIT, midnight.astimezone(dt.UTC),
+                                              "warning", model_hash=self.model_key)
+            if shown >= a.daily_budget_per_unit:
+                return "daily budget reached"
+        return None
+
+    def alert(self, service_id: str, ctx: C.CardContext, decision: Decision, row, now: dt.datetime,
+              unit: str | None = None) -> Decision:
+        """Repeat suppression, the unit's daily budget, then the card with its reasons."""
+        from careloop.explain import reasons
+
+        with self.store.transaction(write=False) as conn:
+            why = self.alert_blocked(conn, ctx.patient_id, decision.score, unit, now)
+        if why:
+            decision.note = why
+            return decision
         rs = reasons(self.model.contributions_rows([row]), [row], self.infos, top=3, columns=self.model.columns)
         budget = self.meta["operating_point"].get("rationale", "")
         budget_text = (
@@ -650,8 +676,8 @@ class Service:
             budget_text=budget_text,
             today=now.date(),
         )
-        decision.card_row = (card["uuid"], service_id, ctx.patient_id, self.model_key, decision.score, "warning", unit,
-                             now)
+        decision.card_row = (card["uuid"], service_id, ctx.patient_id, self.model_key, decision.score, "warning",
+                             unit or UNKNOWN_UNIT, now)
         decision.cards = [card]
         return decision
 
@@ -794,7 +820,9 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
             fresh = await asyncio.wrap_future(service.journal.submit(work))
         except Exception:
             return outcome(503, "the audit log cannot be written now, so the call was not answered; retry later")
-        return answer if fresh else JSONResponse({}, status_code=401)
+        if not fresh:
+            return JSONResponse({}, status_code=401)
+        return _json({"cards": []}) if work.withheld is not None else answer
 
     raw = await read_body()
     if raw is None:

@@ -14,7 +14,7 @@ state: sqlite:///careloop-state.db
 base_url: http://127.0.0.1:8080              # `aud` must equal {base_url}/cds-services/{id}
 max_token_lifetime_s: 3600
 clock_skew_s: 60
-alert: {repeat_window_h: 72, repeat_delta: 0.10, daily_budget_per_unit: null, deferral: card}
+alert: {repeat_window_h: 72, repeat_delta: 0.10, daily_budget_per_unit: null, timezone: UTC, deferral: card}
 deadline_ms: 1500
 audit:                                       # optional: signed checkpoints of the audit chain
   signing_key_file: keys/audit-ed25519.pem   # Ed25519 private key (`careloop audit keygen`), relative to this file
@@ -214,12 +214,27 @@ class AdminConfig(_Strict):
 
 
 class AlertConfig(_Strict):
-    """The alert policy the service applies (read by the app)."""
+    """The alert policy the service applies: no second warning for a patient from the model (whichever hook) within
+    `repeat_window_h` unless the risk moved by more than `repeat_delta`; at most `daily_budget_per_unit` warnings a
+    day in a unit (the stay's ward, its Encounter.location), the day starting at midnight in `timezone` (the
+    hospital's, an IANA name)."""
 
     repeat_window_h: float = Field(default=72, gt=0)
     repeat_delta: float = Field(default=0.10, ge=0, le=1)
     daily_budget_per_unit: int | None = Field(default=None, ge=1)
+    timezone: str = "UTC"
     deferral: Literal["card", "none"] = "card"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(v)
+        except (ValueError, KeyError, OSError):
+            raise ValueError(f"unknown time zone (an IANA name, e.g. America/New_York): {v!r}") from None
+        return v
 
 
 class FeedbackLimit(_Strict):

@@ -625,6 +625,7 @@ class BedsideFeatures:
     death_us: int | None = None  # the patient's recorded death (UTC microseconds)
     deceased_no_time: bool = False  # the Patient says deceasedBoolean: true (a death without a time)
     index_us: int | None = None
+    unit: str | None = None  # the stay's ward (its Encounter.location), for the unit's alert budget
 
 
 _EVALUATORS: dict[int, tuple[FeatureSet, StayFeatures]] = {}
@@ -719,4 +720,4 @@ def bedside_features(
     index_time = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=index_us)
     deceased = pre.patient is not None and pre.patient.deceasedBoolean is True
     return BedsideFeatures(values, None, index_time, values.get("age"), row["class"], row["discharge_disposition"],
-                           row["discharge_disposition_nubc"], death, deceased, index_us)
+                           row["discharge_disposition_nubc"], death, deceased, index_us, row["location_ref"])

@@ -13,6 +13,13 @@ for a little latency; a lone call is written at once.
 
 A call whose `jti` turns out to have been claimed already (a replay that reached another worker process) is not
 written as scored: its record becomes an authentication failure and its answer a 401.
+
+A warning card is shown only if the alert policy still allows it when it is written: its rule (repeat window, daily
+budget) was checked while scoring, but calls scored at the same moment (two hooks for one patient, two patients of
+one unit with one card left in its budget), in this process or another, each saw the other's card not yet written.
+So `recheck` runs again inside the write transaction, after every earlier card is in it (transactions that write
+cards are serialised: SQLite's write lock; on PostgreSQL the audit chain's advisory lock, taken first); a card it
+refuses is not recorded, the call's record says why (`withheld`), and the call is answered without it.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
+
+from sqlalchemy.engine import Connection
 
 from careloop.audit import AuditLog
 from careloop.state import StateStore
@@ -38,6 +47,9 @@ class Work:
     jti: tuple[str, str, datetime] | None = None
     instead: Callable[[], list[tuple[str, dict]]] = list  # made only when needed (rarely)
     card: tuple | None = None
+    recheck: Callable[[Connection], str | None] | None = None  # why the card may not be shown now, in the transaction
+    unshown: Callable[[str], list[tuple[str, dict]]] = lambda why: []  # the records to write then
+    withheld: str | None = None  # set by the journal: why the card was not shown after all
     future: Future = field(default_factory=Future)  # resolves to True (written as is) or False (replay)
 
 
@@ -111,10 +123,17 @@ class Journal:
     def _commit(self, batch: list[Work]) -> None:
         try:
             with self.store.transaction(write=True) as conn:
+                # first, before the jti claims: writers in other processes wait here, and two of them can never each
+                # hold what the other waits for (a jti row, the lock)
+                self.audit.lock_in(conn)
                 wins = iter(self.store.claim_jtis_in(conn, [w.jti for w in batch if w.jti is not None]))
                 fresh = [True if w.jti is None else next(wins) for w in batch]
                 prepared = []
                 for w, ok in zip(batch, fresh, strict=True):
+                    w.withheld = w.recheck(conn) if ok and w.card is not None and w.recheck is not None else None
+                    if w.withheld is not None:
+                        prepared += w.unshown(w.withheld)
+                        continue
                     if ok and w.card is not None:
                         self.store.record_card_in(conn, *w.card)
                     prepared += w.events if ok else w.instead()

@@ -8,7 +8,8 @@ a unique key plus ``INSERT ... ON CONFLICT`` decides which of two concurrent jti
 Tables (created if absent, never altered by the app):
 
 ``careloop_jti``       (iss, jti) primary key, expires_at: the replay cache
-``careloop_card``      id, uuid unique, service, patient, model_hash, risk, indicator, unit, at
+``careloop_card``      id, uuid unique, service, patient, model_hash, risk, indicator, unit, at (indexes are added to
+                       a store made before them)
 ``careloop_feedback``  id, service, card, outcome, outcome_at, override_code ... unique (card, outcome, outcome_at,
                        override_code): idempotent feedback
 ``careloop_switch``    model_key primary key, enabled, changed_at, changed_by: kill switches
@@ -101,6 +102,9 @@ card_table = Table(
     Column("at", UTCDateTime, nullable=False),
     Index("careloop_card_patient", "service", "patient", "model_hash", "at"),
     Index("careloop_card_unit", "service", "unit", "at"),
+    # the alert policy's look-ups across services (a patient's last card from a model; a unit's cards today)
+    Index("careloop_card_patient_model", "patient", "model_hash", "at"),
+    Index("careloop_card_unit_model", "unit", "model_hash", "at"),
 )
 
 feedback_table = Table(
@@ -279,6 +283,8 @@ class StateStore:
         try:
             with self.transaction(write=True, ddl=True) as conn:
                 metadata.create_all(conn)
+                for index in card_table.indexes:  # an index added since a store was made (create_all skips them)
+                    index.create(conn, checkfirst=True)
         except BaseException:
             self.engine.dispose()
             raise
@@ -412,32 +418,44 @@ class StateStore:
             row = conn.execute(select(card_table).where(card_table.c.uuid == uuid)).mappings().first()
         return self._card(row)
 
-    def last_card(self, service: str, patient: str, model_hash: str, indicator: str | None = None) -> dict | None:
-        """The newest card (by ``at``, then by recording order) for this patient from this service and model (of
-        this indicator only, when given)."""
-        c = card_table.c
-        where = [c.service == service, c.patient == patient, c.model_hash == model_hash]
-        if indicator is not None:
-            where.append(c.indicator == indicator)
-        q = (
-            select(card_table)
-            .where(*where)
-            .order_by(c.at.desc(), c.id.desc())
-            .limit(1)
-        )
+    def last_card(self, service: str | None, patient: str, model_hash: str,
+                  indicator: str | None = None) -> dict | None:
+        """The newest card (by ``at``, then by recording order) for this patient from this model, shown by this
+        service (any, when None), of this indicator only (when given)."""
         with self.transaction(write=False) as conn:
-            return self._card(conn.execute(q).mappings().first())
+            return self.last_card_in(conn, service, patient, model_hash, indicator)
 
-    def cards_since(self, service: str, unit: str | None, since: datetime, indicator: str | None = None) -> int:
-        """How many cards this service has shown in ``unit`` at or after ``since`` (of this indicator only, when
-        given); ``unit=None`` counts the cards recorded without a unit."""
+    def last_card_in(self, conn: Connection, service: str | None, patient: str, model_hash: str,
+                     indicator: str | None = None) -> dict | None:
+        """`last_card` inside a transaction the caller holds (the group commit checks its alert rule there)."""
         c = card_table.c
-        where = [c.service == service, c.unit.is_(None) if unit is None else c.unit == unit, c.at >= utc(since)]
+        where = [c.patient == patient, c.model_hash == model_hash]
+        if service is not None:
+            where.append(c.service == service)
         if indicator is not None:
             where.append(c.indicator == indicator)
-        q = select(func.count()).select_from(card_table).where(*where)
+        q = select(card_table).where(*where).order_by(c.at.desc(), c.id.desc()).limit(1)
+        return self._card(conn.execute(q).mappings().first())
+
+    def cards_since(self, service: str | None, unit: str | None, since: datetime, indicator: str | None = None, *,
+                    model_hash: str | None = None) -> int:
+        """How many cards were shown in ``unit`` at or after ``since`` by this service (any, when None) and model
+        (any, when None), of this indicator only (when given); ``unit=None`` counts the cards recorded without one."""
         with self.transaction(write=False) as conn:
-            return int(conn.execute(q).scalar_one())
+            return self.cards_since_in(conn, service, unit, since, indicator, model_hash=model_hash)
+
+    def cards_since_in(self, conn: Connection, service: str | None, unit: str | None, since: datetime,
+                       indicator: str | None = None, *, model_hash: str | None = None) -> int:
+        """`cards_since` inside a transaction the caller holds."""
+        c = card_table.c
+        where = [c.unit.is_(None) if unit is None else c.unit == unit, c.at >= utc(since)]
+        if service is not None:
+            where.append(c.service == service)
+        if model_hash is not None:
+            where.append(c.model_hash == model_hash)
+        if indicator is not None:
+            where.append(c.indicator == indicator)
+        return int(conn.execute(select(func.count()).select_from(card_table).where(*where)).scalar_one())
 
     # ------------------------------------------------------------------ feedback
     def add_feedback(

@@ -1,0 +1,169 @@
+"""The alert policy holds under concurrency and across hooks: at most one warning per patient and model within the
+repeat window (whichever hook asked, however many calls at once, in one worker or several), and at most the daily
+budget of warnings per unit, the day starting at midnight in the hospital's time zone. Two services on one state
+store stand for two worker processes (each has its own store connection pool and group-commit writer)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import uuid
+
+import httpx
+import pytest
+
+from careloop.serve.app import HookRequest
+from tests.fhir_server.harness import make_rsa_key
+from tests.serve.harness import (
+    ISS,
+    Running,
+    bearer,
+    free_port,
+    hook_request,
+    patient_resources,
+    prefetch_of,
+    write_config,
+)
+
+
+@pytest.fixture(scope="module")
+def keys():
+    pem, jwk = make_rsa_key()
+    return {"rsa": (pem, jwk["kid"]), "jwks": {"keys": [jwk]}}
+
+
+@pytest.fixture(scope="module")
+def high(trained_bundle, hospital_store, hospital):
+    """Test-split stays the model warns on (risk clear of the threshold's band), with their records."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from careloop.engines import DuckDBEngine
+    from careloop.features.engine import extract
+    from careloop.features.spec import load_feature_set
+    from careloop.registry import verify
+    from careloop.tasks.cohort import build_cohort
+    from careloop.tasks.spec import load_task
+
+    eng = DuckDBEngine(hospital_store[0])
+    cohort = build_cohort(load_task("readmission-30d"), eng).table
+    feats = extract(load_feature_set("readmission"), cohort.filter(pc.equal(cohort.column("split"), "test")), eng).table
+    bundle = verify(trained_bundle)
+    risk = bundle.model().predict_proba(feats)
+    above = bundle.metadata["operating_point"]["threshold_ci"][1] + 0.03
+    rows = feats.select(["patient_id", "encounter_id"]).to_pylist()
+    picked = []
+    for i in np.argsort(-risk)[:100]:  # one stay per patient (a patient's second card is under the repeat rule)
+        if risk[i] > above and all(p["patient_id"] != rows[i]["patient_id"] for p in picked):
+            picked.append(rows[i])
+    assert len(picked) >= 6
+    res = patient_resources(hospital / "ndjson", {s["patient_id"] for s in picked})
+    return [(s, res[s["patient_id"]]) for s in picked]
+
+
+def _pair(bundle, keys, folder, state_url, **alert) -> tuple[Running, Running]:
+    out = []
+    for name in ("a", "b"):
+        port = free_port()
+        (folder / name).mkdir()
+        out.append(Running(bundle, write_config(folder / name, state=state_url, jwks=keys["jwks"], port=port, **alert),
+                           port))
+    return out[0], out[1]
+
+
+def _post(running: Running, keys, body: dict, service: str = "readmission-risk") -> dict:
+    aud = f"{running.url}/cds-services/{service}"
+    r = httpx.post(aud, json=body, headers=bearer(*keys["rsa"], aud), timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _indicators(answer: dict) -> list[str]:
+    return [c["indicator"] for c in answer["cards"]]
+
+
+def test_simultaneous_calls_for_one_patient_in_two_workers_give_one_warning(trained_bundle, keys, high,
+                                                                             tmp_path, state_url):
+    a, b = _pair(trained_bundle, keys, tmp_path, state_url)
+    try:
+        for stay, res in high[:3]:
+            bodies = [hook_request(stay["patient_id"], stay["encounter_id"], prefetch_of(res)) for _ in range(4)]
+            answers: list = [None] * 4
+            gate = threading.Barrier(4)
+
+            def send(i: int, bodies=bodies, answers=answers, gate=gate) -> None:
+                gate.wait()
+                answers[i] = _post((a, b)[i % 2], keys, bodies[i])
+
+            threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+            assert sorted(len(x["cards"]) for x in answers) == [0, 0, 0, 1], answers
+            assert [_indicators(x) for x in answers if x["cards"]] == [["warning"]]
+            quiet = [bodies[i]["hookInstance"] for i in range(4) if not answers[i]["cards"]]
+            recs = [r for r in a.service.audit.records(kind="cds-call") if r["hook_instance"] in quiet]
+            assert len(recs) == 3 and all(json.loads(r["cards"] or "[]") == [] for r in recs)
+            assert {r["detail"].get("note") for r in recs} == {"repeat suppressed"}, recs
+        cards = a.service.store.cards_since(None, None, dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+        warned = [c for c in (a.service.store.last_card(None, s["patient_id"], a.service.model_key, "warning")
+                              for s, _ in high[:3]) if c]
+        assert len(warned) == 3 and cards == 0  # one card per patient recorded, each with its unit
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_warning_from_one_hook_is_not_repeated_by_the_other(trained_bundle, keys, high, tmp_path,
+                                                              state_url):
+    a, b = _pair(trained_bundle, keys, tmp_path, state_url)
+    try:
+        for stay, res in high[3:]:  # the first the chart view warns on (it also reads deaths after the stay)
+            pf = prefetch_of(res)
+            for k in ("deceasedDateTime", "deceasedBoolean"):
+                pf["patient"].pop(k, None)
+            view = hook_request(stay["patient_id"], stay["encounter_id"], pf, hook="patient-view")
+            first = _post(a, keys, view, service="readmission-risk-patient-view")
+            if _indicators(first) == ["warning"]:
+                break
+        else:
+            pytest.fail(f"no stay the chart view warns on: {first}")
+        discharge = hook_request(stay["patient_id"], stay["encounter_id"], pf)
+        assert _post(b, keys, discharge) == {"cards": []}
+    finally:
+        a.stop()
+        b.stop()
+
+
+def _record(service, stay, res, now: dt.datetime, location: str | None = None) -> list[str]:
+    """Score a discharge at `now` (its ward set to `location`) and write it as the service does; the indicators."""
+    pf = prefetch_of(res)
+    if location is not None:
+        for e in pf["encounters"]["entry"]:
+            if e["resource"]["id"] == stay["encounter_id"]:
+                e["resource"]["location"] = [{"location": {"reference": f"Location/{location}"}}]
+    req = HookRequest.decode(json.dumps(hook_request(stay["patient_id"], stay["encounter_id"], pf)).encode())
+    decision = service.handle("readmission-risk", req, now, ISS)
+    work = service.work("cds-call", "success", claims=None, req=req, decision=decision, service="readmission-risk",
+                        request_id=str(uuid.uuid4()))
+    assert service.journal.write(work)
+    return [] if work.withheld else [c["indicator"] for c in decision.cards]
+
+
+def test_the_daily_budget_is_per_unit_and_day_in_the_hospitals_time_zone(trained_bundle, keys, high,
+                                                                          tmp_path, state_url):
+    a, b = _pair(trained_bundle, keys, tmp_path, state_url, daily_budget_per_unit=1, timezone="America/New_York")
+    try:
+        evening = dt.datetime(2030, 3, 2, 23, 30, tzinfo=dt.UTC)  # 18:30 in New York, 2 March
+        assert _record(a.service, *high[0], evening, "ward-4w") == ["warning"]
+        assert _record(b.service, *high[1], evening + dt.timedelta(minutes=30), "ward-4w") == []  # 19:00: spent
+        assert _record(b.service, *high[2], evening + dt.timedelta(minutes=30), "ward-5e") == ["warning"]  # own unit
+        morning = dt.datetime(2030, 3, 3, 5, 30, tzinfo=dt.UTC)  # 00:30 in New York, 3 March: a new day
+        assert _record(a.service, *high[3], morning, "ward-4w") == ["warning"]
+        units = [a.service.store.last_card(None, s["patient_id"], a.service.model_key) for s, _ in (high[0], high[2])]
+        assert [c["unit"] for c in units] == ["Location/ward-4w", "Location/ward-5e"], units
+    finally:
+        a.stop()
+        b.stop()
