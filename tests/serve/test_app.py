@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 
@@ -552,6 +553,33 @@ def test_the_demo_picks_stays_that_show_each_answer(trained_bundle, hospital_sto
     assert high["risk"] >= hi and outside_training(by_id[high["encounter_id"]], meta["input_ranges"]) is None
     assert low["risk"] < lo and outside_training(by_id[low["encounter_id"]], meta["input_ranges"]) is None
     assert lo <= threshold <= hi
+
+
+def test_inputs_far_outside_the_training_data_defer_rather_than_extrapolate():
+    from careloop.serve.app import outside_training
+
+    ranges = {"los_days": (0.5, 20.5), "prior_admissions": (0, 4), "flag": (0, 0)}  # widths 20, 4, 0
+    assert outside_training({"los_days": 40, "prior_admissions": 3, "flag": 0}, ranges) is None  # one, a little out
+    assert outside_training({"los_days": 120, "prior_admissions": 3}, ranges) is None  # one, within 5 widths
+    assert outside_training({"los_days": 121, "prior_admissions": 3}, ranges) == "los_days"  # one, beyond them
+    assert outside_training({"los_days": 40, "prior_admissions": 7}, ranges) == "los_days, prior_admissions"
+    assert outside_training({"flag": 2, "prior_admissions": 7}, ranges) == "prior_admissions, flag"
+    assert outside_training({"flag": 1, "los_days": None, "prior_admissions": "x"}, ranges) is None
+
+
+def test_a_stay_far_longer_than_any_in_training_gets_a_deferral_not_a_score(running, chosen):
+    """A discharge 2 years after admission (an encounter left open in the EHR): the length of stay is far beyond
+    anything the model was trained on, so it defers (a tree model would answer with its extreme leaf)."""
+    _, low, res = chosen
+    row = low[0]
+    pf = prefetch_of(res[row["patient_id"]])
+    for e in pf["encounters"]["entry"]:
+        if e["resource"]["id"] == row["encounter_id"]:
+            start = dt.datetime.fromisoformat(e["resource"]["period"]["start"])
+            e["resource"]["period"]["end"] = (start + dt.timedelta(days=730)).isoformat()
+    body = hook_request(row["patient_id"], row["encounter_id"], pf)
+    (card,) = call(running, body).json()["cards"]
+    assert card["indicator"] == "info" and "inputs outside the training data (los_days" in card["detail"], card
 
 
 def test_when_the_audit_log_cannot_be_written_no_call_is_answered_as_scored(running, chosen, monkeypatch):

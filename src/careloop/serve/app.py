@@ -687,17 +687,22 @@ def under_age(min_age: float) -> str:
 
 
 def outside_training(row: dict, ranges: dict) -> str | None:
-    """The numeric inputs far outside the training range (0.5th-99.5th percentile, widened by half the range), when
-    at least two are: the service then defers instead of extrapolating. None when the row is in range."""
-    far = []
+    """The numeric inputs far outside the training range (0.5th-99.5th percentile), when the service should defer
+    instead of extrapolating: two or more beyond it by over half its width, or one beyond it by over five widths (a
+    120-day stay where training saw up to 20 days: most likely a data error, and a tree model's answer there is
+    not evidence). One input a little out is common (a frequent attender's many admissions) and still scored.
+    None when the row is in range."""
+    far, very_far = [], []
     for col, (lo, hi) in ranges.items():
         v = row.get(col)
         if v is None or isinstance(v, str):
             continue
-        pad = 0.5 * (hi - lo) if hi > lo else 1.0
+        pad = 0.5 * (hi - lo) if hi > lo else 1.0  # a constant in training: a step of 1 away is far
         if v < lo - pad or v > hi + pad:
             far.append(col)
-    return ", ".join(far[:3]) if len(far) >= 2 else None
+            if v < lo - 10 * pad or v > hi + 10 * pad:
+                very_far.append(col)
+    return ", ".join(far[:3]) if len(far) >= 2 or very_far else None
 
 
 def _origin(fhir_server: str) -> tuple[str, str, int | None]:
