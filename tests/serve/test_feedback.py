@@ -227,6 +227,27 @@ def test_feedback_beyond_the_clients_limit_gets_429_with_retry_after_and_is_audi
         _empty_buckets(service)
 
 
+def test_feedback_that_contradicts_itself_or_the_card_is_refused(setup):
+    """Suggestions accepted on a card the user overrode; an override reason with one of the card's codes in another
+    code system: each a 400, nothing stored."""
+    running, stays, res = setup
+    card = _card(running, stays[0], res)
+    reason = card["overrideReasons"][0]
+    before = len(running.service.store.feedback())
+    for bad, why in (
+        ({"outcome": "overridden", "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}]},
+         "only with the outcome 'accepted'"),
+        ({"outcome": "overridden", "overrideReason": {"reason": dict(reason, system="http://elsewhere.example")}},
+         "must be one of the card's overrideReasons"),
+    ):
+        r = _post(running, [{"card": card["uuid"], "outcomeTimestamp": WHEN, **bad}])
+        assert r.status_code == 400 and why in r.text, r.text
+    assert len(running.service.store.feedback()) == before
+    ok = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN,
+          "overrideReason": {"reason": {"code": reason["code"]}}}  # the code alone: its system is the card's
+    assert _post(running, [ok]).status_code == 200
+
+
 def test_feedback_from_the_future_is_refused_and_extensions_are_accepted(setup):
     running, stays, res = setup
     card = _card(running, stays[0], res)

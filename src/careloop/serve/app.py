@@ -324,6 +324,8 @@ class Service:
             card = self.store.card(item.card) if _UUID.fullmatch(item.card) else None  # cards' uuids are UUIDs
             if card is None or card["service"] != service_id:
                 return refuse(404, f"{where}.card: no card of this service has this uuid")
+            if item.outcome != "accepted" and item.acceptedSuggestions:
+                return refuse(400, f"{where}.acceptedSuggestions: only with the outcome 'accepted'", card["patient"])
             if item.outcome == "accepted":
                 if not item.acceptedSuggestions:
                     return refuse(400, f"{where}: 'accepted' needs acceptedSuggestions", card["patient"])
@@ -337,7 +339,8 @@ class Service:
                 return refuse(400, f"{where}.outcomeTimestamp is in the future", card["patient"])
             reason = (item.overrideReason or {}).get("reason")
             offered_reasons = {c for c, _ in C.OVERRIDE_REASONS} if card["indicator"] == "warning" else set()
-            if reason is not None and (not isinstance(reason, dict) or reason.get("code") not in offered_reasons):
+            if reason is not None and (not isinstance(reason, dict) or reason.get("code") not in offered_reasons
+                                       or reason.get("system", C.OVERRIDE_SYSTEM) != C.OVERRIDE_SYSTEM):
                 return refuse(400, f"{where}.overrideReason.reason: must be one of the card's overrideReasons",
                               card["patient"])
             try:
