@@ -704,7 +704,7 @@ def audit_verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Walk the hash chain; exit 1 and name the first bad record if the log was edited, cut or reordered."""
-    from careloop.audit import AuditLog
+    from careloop.audit import AuditLog, missing_log
     from careloop.state import iso_z
 
     expected = _audit_head(expect) if expect is not None else None
@@ -726,11 +726,19 @@ def audit_verify(
             fail(f"--verify-key {verify_key}: not an Ed25519 public key")
             return
     try:
+        missing = missing_log(state)
+        if missing:
+            fail(f"nothing to verify: {missing}")
+            return
         log = AuditLog.open(state)
         result = log.verify(verify_key=key, expect=expected)
         head = log.head()
     except CareloopError as exc:
         fail(str(exc))
+        return
+    if result.ok and head["seq"] == 0:
+        fail("nothing to verify: the audit log holds no records (a service never called, or a log emptied: an "
+             "earlier head given to --expect tells which)")
         return
     signed = result.checkpoints if key is not None else None
     doc = {"ok": result.ok, "checked": result.checked, "first_bad": result.first_bad, "reason": result.reason,

@@ -46,3 +46,26 @@ def test_altered_log_is_detected_and_named(db_url, attack):
             con.execute(sa.text("UPDATE careloop_audit SET seq = 9 WHERE seq = -8"))
     code, doc = verify(state_url)
     assert code == 1 and doc["ok"] is False and doc["first_bad"] in (8, 9), doc
+
+
+def test_a_missing_or_empty_log_is_not_reported_intact_and_nothing_is_created(db_url, tmp_path):
+    """A log that is gone (the file, the table) or emptied cannot be vouched for: exit non-zero, say why, and never
+    create what is being verified (that would make a deleted log look new)."""
+    nowhere = tmp_path / "never" / "state.db"
+    res = CliRunner().invoke(app, ["audit", "verify", "--state", f"sqlite:///{nowhere}"])
+    assert res.exit_code != 0 and "no database file" in res.output
+    assert not nowhere.parent.exists()
+    _log(db_url, 3)
+    with tampering(db_url) as con:
+        con.execute(sa.text("DELETE FROM careloop_audit"))
+    res = CliRunner().invoke(app, ["audit", "verify", "--state", db_url])
+    assert res.exit_code != 0 and "holds no records" in res.output, res.output
+    engine = sa.create_engine(db_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.begin() as con:
+            con.execute(sa.text("DROP TABLE careloop_audit"))
+        res = CliRunner().invoke(app, ["audit", "verify", "--state", db_url])
+        assert res.exit_code != 0 and "no audit log in this database" in res.output, res.output
+        assert not sa.inspect(engine).has_table("careloop_audit")  # not recreated
+    finally:
+        engine.dispose()

@@ -18,6 +18,7 @@ from careloop.audit.log import (
     AuditLog,
     VerifyResult,
     entry_hash,
+    missing_log,
 )
 
 __all__ = [
@@ -30,5 +31,6 @@ __all__ = [
     "audit_event",
     "entry_hash",
     "find_secret",
+    "missing_log",
     "summarize",
 ]

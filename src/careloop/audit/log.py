@@ -33,6 +33,7 @@ import uuid as uuidlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -261,6 +262,34 @@ def _walk(
 
 # built once: a statement built per call costs more to key for SQLAlchemy's compile cache than to run
 _HEAD = select(audit_table.c.seq, audit_table.c.entry_hash).order_by(audit_table.c.seq.desc()).limit(1)
+
+
+def missing_log(url: str) -> str | None:
+    """Why there is no audit log at `url` to verify (no such SQLite file, or no audit table in the database), found
+    without creating either (opening an AuditLog creates both, which would make a log that is gone look new)."""
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from careloop.state._db import normalize_url
+
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database or ""
+        if path in ("", ":memory:") or not Path(path).is_file():
+            return f"no database file at {path or '(memory)'}"
+        url = f"sqlite:///file:{Path(path).resolve()}?mode=ro&uri=true"
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table(audit_table.name):
+                return f"no audit log in this database (no {audit_table.name} table)"
+    except SQLAlchemyError as exc:
+        return f"cannot read the database ({type(exc).__name__})"
+    finally:
+        engine.dispose()
+    return None
 
 
 class AuditLog:
