@@ -583,12 +583,16 @@ class Service:
             d.score = risk
             return d
         decision = Decision([], patient, score=risk, digest=digest, extra=extra)
-        if self.band and self.band[0] <= risk < self.band[1]:
-            decision.cards = [C.near_threshold_card(ctx, risk, self.band)]
-            decision.note = "near threshold"
-            return decision
+        # the operating point decides (warnings are exactly the risks at or above the bundle's threshold, so the
+        # alert rate, sensitivity and PPV validated for it hold); the threshold's own 95% interval says which
+        # risks are too close to it to be sure of their side: below it an info card says so, above it the warning
+        # says so
         if risk < self.threshold:
-            decision.note = "below threshold"
+            if self.band and self.band[0] <= risk:
+                decision.cards = [C.near_threshold_card(ctx, risk, self.threshold, self.band)]
+                decision.note = "near threshold"
+            else:
+                decision.note = "below threshold"
             return decision
         return self.alert(service_id, ctx, decision, feats.row, now, feats.unit)
 
@@ -669,7 +673,8 @@ class Service:
             if budget
             else "see the card"
         )
-        band = "top 10% of discharges" if self.meta["operating_point"].get("policy") == "budget" else "high risk"
+        op = self.meta["operating_point"]
+        band = f"top {op['target']:.0%} of discharges" if op.get("policy") == "budget" else "high risk"
         card = C.risk_card(
             ctx,
             decision.score,
@@ -678,6 +683,7 @@ class Service:
             band=band,
             budget_text=budget_text,
             today=now.date(),
+            uncertain=self.band if self.band and decision.score < self.band[1] else None,
         )
         decision.card_row = (card["uuid"], service_id, ctx.patient_id, self.model_key, decision.score, "warning",
                              unit or UNKNOWN_UNIT, now)

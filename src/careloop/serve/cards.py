@@ -128,8 +128,10 @@ def risk_card(
     band: str,
     budget_text: str,
     today: dt.date | None = None,
+    uncertain: tuple[float, float] | None = None,
 ) -> dict:
-    """The card for a patient at or above the operating threshold."""
+    """The card for a patient at or above the operating threshold; `uncertain`: the threshold's 95% interval, when
+    the risk lies inside it (the card then says the model is less sure of the patient's side of the threshold)."""
     summary = f"High 30-day readmission risk: {risk:.0%} ({band}). Consider follow-up within 7 days."
     if len(summary) > SUMMARY_MAX:
         summary = f"High 30-day readmission risk: {risk:.0%}."
@@ -138,6 +140,10 @@ def risk_card(
         f"is {threshold:.0%}, {budget_text}).",
         "",
     ]
+    if uncertain is not None:
+        lines += [f"This risk is close to the alert threshold: inside the threshold's own 95% interval "
+                  f"({uncertain[0]:.0%}–{uncertain[1]:.0%}), so the model is less sure than the percentage suggests "
+                  f"that this patient is above it.", ""]
     if reasons:
         lines += ["Main reasons in this patient's record:", *[f"- {r}" for r in reasons], ""]
     lines += [
@@ -160,16 +166,16 @@ def risk_card(
     }
 
 
-def near_threshold_card(ctx: CardContext, risk: float, band: tuple[float, float]) -> dict:
-    """Risk inside the operating threshold's own uncertainty band: stated, not a warning."""
+def near_threshold_card(ctx: CardContext, risk: float, threshold: float, band: tuple[float, float]) -> dict:
+    """Risk below the operating threshold but inside its own uncertainty band: stated, not a warning."""
     return {
         "uuid": _uuid(),
         "indicator": "info",
         "summary": f"Readmission risk {risk:.0%} is close to the alert threshold: clinical judgement decides.",
         "detail": (
-            f"The estimated 30-day readmission risk ({risk:.0%}) lies inside the 95% interval of the alert "
-            f"threshold itself ({band[0]:.0%}–{band[1]:.0%}), so the model does not say whether this patient "
-            f"is above or below it. Model bundle `{ctx.bundle_id[:12]}`."
+            f"The estimated 30-day readmission risk ({risk:.0%}) is below the alert threshold ({threshold:.0%}) but "
+            f"inside the threshold's own 95% interval ({band[0]:.0%}–{band[1]:.0%}), so the model cannot say "
+            f"that this patient is below it. Model bundle `{ctx.bundle_id[:12]}`."
         ),
         "source": _source(ctx),
         "links": _links(ctx),

@@ -162,7 +162,7 @@ def assess(service, feats: pa.Table, stays: list[dict] | None = None) -> tuple[l
 
         defers = [bool(x) for x in service.policy.defers(np.asarray(risk))]
     out = []
-    lo, hi = service.band if service.band else (None, None)
+    lo = service.band[0] if service.band else None
     for i in range(n):
         age = ages[i]
         if age is None or (isinstance(age, float) and math.isnan(age)) or age < service.min_age:
@@ -183,12 +183,12 @@ def assess(service, feats: pa.Table, stays: list[dict] | None = None) -> tuple[l
             out.append(Assessment(risk[i], "deferred", "learned deferral policy: clinicians' own judgement has been "
                                                        "more accurate in this risk range"))
             continue
-        if lo is not None and lo <= risk[i] < hi:
-            status = "near threshold"
-        elif risk[i] < service.threshold:
-            status = "below threshold"
-        else:
+        if risk[i] >= service.threshold:
             status = "flagged"
+        elif lo is not None and lo <= risk[i]:
+            status = "near threshold"
+        else:
+            status = "below threshold"
         out.append(Assessment(risk[i], status))
     return out, rs
 
