@@ -260,3 +260,21 @@ def test_feedback_from_the_future_is_refused_and_extensions_are_accepted(setup):
     r = httpx.post(url, json=body, headers=bearer(*running.keys, url), timeout=10)
     assert r.status_code == 200 and r.json()["received"] == 1, r.text
     assert "4 West" not in json.dumps(running.service.store.feedback(), default=str)  # accepted, not stored
+
+
+def test_the_feedback_export_names_the_user_and_the_location_of_each_card(setup):
+    """Checklist T-09 (HTI-1 (b)(11)): each exported row holds the intervention, the action, the feedback, the user
+    (the hook's userId the card was shown to), the date and the location (the stay's ward), and round-trips to the
+    card and the model."""
+    running, stays, res = setup
+    card = _card(running, stays[0], res)
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN,
+            "overrideReason": {"reason": card["overrideReasons"][1]}}
+    assert _post(running, [item]).status_code == 200
+    (row,) = [r for r in running.service.store.feedback() if r["card"] == card["uuid"]][-1:]
+    assert row["user"] == "Practitioner/example"  # tests.serve.harness.hook_request's userId
+    shown = running.service.store.card(card["uuid"])
+    assert row["location"] == shown["unit"] and row["location"].startswith("Location/")
+    assert row["model_hash"] == running.service.model_key and row["intervention"] == "readmission-risk"
+    for field in ("intervention", "action", "override_code", "user", "date", "location"):
+        assert row[field], field

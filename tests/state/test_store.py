@@ -122,7 +122,9 @@ def test_cards_lookup_last_card_and_daily_budget(store):
 
     card = store.card("c2")
     assert card == {"uuid": "c2", "service": "readmission-risk", "patient": "p1", "model_hash": "m1", "risk": 0.42,
-                    "indicator": "warning", "unit": "4W", "at": NOW + timedelta(hours=2)}
+                    "indicator": "warning", "unit": "4W", "at": NOW + timedelta(hours=2), "user": None}
+    rec("c6", "other-service", "p9", "m9", 0.5, "warning", "9N", NOW, "Practitioner/7")
+    assert store.card("c6")["user"] == "Practitioner/7"  # whom it was shown to
     assert card["at"].tzinfo is not None
     assert store.card("nope") is None
     assert store.last_card("readmission-risk", "p1", "m1")["uuid"] == "c2"

@@ -63,6 +63,7 @@ from careloop.tasks.cohort import excluded_at_index
 
 MAX_BODY = 5 * 1024 * 1024  # bytes; a larger request is refused with 413 before it is parsed
 FHIR_CONNECTIONS = 16  # per worker process and FHIR server: its reads in flight at once (others wait their turn)
+_USER_ID = re.compile(r"[\x21-\x7e]{1,256}")  # a FHIR reference such as Practitioner/123 (else not kept)
 UNKNOWN_UNIT = "hospital"  # the unit of a stay whose Encounter names no location: its budget is the hospital's
 NARROW_RETRY_S = 3600.0  # a FHIR server that refused a narrowed search is asked the broader one this long
 SERVICES = {
@@ -345,7 +346,7 @@ class Service:
                               card["patient"])
             try:
                 sent = json.loads(item.model_dump_json(exclude_none=True, exclude={"extension"}))
-                row = self.store.feedback_row(service_id, sent, client=claims.iss)
+                row = self.store.feedback_row(service_id, sent, client=claims.iss, user=card.get("user"))
             except StateError as e:
                 return refuse(400, f"{where}: {str(e).splitlines()[0][:200]}", card["patient"])
             items.append((item, card, row))
@@ -386,7 +387,7 @@ class Service:
         card = decision.card_row if decision is not None else None
         if card is None or card[5] != "warning":  # only warnings are under the alert policy
             return Work(events, jti=jti, instead=instead, card=card)
-        _uuid, _service, patient, _model, risk, _indicator, unit, at = card
+        _uuid, _service, patient, _model, risk, _indicator, unit, at, *_user = card
 
         def unshown(why: str) -> list[tuple[str, dict]]:
             quiet = dataclasses.replace(decision, cards=[], note=why, card_row=None)
@@ -523,6 +524,9 @@ class Service:
         if d.cards and d.card_row is None and d.patient:
             card = d.cards[0]
             d.card_row = (card["uuid"], service_id, d.patient, self.model_key, d.score, card["indicator"], None, now)
+        user = req.context.get("userId")
+        if d.card_row is not None and isinstance(user, str) and _USER_ID.fullmatch(user):
+            d.card_row = (*d.card_row, user)  # whom it was shown to: the feedback export names them
         return d
 
     def _decide(self, service_id: str, req: HookRequest, now: dt.datetime, client_iss: str | None,

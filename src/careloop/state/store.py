@@ -14,6 +14,7 @@ Tables (created if absent, never altered by the app):
                        override_code): idempotent feedback
 ``careloop_switch``    model_key primary key, enabled, changed_at, changed_by: kill switches
 ``careloop_setting``   key primary key, value (canonical JSON), changed_at, changed_by
+``careloop_card_user`` uuid primary key, user: whom a card was shown to (the hook's userId)
 ``careloop_rate``      key primary key, tokens, at: rate limits shared by every worker process (token buckets)
 """
 
@@ -144,6 +145,13 @@ setting_table = Table(
     Column("value", Text, nullable=False),
     Column("changed_at", UTCDateTime, nullable=False),
     Column("changed_by", String, nullable=False),
+)
+
+card_user_table = Table(  # a table of its own: the card table predates it, and the app never alters a table
+    "careloop_card_user",
+    metadata,
+    Column("uuid", String, primary_key=True),
+    Column("user", String, nullable=False),
 )
 
 rate_table = Table(
@@ -379,14 +387,17 @@ class StateStore:
         indicator: str,
         unit: str | None,
         at: datetime,
+        user: str | None = None,
     ) -> None:
-        """Remember a card shown (for feedback validation, repeat suppression and the daily budget). Recording
-        the same card twice is a no-op; the same uuid with different content is an error."""
+        """Remember a card shown (for feedback validation, repeat suppression and the daily budget), and to whom
+        (`user`: the hook's userId, e.g. Practitioner/123; the feedback export names them). Recording the same card
+        twice is a no-op; the same uuid with different content is an error."""
         with self.transaction(write=True) as conn:
-            self.record_card_in(conn, uuid, service, patient, model_hash, risk, indicator, unit, at)
+            self.record_card_in(conn, uuid, service, patient, model_hash, risk, indicator, unit, at, user)
 
     def record_card_in(self, conn: Connection, uuid: str, service: str, patient: str, model_hash: str,
-                       risk: float | None, indicator: str, unit: str | None, at: datetime) -> None:
+                       risk: float | None, indicator: str, unit: str | None, at: datetime,
+                       user: str | None = None) -> None:
         """`record_card` inside a write transaction the caller holds (the service's group commit)."""
         if indicator not in INDICATORS:
             raise StateError(f"indicator must be one of {', '.join(INDICATORS)}, not {indicator!r}")
@@ -401,6 +412,9 @@ class StateStore:
             "at": utc(at, "at"),
         }
         if conn.execute(insert_ignore(self.dialect, card_table, row)).rowcount == 1:
+            if user is not None:
+                conn.execute(insert_ignore(self.dialect, card_user_table,
+                                           {"uuid": row["uuid"], "user": _key(user, "user")}))
             return
         stored = conn.execute(select(card_table).where(card_table.c.uuid == uuid)).mappings().first()
         if stored is None or any(stored[k] != v for k, v in row.items()):
@@ -413,10 +427,14 @@ class StateStore:
         return {k: row[k] for k in ("uuid", "service", "patient", "model_hash", "risk", "indicator", "unit", "at")}
 
     def card(self, uuid: str) -> dict | None:
-        """The card recorded under this uuid: uuid, service, patient, model_hash, risk, indicator, unit, at."""
+        """The card recorded under this uuid: uuid, service, patient, model_hash, risk, indicator, unit, at, and the
+        user it was shown to (None when the hook named none)."""
+        q = (select(card_table, card_user_table.c.user)
+             .select_from(card_table.outerjoin(card_user_table, card_user_table.c.uuid == card_table.c.uuid))
+             .where(card_table.c.uuid == uuid))
         with self.transaction(write=False) as conn:
-            row = conn.execute(select(card_table).where(card_table.c.uuid == uuid)).mappings().first()
-        return self._card(row)
+            row = conn.execute(q).mappings().first()
+        return None if row is None else {**self._card(row), "user": row["user"]}
 
     def last_card(self, service: str | None, patient: str, model_hash: str,
                   indicator: str | None = None) -> dict | None:
