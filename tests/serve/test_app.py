@@ -152,6 +152,8 @@ def test_high_risk_patient_gets_an_actionable_warning(running, chosen):
     (card,) = body["cards"]
     assert card["indicator"] == "warning" and len(card["summary"]) < 140
     assert "Main reasons" in card["detail"] and "Intended use" in card["detail"] and "Not for" in card["detail"]
+    bundle_id = running.service.bundle.bundle_id
+    assert f"version `{bundle_id[:12]}` (its bundle's hash; trained 20" in card["detail"]  # the model's version
     assert card["selectionBehavior"] == "any" and card["overrideReasons"]
     Appointment.model_validate(card["suggestions"][0]["actions"][0]["resource"])
     ServiceRequest.model_validate(card["suggestions"][1]["actions"][0]["resource"])

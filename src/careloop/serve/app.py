@@ -499,7 +499,7 @@ class Service:
             self.config.base_url,
             self.bundle.bundle_id,
             self.bundle.name,
-            str(self.meta.get("code_version", "")),
+            _model_version(self.meta),
             self.intended_use,
             self.not_for,
             patient_page=f"{self.config.base_url}/dashboard/patient/{encounter}" if self.patient_pages and encounter
@@ -693,6 +693,13 @@ class Service:
                              unit or UNKNOWN_UNIT, now)
         decision.cards = [card]
         return decision
+
+
+def _model_version(meta: dict) -> str:
+    """What the card says of the model's version beside its bundle hash: when it was trained, and by what code."""
+    created, code = str(meta.get("created") or "")[:10], meta.get("code_version")
+    return ", ".join(x for x in (f"trained {created}" if created else "", f"by {code}" if code else "") if x) \
+        or "no training record"
 
 
 def under_age(min_age: float) -> str:

@@ -147,7 +147,7 @@ def risk_card(
     if reasons:
         lines += ["Main reasons in this patient's record:", *[f"- {r}" for r in reasons], ""]
     lines += [
-        f"Model: {ctx.model_name}, version {ctx.model_version}, bundle `{ctx.bundle_id[:12]}`.",
+        f"Model: {ctx.model_name}, version `{ctx.bundle_id[:12]}` (its bundle's hash; {ctx.model_version}).",
         f"Intended use: {ctx.intended_use}",
         f"Not for: {ctx.not_for}",
         "This estimate informs, and does not replace, clinical judgement.",
