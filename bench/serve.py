@@ -15,15 +15,15 @@ signed token (a fresh jti: tokens are signed before each run, in parallel, so th
 the server for the two cores); up to a quarter of the stays are ones the model warns on (`--warning-share`; the
 natural rate is ~4%).
 
-The load comes from wrk (Debian's `wrk`, C, with bench/wrk/cds.lua): 50 connections, each calling again as soon
-as it is answered, for `--duration` seconds after a warm-up run, with the deadline at its maximum (60 s) so that
-every call is scored. Then the same 50 clients each wait a random time between calls (`--paced-rates`: offered
-rates of 100 to 500 req/s), as clinicians' EHR sessions do, to show the latency below saturation and the highest
-rate tried at which p95 stays within the bar. The bench prints requests/s, p50/p95/p99 latency (and those of one client alone), the
-errors (any non-200 or unexpected answer: must be 0), the answers by kind, the server's CPU, its RSS and PSS
-(all worker processes) at start, middle and end (`--duration 300` for the memory-flatness check), and the data
-sizes. Then servers with the default deadline (1.5 s) and a tiny one (`--deadline-ms`, 5) under the same load and
-with one client show how often calls are answered `{"cards": []}`, how late, and that each timeout is audited;
+The load comes from wrk (Debian's `wrk`, C, with bench/wrk/cds.lua): 50 connections, each calling again as soon as
+it is answered, for `--duration` seconds after a warm-up run, with the deadline at its maximum (60 s) so that every
+call is scored. Then the same 50 clients each wait a random time between calls (`--paced-rates`: offered rates of
+100 to 500 req/s), as clinicians' EHR sessions do, to show the latency below saturation and the highest rate tried
+at which p95 stays within the bar. The bench prints requests/s, p50/p95/p99 latency (and those of one client
+alone), the errors (any non-200 or unexpected answer: must be 0), the answers by kind, the server's CPU, its RSS
+and PSS (all worker processes) at start, middle and end (`--duration 300` for the memory-flatness check), and the
+data sizes. Then servers with the default deadline (1.5 s) and a tiny one (`--deadline-ms`, 5) under the same load
+and with one client show how often calls are answered `{"cards": []}`, how late, and that each timeout is audited;
 then two floors beside careloop under the same load and the same calls (bench/_floor.py: uvicorn reading the
 request and answering `{"cards": []}`, and the same after decoding every prefetched resource), with the ratios; and
 the steps of a call are timed in this process over every stay, to show where the time goes.
