@@ -15,7 +15,6 @@ once that commit is durable (`journal.py`).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -26,9 +25,9 @@ import time
 import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -138,6 +137,20 @@ def outcome(status: int, text: str) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+class CardRow(NamedTuple):
+    """A card shown, as the state store records it (StateStore.record_card_in's arguments, in order)."""
+
+    uuid: str
+    service: str
+    patient: str
+    model_hash: str
+    risk: float | None
+    indicator: str
+    unit: str | None
+    at: dt.datetime
+    user: str | None = None  # whom it was shown to (the hook's userId): the feedback export names them
+
+
 @dataclass
 class Decision:
     cards: list[dict]
@@ -147,7 +160,7 @@ class Decision:
     digest: str | None = None
     note: str | None = None
     extra: dict = field(default_factory=dict)
-    card_row: tuple | None = None  # the card to remember (StateStore.record_card_in's arguments)
+    card_row: CardRow | None = None  # the card to remember
     refetch: list[str] | None = None  # not decided yet: these keys are first to be read from the FHIR server
 
 
@@ -385,17 +398,16 @@ class Service:
 
         jti = (claims.iss, claims.jti, claims.exp) if claims is not None else None
         card = decision.card_row if decision is not None else None
-        if card is None or card[5] != "warning":  # only warnings are under the alert policy
+        if card is None or card.indicator != "warning":  # only warnings are under the alert policy
             return Work(events, jti=jti, instead=instead, card=card)
-        _uuid, _service, patient, _model, risk, _indicator, unit, at, *_user = card
 
         def unshown(why: str) -> list[tuple[str, dict]]:
-            quiet = dataclasses.replace(decision, cards=[], note=why, card_row=None)
+            quiet = replace(decision, cards=[], note=why, card_row=None)
             return self._prepared(kind, result, claims=claims, req=req, decision=quiet, service=service,
                                   request_id=request_id, detail={**(detail or {}), "note": why})
 
         return Work(events, jti=jti, instead=instead, card=card, unshown=unshown,
-                    recheck=lambda conn: self.alert_blocked(conn, patient, risk, unit, at))
+                    recheck=lambda conn: self.alert_blocked(conn, card.patient, card.risk, card.unit, card.at))
 
     def _event(self, kind, result, *, claims, req, decision, service, request_id, detail, patient, user) -> dict:
         """The arguments of the call's `audit_event`: who (the client, and the user from the hook's context),
@@ -523,10 +535,11 @@ class Service:
                 self.fetch(req, d.refetch, self.config.deadline_ms / 1000, shared=False)))
         if d.cards and d.card_row is None and d.patient:
             card = d.cards[0]
-            d.card_row = (card["uuid"], service_id, d.patient, self.model_key, d.score, card["indicator"], None, now)
+            d.card_row = CardRow(card["uuid"], service_id, d.patient, self.model_key, d.score, card["indicator"], None,
+                                 now)
         user = req.context.get("userId")
         if d.card_row is not None and isinstance(user, str) and _USER_ID.fullmatch(user):
-            d.card_row = (*d.card_row, user)  # whom it was shown to: the feedback export names them
+            d.card_row = d.card_row._replace(user=user)
         return d
 
     def _decide(self, service_id: str, req: HookRequest, now: dt.datetime, client_iss: str | None,
@@ -689,8 +702,8 @@ class Service:
             today=now.date(),
             uncertain=self.band if self.band and decision.score < self.band[1] else None,
         )
-        decision.card_row = (card["uuid"], service_id, ctx.patient_id, self.model_key, decision.score, "warning",
-                             unit or UNKNOWN_UNIT, now)
+        decision.card_row = CardRow(card["uuid"], service_id, ctx.patient_id, self.model_key, decision.score,
+                                    "warning", unit or UNKNOWN_UNIT, now)
         decision.cards = [card]
         return decision
 
