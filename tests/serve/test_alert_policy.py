@@ -13,7 +13,7 @@ import uuid
 import httpx
 import pytest
 
-from careloop.serve.app import HookRequest
+from careloop.serve.app import HookRequest, call_detail
 from tests.fhir_server.harness import make_rsa_key
 from tests.serve.harness import (
     ISS,
@@ -166,6 +166,109 @@ def test_the_daily_budget_is_per_unit_and_day_in_the_hospitals_time_zone(trained
         assert _record(a.service, *high[3], morning, "ward-4w") == ["warning"]
         units = [a.service.store.last_card(None, s["patient_id"], a.service.model_key) for s, _ in (high[0], high[2])]
         assert [c["unit"] for c in units] == ["Location/ward-4w", "Location/ward-5e"], units
+    finally:
+        a.stop()
+        b.stop()
+
+
+# -- info cards are not repeated either (checklist H-06: no identical card within the window) -------------------------
+
+
+@pytest.fixture(scope="module")
+def near(trained_bundle, hospital_store, hospital):
+    """Test-split stays whose risk is below the threshold but inside its 95% interval (they get the near-threshold
+    info card), one per patient, with their records and risks."""
+    import pyarrow.compute as pc
+
+    from careloop.engines import DuckDBEngine
+    from careloop.features.engine import extract
+    from careloop.features.spec import load_feature_set
+    from careloop.registry import verify
+    from careloop.tasks.cohort import build_cohort
+    from careloop.tasks.spec import load_task
+
+    eng = DuckDBEngine(hospital_store[0])
+    cohort = build_cohort(load_task("readmission-30d"), eng).table
+    feats = extract(load_feature_set("readmission"), cohort.filter(pc.equal(cohort.column("split"), "test")), eng).table
+    bundle = verify(trained_bundle)
+    op = bundle.metadata["operating_point"]
+    risk = bundle.model().predict_proba(feats)
+    rows = feats.select(["patient_id", "encounter_id"]).to_pylist()
+    picked, seen = [], set()
+    for i, r in enumerate(risk):  # clear of both edges, so that rounding cannot move a stay out of the band
+        if op["threshold_ci"][0] + 0.002 < r < op["threshold"] - 0.002 and rows[i]["patient_id"] not in seen:
+            seen.add(rows[i]["patient_id"])
+            picked.append((rows[i], float(r)))
+    assert len(picked) >= 3, (op, len(picked))
+    res = patient_resources(hospital / "ndjson", seen)
+    return [(s, res[s["patient_id"]], r) for s, r in picked[:3]]
+
+
+def _call(service, stay, pf, now: dt.datetime) -> tuple[list[dict], dict]:
+    """A discharge scored at `now` and written as the service does: the cards shown and the call's audit record."""
+    req = HookRequest.decode(json.dumps(hook_request(stay["patient_id"], stay["encounter_id"], pf)).encode())
+    decision = service.handle("readmission-risk", req, now, ISS)
+    work = service.work("cds-call", "success", claims=None, req=req, decision=decision, service="readmission-risk",
+                        request_id=str(uuid.uuid4()), detail=call_detail(decision))
+    assert service.journal.write(work)
+    (rec,) = [r for r in service.audit.records(kind="cds-call") if r["hook_instance"] == req.hookInstance]
+    return ([] if work.withheld else decision.cards), rec
+
+
+def test_a_near_threshold_info_card_is_not_repeated_unless_the_risk_moves(trained_bundle, keys, near, tmp_path,
+                                                                          state_url):
+    a, b = _pair(trained_bundle, keys, tmp_path, state_url)
+    try:
+        (stay, res, risk), (other, ores, _) = near[0], near[1]
+        t0 = dt.datetime(2030, 5, 1, 9, tzinfo=dt.UTC)
+        cards, rec = _call(a.service, stay, prefetch_of(res), t0)
+        assert [c["indicator"] for c in cards] == ["info"]
+        assert "inside the threshold's own 95% interval" in cards[0]["detail"]
+        assert rec["score"] == pytest.approx(risk, abs=1e-9) and rec["detail"]["note"] == "near threshold"
+        assert rec["cards"] == [f"{cards[0]['uuid']}|info"]
+        # an hour later, in the other worker: the same card is not shown again; the call is scored and audited
+        cards, rec = _call(b.service, stay, prefetch_of(res), t0 + dt.timedelta(hours=1))
+        assert cards == [] and rec["cards"] == []
+        assert rec["detail"]["note"] == "repeat suppressed (near threshold)"
+        assert rec["score"] == pytest.approx(risk, abs=1e-9)
+        # another patient's near-threshold card is their own
+        assert [c["indicator"] for c in _call(a.service, other, prefetch_of(ores), t0 + dt.timedelta(hours=1))[0]] \
+            == ["info"]
+        # once the window (72 h) has passed, it is shown again
+        assert len(_call(a.service, stay, prefetch_of(res), t0 + dt.timedelta(hours=73))[0]) == 1
+        # a risk that moved by more than repeat_delta (0.10) since the last such card is news: shown; by less, not
+        third = near[2]
+        for moved, shown in ((0.15, 1), (0.05, 0)):
+            patient = third[0]["patient_id"]
+            at = t0 + dt.timedelta(days=30 + int(moved * 100))
+            a.service.store.record_card(str(uuid.uuid4()), "readmission-risk", patient, a.service.model_key,
+                                        third[2] - moved, "info", None, at - dt.timedelta(hours=2),
+                                        kind="near-threshold")
+            assert len(_call(a.service, third[0], prefetch_of(third[1]), at)[0]) == shown, moved
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_the_same_deferral_is_not_repeated_but_a_new_reason_is_shown(trained_bundle, keys, high, tmp_path,
+                                                                     state_url):
+    a, b = _pair(trained_bundle, keys, tmp_path, state_url)
+    try:
+        stay, res = high[0]
+        no_encounters = prefetch_of(res) | {"encounters": None}
+        t0 = dt.datetime(2030, 6, 1, 9, tzinfo=dt.UTC)
+        cards, first = _call(a.service, stay, no_encounters, t0)
+        assert [c["indicator"] for c in cards] == ["info"] and "defers to clinical judgement" in cards[0]["summary"]
+        cards, again = _call(b.service, stay, no_encounters, t0 + dt.timedelta(minutes=20))
+        assert cards == [] and again["detail"]["note"] == "repeat suppressed (deferral)"
+        assert again["deferral_reason"] == first["deferral_reason"]  # still audited with its reason
+        failed = prefetch_of(res) | {"observations": {"resourceType": "OperationOutcome", "issue": []}}
+        cards, _ = _call(a.service, stay, failed, t0 + dt.timedelta(minutes=40))  # another reason: a new card
+        assert len(cards) == 1 and "could not supply" in cards[0]["detail"]
+        # the scored warning is not held back by the info cards before it
+        assert [c["indicator"] for c in _call(b.service, stay, prefetch_of(res), t0 + dt.timedelta(hours=1))[0]] \
+            == ["warning"]
+        assert len(_call(a.service, stay, no_encounters, t0 + dt.timedelta(hours=80))[0]) == 1  # after the window
     finally:
         a.stop()
         b.stop()

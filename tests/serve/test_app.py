@@ -177,14 +177,14 @@ def test_repeat_card_is_suppressed_within_the_window(running, chosen):
     assert len(first["cards"]) == 1 and second == {"cards": []}
 
 
-@pytest.mark.parametrize("mutate, reason", [
-    (lambda p: p.update(encounters=None), "required data"),
-    (lambda p: p.update(patient=None), "required data"),
-    (lambda p: p.update(observations={"resourceType": "OperationOutcome", "issue": []}), "could not supply"),
+@pytest.mark.parametrize("mutate, reason, pick", [  # a patient each: the same deferral is not shown twice
+    (lambda p: p.update(encounters=None), "required data", 2),
+    (lambda p: p.update(patient=None), "required data", -3),
+    (lambda p: p.update(observations={"resourceType": "OperationOutcome", "issue": []}), "could not supply", -4),
 ])
-def test_missing_or_failed_prefetch_defers(running, chosen, mutate, reason):
-    high, _, res = chosen
-    row = high[2]
+def test_missing_or_failed_prefetch_defers(running, chosen, mutate, reason, pick):
+    high, low, res = chosen
+    row = high[pick] if pick >= 0 else low[pick]
     pf = prefetch_of(res[row["patient_id"]])
     mutate(pf)
     r = call(running, hook_request(row["patient_id"], row["encounter_id"], pf))
@@ -232,15 +232,16 @@ def _with_disposition(pf: dict, encounter_id: str, code: str) -> dict:
     return out
 
 
-@pytest.mark.parametrize(("code", "why"), [("hosp", "discharged to hospice"), ("51", "discharged to hospice"),
-                                           ("other-hcf", "transferred to another acute hospital"),
-                                           ("aadvice", "left against medical advice"), ("exp", "died in the stay")])
-def test_a_stay_the_task_excludes_is_not_scored(running, chosen, code, why):
+@pytest.mark.parametrize(("code", "why", "pick"), [  # the same deferral is not shown a patient twice: two rows
+    ("hosp", "discharged to hospice", 1), ("51", "discharged to hospice", -2),
+    ("other-hcf", "transferred to another acute hospital", 1), ("aadvice", "left against medical advice", 1),
+    ("exp", "died in the stay", 1)])
+def test_a_stay_the_task_excludes_is_not_scored(running, chosen, code, why, pick):
     """The task's exclusions hold at the bedside: a high-risk stay discharged to hospice (or transferred, or
     leaving against advice, or ending in death) gets no risk, only the deferral that says why; sent home, it is
     scored."""
     high, _, res = chosen
-    row = high[1]
+    row = high[pick]
     pf = prefetch_of(res[row["patient_id"]])
     (card,) = call(running, hook_request(row["patient_id"], row["encounter_id"],
                                          _with_disposition(pf, row["encounter_id"], code))).json()["cards"]
@@ -272,12 +273,13 @@ def _days_after(when: str, days: int) -> str:
     return (dt.datetime.fromisoformat(when.replace("Z", "+00:00")) + dt.timedelta(days=days)).isoformat()
 
 
-@pytest.mark.parametrize("death", ["at discharge", "later", "no time"])
-def test_a_patient_recorded_dead_is_not_scored(running, chosen, death):
+@pytest.mark.parametrize("death, pick", [("at discharge", 2), ("later", -1), ("no time", -2)])
+def test_a_patient_recorded_dead_is_not_scored(running, chosen, death, pick):
     """Dead as the stay ended (the task's exclusion), dead later (a chart opened after the death: patient-view),
-    or recorded as deceasedBoolean: no readmission risk, the deferral says why."""
-    high, _, res = chosen
-    row = high[2]
+    or recorded as deceasedBoolean: no readmission risk, the deferral says why (a patient each: the last two have
+    the same reason, and the same deferral is not shown a patient twice within the repeat window)."""
+    high, low, res = chosen
+    row = high[pick] if pick >= 0 else low[pick]
     pf = prefetch_of(res[row["patient_id"]])
     end = next(e["resource"]["period"]["end"] for e in pf["encounters"]["entry"]
                if e["resource"]["id"] == row["encounter_id"])

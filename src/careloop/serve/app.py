@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -149,6 +150,7 @@ class CardRow(NamedTuple):
     unit: str | None
     at: dt.datetime
     user: str | None = None  # whom it was shown to (the hook's userId): the feedback export names them
+    kind: str | None = None  # which info card it is (`info_kind`): the same one is not shown again within the window
 
 
 @dataclass
@@ -535,8 +537,12 @@ class Service:
                 self.fetch(req, d.refetch, self.config.deadline_ms / 1000, shared=False)))
         if d.cards and d.card_row is None and d.patient:
             card = d.cards[0]
+            kind = info_kind(d)
+            if kind is not None and self.info_repeated(d.patient, kind, d.score, now):
+                d.cards, d.note = [], f"repeat suppressed ({'near threshold' if kind == NEAR else 'deferral'})"
+                return d
             d.card_row = CardRow(card["uuid"], service_id, d.patient, self.model_key, d.score, card["indicator"], None,
-                                 now)
+                                 now, kind=kind)
         user = req.context.get("userId")
         if d.card_row is not None and isinstance(user, str) and _USER_ID.fullmatch(user):
             d.card_row = d.card_row._replace(user=user)
@@ -645,6 +651,21 @@ class Service:
             return "the patient's death is recorded (out of scope)"
         return None
 
+    def info_repeated(self, patient: str, kind: str, risk: float | None, now: dt.datetime) -> bool:
+        """Whether this model showed the patient the same info card (`info_kind`) within the repeat window, from any
+        hook: a chart opened again, or a discharge started twice, repeats no card that says nothing new (checklist
+        H-06). A near-threshold card is new again once the risk has moved by more than `repeat_delta`. Unlike a
+        warning's, this rule is not checked again at commit: two such cards at once cost a clinician a glance, not
+        an alert."""
+        a = self.config.alert
+        with self.store.transaction(write=False) as conn:
+            last = self.store.last_card_in(conn, None, patient, self.model_key, "info", kind=kind)
+        if last is None or now - _aware(last["at"]) >= dt.timedelta(hours=a.repeat_window_h):
+            return False
+        if kind != NEAR:  # a deferral for the same reason
+            return True
+        return risk is not None and last["risk"] is not None and abs(risk - last["risk"]) <= a.repeat_delta
+
     def alert_blocked(self, conn, patient: str, risk: float, unit: str | None, now: dt.datetime) -> str | None:
         """Why the alert policy withholds a warning now, or None: this model warned on the patient within the repeat
         window (from any hook) and the risk has not moved by more than `repeat_delta`; or the unit has had its
@@ -706,6 +727,20 @@ class Service:
                                     "warning", unit or UNKNOWN_UNIT, now)
         decision.cards = [card]
         return decision
+
+
+NEAR = "near-threshold"
+
+
+def info_kind(d: Decision) -> str | None:
+    """Which info card a decision shows, as the card store keeps it: `near-threshold`, or `deferral-` and the first
+    16 hex digits of the SHA-256 of the deferral's reason (so that a different reason is a different card); None for
+    a warning."""
+    if not d.cards or d.cards[0].get("indicator") != "info":
+        return None
+    if d.deferral is not None:
+        return "deferral-" + hashlib.sha256(d.deferral.encode()).hexdigest()[:16]
+    return NEAR if d.note == "near threshold" else None
 
 
 def _model_version(meta: dict) -> str:
@@ -914,11 +949,17 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
         log.error("a call could not be scored: %s", type(e).__name__)
         return await finish(_json({"cards": []}), "cds-call", "serious", req=req,
                             detail={"reason": f"internal error while scoring ({type(e).__name__})"})
-    widened = {"widened_prefetch": fetched.widened} if fetched is not None and fetched.widened else {}
-    detail = ({"note": decision.note, **decision.extra, **widened} if decision.note or decision.extra or widened
-              else None)
     return await finish(_json({"cards": decision.cards}), "cds-call", "success", req=req, decision=decision,
-                        detail=detail)
+                        detail=call_detail(decision, fetched))
+
+
+def call_detail(decision: Decision, fetched: FhirRead | None = None) -> dict | None:
+    """The audit detail of a scored call: the decision's note (e.g. why no card was shown), what it set aside, and
+    which prefetch keys were read by a broader search than the template's."""
+    widened = {"widened_prefetch": fetched.widened} if fetched is not None and fetched.widened else {}
+    if not (decision.note or decision.extra or widened):
+        return None
+    return {"note": decision.note, **decision.extra, **widened}
 
 
 async def _no_such_service(service: Service, service_id: str, rid: str) -> Response:

@@ -217,7 +217,8 @@ class AlertConfig(_Strict):
     """The alert policy the service applies: no second warning for a patient from the model (whichever hook) within
     `repeat_window_h` unless the risk moved by more than `repeat_delta`; at most `daily_budget_per_unit` warnings a
     day in a unit (the stay's ward, its Encounter.location), the day starting at midnight in `timezone` (the
-    hospital's, an IANA name)."""
+    hospital's, an IANA name). Within the same window no info card is shown twice: the same deferral, or the
+    near-threshold card with a risk that has not moved by more than `repeat_delta`."""
 
     repeat_window_h: float = Field(default=72, gt=0)
     repeat_delta: float = Field(default=0.10, ge=0, le=1)

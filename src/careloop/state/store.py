@@ -15,6 +15,8 @@ Tables (created if absent, never altered by the app):
 ``careloop_switch``    model_key primary key, enabled, changed_at, changed_by: kill switches
 ``careloop_setting``   key primary key, value (canonical JSON), changed_at, changed_by
 ``careloop_card_user`` uuid primary key, user: whom a card was shown to (the hook's userId)
+``careloop_card_kind`` uuid primary key, kind: which card an info card is (near the threshold, or a deferral and its
+                       reason's digest), so that the same card is not shown again within the repeat window
 ``careloop_rate``      key primary key, tokens, at: rate limits shared by every worker process (token buckets)
 """
 
@@ -152,6 +154,13 @@ card_user_table = Table(  # a table of its own: the card table predates it, and 
     metadata,
     Column("uuid", String, primary_key=True),
     Column("user", String, nullable=False),
+)
+
+card_kind_table = Table(  # a table of its own, like careloop_card_user: the card table predates it
+    "careloop_card_kind",
+    metadata,
+    Column("uuid", String, primary_key=True),
+    Column("kind", String, nullable=False),
 )
 
 rate_table = Table(
@@ -388,16 +397,18 @@ class StateStore:
         unit: str | None,
         at: datetime,
         user: str | None = None,
+        kind: str | None = None,
     ) -> None:
-        """Remember a card shown (for feedback validation, repeat suppression and the daily budget), and to whom
-        (`user`: the hook's userId, e.g. Practitioner/123; the feedback export names them). Recording the same card
-        twice is a no-op; the same uuid with different content is an error."""
+        """Remember a card shown (for feedback validation, repeat suppression and the daily budget), to whom
+        (`user`: the hook's userId, e.g. Practitioner/123; the feedback export names them) and, for a card that is
+        not the model's warning, which card it is (`kind`: visible ASCII, e.g. `near-threshold`). Recording the
+        same card twice is a no-op; the same uuid with different content is an error."""
         with self.transaction(write=True) as conn:
-            self.record_card_in(conn, uuid, service, patient, model_hash, risk, indicator, unit, at, user)
+            self.record_card_in(conn, uuid, service, patient, model_hash, risk, indicator, unit, at, user, kind)
 
     def record_card_in(self, conn: Connection, uuid: str, service: str, patient: str, model_hash: str,
                        risk: float | None, indicator: str, unit: str | None, at: datetime,
-                       user: str | None = None) -> None:
+                       user: str | None = None, kind: str | None = None) -> None:
         """`record_card` inside a write transaction the caller holds (the service's group commit)."""
         if indicator not in INDICATORS:
             raise StateError(f"indicator must be one of {', '.join(INDICATORS)}, not {indicator!r}")
@@ -411,10 +422,12 @@ class StateStore:
             "unit": _key(unit, "unit", optional=True),
             "at": utc(at, "at"),
         }
+        user, kind = _key(user, "user", optional=True), _key(kind, "kind", optional=True)
         if conn.execute(insert_ignore(self.dialect, card_table, row)).rowcount == 1:
             if user is not None:
-                conn.execute(insert_ignore(self.dialect, card_user_table,
-                                           {"uuid": row["uuid"], "user": _key(user, "user")}))
+                conn.execute(insert_ignore(self.dialect, card_user_table, {"uuid": row["uuid"], "user": user}))
+            if kind is not None:
+                conn.execute(insert_ignore(self.dialect, card_kind_table, {"uuid": row["uuid"], "kind": kind}))
             return
         stored = conn.execute(select(card_table).where(card_table.c.uuid == uuid)).mappings().first()
         if stored is None or any(stored[k] != v for k, v in row.items()):
@@ -437,14 +450,15 @@ class StateStore:
         return None if row is None else {**self._card(row), "user": row["user"]}
 
     def last_card(self, service: str | None, patient: str, model_hash: str,
-                  indicator: str | None = None) -> dict | None:
+                  indicator: str | None = None, *, kind: str | None = None) -> dict | None:
         """The newest card (by ``at``, then by recording order) for this patient from this model, shown by this
-        service (any, when None), of this indicator only (when given)."""
+        service (any, when None), of this indicator only (when given), of this kind only (when given: see
+        `record_card`)."""
         with self.transaction(write=False) as conn:
-            return self.last_card_in(conn, service, patient, model_hash, indicator)
+            return self.last_card_in(conn, service, patient, model_hash, indicator, kind=kind)
 
     def last_card_in(self, conn: Connection, service: str | None, patient: str, model_hash: str,
-                     indicator: str | None = None) -> dict | None:
+                     indicator: str | None = None, *, kind: str | None = None) -> dict | None:
         """`last_card` inside a transaction the caller holds (the group commit checks its alert rule there)."""
         c = card_table.c
         where = [c.patient == patient, c.model_hash == model_hash]
@@ -452,7 +466,11 @@ class StateStore:
             where.append(c.service == service)
         if indicator is not None:
             where.append(c.indicator == indicator)
-        q = select(card_table).where(*where).order_by(c.at.desc(), c.id.desc()).limit(1)
+        q = select(card_table)
+        if kind is not None:
+            q = q.join(card_kind_table, card_kind_table.c.uuid == c.uuid)
+            where.append(card_kind_table.c.kind == kind)
+        q = q.where(*where).order_by(c.at.desc(), c.id.desc()).limit(1)
         return self._card(conn.execute(q).mappings().first())
 
     def cards_since(self, service: str | None, unit: str | None, since: datetime, indicator: str | None = None, *,
