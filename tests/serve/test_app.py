@@ -399,7 +399,7 @@ def test_feedback_validated_idempotent_and_stored(running, chosen):
         pem, kid = running.keys
         return httpx.post(url, json={"feedback": [fb]}, headers=bearer(pem, kid, url, **kw), timeout=10)
 
-    when = "2026-11-22T10:00:00Z"
+    when = dt.datetime.now(dt.UTC).isoformat()  # after the card was shown
     assert post({"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": when}).status_code == 400
     assert post({"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": when}).status_code == 404
     fb = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": when,

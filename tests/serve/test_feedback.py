@@ -5,6 +5,7 @@ patient. Runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 
@@ -15,7 +16,10 @@ from careloop.serve.cards import suggestion_ids
 
 from .harness import bearer, hook_request, picked_stays_service, prefetch_of
 
-WHEN = "2026-11-22T10:00:00Z"
+
+def when(seconds: float = 0) -> str:
+    """An outcomeTimestamp: now (after the card it is about was shown), or `seconds` later."""
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +60,10 @@ def test_an_accepted_suggestion_must_be_one_of_the_cards(setup):
     assert [s["uuid"] for s in card["suggestions"]] == suggestion_ids(card["uuid"])
     before = len(_feedback_records(running))
     other = _card(running, stays[1], res)  # another patient's warning card: its suggestions are not this card's
-    r = _post(running, [{"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": WHEN,
+    r = _post(running, [{"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": when(),
                          "acceptedSuggestions": [{"id": other["suggestions"][0]["uuid"]}]}])
     assert r.status_code == 400 and "suggestion of the card" in r.text
-    r = _post(running, [{"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": WHEN,
+    r = _post(running, [{"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": when(),
                          "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}]}])
     assert r.json() == {"received": 1, "new": 1}
     records = _feedback_records(running)[before:]
@@ -72,7 +76,7 @@ def test_an_accepted_suggestion_must_be_one_of_the_cards(setup):
 def test_a_card_takes_feedback_only_at_the_service_that_showed_it(setup):
     running, stays, res = setup
     card = _card(running, stays[1], res)
-    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN}
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": when()}
     r = _post(running, [item], service="readmission-risk-patient-view")
     assert r.status_code == 404 and "no card of this service" in r.text
     assert not any(f["card"] == card["uuid"] for f in running.service.store.feedback())
@@ -83,9 +87,9 @@ def test_an_info_card_takes_feedback_but_offers_nothing_to_accept(setup):
     running, stays, res = setup
     card = _card(running, stays[3], res, child=True)  # out of scope: the deferral card
     assert card["indicator"] == "info"
-    assert _post(running, [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN}]).json() == {
+    assert _post(running, [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": when()}]).json() == {
         "received": 1, "new": 1}
-    r = _post(running, [{"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": WHEN,
+    r = _post(running, [{"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": when(),
                          "acceptedSuggestions": [{"id": suggestion_ids(card["uuid"])[0]}]}])
     assert r.status_code == 400
     assert running.service.store.last_card("readmission-risk", stays[3]["patient_id"],
@@ -95,12 +99,12 @@ def test_an_info_card_takes_feedback_but_offers_nothing_to_accept(setup):
 def test_a_batch_with_one_bad_item_stores_nothing(setup):
     running, stays, res = setup
     card = _card(running, stays[4], res, child=True)
-    good = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-22T11:00:00Z"}
+    good = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": when()}
     before = len(running.service.store.feedback())
-    for bad in ({"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": WHEN},
+    for bad in ({"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": when()},
                 {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "9999-12-31T23:59:59-05:00"},
                 {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "0001-01-01T00:00:00+05:00"},
-                {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN,
+                {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": when(),
                  "overrideReason": {"reason": {"code": "has a space"}}}):
         audited = len(_feedback_records(running))
         r = _post(running, [good, bad])
@@ -118,10 +122,10 @@ def test_every_refused_feedback_is_audited(setup):
     url = f"{running.url}/cds-services/readmission-risk/feedback"
     pem, kid = running.keys
     cases = [
-        ([{"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": WHEN}], 400),  # nothing accepted
-        ([{"card": card["uuid"], "outcome": "maybe", "outcomeTimestamp": WHEN}], 400),
+        ([{"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": when()}], 400),  # nothing accepted
+        ([{"card": card["uuid"], "outcome": "maybe", "outcomeTimestamp": when()}], 400),
         ([{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": 1700000000}], 400),  # not RFC 3339
-        ([{"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": WHEN}], 404),
+        ([{"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": when()}], 404),
     ]
     for items, status in cases:
         before = len(_feedback_records(running))
@@ -138,7 +142,7 @@ def test_each_item_of_a_batch_is_audited_with_its_own_reason(setup):
     running, stays, res = setup
     card = _card(running, stays[1], res)
     reasons = card["overrideReasons"][:2]
-    items = [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": f"2026-11-23T0{i}:00:00Z",
+    items = [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": when(i),
               "overrideReason": {"reason": r}} for i, r in enumerate(reasons)]
     before = len(_feedback_records(running))
     assert _post(running, items).json() == {"received": 2, "new": 2}
@@ -152,7 +156,7 @@ def test_a_refusal_quotes_nothing_the_caller_sent_and_both_stores_refuse_alike(s
     key the caller made up. A NUL byte, which PostgreSQL cannot store, is refused the same way on both stores."""
     running, stays, res = setup
     card = _card(running, stays[0], res)
-    base = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN}
+    base = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": when()}
     secret = "Mrs O'Brien, DOB 1950-01-01, lives alone; daughter says no"
     cases = [
         ({**base, "Patient Jane Doe MRN 12345": 1}, 400),
@@ -177,13 +181,13 @@ def test_an_override_reason_must_be_one_the_card_offered(setup):
     running, stays, res = setup
     card = _card(running, stays[0], res)
     before = len(_feedback_records(running))
-    r = _post(running, [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN,
+    r = _post(running, [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": when(),
                          "overrideReason": {"reason": {"code": "Jane.Doe-MRN-12345-lives-alone"}}}])
     assert r.status_code == 400 and "overrideReasons" in r.text
     new = _feedback_records(running)[before:]
     assert [x["outcome"] for x in new] == ["minor"] and "Jane" not in json.dumps(new, default=str)
     info = _card(running, stays[3], res, child=True)  # an info card offers no reasons
-    r = _post(running, [{"card": info["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN,
+    r = _post(running, [{"card": info["uuid"], "outcome": "overridden", "outcomeTimestamp": when(),
                          "overrideReason": {"reason": card["overrideReasons"][0]}}])
     assert r.status_code == 400
 
@@ -211,7 +215,7 @@ def test_feedback_beyond_the_clients_limit_gets_429_with_retry_after_and_is_audi
     service.config.feedback_limit = FeedbackLimit(per_minute=60, burst=3)
     _empty_buckets(service)
     try:
-        item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN}
+        item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": when()}
         before = len(_feedback_records(running))
         got = [_post(running, [item]) for _ in range(5)]
         assert [r.status_code for r in got] == [200, 200, 200, 429, 429]
@@ -240,22 +244,32 @@ def test_feedback_that_contradicts_itself_or_the_card_is_refused(setup):
         ({"outcome": "overridden", "overrideReason": {"reason": dict(reason, system="http://elsewhere.example")}},
          "must be one of the card's overrideReasons"),
     ):
-        r = _post(running, [{"card": card["uuid"], "outcomeTimestamp": WHEN, **bad}])
+        r = _post(running, [{"card": card["uuid"], "outcomeTimestamp": when(), **bad}])
         assert r.status_code == 400 and why in r.text, r.text
     assert len(running.service.store.feedback()) == before
-    ok = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN,
+    ok = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": when(),
           "overrideReason": {"reason": {"code": reason["code"]}}}  # the code alone: its system is the card's
     assert _post(running, [ok]).status_code == 200
 
 
-def test_feedback_from_the_future_is_refused_and_extensions_are_accepted(setup):
+def test_feedback_from_the_future_or_before_the_card_is_refused_and_extensions_are_accepted(setup):
     running, stays, res = setup
     card = _card(running, stays[0], res)
+    before = len(running.service.store.feedback())
     future = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2999-01-01T00:00:00Z"}
     r = _post(running, [future])
     assert r.status_code == 400 and "in the future" in r.text
+    audited = len(_feedback_records(running))
+    for earlier in (when(-3600), "2001-11-22T10:00:00Z"):  # an hour, or 25 years, before the card was shown
+        r = _post(running, [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": earlier}])
+        assert r.status_code == 400 and "before the card was shown" in r.text, r.text
+    assert len(running.service.store.feedback()) == before
+    assert [x["detail"]["http_status"] for x in _feedback_records(running)[audited:]] == ["400", "400"]
+    # within the clock skew the service allows (60 s), the EHR's clock may be a little behind
+    assert _post(running, [{"card": card["uuid"], "outcome": "overridden",
+                            "outcomeTimestamp": when(-30)}]).json() == {"received": 1, "new": 1}
     url = f"{running.url}/cds-services/readmission-risk/feedback"
-    body = {"feedback": [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN,
+    body = {"feedback": [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": when(),
                           "extension": {"org.example.unit": "4 West"}}], "extension": {"org.example.batch": 7}}
     r = httpx.post(url, json=body, headers=bearer(*running.keys, url), timeout=10)
     assert r.status_code == 200 and r.json()["received"] == 1, r.text
@@ -268,7 +282,7 @@ def test_the_feedback_export_names_the_user_and_the_location_of_each_card(setup)
     card and the model."""
     running, stays, res = setup
     card = _card(running, stays[0], res)
-    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN,
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": when(),
             "overrideReason": {"reason": card["overrideReasons"][1]}}
     assert _post(running, [item]).status_code == 200
     (row,) = [r for r in running.service.store.feedback() if r["card"] == card["uuid"]][-1:]

@@ -351,8 +351,11 @@ class Service:
                                   card["patient"])
             if item.outcomeTimestamp.tzinfo is None:
                 return refuse(400, f"{where}.outcomeTimestamp needs a time zone (RFC 3339)", card["patient"])
-            if item.outcomeTimestamp > dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.config.clock_skew_s):
+            skew = dt.timedelta(seconds=self.config.clock_skew_s)
+            if item.outcomeTimestamp > dt.datetime.now(dt.UTC) + skew:
                 return refuse(400, f"{where}.outcomeTimestamp is in the future", card["patient"])
+            if item.outcomeTimestamp < _aware(card["at"]) - skew:  # a clinician acts on a card after seeing it
+                return refuse(400, f"{where}.outcomeTimestamp is before the card was shown", card["patient"])
             reason = (item.overrideReason or {}).get("reason")
             offered_reasons = {c for c, _ in C.OVERRIDE_REASONS} if card["indicator"] == "warning" else set()
             if reason is not None and (not isinstance(reason, dict) or reason.get("code") not in offered_reasons
