@@ -160,6 +160,33 @@ def test_high_risk_patient_gets_an_actionable_warning(running, chosen):
     assert httpx.get(card["links"][0]["url"]).status_code == 200  # the model card resolves
 
 
+def test_a_configured_patient_page_is_the_cards_link(trained_bundle, keys, chosen, tmp_path):
+    """`patient_page` in the configuration: every card links to the hospital's page for the patient (its ids
+    percent-encoded), warnings and info cards alike."""
+    import yaml
+
+    high, _, res = chosen
+    row = high[0]
+    port = free_port()
+    cfg = write_config(tmp_path, state=f"sqlite:///{tmp_path / 'state.db'}", jwks=keys["jwks"], port=port)
+    doc = yaml.safe_load(cfg.read_text())
+    cfg.write_text(yaml.safe_dump(doc | {"patient_page": "https://ehr.example.org/chart/{patient}?enc={encounter}"}))
+    page = Running(trained_bundle, cfg, port)
+    try:
+        page.keys = keys["rsa"]
+        pf = prefetch_of(res[row["patient_id"]])
+        (card,) = call(page, hook_request(row["patient_id"], row["encounter_id"], pf)).json()["cards"]
+        (info,) = call(page, hook_request(row["patient_id"], row["encounter_id"], pf | {"encounters": None})
+                       ).json()["cards"]
+    finally:
+        page.stop()
+    want = {"label": "Patient risk page", "type": "absolute",
+            "url": f"https://ehr.example.org/chart/{row['patient_id']}?enc={row['encounter_id']}"}
+    assert card["indicator"] == "warning" and want in card["links"]
+    assert info["indicator"] == "info" and want in info["links"]
+    jsonschema.validate({"cards": [card, info]}, RESPONSE)
+
+
 def test_low_risk_patient_gets_no_card(running, chosen):
     _, low, res = chosen
     row = low[0]

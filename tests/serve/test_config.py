@@ -345,6 +345,15 @@ def test_issuers_are_unique_and_at_least_one_is_trusted(tmp_path: Path, keys: di
         ("alert", "{repeat_window_h: 0}", False),
         ("alert", "{daily_budget_per_unit: 0}", False),
         ("alert", "{daily_budget_per_unit: 20, deferral: none}", True),
+        ("fhir_connections", "1", True),
+        ("fhir_connections", "0", False),
+        ("fhir_connections", "257", False),
+        ("patient_page", "https://ehr.example.org/chart/{patient}?enc={encounter}", True),
+        ("patient_page", "https://ehr.example.org/chart/{encounter}", False),  # no {patient}
+        ("patient_page", "https://ehr.example.org/chart/{patient}/{mrn}", False),  # an unknown name
+        ("patient_page", "https://ehr.example.org/chart/{patient", False),  # not a template
+        ("patient_page", "javascript:alert({patient})", False),
+        ("patient_page", "/chart/{patient}", False),  # not absolute
     ],
 )
 def test_service_fields(tmp_path: Path, keys: dict, field: str, value: str, ok: bool) -> None:
@@ -366,3 +375,16 @@ def test_unreadable_or_malformed_files(tmp_path: Path) -> None:
 def test_model_can_be_built_in_code(keys: dict) -> None:
     config = ServiceConfig(trusted_clients=[TrustedClient(iss="https://ehr", jwks={"keys": [keys["rsa_jwk"]]})])
     assert config.service_url("x") == "http://127.0.0.1:8080/cds-services/x"
+
+
+def test_the_patient_page_template_is_filled_with_encoded_ids(tmp_path: Path, keys: dict) -> None:
+    text = (f"trusted_clients: [{{iss: https://ehr, jwks: {inline(keys['rsa_jwk'])}}}]\n"
+            "patient_page: https://ehr.example.org/chart?patient={patient}&encounter={encounter}\n")
+    config = load_config(write(tmp_path, text))
+    assert config.patient_page_url("p 1/&x", "e-2") == \
+        "https://ehr.example.org/chart?patient=p%201%2F%26x&encounter=e-2"
+    assert config.patient_page_url("p1", None) is None  # patient-view: the template needs an encounter
+    assert config.patient_page_url(None, "e-2") is None
+    only = load_config(write(tmp_path, text.replace("&encounter={encounter}", "")))
+    assert only.patient_page_url("p1", None) == "https://ehr.example.org/chart?patient=p1"
+    assert load_config(write(tmp_path, text.splitlines()[0])).patient_page_url("p1", "e1") is None  # unset

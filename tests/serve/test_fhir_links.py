@@ -445,3 +445,52 @@ def test_a_search_the_server_refuses_is_read_through_the_broader_one(narrow, bro
     else:
         assert got.failed == {"observations": expect} and not got.values and not got.widened
     assert without.failed == {"observations": f"HTTP {narrow}"} and not without.widened
+
+
+def test_the_service_bounds_its_reads_to_one_fhir_server_by_its_configuration(trained_bundle, tmp_path):
+    """`fhir_connections` (per worker process) is what the EHR's FHIR server sees at most: six calls at once without
+    prefetch, a limit of 2, and never a third read in flight."""
+    import asyncio
+
+    import yaml
+
+    from careloop.serve.app import HookRequest, Service
+    from careloop.serve.config import load_config
+    from tests.fhir_server.harness import make_rsa_key
+
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def answer(base: str, path: str) -> tuple[int, object]:
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.05)
+        with lock:
+            state["now"] -= 1
+        return 200, PATIENT if path.startswith("/fhir/Patient") else _bundle([])
+
+    with fhir_server(answer) as (base, seen):
+        _, jwk = make_rsa_key()
+        (tmp_path / "service.yaml").write_text(yaml.safe_dump({
+            "trusted_clients": [{"iss": base, "jwks": {"keys": [jwk]}}], "fhir_connections": 2,
+            "state": f"sqlite:///{tmp_path / 'state.db'}"}))
+        service = Service(trained_bundle, load_config(tmp_path / "service.yaml"))
+        req = HookRequest.decode(json.dumps({
+            "hook": "encounter-discharge", "hookInstance": "h-1", "context": {"patientId": PID, "userId": "u"},
+            "fhirServer": base, "fhirAuthorization": {"access_token": TOKEN, "token_type": "Bearer",
+                                                      "expires_in": 300, "scope": "patient/*.read",
+                                                      "subject": "careloop"}}).encode())
+
+        async def calls() -> list:
+            try:
+                return await asyncio.gather(*(service.fetch(req, list(service.prefetch), 10) for _ in range(6)))
+            finally:
+                await service.close_fhir_clients()
+
+        try:
+            results = asyncio.run(calls())
+        finally:
+            service.close()
+    assert all(set(r.values) == set(service.prefetch) and not r.failed for r in results)
+    assert len(seen) == 6 * len(service.prefetch) and state["most"] == 2

@@ -62,7 +62,6 @@ from careloop.state import StateError
 from careloop.tasks.cohort import excluded_at_index
 
 MAX_BODY = 5 * 1024 * 1024  # bytes; a larger request is refused with 413 before it is parsed
-FHIR_CONNECTIONS = 16  # per worker process and FHIR server: its reads in flight at once (others wait their turn)
 _USER_ID = re.compile(r"[\x21-\x7e]{1,256}")  # a FHIR reference such as Practitioner/123 (else not kept)
 UNKNOWN_UNIT = "hospital"  # the unit of a stay whose Encounter names no location: its budget is the hospital's
 NARROW_RETRY_S = 3600.0  # a FHIR server that refused a narrowed search is asked the broader one this long
@@ -465,7 +464,7 @@ class Service:
 
     def fhir_client(self, fhir_server: str) -> httpx.AsyncClient:
         """This process's client for one EHR's FHIR server (its scheme, host and port), per event loop: connections
-        are reused, and at most FHIR_CONNECTIONS reads are in flight to that server, so a burst of calls does not
+        are reused, and at most `fhir_connections` reads are in flight to that server, so a burst of calls does not
         flood it and a slow EHR does not hold the reads of another. Servers are those under trusted issuers only
         (`_may_fetch`), so the clients are few."""
         loop = asyncio.get_running_loop()
@@ -475,7 +474,7 @@ class Service:
                 self._fhir_loop, self._fhir_clients = loop, {}
             client = self._fhir_clients.get(origin)
             if client is None:
-                client = self._fhir_clients[origin] = new_fhir_client(FHIR_CONNECTIONS)
+                client = self._fhir_clients[origin] = new_fhir_client(self.config.fhir_connections)
             return client
 
     async def close_fhir_clients(self) -> None:
@@ -519,8 +518,8 @@ class Service:
             _model_version(self.meta),
             self.intended_use,
             self.not_for,
-            patient_page=f"{self.config.base_url}/dashboard/patient/{encounter}" if self.patient_pages and encounter
-            else None,
+            patient_page=self.config.patient_page_url(patient, encounter) or (
+                f"{self.config.base_url}/dashboard/patient/{encounter}" if self.patient_pages and encounter else None),
         )
 
     def defer(self, ctx: C.CardContext, reason: str, **kw) -> Decision:

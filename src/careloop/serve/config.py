@@ -20,6 +20,8 @@ audit:                                       # optional: signed checkpoints of t
   signing_key_file: keys/audit-ed25519.pem   # Ed25519 private key (`careloop audit keygen`), relative to this file
   checkpoint_every: 1000                     # a checkpoint every N records
 feedback_limit: {per_minute: 600, burst: 120}  # per client, all workers together; beyond it 429, Retry-After
+fhir_connections: 16                         # reads in flight to one FHIR server, per worker process
+patient_page: https://ehr.example.org/chart?patient={patient}&encounter={encounter}  # optional: the cards' link
 ```
 
 `load_config(path)` reports every problem with its line (`service.yaml:7: trusted_clients.0: ...`), like every
@@ -285,6 +287,40 @@ class ServiceConfig(_Strict):
     deadline_ms: int = Field(default=1500, gt=0, le=60_000)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     feedback_limit: FeedbackLimit = Field(default_factory=FeedbackLimit)
+    # reads in flight at once to one EHR FHIR server, per worker process (the server sees up to workers x this);
+    # the others wait their turn, inside their call's deadline
+    fhir_connections: int = Field(default=16, ge=1, le=256)
+    # the cards' "Patient risk page" link: a URL template, {patient} and {encounter} replaced by the hook's context
+    # ids (percent-encoded); a template naming {encounter} gives no link to a call without one (patient-view). When
+    # unset, cards link to careloop's own stay page if the service serves the dashboard (`--dashboard`)
+    patient_page: str | None = None
+
+    @field_validator("patient_page")
+    @classmethod
+    def _patient_page(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import string
+
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(v) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"patient_page is not a valid template ({exc})") from None
+        if names - {"patient", "encounter"} or "patient" not in names:
+            raise ValueError("patient_page may name only {patient} and {encounter}, and must name {patient}")
+        url = urlsplit(v.replace("{patient}", "p").replace("{encounter}", "e"))
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("patient_page must be an absolute http(s) URL template")
+        return v
+
+    def patient_page_url(self, patient: str | None, encounter: str | None) -> str | None:
+        """The configured patient page for a call's context, or None (no template, no patient, or the template
+        needs an encounter and the call has none)."""
+        from urllib.parse import quote
+
+        if self.patient_page is None or not patient or ("{encounter}" in self.patient_page and not encounter):
+            return None
+        return self.patient_page.format(patient=quote(patient, safe=""), encounter=quote(encounter or "", safe=""))
 
     @field_validator("state")
     @classmethod
