@@ -26,3 +26,7 @@ def test_the_demo_service_runs_end_to_end_from_relative_paths(trained_bundle, ho
     warning = next(c for x in log for c in x["response"].get("cards", []) if c["indicator"] == "warning")
     assert "link: Patient risk page" in run.stdout and "(HTTP 303, sign-in first)" in run.stdout
     assert {link["label"] for link in warning["links"]} == {"Model card and validation report", "Patient risk page"}
+    by_title = {x["title"].split(" (")[0]: x["response"] for x in log}
+    assert [c["indicator"] for c in by_title["a 10-year-old"]["cards"]] == ["info"]
+    assert by_title["the same 10-year-old again"] == {"cards": []}  # the same deferral is not repeated
+    assert by_title["the high-risk discharge again"] == {"cards": []}  # nor the warning, within the window

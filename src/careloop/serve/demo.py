@@ -278,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         child = pf_of(stays[1])
         child["patient"] = dict(child["patient"], birthDate="2016-03-01")
         send("a 10-year-old (out of scope for an adult model)", request(stays[1], child))
+        send("the same 10-year-old again (the same deferral is not shown twice within the repeat window)",
+             request(stays[1], child))
         hospice = pf_of(stays[1])
         for entry in hospice.get("encounters", {}).get("entry", []):
             if entry["resource"]["id"] == stays[1]["encounter_id"]:  # disposition recorded at discharge: hospice
@@ -298,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                 "Authorization": f"Bearer {sign_request_token(pem, 'ehr-demo-1', ISS, fb_url)}"})
             print(f"\n== feedback (overridden: {card['overrideReasons'][0]['display']}): HTTP {r.status_code} "
                   f"{r.json()}")
+        send("the high-risk discharge again (no repeat warning within the window unless the risk moves)",
+             request(high, pf_of(high)))
         key = json.loads((a.model / "MANIFEST.json").read_text())["bundle_id"][:12]
         admin = {"Authorization": f"Bearer {secret}"}
         ehr.post(f"{base}/admin/models/{key}/enabled", json={"enabled": False}, headers=admin)
