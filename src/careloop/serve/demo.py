@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         mid = stays[2]
         send(f"a patient in a range where clinicians judge better (risk {mid['risk']:.0%})",
              request(mid, pf_of(mid)))
+        send("the same discharge again (no repeat card within the window unless the risk moves)",
+             request(mid, pf_of(mid)))
         send(f"discharge of a low-risk patient (risk {low['risk']:.0%})",
              request(low, pf_of(low)))
         child = pf_of(stays[1])
@@ -300,8 +302,6 @@ def main(argv: list[str] | None = None) -> int:
                 "Authorization": f"Bearer {sign_request_token(pem, 'ehr-demo-1', ISS, fb_url)}"})
             print(f"\n== feedback (overridden: {card['overrideReasons'][0]['display']}): HTTP {r.status_code} "
                   f"{r.json()}")
-        send("the high-risk discharge again (no repeat warning within the window unless the risk moves)",
-             request(high, pf_of(high)))
         key = json.loads((a.model / "MANIFEST.json").read_text())["bundle_id"][:12]
         admin = {"Authorization": f"Bearer {secret}"}
         ehr.post(f"{base}/admin/models/{key}/enabled", json={"enabled": False}, headers=admin)
