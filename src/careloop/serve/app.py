@@ -402,7 +402,7 @@ class Service:
 
         jti = (claims.iss, claims.jti, claims.exp) if claims is not None else None
         card = decision.card_row if decision is not None else None
-        if card is None or card.indicator != "warning":  # only warnings are under the alert policy
+        if card is None or card.indicator != "warning":  # only warnings are checked again at commit (info_repeated)
             return Work(events, jti=jti, instead=instead, card=card)
 
         def unshown(why: str) -> list[tuple[str, dict]]:
