@@ -296,15 +296,8 @@ def test_the_pages_of_one_call_together_are_capped():
     assert len(got) < len(keys)
 
 
-def test_a_shared_client_bounds_the_reads_in_flight():
-    """The service reads through one client per process: however many calls arrive without prefetch, the EHR's
-    FHIR server sees at most the client's connection limit at once."""
-    import asyncio
-
-    import httpx
-
-    from careloop.serve.features import read_prefetch
-
+def _counting_answer() -> tuple[Callable[[str, str], tuple[int, object]], dict]:
+    """A FHIR server's answer that takes 50 ms, and the most reads it had in flight at once (`state["most"]`)."""
     state = {"now": 0, "most": 0}
     lock = threading.Lock()
 
@@ -316,6 +309,20 @@ def test_a_shared_client_bounds_the_reads_in_flight():
         with lock:
             state["now"] -= 1
         return 200, PATIENT if path.startswith("/fhir/Patient") else _bundle([])
+
+    return answer, state
+
+
+def test_a_shared_client_bounds_the_reads_in_flight():
+    """The service reads through one client per process: however many calls arrive without prefetch, the EHR's
+    FHIR server sees at most the client's connection limit at once."""
+    import asyncio
+
+    import httpx
+
+    from careloop.serve.features import read_prefetch
+
+    answer, state = _counting_answer()
 
     async def calls(base: str) -> list:
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=3)) as client:
@@ -458,17 +465,7 @@ def test_the_service_bounds_its_reads_to_one_fhir_server_by_its_configuration(tr
     from careloop.serve.config import load_config
     from tests.fhir_server.harness import make_rsa_key
 
-    state = {"now": 0, "most": 0}
-    lock = threading.Lock()
-
-    def answer(base: str, path: str) -> tuple[int, object]:
-        with lock:
-            state["now"] += 1
-            state["most"] = max(state["most"], state["now"])
-        time.sleep(0.05)
-        with lock:
-            state["now"] -= 1
-        return 200, PATIENT if path.startswith("/fhir/Patient") else _bundle([])
+    answer, state = _counting_answer()
 
     with fhir_server(answer) as (base, seen):
         _, jwk = make_rsa_key()
