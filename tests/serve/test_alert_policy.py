@@ -34,9 +34,9 @@ def keys():
 
 
 @pytest.fixture(scope="module")
-def high(trained_bundle, hospital_store, hospital):
-    """Test-split stays the model warns on (risk clear of the threshold's band), with their records."""
-    import numpy as np
+def scored(trained_bundle, hospital_store):
+    """The test split's stays (patient_id, encounter_id), the model's risk for each (from the training features),
+    and the bundle's operating point."""
     import pyarrow.compute as pc
 
     from careloop.engines import DuckDBEngine
@@ -50,9 +50,17 @@ def high(trained_bundle, hospital_store, hospital):
     cohort = build_cohort(load_task("readmission-30d"), eng).table
     feats = extract(load_feature_set("readmission"), cohort.filter(pc.equal(cohort.column("split"), "test")), eng).table
     bundle = verify(trained_bundle)
-    risk = bundle.model().predict_proba(feats)
-    above = bundle.metadata["operating_point"]["threshold_ci"][1] + 0.03
-    rows = feats.select(["patient_id", "encounter_id"]).to_pylist()
+    return (feats.select(["patient_id", "encounter_id"]).to_pylist(), bundle.model().predict_proba(feats),
+            bundle.metadata["operating_point"])
+
+
+@pytest.fixture(scope="module")
+def high(scored, hospital):
+    """Test-split stays the model warns on (risk clear of the threshold's band), with their records."""
+    import numpy as np
+
+    rows, risk, op = scored
+    above = op["threshold_ci"][1] + 0.03
     picked = []
     for i in np.argsort(-risk)[:100]:  # one stay per patient (a patient's second card is under the repeat rule)
         if risk[i] > above and all(p["patient_id"] != rows[i]["patient_id"] for p in picked):
@@ -139,6 +147,17 @@ def test_a_warning_from_one_hook_is_not_repeated_by_the_other(trained_bundle, ke
         b.stop()
 
 
+def _call(service, stay, pf, now: dt.datetime) -> tuple[list[dict], dict]:
+    """A discharge scored at `now` and written as the service does: the cards shown and the call's audit record."""
+    req = HookRequest.decode(json.dumps(hook_request(stay["patient_id"], stay["encounter_id"], pf)).encode())
+    decision = service.handle("readmission-risk", req, now, ISS)
+    work = service.work("cds-call", "success", claims=None, req=req, decision=decision, service="readmission-risk",
+                        request_id=str(uuid.uuid4()), detail=call_detail(decision))
+    assert service.journal.write(work)
+    (rec,) = [r for r in service.audit.records(kind="cds-call") if r["hook_instance"] == req.hookInstance]
+    return ([] if work.withheld else decision.cards), rec
+
+
 def _record(service, stay, res, now: dt.datetime, location: str | None = None) -> list[str]:
     """Score a discharge at `now` (its ward set to `location`) and write it as the service does; the indicators."""
     pf = prefetch_of(res)
@@ -146,12 +165,7 @@ def _record(service, stay, res, now: dt.datetime, location: str | None = None) -
         for e in pf["encounters"]["entry"]:
             if e["resource"]["id"] == stay["encounter_id"]:
                 e["resource"]["location"] = [{"location": {"reference": f"Location/{location}"}}]
-    req = HookRequest.decode(json.dumps(hook_request(stay["patient_id"], stay["encounter_id"], pf)).encode())
-    decision = service.handle("readmission-risk", req, now, ISS)
-    work = service.work("cds-call", "success", claims=None, req=req, decision=decision, service="readmission-risk",
-                        request_id=str(uuid.uuid4()))
-    assert service.journal.write(work)
-    return [] if work.withheld else [c["indicator"] for c in decision.cards]
+    return [c["indicator"] for c in _call(service, stay, pf, now)[0]]
 
 
 def test_the_daily_budget_is_per_unit_and_day_in_the_hospitals_time_zone(trained_bundle, keys, high,
@@ -175,25 +189,10 @@ def test_the_daily_budget_is_per_unit_and_day_in_the_hospitals_time_zone(trained
 
 
 @pytest.fixture(scope="module")
-def near(trained_bundle, hospital_store, hospital):
+def near(scored, hospital):
     """Test-split stays whose risk is below the threshold but inside its 95% interval (they get the near-threshold
     info card), one per patient, with their records and risks."""
-    import pyarrow.compute as pc
-
-    from careloop.engines import DuckDBEngine
-    from careloop.features.engine import extract
-    from careloop.features.spec import load_feature_set
-    from careloop.registry import verify
-    from careloop.tasks.cohort import build_cohort
-    from careloop.tasks.spec import load_task
-
-    eng = DuckDBEngine(hospital_store[0])
-    cohort = build_cohort(load_task("readmission-30d"), eng).table
-    feats = extract(load_feature_set("readmission"), cohort.filter(pc.equal(cohort.column("split"), "test")), eng).table
-    bundle = verify(trained_bundle)
-    op = bundle.metadata["operating_point"]
-    risk = bundle.model().predict_proba(feats)
-    rows = feats.select(["patient_id", "encounter_id"]).to_pylist()
+    rows, risk, op = scored
     picked, seen = [], set()
     for i, r in enumerate(risk):  # clear of both edges, so that rounding cannot move a stay out of the band
         if op["threshold_ci"][0] + 0.002 < r < op["threshold"] - 0.002 and rows[i]["patient_id"] not in seen:
@@ -202,17 +201,6 @@ def near(trained_bundle, hospital_store, hospital):
     assert len(picked) >= 3, (op, len(picked))
     res = patient_resources(hospital / "ndjson", seen)
     return [(s, res[s["patient_id"]], r) for s, r in picked[:3]]
-
-
-def _call(service, stay, pf, now: dt.datetime) -> tuple[list[dict], dict]:
-    """A discharge scored at `now` and written as the service does: the cards shown and the call's audit record."""
-    req = HookRequest.decode(json.dumps(hook_request(stay["patient_id"], stay["encounter_id"], pf)).encode())
-    decision = service.handle("readmission-risk", req, now, ISS)
-    work = service.work("cds-call", "success", claims=None, req=req, decision=decision, service="readmission-risk",
-                        request_id=str(uuid.uuid4()), detail=call_detail(decision))
-    assert service.journal.write(work)
-    (rec,) = [r for r in service.audit.records(kind="cds-call") if r["hook_instance"] == req.hookInstance]
-    return ([] if work.withheld else decision.cards), rec
 
 
 def test_a_near_threshold_info_card_is_not_repeated_unless_the_risk_moves(trained_bundle, keys, near, tmp_path,

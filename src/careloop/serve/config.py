@@ -33,9 +33,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import string
 from pathlib import Path
 from typing import Any, Literal, get_args
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -300,8 +301,6 @@ class ServiceConfig(_Strict):
     def _patient_page(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        import string
-
         try:
             names = {name for _, name, _, _ in string.Formatter().parse(v) if name is not None}
         except ValueError as exc:
@@ -316,8 +315,6 @@ class ServiceConfig(_Strict):
     def patient_page_url(self, patient: str | None, encounter: str | None) -> str | None:
         """The configured patient page for a call's context, or None (no template, no patient, or the template
         needs an encounter and the call has none)."""
-        from urllib.parse import quote
-
         if self.patient_page is None or not patient or ("{encounter}" in self.patient_page and not encounter):
             return None
         return self.patient_page.format(patient=quote(patient, safe=""), encounter=quote(encounter or "", safe=""))
