@@ -647,43 +647,82 @@ def serve(
                                                            "through the state store).")] = 1,
     pin_cpus: Annotated[bool, typer.Option("--pin-cpus", help="With --workers: each worker process on a CPU of its "
                                                                 "own (Linux).")] = False,
+    tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this PEM certificate (chain) ...")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="... and its PEM private key (TLS 1.2 at least).")] = None,
+    proxy: Annotated[str | None, typer.Option(help="Addresses (comma-separated IPs or networks) of the "
+                                                   "TLS-terminating proxy in front: its X-Forwarded-Proto/For are "
+                                                   "trusted. Plain HTTP off loopback needs it.")] = None,
 ) -> None:
     """Serve the model as CDS Hooks 2.0 services (discovery, encounter-discharge, patient-view, feedback), and
-    optionally the dashboard (worklist, patient, model, monitoring and governance pages behind sign-in)."""
+    optionally the dashboard (worklist, patient, model, monitoring and governance pages behind sign-in). Off
+    loopback, over HTTPS only: TLS here (--tls-cert, --tls-key) or at a proxy in front (--proxy)."""
     import uvicorn
 
     from careloop.serve.asgi import Options, make_app
+    from careloop.serve.config import load_config
+    from careloop.serve.tls import check_certificate, listening_policy, server_context
 
     opts = Options(model=str(model), config=str(config), dashboard=dashboard, store=str(store) if store else None,
                    monitor=str(monitor) if monitor else None, users=str(users) if users else None, demo=demo,
                    pin_cpus=pin_cpus)
+    tls = tls_cert is not None or tls_key is not None
     try:
+        if tls and (tls_cert is None or tls_key is None):
+            raise CareloopError("--tls-cert and --tls-key go together")
+        proxies = _proxy_addresses(proxy) if proxy is not None else None
+        base_url = load_config(config).base_url
+        listening_policy(host, tls=tls, proxy=proxies, base_url=base_url)
+        cert = check_certificate(tls_cert, tls_key, base_url=base_url) if tls else None
         app_ = make_app(opts, seed=True)  # checks everything once, in this process, before any worker starts
         service = app_.state.service
     except (CareloopError, ValueError) as exc:
         fail(str(exc))
         return
+    for warning in cert.warnings if cert else []:
+        console.print(f"warning: {warning}", highlight=False)
+    scheme = "https" if tls else "http"
+    served = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key), "ssl_context_factory": server_context} \
+        if tls else {}
+    if proxies is not None:
+        served["forwarded_allow_ips"] = proxies
     if demo and dashboard and store is not None:
         from careloop.web.demo import sign_in_text
 
         console.print(sign_in_text(f"http://{host}:{port}"), highlight=False)
-    console.print(f"careloop serving bundle {service.bundle.bundle_id[:12]} at http://{host}:{port}/cds-services "
+    console.print(f"careloop serving bundle {service.bundle.bundle_id[:12]} at {scheme}://{host}:{port}/cds-services "
                   f"(state {service.config.state.split('://')[0]}"
                   + (f", {workers} workers" if workers > 1 else "")
                   + (", one CPU each" if workers > 1 and pin_cpus else "") + ")"
-                  + (f"; dashboard at http://{host}:{port}/dashboard" if dashboard else ""), highlight=False)
+                  + (f"; dashboard at {scheme}://{host}:{port}/dashboard" if dashboard else ""), highlight=False)
     if service.audit.signing_key is None:
         console.print("warning: no audit.signing_key_file in the config: the hash chain shows an edited, deleted or "
                       "reordered record, but not the newest records cut off; sign checkpoints (`careloop audit "
                       "keygen`) or keep the head that `careloop audit verify` prints and pass it as --expect",
                       highlight=False)
     if workers == 1:
-        uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False, **served)
         return
     service.close()
     opts.export()  # the workers rebuild the same app from these options (and share the dashboard's cookie secret)
     uvicorn.run("careloop.serve.asgi:build", factory=True, workers=workers, host=host, port=port,
-                log_level="warning", access_log=False)
+                log_level="warning", access_log=False, **served)
+
+
+def _proxy_addresses(value: str) -> str:
+    """`--proxy`: comma-separated IP addresses or networks, as uvicorn's forwarded_allow_ips takes them; never "*"
+    (anyone could then claim any client address and scheme)."""
+    import ipaddress
+
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise CareloopError("--proxy needs the proxy's address (an IP address or network)")
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise CareloopError(f"--proxy {item!r}: not an IP address or network (a proxy is named by its address; "
+                                "'*' would trust every client's forwarded headers)") from None
+    return ",".join(items)
 
 
 audit_app = typer.Typer(help="Check the service's audit log.", no_args_is_help=True)

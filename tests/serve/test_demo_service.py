@@ -26,6 +26,10 @@ def test_the_demo_service_runs_end_to_end_from_relative_paths(trained_bundle, ho
     warning = next(c for x in log for c in x["response"].get("cards", []) if c["indicator"] == "warning")
     assert "link: Patient risk page" in run.stdout and "(HTTP 303, sign-in first)" in run.stdout
     assert {link["label"] for link in warning["links"]} == {"Model card and validation report", "Patient risk page"}
+    assert all(link["url"].startswith("https://127.0.0.1:") for link in warning["links"])  # the service is HTTPS only
+    assert "(HTTPS only, TLS 1.2 or later" in run.stdout
+    assert sorted(f.name for f in (tmp_path / "out" / "service" / "tls").iterdir()) == ["ca.pem", "server-key.pem",
+                                                                                       "server.pem"]
     by_title = {x["title"].split(" (")[0]: x["response"] for x in log}
     assert [c["indicator"] for c in by_title["a 10-year-old"]["cards"]] == ["info"]
     assert by_title["the same 10-year-old again"] == {"cards": []}  # the same deferral is not repeated

@@ -816,7 +816,8 @@ class FastPath:
     """ASGI middleware: stamps each request's arrival (monotonic seconds: the deadline counts from here), and
     answers `POST /cds-services/{id}` itself with the same code as the FastAPI route (`answer_call`), without the
     framework's routing and request handling, which cost a large share of a call's CPU under load. Every other
-    request goes to FastAPI."""
+    request goes to FastAPI. Answers over HTTPS (TLS here, or at a trusted proxy) carry HSTS, so a browser that
+    opened the dashboard once never falls back to plain HTTP."""
 
     def __init__(self, app, service: Service | None = None) -> None:
         self.app = app
@@ -825,6 +826,8 @@ class FastPath:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
             scope[ARRIVED] = time.monotonic()
+            if scope.get("scheme") == "https":
+                send = _with_hsts(send)
             if self.service is not None and scope["method"] == "POST":
                 m = _CALL_PATH.fullmatch(scope["path"])
                 if m is not None:
@@ -834,6 +837,17 @@ class FastPath:
                     await answer(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+
+
+def _with_hsts(send):
+    async def sending(message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), HSTS]}
+        await send(message)
+    return sending
 
 
 def _reader(headers: Headers, receive):

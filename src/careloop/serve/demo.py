@@ -1,7 +1,9 @@
 """The service in `make demo`: start it on loopback as an EHR would meet it, and send it signed CDS Hooks calls.
 
 `python -m careloop.serve.demo --model BUNDLE --hospital DIR --store DIR --out DIR` makes an EHR key pair (RS384)
-and an administrator secret, writes the service config, starts `careloop serve` in a subprocess, builds each
+and an administrator secret, a throwaway CA and a certificate for 127.0.0.1 (`OUT/tls/`: the service answers over
+HTTPS only, and the demo's EHR trusts that CA alone), writes the service config, starts `careloop serve` in a
+subprocess, builds each
 request's prefetch from the synthetic hospital's Bulk export (the resources an EHR would send), and prints what
 comes back: a high-risk discharge, a low-risk one, a child, a discharge to hospice (both out of scope), a call
 without prefetch (412), a forged token (401), feedback on a card, the kill switch, and the audit log's
@@ -21,12 +23,14 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import yaml
 
 from careloop.serve.features import PREFETCH
+from careloop.serve.tls import client_context, self_signed
 
 ISS = "https://ehr.demo-hospital.example/fhir"
 KEY_OF = {"Patient": "patient", "Encounter": "encounters", "Condition": "conditions", "Observation": "observations",
@@ -105,11 +109,11 @@ def token_search(template: str) -> Callable[[dict], bool]:
     return keep
 
 
-def wait_for_service(url: str, *, attempts: int = 300, pause: float = 0.05) -> None:
+def wait_for_service(url: str, *, attempts: int = 300, pause: float = 0.05, verify: Any = True) -> None:
     """Return once `url/cds-services` answers; raise RuntimeError if it never does."""
     for _ in range(attempts):
         try:
-            httpx.get(f"{url}/cds-services", timeout=0.5)
+            httpx.get(f"{url}/cds-services", timeout=0.5, verify=verify)
             return
         except httpx.HTTPError:
             time.sleep(pause)
@@ -191,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     pem, jwks = _keys(a.out)
     secret, digest = new_admin_token()
     port = _free_port()
-    base = f"http://127.0.0.1:{port}"
+    base = f"https://127.0.0.1:{port}"  # CDS Hooks exchanges are over HTTPS: a throwaway CA stands for the hospital's
+    ca, cert, cert_key = self_signed(a.out / "tls")
     state = a.out / "state.db"
     state.unlink(missing_ok=True)
     signing = a.out / "audit-ed25519.pem"  # signs the audit log's checkpoints; its .pub.pem verifies them
@@ -214,11 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     (a.out / "users.yaml").write_text(yaml.safe_dump(demo_users()))  # the dashboard's accounts (hashes only)
     server = subprocess.Popen([sys.executable, "-m", "careloop.cli", "serve", "--model", str(a.model), "--config",
                                str(a.out / "service.yaml"), "--port", str(port), "--dashboard", "--store",
-                               str(a.store), "--users", str(a.out / "users.yaml")])
+                               str(a.store), "--users", str(a.out / "users.yaml"), "--tls-cert", str(cert),
+                               "--tls-key", str(cert_key)])
     log: list[dict] = []
-    ehr = httpx.Client(timeout=30)  # one connection, as an EHR keeps: a fresh one per call costs ~35 ms on loopback
+    trust = client_context(ca)  # the EHR trusts the hospital's CA (here the throwaway one) and nothing else
+    ehr = httpx.Client(timeout=30, verify=trust)  # one connection, as an EHR keeps: a fresh one costs ~35 ms
     try:
-        wait_for_service(base, pause=0.1)
+        wait_for_service(base, pause=0.1, verify=trust)
         url = f"{base}/cds-services/readmission-risk"
 
         def send(title: str, body: dict, token: str | None = None) -> dict:
@@ -248,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                 body["prefetch"] = prefetch
             return body
 
-        print(f"careloop service at {base}/cds-services; alert threshold {threshold:.1%}")
+        print(f"careloop service at {base}/cds-services (HTTPS only, TLS 1.2 or later; the EHR trusts {ca}); "
+              f"alert threshold {threshold:.1%}")
         # the EHR prefetches what the service's discovery document asks for (Observations only of the codes read)
         templates = ehr.get(f"{base}/cds-services").json()["services"][0]["prefetch"]
 
@@ -267,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                    request(high, pf_of(high)))
         for card in got.get("cards", []):  # where the card's links lead (the stay's page is for signed-in clinicians)
             for link in card.get("links", []):
-                status = httpx.get(link["url"], timeout=10, follow_redirects=False).status_code
+                status = httpx.get(link["url"], timeout=10, follow_redirects=False, verify=trust).status_code
                 print(f"      link: {link['label']}: {link['url']} (HTTP {status}"
                       f"{', sign-in first' if status in (302, 303) else ''})")
         mid = stays[2]
