@@ -836,6 +836,186 @@ def audit_keygen(
     out_console.print(f"wrote {out} (private, mode 600) and {public} (public)")
 
 
+StateOption = Annotated[str, typer.Option("--state", help="State store URL (sqlite:///path or postgresql://...).")]
+SinceOption = Annotated[str | None, typer.Option(help="From this time on (YYYY-MM-DD, midnight UTC, or an ISO "
+                                                      "8601 date-time; UTC when no zone).")]
+UntilOption = Annotated[str | None, typer.Option(help="Before this time (excluded; same forms as --since).")]
+PatientOption = Annotated[str | None, typer.Option(help="Only this patient's records (FHIR id).")]
+KindOption = Annotated[str | None, typer.Option(help="Only this kind: cds-call, auth-failure, feedback, "
+                                                     "admin-change, kill-switch, timeout, export, access.")]
+ClientOption = Annotated[str | None, typer.Option(help="Only this client (the EHR's JWT iss).")]
+SortOption = Annotated[str, typer.Option(help="Sort by any recorded field (seq, recorded, kind, outcome, client, "
+                                              "user, patient, score, ...); a leading - sorts descending.")]
+ByOption = Annotated[str | None, typer.Option(help="Who is reading (recorded in the audit log; default: the "
+                                                   "login name).")]
+
+
+def _open_audit(state: str):
+    from careloop.audit import AuditLog, missing_log
+
+    missing = missing_log(state)
+    if missing:
+        raise CareloopError(f"no audit log: {missing}")
+    return AuditLog.open(state)
+
+
+def _reader(by: str | None) -> str:
+    import getpass
+
+    who = by if by is not None else getpass.getuser()
+    if not re.fullmatch(r"[\x21-\x7e]{1,128}", who):
+        raise CareloopError("--by: an identifier without spaces (a login name or a staff id)")
+    return who
+
+
+def _bounds(since: str | None, until: str | None) -> tuple[dt.datetime | None, dt.datetime | None]:
+    from careloop.audit.report import parse_bound
+
+    start = parse_bound(since, "--since") if since else None
+    end = parse_bound(until, "--until") if until else None
+    if start is not None and end is not None and end <= start:
+        raise CareloopError("--until must be later than --since")
+    return start, end
+
+
+@audit_app.command("report")
+def audit_report(
+    state: StateOption,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    patient: PatientOption = None,
+    kind: KindOption = None,
+    client: ClientOption = None,
+    sort: SortOption = "seq",
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many records (after sorting).")] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write every field of every record to this CSV "
+                                                               "file instead of printing a table.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every field of every record as JSON.")] = False,
+    by: ByOption = None,
+) -> None:
+    """The audit report (ONC 170.315(d)(3)): the records of a time range, for a patient, kind or client, sorted by
+    any field. The reading is itself audited."""
+    from careloop.audit.report import COLUMNS, SCREEN, audit_the_reading, flat, write_csv
+
+    try:
+        who = _reader(by)
+        with _open_audit(state) as log:
+            recs = log.records(*_bounds(since, until), patient, sort, kind=kind, client=client, limit=limit)
+            if csv_out is not None:
+                write_csv(recs, csv_out)
+            audit_the_reading(log, "audit-report", recs, who, "csv" if csv_out else "json" if as_json else "table")
+    except CareloopError as exc:
+        fail(str(exc))
+        return
+    if as_json:
+        _print_json({"count": len(recs), "columns": list(COLUMNS), "records": [flat(r) for r in recs]})
+        return
+    if csv_out is not None:
+        out_console.print(f"wrote {len(recs):,} records to {csv_out}")
+        return
+    table = Table(title=f"audit log: {len(recs):,} records (every field: --csv or --json)", title_justify="left")
+    for c in SCREEN:
+        table.add_column(c, no_wrap=c in ("seq", "recorded", "kind", "outcome", "score"),
+                         justify="right" if c in ("seq", "score") else "left")
+    for r in recs:
+        row = flat(r)
+        row["recorded"] = row["recorded"][:19].replace("T", " ") if row["recorded"] else None
+        row["score"] = f"{row['score']:.3f}" if isinstance(row["score"], float) else row["score"]
+        row["cards"] = " ".join(c.rsplit("|", 1)[-1] for c in r["cards"]) or None  # the indicators
+        table.add_row(*("" if row[c] is None else str(row[c]) for c in SCREEN))
+    out_console.print(table)
+
+
+@audit_app.command("export")
+def audit_export(
+    state: StateOption,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The FHIR Bundle (JSON) to write.")],
+    since: SinceOption = None,
+    until: UntilOption = None,
+    patient: PatientOption = None,
+    kind: KindOption = None,
+    client: ClientOption = None,
+    sort: SortOption = "seq",
+    by: ByOption = None,
+) -> None:
+    """Export the selected records as a FHIR R4 Bundle of AuditEvents, each carrying its place in the hash chain,
+    so that `careloop audit check-export` re-checks them away from the database. The export is itself audited."""
+    import orjson
+
+    from careloop.audit import summarize
+    from careloop.audit.report import audit_the_reading
+
+    if out.exists():
+        fail(f"{out} exists: refusing to overwrite an export")
+        return
+    try:
+        who = _reader(by)
+        with _open_audit(state) as log:
+            bundle = log.export_bundle(*_bounds(since, until), patient, sort, kind=kind, client=client)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(orjson.dumps(bundle, option=orjson.OPT_INDENT_2))
+            audit_the_reading(log, "audit-export", [summarize(e["resource"]) for e in bundle["entry"]], who,
+                              "fhir-bundle")
+    except CareloopError as exc:
+        fail(str(exc))
+        return
+    out_console.print(f"wrote {len(bundle['entry']):,} AuditEvents to {out} (FHIR Bundle, type collection)")
+
+
+@audit_app.command("check-export")
+def audit_check_export(
+    bundle: Annotated[Path, typer.Argument(help="A Bundle written by `careloop audit export`.")],
+) -> None:
+    """Re-check an exported Bundle: every record against its hash, and the links between consecutive records;
+    exit 1 and name the first bad one."""
+    import orjson
+
+    from careloop.audit import AuditLog
+
+    try:
+        doc = orjson.loads(bundle.read_bytes())
+    except OSError as exc:
+        fail(f"{bundle}: cannot read it ({exc.strerror or exc})")
+        return
+    except orjson.JSONDecodeError:
+        fail(f"{bundle}: not JSON")
+        return
+    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
+        fail(f"{bundle}: not a FHIR Bundle")
+        return
+    result = AuditLog.verify_bundle(doc)
+    if result.ok:
+        out_console.print(f"export intact: {result.checked:,} records match their hashes and links")
+        return
+    out_console.print(f"[bold red]export altered[/]: {result.reason}")
+    raise typer.Exit(code=1)
+
+
+@audit_app.command("purge")
+def audit_purge(
+    state: StateOption,
+    before: Annotated[str, typer.Option(help="Delete records recorded before this time (at least 183 days ago).")],
+    by: Annotated[str, typer.Option(help="Who runs the retention job (recorded in the anchor and the log).")],
+    minimum_days: Annotated[int, typer.Option(help="The retention period in days (at least 183: EU AI Act Arts "
+                                                   "19, 26(6)).")] = 183,
+) -> None:
+    """Retention: delete the oldest records recorded before --before, leaving a signed-off anchor from which the
+    rest of the chain still verifies. Refuses anything younger than the retention period."""
+    from careloop.audit.report import parse_bound
+
+    try:
+        who = _reader(by)
+        cut = parse_bound(before, "--before")
+        with _open_audit(state) as log:
+            deleted = log.purge(cut, minimum_days=minimum_days, by=who)
+            head = log.head()
+    except CareloopError as exc:
+        fail(str(exc))
+        return
+    out_console.print(f"purged {deleted:,} records recorded before {cut:%Y-%m-%d %H:%M} UTC; the log now holds "
+                      f"records up to seq {head['seq']:,}")
+
+
 deferral_app = typer.Typer(help="Learned deferral between the model and the clinician (CoDoC and an alternative).",
                            no_args_is_help=True)
 app.add_typer(deferral_app, name="deferral")

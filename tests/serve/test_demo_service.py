@@ -17,6 +17,12 @@ def test_the_demo_service_runs_end_to_end_from_relative_paths(trained_bundle, ho
                          timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "audit log intact" in run.stdout and "1 signed checkpoint checked" in run.stdout, run.stdout[-1000:]
+    calls = sum(1 for line in run.stdout.splitlines() if line.startswith("== ") and ": HTTP 200 in" in line)
+    assert f"audit log: {calls} records" in run.stdout  # the report lists every answered CDS call
+    exported = json.loads((tmp_path / "out" / "service" / "audit-export.json").read_text())
+    kinds = [e["resource"]["subtype"][0]["code"] for e in exported["entry"]]
+    assert kinds.count("cds-call") == calls and kinds[-1] == "export"  # the report's own reading, then the export
+    assert f"wrote {len(kinds)} AuditEvents" in run.stdout and f"export intact: {len(kinds)} records" in run.stdout
     log = json.loads((tmp_path / "out" / "service" / "exchanges.json").read_text())
     statuses = {x["title"].split(" (")[0]: x["status"] for x in log}
     assert statuses["no prefetch and no FHIR access"] == 412 and statuses["a token from an untrusted issuer"] == 401

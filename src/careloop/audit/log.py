@@ -725,5 +725,5 @@ class AuditLog:
             }])
             deleted = conn.execute(audit_table.delete().where(a.seq <= upto)).rowcount
         self.append(audit_event(kind="admin-change", outcome="success", user=None, client=None,
-                                detail={"action": "audit-purge", "upto_seq": upto, "count": deleted}))
+                                detail={"action": "audit-purge", "upto_seq": upto, "count": deleted, "by": by}))
         return deleted

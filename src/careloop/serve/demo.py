@@ -16,6 +16,7 @@ import argparse
 import collections
 import gzip
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -325,8 +326,26 @@ def main(argv: list[str] | None = None) -> int:
                         "--verify-key", str(signing.with_name("audit-ed25519.pub.pem"))],
                        capture_output=True, text=True)
     print(f"\n== audit log: {v.stdout.strip()}")
+    rc = v.returncode or _governance_reads(state, a.out)
     print(f"exchanges: {a.out / 'exchanges.json'}; service config: {a.out / 'service.yaml'}")
-    return v.returncode
+    return rc
+
+
+def _governance_reads(state: Path, out: Path) -> int:
+    """What governance staff read afterwards: the audit report of the CDS calls, and the whole log exported as a
+    FHIR Bundle and re-checked away from the database (each reading is itself audited)."""
+    url, export = f"sqlite:///{state}", out / "audit-export.json"
+    export.unlink(missing_ok=True)
+    env = {**os.environ, "COLUMNS": "150"}
+    cli = [sys.executable, "-m", "careloop.cli", "audit"]
+    report = subprocess.run([*cli, "report", "--state", url, "--kind", "cds-call", "--by", "demo-governance"],
+                            capture_output=True, text=True, env=env)
+    print(f"\n== audit report (careloop audit report --kind cds-call):\n{report.stdout.rstrip()}")
+    exported = subprocess.run([*cli, "export", "--state", url, "--out", str(export), "--by", "demo-governance"],
+                              capture_output=True, text=True, env=env)
+    checked = subprocess.run([*cli, "check-export", str(export)], capture_output=True, text=True, env=env)
+    print(f"== audit export: {exported.stdout.strip()}; {checked.stdout.strip()}")
+    return report.returncode or exported.returncode or checked.returncode
 
 
 if __name__ == "__main__":

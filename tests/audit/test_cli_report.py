@@ -1,0 +1,139 @@
+"""`careloop audit report | export | check-export | purge`: the audit report, export and retention for governance
+staff (ONC (d)(3), EU AI Act retention), on SQLite and PostgreSQL; each reading of the log is itself audited."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from typer.testing import CliRunner
+
+from careloop.audit import AuditLog
+from careloop.audit.report import COLUMNS, parse_bound
+from careloop.cli import app as cli
+from tests.audit.helpers import T0, make_events
+
+EVENTS = make_events(40)
+
+
+@pytest.fixture
+def url(db_url):
+    with AuditLog.open(db_url) as log:
+        log.append_many(EVENTS[20:] + EVENTS[:20])  # recorded order differs from seq order
+    return db_url
+
+
+def run(*args: str):
+    res = CliRunner().invoke(cli, ["audit", *args], env={"COLUMNS": "240"})
+    assert "Traceback" not in res.output
+    return res
+
+
+def _exports(url: str) -> list[dict]:
+    with AuditLog.open(url) as log:
+        return log.records(kind="export")
+
+
+def test_report_as_json_selects_a_range_and_a_patient_sorted_by_any_field_and_is_itself_audited(url):
+    res = run("report", "--state", url, "--since", "2025-03-01T08:00:10", "--until", "2025-03-01T08:00:30Z",
+              "--sort", "-score", "--json", "--by", "governance-7")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    with AuditLog.open(url) as log:
+        expected = log.records(T0 + timedelta(seconds=10), T0 + timedelta(seconds=30), sort="-score")
+    assert doc["count"] == 20 and doc["columns"] == list(COLUMNS)
+    assert [r["seq"] for r in doc["records"]] == [r["seq"] for r in expected]
+    scores = [r["score"] for r in doc["records"]]
+    assert scores == sorted(scores, reverse=True)
+    assert {r["recorded"] for r in doc["records"]} == {
+        (T0 + timedelta(seconds=s)).strftime("%Y-%m-%dT%H:%M:%S.000000Z") for s in range(10, 30)}
+    one = run("report", "--state", url, "--patient", "p3", "--json", "--by", "governance-7")
+    assert {r["patient"] for r in json.loads(one.output)["records"]} == {"p3"}
+    assert json.loads(one.output)["count"] == 4
+    audited = _exports(url)
+    assert [(e["detail"]["action"], e["detail"]["by"], e["detail"]["count"], e["detail"]["format"])
+            for e in audited] == [("audit-report", "governance-7", "20", "json"),
+                                  ("audit-report", "governance-7", "4", "json")]
+    assert audited[1]["detail"]["patients"] == "1"
+    with AuditLog.open(url) as log:
+        assert log.verify().ok  # appending the reading kept the chain
+
+
+def test_report_to_csv_holds_every_field_and_the_table_prints(url, tmp_path):
+    out = tmp_path / "report.csv"
+    res = run("report", "--state", url, "--kind", "feedback", "--csv", str(out), "--by", "gov")
+    assert res.exit_code == 0 and "wrote 6 records" in res.output
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 6 and list(rows[0]) == list(COLUMNS) and {r["kind"] for r in rows} == {"feedback"}
+    for row in rows:  # seq 1 is EVENTS[20] (the fixture appended the second half first)
+        i = (int(row["seq"]) - 1 + 20) % 40
+        assert (row["hook_instance"], row["patient"], row["jti"]) == (f"hook-{i}", f"p{i % 10}", f"jti-{i}")
+        assert float(row["score"]) == round((i * 37 % 100) / 100, 2) and len(row["entry_hash"]) == 64
+    table = run("report", "--state", url, "--limit", "3", "--sort", "recorded")
+    assert table.exit_code == 0 and "audit log: 3 records" in table.output
+    assert "2025-03-01 08:00:00" in table.output and "2025-03-01 08:00:03" not in table.output
+
+
+def test_export_is_a_valid_fhir_bundle_that_check_export_verifies_and_catches_an_edit(url, tmp_path):
+    out = tmp_path / "export.json"
+    res = run("export", "--state", url, "--out", str(out), "--since", "2025-03-01", "--client",
+              "https://ehr1.example/iss", "--by", "gov")
+    assert res.exit_code == 0 and "wrote 13 AuditEvents" in res.output, res.output
+    doc = json.loads(out.read_text())
+    Bundle.model_validate(doc)
+    assert len(doc["entry"]) == 13 and all(e["resource"]["resourceType"] == "AuditEvent" for e in doc["entry"])
+    ok = run("check-export", str(out))
+    assert ok.exit_code == 0 and "export intact: 13 records" in ok.output
+    doc["entry"][4]["resource"]["outcome"] = "0" if doc["entry"][4]["resource"]["outcome"] != "0" else "8"
+    out.write_text(json.dumps(doc))
+    bad = run("check-export", str(out))
+    assert bad.exit_code == 1 and "export altered" in bad.output and "edited" in bad.output
+    again = run("export", "--state", url, "--out", str(out))
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output
+    assert [e["detail"]["format"] for e in _exports(url)] == ["fhir-bundle"]
+
+
+def test_bad_arguments_get_one_clear_line(url, tmp_path):
+    cases = [
+        (["report", "--state", url, "--since", "yesterday"], "is not a date"),
+        (["report", "--state", url, "--since", "2025-03-02", "--until", "2025-03-01"], "later than --since"),
+        (["report", "--state", url, "--sort", "colour"], "cannot sort by 'colour'"),
+        (["report", "--state", url, "--by", "two words"], "--by"),
+        (["report", "--state", f"sqlite:///{tmp_path / 'none.db'}"], "no audit log"),
+        (["check-export", str(tmp_path / "absent.json")], "cannot read it"),
+    ]
+    (tmp_path / "x.json").write_text('{"resourceType": "Patient"}')
+    cases.append((["check-export", str(tmp_path / "x.json")], "not a FHIR Bundle"))
+    for args, why in cases:
+        res = run(*args)
+        assert res.exit_code == 2, (args, res.output)
+        assert why in " ".join(res.output.split()), (args, res.output)
+
+
+def test_purge_keeps_six_months_and_leaves_a_chain_that_verifies(db_url):
+    old = datetime.now(UTC) - timedelta(days=400)
+    with AuditLog.open(db_url) as log:
+        log.append_many(make_events(10, old) + make_events(5, datetime.now(UTC) - timedelta(days=10)))
+    young = run("purge", "--state", db_url, "--before", (datetime.now(UTC) - timedelta(days=100)).isoformat(),
+                "--by", "dpo-1")
+    assert young.exit_code == 2 and "refusing to purge audit records younger than 183 days" in young.output
+    short = run("purge", "--state", db_url, "--before", "2020-01-01", "--by", "dpo-1", "--minimum-days", "90")
+    assert short.exit_code == 2 and "at least 183" in short.output
+    res = run("purge", "--state", db_url, "--before", (old + timedelta(days=1)).date().isoformat(), "--by", "dpo-1")
+    assert res.exit_code == 0 and "purged 10 records" in res.output, res.output
+    with AuditLog.open(db_url) as log:
+        assert log.verify().ok
+        left = log.records()
+        assert [r["seq"] for r in left][:5] == [11, 12, 13, 14, 15]
+        purge = [r for r in left if r["detail"].get("action") == "audit-purge"]
+        assert len(purge) == 1 and (purge[0]["detail"]["count"], purge[0]["detail"]["by"]) == ("10", "dpo-1")
+
+
+def test_parse_bound_reads_dates_and_zoned_or_unzoned_times_as_utc():
+    assert parse_bound("2026-11-01", "--since") == datetime(2026, 11, 1, tzinfo=UTC)
+    assert parse_bound("2026-11-01T10:00:00+02:00", "--since") == datetime(2026, 11, 1, 8, tzinfo=UTC)
+    assert parse_bound("2026-11-01T10:00:00", "--since") == datetime(2026, 11, 1, 10, tzinfo=UTC)
+    assert parse_bound("2026-11-01T10:00:00Z", "--since") == datetime(2026, 11, 1, 10, tzinfo=UTC)
