@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 import uuid
 
 import httpx
@@ -20,6 +21,7 @@ from careloop.engines import DuckDBEngine
 from careloop.features.engine import extract
 from careloop.features.spec import load_feature_set
 from careloop.registry import verify
+from careloop.serve.app import MAX_BODY
 from careloop.serve.auth import sign_request_token
 from careloop.serve.features import PREFETCH, bedside_features, collect, prefetch_templates
 from careloop.serve.schema import DISCOVERY, RESPONSE
@@ -408,6 +410,36 @@ def test_oversized_request_is_413(running):
     big = {"hook": "encounter-discharge", "hookInstance": "x", "context": {"patientId": "p", "encounterId": "e"},
            "prefetch": {"patient": {"resourceType": "Patient", "id": "p", "text": "x" * (6 * 1024 * 1024)}}}
     assert call(running, big).status_code == 413
+
+
+def test_a_prefetch_of_a_hundred_thousand_entries_is_refused_and_one_just_under_the_limit_answered_in_time(
+        running, chosen):
+    """Checklist C-20: 10^5 prefetched entries get 413 at once; 15,000 Observations of a feature's code within the
+    stay (4.7 MB, under the 5 MB limit) are answered within the deadline (scored, or `{"cards": []}` when late)."""
+    _, low, res = chosen
+    row = low[-1]
+    entries = ",".join(f'{{"resource":{{"resourceType":"Observation","id":"o{i}"}}}}' for i in range(100_000))
+    flood = '{"resourceType":"Bundle","type":"searchset","entry":[' + entries + "]}"
+    body = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))
+    body["prefetch"]["observations"] = "FLOOD"
+    raw = json.dumps(body).replace('"FLOOD"', flood, 1)
+    aud = f"{running.url}/cds-services/readmission-risk"
+    r = httpx.post(aud, content=raw, headers={**bearer(*running.keys, aud), "content-type": "application/json"},
+                   timeout=30)
+    assert r.status_code == 413 and r.json()["resourceType"] == "OperationOutcome"
+    start = next(e["period"]["start"] for e in res[row["patient_id"]]["encounters"] if e["id"] == row["encounter_id"])
+    many = [{"resourceType": "Observation", "id": f"na{i}", "status": "final",
+             "code": {"coding": [{"system": "http://loinc.org", "code": "2951-2"}]},
+             "subject": {"reference": f"Patient/{row['patient_id']}"}, "effectiveDateTime": start,
+             "valueQuantity": {"value": 140, "unit": "mmol/L"}} for i in range(15_000)]
+    body = hook_request(row["patient_id"], row["encounter_id"],
+                        prefetch_of(res[row["patient_id"]] | {"observations": many}))
+    assert 4_500_000 < len(json.dumps(body)) < MAX_BODY
+    t0 = time.perf_counter()
+    r = call(running, body)
+    elapsed_ms = (time.perf_counter() - t0) * 1000
+    assert r.status_code == 200 and isinstance(r.json()["cards"], list)
+    assert elapsed_ms < running.service.config.deadline_ms + 1000  # the deadline holds, whatever the load
 
 
 def test_feedback_validated_idempotent_and_stored(running, chosen):
