@@ -21,10 +21,11 @@ from careloop.engines import DuckDBEngine
 from careloop.features.engine import extract
 from careloop.features.spec import load_feature_set
 from careloop.registry import verify
-from careloop.serve.app import MAX_BODY
+from careloop.serve.app import MAX_BODY, READY_TIMEOUT_S
 from careloop.serve.auth import sign_request_token
 from careloop.serve.features import PREFETCH, bedside_features, collect, prefetch_templates
 from careloop.serve.schema import DISCOVERY, RESPONSE
+from careloop.state import StateError
 from careloop.tasks.cohort import build_cohort
 from careloop.tasks.spec import load_task
 from tests.fhir_server.harness import make_ec_key, make_rsa_key
@@ -95,10 +96,10 @@ def call(running, body, *, key=None, alg="RS384", service="readmission-risk", he
     return httpx.post(aud, json=body, headers=h, timeout=30)
 
 
-# The tests that touch the state store (cards, repeats, jti replay, feedback, the kill switch, the audit log) run on
-# PostgreSQL as well as SQLite; the others exercise no state and run once, on SQLite.
+# The tests that touch the state store (cards, repeats, jti replay, feedback, the kill switch, the audit log, the
+# readiness probe) run on PostgreSQL as well as SQLite; the others exercise no state and run once, on SQLite.
 STATEFUL = ("test_high_risk", "test_repeat", "test_es384", "test_feedback", "test_kill_switch", "test_audit_log",
-            "test_replay")
+            "test_replay", "test_health")
 
 
 @pytest.fixture(autouse=True)
@@ -404,6 +405,32 @@ def test_es384_accepted_and_replay_refused(running, keys, chosen):
 def test_malformed_requests_get_4xx_with_an_outcome(running, body, status):
     r = call(running, body)
     assert r.status_code == status and r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_health_and_readiness_for_a_load_balancer_need_no_credential_and_leave_no_audit_record(running,
+                                                                                              monkeypatch):
+    before = running.service.audit.head()["seq"]
+    assert httpx.get(f"{running.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{running.url}/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+    assert running.service.audit.head()["seq"] == before  # a probe every few seconds must not flood the log
+
+    def broken() -> None:
+        raise StateError("database error (OperationalError): could not connect to server at 10.0.0.9")
+
+    monkeypatch.setattr(running.service.store, "ping", broken)
+    down = httpx.get(f"{running.url}/readyz")
+    assert down.status_code == 503 and down.json() == {"status": "not ready", "failing": ["state store: an error"]}
+
+    def stuck() -> None:
+        time.sleep(READY_TIMEOUT_S + 1)
+
+    monkeypatch.setattr(running.service.store, "ping", stuck)
+    t0 = time.perf_counter()
+    slow = httpx.get(f"{running.url}/readyz", timeout=30)
+    assert slow.status_code == 503 and slow.json()["failing"] == ["state store: no answer"]
+    assert time.perf_counter() - t0 < READY_TIMEOUT_S + 0.9  # answered at the timeout, not when the read returns
+    assert httpx.get(f"{running.url}/healthz").status_code == 200  # alive all the same
 
 
 def test_oversized_request_is_413(running):

@@ -61,6 +61,7 @@ from careloop.serve.journal import Journal, Work
 from careloop.state import StateError
 from careloop.tasks.cohort import excluded_at_index
 
+READY_TIMEOUT_S = 1.0  # /readyz: the state store must answer a read within this
 MAX_BODY = 5 * 1024 * 1024  # bytes; a larger request is refused with 413 before it is parsed
 _USER_ID = re.compile(r"[\x21-\x7e]{1,256}")  # a FHIR reference such as Practitioner/123 (else not kept)
 UNKNOWN_UNIT = "hospital"  # the unit of a stay whose Encounter names no location: its budget is the hospital's
@@ -1025,6 +1026,22 @@ def create_app(service: Service) -> FastAPI:
                 for sid, (hook, title) in SERVICES.items()
             ]
         }
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        """Liveness for a load balancer: the process answers. No credential, no patient data, not audited."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        """Readiness for a load balancer: the state store (jti claims, cards, audit chain) answers a read within
+        READY_TIMEOUT_S; 503 names what fails, without the database's address or message. Not audited."""
+        try:
+            await asyncio.wait_for(asyncio.to_thread(service.store.ping), READY_TIMEOUT_S)
+        except (StateError, TimeoutError) as exc:
+            why = "no answer" if isinstance(exc, TimeoutError) else "an error"
+            return JSONResponse({"status": "not ready", "failing": [f"state store: {why}"]}, status_code=503)
+        return {"status": "ready"}
 
     async def body_of(request: Request) -> bytes | None:
         return await _reader(request.headers, request.receive)()

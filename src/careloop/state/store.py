@@ -352,6 +352,11 @@ class StateStore:
             first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
             raise StateError(f"database error ({type(orig).__name__}): {first[:300]}") from exc
 
+    def ping(self) -> None:
+        """A read round trip to the database (the service's readiness probe); StateError when it fails."""
+        with self.transaction(write=False) as conn:
+            conn.execute(text("SELECT 1")).scalar_one()
+
     # ------------------------------------------------------------------ jti replay cache
     def claim_jti(self, iss: str, jti: str, expires_at: datetime, *, now: datetime | None = None) -> bool:
         """True the first time (iss, jti) is seen, or when its previous claim has expired; False for a replay.
