@@ -670,9 +670,16 @@ def serve(
         if tls and (tls_cert is None or tls_key is None):
             raise CareloopError("--tls-cert and --tls-key go together")
         proxies = _proxy_addresses(proxy) if proxy is not None else None
-        base_url = load_config(config).base_url
-        listening_policy(host, tls=tls, proxy=proxies, base_url=base_url)
-        cert = check_certificate(tls_cert, tls_key, base_url=base_url) if tls else None
+        cfg = load_config(config)
+        listening_policy(host, tls=tls, proxy=proxies, base_url=cfg.base_url)
+        cert = check_certificate(tls_cert, tls_key, base_url=cfg.base_url) if tls else None
+        if cfg.clock.ntp_server is not None:
+            from careloop.serve.clock import check
+
+            clock_ok, said = check(cfg.clock.ntp_server, cfg.clock.max_skew_ms, required=cfg.clock.required)
+            if not clock_ok:
+                raise CareloopError(said)
+            console.print(f"warning: {said}" if said.startswith("clock not checked") else said, highlight=False)
         app_ = make_app(opts, seed=True)  # checks everything once, in this process, before any worker starts
         service = app_.state.service
     except (CareloopError, ValueError) as exc:

@@ -19,6 +19,7 @@ deadline_ms: 1500
 audit:                                       # optional: signed checkpoints of the audit chain
   signing_key_file: keys/audit-ed25519.pem   # Ed25519 private key (`careloop audit keygen`), relative to this file
   checkpoint_every: 1000                     # a checkpoint every N records
+clock: {ntp_server: time.example.org, max_skew_ms: 1000, required: false}  # optional: checked at start
 feedback_limit: {per_minute: 600, burst: 120}  # per client, all workers together; beyond it 429, Retry-After
 fhir_connections: 16                         # reads in flight to one FHIR server, per worker process
 patient_page: https://ehr.example.org/chart?patient={patient}&encounter={encounter}  # optional: the cards' link
@@ -275,6 +276,24 @@ class AuditConfig(_Strict):
         return key
 
 
+class ClockConfig(_Strict):
+    """The clock check at start (checklist A-07): the host's clock against an NTP server, at most `max_skew_ms`
+    apart, or the service does not start; an NTP server that does not answer stops it only when `required`."""
+
+    ntp_server: str | None = None  # host or host:port, e.g. the hospital's time server
+    max_skew_ms: int = Field(default=1000, ge=1, le=600_000)
+    required: bool = False
+
+    @field_validator("ntp_server")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        from careloop.serve.clock import host_port
+
+        if v is not None:
+            host_port(v)
+        return v
+
+
 class ServiceConfig(_Strict):
     """The whole service configuration (see the module docstring)."""
 
@@ -287,6 +306,7 @@ class ServiceConfig(_Strict):
     alert: AlertConfig = Field(default_factory=AlertConfig)
     deadline_ms: int = Field(default=1500, gt=0, le=60_000)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    clock: ClockConfig = Field(default_factory=ClockConfig)
     feedback_limit: FeedbackLimit = Field(default_factory=FeedbackLimit)
     # reads in flight at once to one EHR FHIR server, per worker process (the server sees up to workers x this);
     # the others wait their turn, inside their call's deadline
