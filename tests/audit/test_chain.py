@@ -384,7 +384,7 @@ def test_purge_refuses_young_records_and_keeps_the_chain(log, db_url):
     assert res.ok and res.checked == 51  # 50 young + the purge's own admin-change event
     recs = log.records()
     assert recs[0]["seq"] == 101 and recs[-1]["kind"] == "admin-change"
-    assert recs[-1]["detail"] == {"action": "audit-purge", "count": "100", "upto_seq": "100"}
+    assert recs[-1]["detail"] == {"action": "audit-purge", "count": "100", "upto_seq": "100", "by": "retention"}
     log.append(EVENTS[0])
     assert log.verify().ok and log.head()["seq"] == 152
     with pytest.raises(StateError, match="append-only"), log.store.transaction(write=True) as conn:

@@ -621,7 +621,9 @@ def test_any_signature_change_is_refused(tenant_env: Env, data: st.DataObject, e
     head, body, sig = env.token(ec_key=ec_key, extra={"tenant": "org-1"}).split(".")
     i = data.draw(st.integers(0, len(sig) - 2))  # the last character carries padding bits
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-    c = data.draw(st.sampled_from(alphabet).filter(lambda x: x != sig[i]))
+    c = data.draw(st.sampled_from(alphabet))  # no filter on the signature: ECDSA's differs at each signing, and a
+    if c == sig[i]:  # draw that depended on it would make Hypothesis's replay of a case draw differently (flaky)
+        c = alphabet[(alphabet.index(c) + 1) % len(alphabet)]
     env.refuse(f"{head}.{body}.{sig[:i]}{c}{sig[i + 1 :]}", match="signature")
 
 

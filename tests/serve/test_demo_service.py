@@ -41,3 +41,7 @@ def test_the_demo_service_runs_end_to_end_from_relative_paths(trained_bundle, ho
     assert by_title["the same 10-year-old again"] == {"cards": []}  # the same deferral is not repeated
     assert len(by_title["a patient in a range where clinicians judge better"]["cards"]) == 1
     assert by_title["the same discharge again"] == {"cards": []}  # nor any card, within the window
+    under = by_title["the low-risk patient's discharge under the administrator's threshold"]["cards"]
+    assert [c["indicator"] for c in under] == ["warning"]
+    assert "set by the hospital's administrators in place of the validated" in under[0]["detail"]
+    assert "held-out stays it gives" in run.stdout and "back to the bundle's operating point: HTTP 200" in run.stdout

@@ -59,6 +59,7 @@ from careloop.serve.features import (
 )
 from careloop.serve.journal import Journal, Work
 from careloop.state import StateError
+from careloop.state.store import ModelPolicy
 from careloop.tasks.cohort import excluded_at_index
 
 READY_TIMEOUT_S = 1.0  # /readyz: the state store must answer a read within this
@@ -126,6 +127,12 @@ class FeedbackRequest(BaseModel):
 class SwitchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool
+
+
+class ThresholdRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # a calibrated risk; null goes back to the bundle's operating point (the key itself is required)
+    threshold: float | None = Field(..., gt=0, lt=1, allow_inf_nan=False)
 
 
 def outcome(status: int, text: str) -> JSONResponse:
@@ -198,6 +205,10 @@ class Service:
         self.threshold = float(op["threshold"])
         self.band = tuple(op["threshold_ci"]) if op.get("threshold_ci") else None
         self.ranges = self.meta.get("input_ranges") or {}
+        from careloop.serve.threshold import Validation
+
+        # the held-out stays' risks and outcomes: what another alert threshold would give (the admin route)
+        self.validation = Validation.of(self.bundle.path, f"careloop {self.meta.get('estimator')}")
         # the task the model was trained for: the bedside scores only stays its cohort would have held
         self.task = None
         if "task.yaml" in self.bundle.files:
@@ -438,12 +449,13 @@ class Service:
         )
 
     # -- the scoring thread ---------------------------------------------------------------------------
-    def score(self, service_id: str, req: HookRequest, client_iss: str | None, fetched: FhirRead | None = None):
+    def score(self, service_id: str, req: HookRequest, client_iss: str | None, fetched: FhirRead | None = None,
+              setting: ModelPolicy | None = None):
         """`handle` on the scoring thread, without reading the FHIR server (a Decision with `refetch` says what to
         read first); a concurrent future. A call cancelled before it starts never runs."""
         with self._pending_lock:
             self.pending += 1
-        fut = self.scorer.submit(self._timed_handle, service_id, req, client_iss, fetched)
+        fut = self.scorer.submit(self._timed_handle, service_id, req, client_iss, fetched, setting)
         fut.add_done_callback(self._done)
         return fut
 
@@ -486,10 +498,10 @@ class Service:
             await client.aclose()
 
     def _timed_handle(self, service_id: str, req: HookRequest, client_iss: str | None,
-                      fetched: FhirRead | None) -> Decision:
+                      fetched: FhirRead | None, setting: ModelPolicy | None = None) -> Decision:
         t0 = time.perf_counter()
         try:
-            return self.handle(service_id, req, None, client_iss, fetched=fetched, fetch=False)
+            return self.handle(service_id, req, None, client_iss, fetched=fetched, fetch=False, setting=setting)
         finally:
             self.cost_s = 0.9 * self.cost_s + 0.1 * (time.perf_counter() - t0)
 
@@ -528,16 +540,19 @@ class Service:
         return Decision(cards, ctx.patient_id, deferral=reason, **kw)
 
     def handle(self, service_id: str, req: HookRequest, now: dt.datetime | None = None,
-               client_iss: str | None = None, *, fetched: FhirRead | None = None, fetch: bool = True) -> Decision:
+               client_iss: str | None = None, *, fetched: FhirRead | None = None, fetch: bool = True,
+               setting: ModelPolicy | None = None) -> Decision:
         """Score one request, or say why not; the card shown, if any, is remembered with the call (feedback names
         it, and warnings drive repeat suppression and the daily budget). Data the EHR did not prefetch, or sent
         only a page of, is read from its FHIR server first: here when `fetch`, else the Decision's `refetch` asks
-        the caller to read it (off the scoring thread) and call again with it as `fetched`."""
+        the caller to read it (off the scoring thread) and call again with it as `fetched`. `setting`: the
+        administrators' settings as the caller read them (read from the store when not given)."""
         now = now or dt.datetime.now(dt.UTC)
-        d = self._decide(service_id, req, now, client_iss, fetched)
+        setting = setting or self.store.policy(self.model_key)
+        d = self._decide(service_id, req, now, client_iss, fetched, setting)
         if d.refetch is not None and fetch:
             d = self._decide(service_id, req, now, client_iss, asyncio.run(
-                self.fetch(req, d.refetch, self.config.deadline_ms / 1000, shared=False)))
+                self.fetch(req, d.refetch, self.config.deadline_ms / 1000, shared=False)), setting)
         if d.cards and d.card_row is None and d.patient:
             card = d.cards[0]
             kind = info_kind(d)
@@ -552,7 +567,7 @@ class Service:
         return d
 
     def _decide(self, service_id: str, req: HookRequest, now: dt.datetime, client_iss: str | None,
-                fetched: FhirRead | None = None) -> Decision:
+                fetched: FhirRead | None, setting: ModelPolicy) -> Decision:
         """The decision, or (`refetch`) the keys to read from the FHIR server first: those not prefetched, and those
         prefetched as only a page of their search. The EHR's FHIR server is read only when it lies under the token's
         issuer (the EHR's own FHIR base, as Epic sets `iss`), and only for the patient its access token is for: an
@@ -608,19 +623,33 @@ class Service:
                            extra={**extra, "deferral_policy": self.policy.hash})
             d.score = risk
             return d
+        if setting.threshold_version:  # which threshold decided (each administrator's change is a new version)
+            extra["threshold_version"] = setting.threshold_version
         decision = Decision([], patient, score=risk, digest=digest, extra=extra)
         # the operating point decides (warnings are exactly the risks at or above the bundle's threshold, so the
-        # alert rate, sensitivity and PPV validated for it hold); the threshold's own 95% interval says which
-        # risks are too close to it to be sure of their side: below it an info card says so, above it the warning
-        # says so
-        if risk < self.threshold:
-            if self.band and self.band[0] <= risk:
-                decision.cards = [C.near_threshold_card(ctx, risk, self.threshold, self.band)]
+        # alert rate, sensitivity and PPV validated for it hold), unless an administrator set another; the
+        # threshold's own 95% interval says which risks are too close to it to be sure of their side: below it an
+        # info card says so, above it the warning says so
+        threshold, band = self.thresholds(setting)
+        if risk < threshold:
+            if band and band[0] <= risk:
+                decision.cards = [C.near_threshold_card(ctx, risk, threshold, band)]
                 decision.note = "near threshold"
             else:
                 decision.note = "below threshold"
             return decision
-        return self.alert(service_id, ctx, decision, feats.row, now, feats.unit)
+        return self.alert(service_id, ctx, decision, feats.row, now, feats.unit, setting)
+
+    def current_thresholds(self) -> tuple[float, tuple[float, float] | None]:
+        """`thresholds` as the administrators' settings stand now (for the dashboard)."""
+        return self.thresholds(self.store.policy(self.model_key))
+
+    def thresholds(self, setting: ModelPolicy) -> tuple[float, tuple[float, float] | None]:
+        """The alert threshold in force and its 95% interval: the bundle's operating point, or the threshold an
+        administrator set, which has no interval (so no near-threshold cards while it is in force)."""
+        if setting.threshold is None:
+            return self.threshold, self.band
+        return setting.threshold, None
 
     def out_of_distribution(self, row) -> str | None:
         return outside_training(row, self.ranges)
@@ -693,7 +722,7 @@ class Service:
         return None
 
     def alert(self, service_id: str, ctx: C.CardContext, decision: Decision, row, now: dt.datetime,
-              unit: str | None = None) -> Decision:
+              unit: str | None = None, setting: ModelPolicy | None = None) -> Decision:
         """Repeat suppression, the unit's daily budget, then the card with its reasons."""
         from careloop.explain import reasons
 
@@ -703,28 +732,27 @@ class Service:
             decision.note = why
             return decision
         rs = reasons(self.model.contributions_rows([row]), [row], self.infos, top=3, columns=self.model.columns)
-        budget = self.meta["operating_point"].get("rationale", "")
-        budget_text = (
-            "set to flag about "
-            + (
-                f"{self.meta['operating_point']['target']:.0%} of discharges"
-                if self.meta["operating_point"].get("policy") == "budget"
-                else "the chosen share of discharges"
-            )
-            if budget
-            else "see the card"
-        )
+        setting = setting or ModelPolicy(True, None, 0)
+        threshold, uncertain = self.thresholds(setting)
         op = self.meta["operating_point"]
-        band = f"top {op['target']:.0%} of discharges" if op.get("policy") == "budget" else "high risk"
+        if setting.threshold is not None:  # an administrator's threshold: say so, and what was validated
+            band = "above the hospital's alert threshold"
+            budget_text = (f"set by the hospital's administrators in place of the validated {self.threshold:.0%}; "
+                           "see the model card for what each threshold gives")
+        else:
+            band = f"top {op['target']:.0%} of discharges" if op.get("policy") == "budget" else "high risk"
+            budget_text = ("see the card" if not op.get("rationale") else "set to flag about "
+                           + (f"{op['target']:.0%} of discharges" if op.get("policy") == "budget"
+                              else "the chosen share of discharges"))
         card = C.risk_card(
             ctx,
             decision.score,
-            self.threshold,
+            threshold,
             [r.phrase for r in rs[0]],
             band=band,
             budget_text=budget_text,
             today=now.date(),
-            uncertain=self.band if self.band and decision.score < self.band[1] else None,
+            uncertain=uncertain if uncertain and decision.score < uncertain[1] else None,
         )
         decision.card_row = CardRow(card["uuid"], service_id, ctx.patient_id, self.model_key, decision.score,
                                     "warning", unit or UNKNOWN_UNIT, now)
@@ -927,7 +955,8 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
     problem = _check_request(service_id, req)
     if problem:
         return await finish(outcome(400, problem), "cds-call", "minor", req=req, detail={"reason": problem})
-    if not service.store.enabled(service.model_key):
+    setting = service.store.policy(service.model_key)  # the kill switch and the threshold, read once per call
+    if not setting.enabled:
         return await finish(_json({"cards": []}), "kill-switch", "minor", req=req)
     absent = _prefetch_absent(req, service.prefetch)
     if absent and not req.fhirAuthorization:  # CDS Hooks 2.0: required data not prefetched and no FHIR access: 412
@@ -945,7 +974,8 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
     until = time.monotonic() + budget
     fetched: FhirRead | None = None
     try:
-        decision = await asyncio.wait_for(asyncio.wrap_future(service.score(service_id, req, claims.iss)), budget)
+        decision = await asyncio.wait_for(asyncio.wrap_future(service.score(service_id, req, claims.iss,
+                                                                            setting=setting)), budget)
         if decision.refetch is not None:  # read from the EHR's FHIR server off the scoring thread, then score
             left = until - time.monotonic()  # the read leaves time to score what it got
             fetched = await service.fetch(req, decision.refetch,
@@ -954,10 +984,11 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
                 return await finish(_json({"cards": []}), "timeout", "minor", req=req, detail={
                     "deadline_ms": service.config.deadline_ms, "missing_prefetch": fetched.unread,
                     "reason": "the FHIR server was slower than the deadline"})
-            if not service.store.enabled(service.model_key):  # switched off while the FHIR server was read
+            setting = service.store.policy(service.model_key)  # changed while the FHIR server was read?
+            if not setting.enabled:
                 return await finish(_json({"cards": []}), "kill-switch", "minor", req=req)
-            decision = await asyncio.wait_for(
-                asyncio.wrap_future(service.score(service_id, req, claims.iss, fetched)), until - time.monotonic())
+            decision = await asyncio.wait_for(asyncio.wrap_future(
+                service.score(service_id, req, claims.iss, fetched, setting)), until - time.monotonic())
     except TimeoutError:
         return await finish(_json({"cards": []}), "timeout", "minor", req=req,
                             detail={"deadline_ms": service.config.deadline_ms,
@@ -1080,43 +1111,97 @@ def create_app(service: Service) -> FastAPI:
         except StateError:
             return outcome(503, "the state store cannot be written now, so the feedback was not stored; retry later")
 
-    @app.post("/admin/models/{model_key}/enabled")
-    async def switch(model_key: str, request: Request):
+    async def admin_of(request: Request) -> tuple[str | None, Response | None]:
+        """The administrator's name, or the refusal (audited): 401 without the secret, 403 for an EHR's JWT."""
         from careloop.serve.auth import AuthError
 
         try:
-            who = service.admin.check(request.headers.get("authorization"))
+            return service.admin.check(request.headers.get("authorization")), None
         except AuthError as e:
             await service.audited("auth-failure", "serious", detail={"reason": str(e.reason)[:200], "route": "admin"})
-            return JSONResponse({}, status_code=403 if e.forbidden else 401)
+            return None, JSONResponse({}, status_code=403 if e.forbidden else 401)
 
-        async def refuse(status: int, text: str):
-            await service.audited("admin-change", "minor", detail={"by": who, "reason": text, "http_status": status})
-            return outcome(status, text)
+    async def admin_refusal(who: str, status: int, text: str) -> Response:
+        await service.audited("admin-change", "minor", detail={"by": who, "reason": text, "http_status": status})
+        return outcome(status, text)
 
+    @app.post("/admin/models/{model_key}/enabled")
+    async def switch(model_key: str, request: Request):
+        who, refused = await admin_of(request)
+        if refused:
+            return refused
         try:
             body = SwitchRequest.model_validate_json(await request.body())
         except ValidationError as e:
-            return await refuse(400, _validation_problem(e))
+            return await admin_refusal(who, 400, _validation_problem(e))
         if model_key not in (service.model_key, service.model_key[:12]):
-            return await refuse(404, "no such model is served here")
+            return await admin_refusal(who, 404, "no such model is served here")
         await asyncio.to_thread(service.store.set_enabled, service.model_key, body.enabled, by=who)
         await service.audited("admin-change", "success", detail={"by": who, "enabled": body.enabled})
         return {"model": service.model_key, "enabled": body.enabled}
 
+    def threshold_state() -> dict:
+        setting = service.store.policy(service.model_key)
+        threshold, _ = service.thresholds(setting)
+        out = {"model": service.model_key, "threshold": threshold,
+               "source": "bundle" if setting.threshold is None else "administrator",
+               "version": setting.threshold_version, "bundle_threshold": service.threshold}
+        if service.validation is not None:
+            out["validated"] = service.validation.at(threshold) | {"span": list(service.validation.span)}
+        return out
+
+    @app.get("/admin/models/{model_key}/threshold")
+    async def threshold_now(model_key: str, request: Request):
+        """The alert threshold in force, where it comes from, and what it gives on the held-out stays."""
+        who, refused = await admin_of(request)
+        if refused:
+            return refused
+        if model_key not in (service.model_key, service.model_key[:12]):
+            return await admin_refusal(who, 404, "no such model is served here")
+        return await asyncio.to_thread(threshold_state)
+
+    @app.post("/admin/models/{model_key}/threshold")
+    async def threshold_set(model_key: str, request: Request):
+        """Set the alert threshold in place of the bundle's operating point (`{"threshold": 0.3}`), or go back to
+        it (`{"threshold": null}`); every worker applies it from its next call. Audited with the old and new
+        values and the new version, which every scored call then records."""
+        who, refused = await admin_of(request)
+        if refused:
+            return refused
+        try:
+            body = ThresholdRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            return await admin_refusal(who, 400, _validation_problem(e))
+        if model_key not in (service.model_key, service.model_key[:12]):
+            return await admin_refusal(who, 404, "no such model is served here")
+        new = body.threshold
+        if new is not None:
+            if service.validation is None:
+                return await admin_refusal(who, 409, "this bundle keeps no held-out predictions, so what another "
+                                                     "threshold gives cannot be shown: retrain to set one")
+            lo, hi = service.validation.span
+            if not lo <= new <= hi:
+                return await admin_refusal(who, 400, f"threshold outside the risks of the held-out stays "
+                                                     f"({lo:.3f} to {hi:.3f}): what it gives is unknown")
+        old = (await asyncio.to_thread(service.store.policy, service.model_key)).threshold
+        version = await asyncio.to_thread(service.store.set_threshold, service.model_key, new, by=who)
+        await service.audited("admin-change", "success", detail={
+            "by": who, "setting": "threshold", "old": "bundle" if old is None else f"{old:.6f}",
+            "new": "bundle" if new is None else f"{new:.6f}", "threshold_version": version})
+        return await asyncio.to_thread(threshold_state)
+
     @app.get("/admin/status")
     async def status(request: Request):
-        from careloop.serve.auth import AuthError
-
-        try:
-            service.admin.check(request.headers.get("authorization"))
-        except AuthError as e:
-            await service.audited("auth-failure", "serious", detail={"reason": str(e.reason)[:200], "route": "admin"})
-            return JSONResponse({}, status_code=403 if e.forbidden else 401)
+        _, refused = await admin_of(request)
+        if refused:
+            return refused
         v = await asyncio.to_thread(service.audit.verify)
+        setting = await asyncio.to_thread(service.store.policy, service.model_key)
         return {
             "model": service.model_key,
-            "enabled": service.store.enabled(service.model_key),
+            "enabled": setting.enabled,
+            "threshold": service.thresholds(setting)[0],
+            "threshold_version": setting.threshold_version,
             "audit": {"ok": v.ok, "checked": v.checked, "first_bad": v.first_bad},
         }
 
@@ -1132,7 +1217,7 @@ def create_app(service: Service) -> FastAPI:
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _SCHEMA_FIELDS = frozenset({"feedback", "card", "outcome", "acceptedSuggestions", "id", "overrideReason", "reason",
-                            "code", "system", "display", "userComment", "outcomeTimestamp", "enabled",
+                            "code", "system", "display", "userComment", "outcomeTimestamp", "enabled", "threshold",
                             "extension"})
 
 

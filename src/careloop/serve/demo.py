@@ -313,6 +313,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r.json()}")
         key = json.loads((a.model / "MANIFEST.json").read_text())["bundle_id"][:12]
         admin = {"Authorization": f"Bearer {secret}"}
+        thr_url = f"{base}/admin/models/{key}/threshold"
+        print(f"\n== the alert threshold (GET /admin/models/{key}/threshold): "
+              f"{_threshold_text(ehr.get(thr_url, headers=admin).json())}")
+        calm = stays[3]
+        lower = round(calm["risk"] - 0.0005, 4)  # an administrator tries a threshold just under a calm patient's risk
+        r = ehr.post(thr_url, json={"threshold": lower}, headers=admin)
+        print(f"== an administrator sets {lower:.2%} instead: HTTP {r.status_code}, "
+              + (_threshold_text(r.json()) if r.status_code == 200 else r.json()["issue"][0]["diagnostics"]))
+        send(f"the low-risk patient's discharge under the administrator's threshold (risk {calm['risk']:.1%})",
+             request(calm, pf_of(calm)))
+        r = ehr.post(thr_url, json={"threshold": None}, headers=admin)
+        print(f"== back to the bundle's operating point: HTTP {r.status_code}, version {r.json().get('version')}")
         ehr.post(f"{base}/admin/models/{key}/enabled", json={"enabled": False}, headers=admin)
         send("the same discharge after an administrator flipped the kill switch",
              request(high, pf_of(high)))
@@ -329,6 +341,21 @@ def main(argv: list[str] | None = None) -> int:
     rc = v.returncode or _governance_reads(state, a.out)
     print(f"exchanges: {a.out / 'exchanges.json'}; service config: {a.out / 'service.yaml'}")
     return rc
+
+
+def _threshold_text(t: dict) -> str:
+    """The threshold in force and what it gives on the bundle's held-out stays, in one line."""
+    v = t.get("validated") or {}
+    head = f"{t['threshold']:.1%} ({'the bundle' if t['source'] == 'bundle' else 'an administrator'}'s, " \
+           f"version {t['version']})"
+    if not v:
+        return head
+    ci = v["alerts_per_100"]["ci"]
+    ppv = v["ppv"]
+    return (f"{head}; on {v['stays']:,} held-out stays it gives {v['alerts_per_100']['estimate']:.1f} warnings per "
+            f"100 discharges ({ci[0]:.1f}-{ci[1]:.1f}), PPV "
+            + (f"{ppv['estimate']:.0%} ({ppv['ci'][0]:.0%}-{ppv['ci'][1]:.0%})" if ppv else "-")
+            + f", {v['sensitivity']['estimate']:.0%} of readmissions warned")
 
 
 def _governance_reads(state: Path, out: Path) -> int:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -140,6 +140,16 @@ switch_table = Table(
     Column("changed_by", String, nullable=False),
 )
 
+threshold_table = Table(  # an administrator's alert threshold for a model, in place of its bundle's operating point
+    "careloop_threshold",
+    metadata,
+    Column("model_key", String, primary_key=True),
+    Column("threshold", Float, nullable=True),  # NULL: back to the bundle's operating point
+    Column("version", Integer, nullable=False),  # 1, 2, ... with each change (recorded with every scored call)
+    Column("changed_at", UTCDateTime, nullable=False),
+    Column("changed_by", String, nullable=False),
+)
+
 setting_table = Table(
     "careloop_setting",
     metadata,
@@ -170,6 +180,14 @@ rate_table = Table(
     Column("tokens", Float, nullable=False),
     Column("at", Float, nullable=False),  # seconds since the epoch: the workers may be on several hosts
 )
+
+class ModelPolicy(NamedTuple):
+    """What administrators set for a model (`StateStore.policy`)."""
+
+    enabled: bool  # the kill switch: False stops every card
+    threshold: float | None  # the alert threshold in place of the bundle's operating point, if any
+    threshold_version: int  # 0 before any change; each change (a clear too) counts one
+
 
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")  # visible ASCII, no spaces: ids, URLs, uuids, hashes
 
@@ -591,17 +609,23 @@ class StateStore:
 
     # ------------------------------------------------------------------ kill switch and settings
     def enabled(self, model_key: str) -> bool:
-        """Whether the model may produce cards; True unless an administrator switched it off.
+        """Whether the model may produce cards; True unless an administrator switched it off."""
+        return self.policy(model_key).enabled
 
-        Read on every CDS call, so it skips SQLAlchemy's per-transaction work: one indexed SELECT on this thread's
-        own autocommit DBAPI connection (a fresh snapshot each time: a switch flipped by any process or worker
-        takes effect on the next call)."""
+    def policy(self, model_key: str) -> ModelPolicy:
+        """The administrators' settings for a model: the kill switch, and the alert threshold set in place of the
+        bundle's (None when there is none) with its version.
+
+        Read on every CDS call, so it skips SQLAlchemy's per-transaction work: one indexed query on this thread's
+        own autocommit DBAPI connection (a fresh snapshot each time: a change made by any process or worker takes
+        effect on the next call)."""
         if self.memory:
             with self.transaction(write=False) as conn:
-                value = conn.execute(
-                    select(switch_table.c.enabled).where(switch_table.c.model_key == model_key)
-                ).scalar_one_or_none()
-            return True if value is None else bool(value)
+                on = conn.execute(select(switch_table.c.enabled).where(switch_table.c.model_key == model_key)
+                                  ).scalar_one_or_none()
+                thr = conn.execute(select(threshold_table.c.threshold, threshold_table.c.version)
+                                   .where(threshold_table.c.model_key == model_key)).first()
+            return ModelPolicy(True if on is None else bool(on), *(tuple(thr) if thr else (None, 0)))
         raw = getattr(self._reader, "conn", None)
         if raw is None:
             raw = self._reader.conn = self.engine.raw_connection()
@@ -610,13 +634,30 @@ class StateStore:
         mark = "?" if self.dialect == "sqlite" else "%s"
         try:
             cur = raw.cursor()
-            cur.execute(f"SELECT enabled FROM {switch_table.name} WHERE model_key = {mark}", (model_key,))
-            row = cur.fetchone()
+            cur.execute(f"SELECT (SELECT enabled FROM {switch_table.name} WHERE model_key = {mark}), "
+                        f"(SELECT threshold FROM {threshold_table.name} WHERE model_key = {mark}), "
+                        f"(SELECT version FROM {threshold_table.name} WHERE model_key = {mark})",
+                        (model_key, model_key, model_key))
+            on, thr, version = cur.fetchone()
             cur.close()
         except Exception as exc:
             self._reader.conn = None
             raise StateError(f"database error ({type(exc).__name__}): {str(exc).splitlines()[0][:300]}") from exc
-        return True if row is None else bool(row[0])
+        return ModelPolicy(True if on is None else bool(on), None if thr is None else float(thr), version or 0)
+
+    def set_threshold(self, model_key: str, threshold: float | None, *, by: str,
+                      at: datetime | None = None) -> int:
+        """Set (or, with None, clear) the administrators' alert threshold of a model; its new version."""
+        if threshold is not None and not (isinstance(threshold, float) and 0.0 < threshold < 1.0):
+            raise StateError(f"a threshold is a risk between 0 and 1, not {threshold!r}")
+        c = threshold_table.c
+        with self.transaction(write=True) as conn:
+            version = (conn.execute(select(c.version).where(c.model_key == model_key)).scalar_one_or_none() or 0) + 1
+            row = {"model_key": _key(model_key, "model_key"), "threshold": threshold, "version": version,
+                   "changed_at": utc(at, "at") if at is not None else now_utc(), "changed_by": _key(by, "by")}
+            conn.execute(upsert(self.dialect, threshold_table, row, ["model_key"],
+                                ["threshold", "version", "changed_at", "changed_by"]))
+        return version
 
     def set_enabled(self, model_key: str, enabled: bool, *, by: str, at: datetime | None = None) -> None:
         if not isinstance(enabled, bool):

@@ -327,8 +327,8 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
             log.warning("worklist scoring failed: %s", type(e).__name__)
             return d.page(request, "worklist.html.j2", 503, session=s, wl=None,
                           note=f"The worklist could not be scored just now ({type(e).__name__}). Try again shortly.")
-        return d.page(request, "worklist.html.j2", session=s, wl=wl, note=None, threshold=svc.threshold,
-                      band=svc.band)
+        threshold, band = svc.current_thresholds()
+        return d.page(request, "worklist.html.j2", session=s, wl=wl, note=None, threshold=threshold, band=band)
 
     @route("/api/worklist")
     def worklist_api(request: Request):
@@ -340,7 +340,7 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
         from careloop.web.data import worklist
 
         wl = worklist(svc, d.store_dir)
-        out = {"as_of": wl["as_of"].isoformat(), "model": svc.model_key, "threshold": svc.threshold}
+        out = {"as_of": wl["as_of"].isoformat(), "model": svc.model_key, "threshold": svc.current_thresholds()[0]}
         for key in ("current", "recent"):
             out[key] = [{"encounter": r.encounter_id, "patient": r.patient_id, "admitted": r.admit.isoformat(),
                          "index_time": r.index_time.isoformat(), "risk": r.assessment.risk,
@@ -367,11 +367,12 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
         svc.record("access", "success", patient=tl.stay.get("patient_id"), user=s.user,
                    detail={"route": "dashboard/patient", "value": encounter_id})
         days = [(t - tl.stay["admit"]).total_seconds() / 86400 for t in tl.times]
-        chart = CH.risk_over_stay_svg(days, [a.risk for a in tl.assessments], svc.threshold, svc.band,
+        threshold, band = svc.current_thresholds()
+        chart = CH.risk_over_stay_svg(days, [a.risk for a in tl.assessments], threshold, band,
                                       discharged=tl.stay["end"] is not None)
         points = list(zip(tl.times, days, tl.assessments, strict=True))
         return d.page(request, "patient.html.j2", session=s, tl=tl, chart=Markup(chart), points=points,
-                      threshold=svc.threshold, band=svc.band)
+                      threshold=threshold, band=band)
 
     # -- model ----------------------------------------------------------------------------------------
     @route("/model")
@@ -387,8 +388,12 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
         card = _markdown((path / "model_card.md").read_text()) if (path / "model_card.md").is_file() else None
         op = dict(svc.meta.get("operating_point") or {})
         switches = svc.store.switches().get(svc.model_key)
+        setting = svc.store.policy(svc.model_key)
+        threshold, band = svc.thresholds(setting)
         return d.page(request, "model.html.j2", session=s, hti1=hti1, card=card, op=op, meta=svc.meta,
-                      band=svc.band, threshold=svc.threshold, bundle=svc.bundle, switch=switches,
+                      band=band, threshold=threshold, bundle=svc.bundle, switch=switches,
+                      admin_threshold=setting.threshold, threshold_version=setting.threshold_version,
+                      bundle_threshold=svc.threshold,
                       has_report=(path / "report.html").is_file(), policy=svc.policy)
 
     @route("/model/report")

@@ -150,8 +150,10 @@ def assess(service, feats: pa.Table, stays: list[dict] | None = None) -> tuple[l
     n = feats.num_rows
     if n == 0:
         return [], []
-    if not service.store.enabled(service.model_key):
+    setting = service.store.policy(service.model_key)
+    if not setting.enabled:
         return [Assessment(None, "switched off", "the model is switched off (kill switch)")] * n, [[] for _ in range(n)]
+    threshold, band = service.thresholds(setting)  # an administrator's threshold, if one is in force
     risk = [float(r) for r in service.model.predict_proba(feats)]
     rows = feats.to_pylist()
     rs = reasons(service.model.contributions(feats), rows, service.infos, top=3, columns=service.model.columns)
@@ -162,7 +164,7 @@ def assess(service, feats: pa.Table, stays: list[dict] | None = None) -> tuple[l
 
         defers = [bool(x) for x in service.policy.defers(np.asarray(risk))]
     out = []
-    lo = service.band[0] if service.band else None
+    lo = band[0] if band else None
     for i in range(n):
         age = ages[i]
         if age is None or (isinstance(age, float) and math.isnan(age)) or age < service.min_age:
@@ -183,7 +185,7 @@ def assess(service, feats: pa.Table, stays: list[dict] | None = None) -> tuple[l
             out.append(Assessment(risk[i], "deferred", "learned deferral policy: clinicians' own judgement has been "
                                                        "more accurate in this risk range"))
             continue
-        if risk[i] >= service.threshold:
+        if risk[i] >= threshold:
             status = "flagged"
         elif lo is not None and lo <= risk[i]:
             status = "near threshold"
