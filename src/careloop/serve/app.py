@@ -1125,17 +1125,24 @@ def create_app(service: Service) -> FastAPI:
         await service.audited("admin-change", "minor", detail={"by": who, "reason": text, "http_status": status})
         return outcome(status, text)
 
-    @app.post("/admin/models/{model_key}/enabled")
-    async def switch(model_key: str, request: Request):
+    async def admin_request(request: Request, model_key: str, schema: type[BaseModel]):
+        """(administrator, body, None) for a valid request about the served model, else (.., .., the refusal)."""
         who, refused = await admin_of(request)
         if refused:
-            return refused
+            return None, None, refused
         try:
-            body = SwitchRequest.model_validate_json(await request.body())
+            body = schema.model_validate_json(await request.body())
         except ValidationError as e:
-            return await admin_refusal(who, 400, _validation_problem(e))
+            return who, None, await admin_refusal(who, 400, _validation_problem(e))
         if model_key not in (service.model_key, service.model_key[:12]):
-            return await admin_refusal(who, 404, "no such model is served here")
+            return who, None, await admin_refusal(who, 404, "no such model is served here")
+        return who, body, None
+
+    @app.post("/admin/models/{model_key}/enabled")
+    async def switch(model_key: str, request: Request):
+        who, body, refused = await admin_request(request, model_key, SwitchRequest)
+        if refused:
+            return refused
         await asyncio.to_thread(service.store.set_enabled, service.model_key, body.enabled, by=who)
         await service.audited("admin-change", "success", detail={"by": who, "enabled": body.enabled})
         return {"model": service.model_key, "enabled": body.enabled}
@@ -1165,15 +1172,9 @@ def create_app(service: Service) -> FastAPI:
         """Set the alert threshold in place of the bundle's operating point (`{"threshold": 0.3}`), or go back to
         it (`{"threshold": null}`); every worker applies it from its next call. Audited with the old and new
         values and the new version, which every scored call then records."""
-        who, refused = await admin_of(request)
+        who, body, refused = await admin_request(request, model_key, ThresholdRequest)
         if refused:
             return refused
-        try:
-            body = ThresholdRequest.model_validate_json(await request.body())
-        except ValidationError as e:
-            return await admin_refusal(who, 400, _validation_problem(e))
-        if model_key not in (service.model_key, service.model_key[:12]):
-            return await admin_refusal(who, 404, "no such model is served here")
         new = body.threshold
         if new is not None:
             if service.validation is None:
