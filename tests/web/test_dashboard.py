@@ -239,6 +239,42 @@ def _session(dash, role: str):
         yield c
 
 
+def test_governance_tries_an_alert_threshold_sets_it_and_goes_back(visitor, dash):
+    svc, key = dash.service, dash.service.model_key
+    lo, hi = svc.validation.span
+    pct = round(100 * svc.threshold - 5, 1)  # five points under the bundle's operating point
+    assert lo < pct / 100 < hi
+    v = visitor("governance")
+    v.page.fill("#threshold-preview", str(pct))
+    with v.page.expect_navigation():
+        v.page.click("#threshold-try")
+    tried = " ".join(v.page.locator("#threshold-tried").text_content().split())
+    expected = svc.validation.at(pct / 100)
+    assert f"{expected['alerts_per_100']['estimate']:.1f}" in tried and f"{100 * expected['ppv']['estimate']:.1f}%" \
+        in tried, tried
+    assert svc.store.policy(key).threshold is None  # trying sets nothing
+    v.shot("08-governance-threshold-tried")
+    with v.page.expect_navigation():
+        v.page.click("#threshold-set")
+    assert "alert threshold was changed" in v.page.locator("#changed").text_content()
+    policy = svc.store.policy(key)
+    assert policy.threshold == pytest.approx(pct / 100) and policy.threshold_version >= 1
+    assert "set by an administrator" in v.page.locator("#threshold-now").text_content()
+    change = svc.audit.records(kind="admin-change")[-1]["detail"]
+    assert (change["by"], change["setting"], change["new"], change["route"]) == (
+        "dashboard:governance", "threshold", f"{pct / 100:.6f}", "dashboard")
+    assert v.goto("/dashboard/model").status == 200
+    assert "set by an administrator" in v.page.locator("#operating-point").text_content()
+    assert v.goto("/dashboard/governance?preview=99.9").status == 200
+    assert "outside the risks of the held-out stays" in v.page.locator("#threshold-refused").text_content()
+    assert v.page.locator("#threshold-set").count() == 0
+    with v.page.expect_navigation():
+        v.page.click("#threshold-reset")
+    assert svc.store.policy(key).threshold is None
+    assert "the bundle's validated operating point" in v.page.locator("#threshold-now").text_content()
+    no_errors(v)
+
+
 def test_forms_need_the_session_csrf_token_and_this_origin(dash):
     with _session(dash, "governance") as c:
         key = dash.service.model_key
@@ -257,6 +293,15 @@ def test_forms_need_the_session_csrf_token_and_this_origin(dash):
         c.post("/dashboard/governance/kill-switch", data={"csrf": token, "enabled": "true"},
                headers={"Origin": dash.url})
         assert dash.service.store.enabled(key)
+        version = dash.service.store.policy(key).threshold_version
+        assert c.post("/dashboard/governance/threshold", data={"threshold": "0.2"},
+                      headers={"Origin": dash.url}).status_code == 403
+        assert c.post("/dashboard/governance/threshold", data={"csrf": token, "threshold": "0.2"},
+                      headers={"Origin": "https://evil.example"}).status_code == 403
+        for bad in ("2", "x", "nan", ""):
+            assert c.post("/dashboard/governance/threshold", data={"csrf": token, "threshold": bad},
+                          headers={"Origin": dash.url}).status_code == 400, bad
+        assert dash.service.store.policy(key).threshold_version == version  # nothing was set
     # the sign-in form itself needs the token bound to its nonce cookie (no login CSRF)
     r = httpx.post(f"{dash.url}/dashboard/sign-in", data={"token": "x", "username": "governance",
                                                            "password": "careloop-demo"})

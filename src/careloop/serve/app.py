@@ -640,6 +640,43 @@ class Service:
             return decision
         return self.alert(service_id, ctx, decision, feats.row, now, feats.unit, setting)
 
+    def threshold_refused(self, new: float | None) -> str | None:
+        """Why an administrator may not set `new` (None: back to the bundle's, always allowed), or None."""
+        if new is None:
+            return None
+        if self.validation is None:
+            return ("this bundle keeps no held-out predictions, so what another threshold gives cannot be shown: "
+                    "retrain to set one")
+        lo, hi = self.validation.span
+        if not lo <= new <= hi:
+            return f"threshold outside the risks of the held-out stays ({lo:.3f} to {hi:.3f}): what it gives is unknown"
+        return None
+
+    def set_alert_threshold(self, new: float | None, *, by: str, route: str | None = None) -> int:
+        """Set an administrator's alert threshold (None: back to the bundle's), after `threshold_refused`; audited
+        with the old and new values and the new version. Every worker applies it from its next call."""
+        why = self.threshold_refused(new)
+        if why:
+            raise ValueError(why)
+        old = self.store.policy(self.model_key).threshold
+        version = self.store.set_threshold(self.model_key, new, by=by)
+        self.record("admin-change", "success", detail={
+            "by": by, "setting": "threshold", "old": "bundle" if old is None else f"{old:.6f}",
+            "new": "bundle" if new is None else f"{new:.6f}", "threshold_version": version,
+            **({"route": route} if route else {})})
+        return version
+
+    def threshold_state(self, preview: float | None = None) -> dict:
+        """The threshold in force (or `preview`), where it comes from, and what it gives on the held-out stays."""
+        setting = self.store.policy(self.model_key)
+        threshold = self.thresholds(setting)[0] if preview is None else preview
+        out = {"model": self.model_key, "threshold": threshold,
+               "source": "bundle" if setting.threshold is None else "administrator",
+               "version": setting.threshold_version, "bundle_threshold": self.threshold}
+        if self.validation is not None:
+            out["validated"] = self.validation.at(threshold) | {"span": list(self.validation.span)}
+        return out
+
     def current_thresholds(self) -> tuple[float, tuple[float, float] | None]:
         """`thresholds` as the administrators' settings stand now (for the dashboard)."""
         return self.thresholds(self.store.policy(self.model_key))
@@ -1147,16 +1184,6 @@ def create_app(service: Service) -> FastAPI:
         await service.audited("admin-change", "success", detail={"by": who, "enabled": body.enabled})
         return {"model": service.model_key, "enabled": body.enabled}
 
-    def threshold_state() -> dict:
-        setting = service.store.policy(service.model_key)
-        threshold, _ = service.thresholds(setting)
-        out = {"model": service.model_key, "threshold": threshold,
-               "source": "bundle" if setting.threshold is None else "administrator",
-               "version": setting.threshold_version, "bundle_threshold": service.threshold}
-        if service.validation is not None:
-            out["validated"] = service.validation.at(threshold) | {"span": list(service.validation.span)}
-        return out
-
     @app.get("/admin/models/{model_key}/threshold")
     async def threshold_now(model_key: str, request: Request):
         """The alert threshold in force, where it comes from, and what it gives on the held-out stays."""
@@ -1165,7 +1192,7 @@ def create_app(service: Service) -> FastAPI:
             return refused
         if model_key not in (service.model_key, service.model_key[:12]):
             return await admin_refusal(who, 404, "no such model is served here")
-        return await asyncio.to_thread(threshold_state)
+        return await asyncio.to_thread(service.threshold_state)
 
     @app.post("/admin/models/{model_key}/threshold")
     async def threshold_set(model_key: str, request: Request):
@@ -1175,21 +1202,11 @@ def create_app(service: Service) -> FastAPI:
         who, body, refused = await admin_request(request, model_key, ThresholdRequest)
         if refused:
             return refused
-        new = body.threshold
-        if new is not None:
-            if service.validation is None:
-                return await admin_refusal(who, 409, "this bundle keeps no held-out predictions, so what another "
-                                                     "threshold gives cannot be shown: retrain to set one")
-            lo, hi = service.validation.span
-            if not lo <= new <= hi:
-                return await admin_refusal(who, 400, f"threshold outside the risks of the held-out stays "
-                                                     f"({lo:.3f} to {hi:.3f}): what it gives is unknown")
-        old = (await asyncio.to_thread(service.store.policy, service.model_key)).threshold
-        version = await asyncio.to_thread(service.store.set_threshold, service.model_key, new, by=who)
-        await service.audited("admin-change", "success", detail={
-            "by": who, "setting": "threshold", "old": "bundle" if old is None else f"{old:.6f}",
-            "new": "bundle" if new is None else f"{new:.6f}", "threshold_version": version})
-        return await asyncio.to_thread(threshold_state)
+        why = service.threshold_refused(body.threshold)
+        if why:
+            return await admin_refusal(who, 409 if service.validation is None else 400, why)
+        await asyncio.to_thread(service.set_alert_threshold, body.threshold, by=who)
+        return await asyncio.to_thread(service.threshold_state)
 
     @app.get("/admin/status")
     async def status(request: Request):

@@ -446,7 +446,7 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
 
     # -- governance -----------------------------------------------------------------------------------
     @route("/governance")
-    def governance_page(request: Request, changed: str | None = None):
+    def governance_page(request: Request, changed: str | None = None, preview: str | None = None):
         s, refused = d.guard(request, "governance")
         if refused:
             return refused
@@ -455,10 +455,33 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
         verify_ms = 1000 * (time.perf_counter() - t0)
         fb = _feedback_summary(svc)
         chart = Markup(CH.feedback_svg(*zip(*fb["per_day"], strict=True))) if fb["per_day"] else None
+        tried, tried_why = _percent(preview)  # "what would 25% give?", before anyone sets it
+        if tried is not None:
+            tried_why = svc.threshold_refused(tried)
         return d.page(request, "governance.html.j2", session=s, verify=v, verify_ms=verify_ms,
                       head=svc.audit.head(), recent=_recent_audit(svc), by_kind=_audit_counts(svc),
                       switch=svc.store.switches().get(svc.model_key), fb=fb, feedback_chart=chart,
-                      changed=changed in ("on", "off") and changed)
+                      changed=changed in ("on", "off", "threshold") and changed, thr=svc.threshold_state(),
+                      tried=svc.threshold_state(tried) if tried is not None and not tried_why else None,
+                      tried_value=preview if preview and len(preview) <= 12 else None, tried_why=tried_why)
+
+    @route("/governance/threshold", ("POST",))
+    async def set_threshold(request: Request):
+        s, refused = d.guard(request, "governance")
+        if refused:
+            return refused
+        form = await d.form(request)
+        if form is None or not d.same_origin(request) or not d.sessions.csrf_ok(s, form.get("csrf")):
+            svc.record("auth-failure", "serious", detail={"route": "dashboard-threshold", "reason": "csrf"})
+            return d.error(request, 403, "Not allowed", "The form was not valid (expired or from another site). "
+                                                        "Reload the governance page and try again.", s)
+        raw = form.get("threshold")
+        new, why = (None, None) if raw == "bundle" else _fraction(raw)
+        why = why or svc.threshold_refused(new)
+        if why or (new is None and raw != "bundle"):
+            return d.error(request, 400, "Bad request", f"The threshold was not set: {why or 'no threshold'}.", s)
+        svc.set_alert_threshold(new, by=f"dashboard:{s.user}", route="dashboard")
+        return _secure(RedirectResponse(f"{PREFIX}/governance?changed=threshold", status_code=303))
 
     @route("/governance/kill-switch", ("POST",))
     async def kill_switch(request: Request):
@@ -493,6 +516,30 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
         return _secure(resp)
 
     return d
+
+
+def _fraction(text: str | None) -> tuple[float | None, str | None]:
+    """A risk between 0 and 1 as a form sends it, or why not."""
+    try:
+        value = float(text or "")
+    except ValueError:
+        return None, "not a number"
+    if not 0.0 < value < 1.0:
+        return None, "a threshold is a risk between 0 and 1"
+    return value, None
+
+
+def _percent(text: str | None) -> tuple[float | None, str | None]:
+    """A percentage typed in the governance page's threshold box, as a risk, or why not (None, None: nothing typed)."""
+    if not text:
+        return None, None
+    try:
+        value = float(text.strip().rstrip("%")) / 100
+    except ValueError:
+        return None, "type a percentage, such as 25"
+    if not 0.0 < value < 1.0:
+        return None, "a threshold is a percentage between 0 and 100"
+    return value, None
 
 
 def _draw(c: MON.Chart, name: str) -> str:
