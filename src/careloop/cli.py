@@ -875,6 +875,10 @@ def _reader(by: str | None) -> str:
     return who
 
 
+def _cut(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
 def _bounds(since: str | None, until: str | None) -> tuple[dt.datetime | None, dt.datetime | None]:
     from careloop.audit.report import parse_bound
 
@@ -902,7 +906,7 @@ def audit_report(
 ) -> None:
     """The audit report (ONC 170.315(d)(3)): the records of a time range, for a patient, kind or client, sorted by
     any field. The reading is itself audited."""
-    from careloop.audit.report import COLUMNS, SCREEN, audit_the_reading, flat, write_csv
+    from careloop.audit.report import COLUMNS, SCREEN, SCREEN_WIDTHS, audit_the_reading, flat, write_csv
 
     try:
         who = _reader(by)
@@ -922,15 +926,18 @@ def audit_report(
         return
     table = Table(title=f"audit log: {len(recs):,} records (every field: --csv or --json)", title_justify="left")
     for c in SCREEN:
-        table.add_column(c, no_wrap=c in ("seq", "recorded", "kind", "outcome", "score"),
-                         justify="right" if c in ("seq", "score") else "left")
+        table.add_column(c, no_wrap=True, justify="right" if c in ("seq", "score") else "left")
+    width = {c: len(c) for c in SCREEN}
     for r in recs:
         row = flat(r)
         row["recorded"] = row["recorded"][:19].replace("T", " ") if row["recorded"] else None
         row["score"] = f"{row['score']:.3f}" if isinstance(row["score"], float) else row["score"]
         row["cards"] = " ".join(c.rsplit("|", 1)[-1] for c in r["cards"]) or None  # the indicators
-        table.add_row(*("" if row[c] is None else str(row[c]) for c in SCREEN))
-    out_console.print(table)
+        cells = [_cut("" if row[c] is None else str(row[c]), SCREEN_WIDTHS[c]) for c in SCREEN]
+        width.update({c: max(width[c], len(x)) for c, x in zip(SCREEN, cells, strict=True)})
+        table.add_row(*cells)
+    # as wide as its cells (values are cut to SCREEN_WIDTHS): a narrow terminal wraps lines, never drops a column
+    Console(width=max(out_console.width, sum(w + 3 for w in width.values()) + 1)).print(table)
 
 
 @audit_app.command("export")

@@ -20,6 +20,9 @@ from careloop.state import iso_z
 COLUMNS = (*FIELDS, "prev_hash", "entry_hash")  # every recorded field, the chain's hashes last
 SCREEN = ("seq", "recorded", "kind", "outcome", "client", "user", "patient", "score", "cards", "deferral_reason",
           "detail")
+SCREEN_WIDTHS = {  # the most characters of each column of the printed table; longer values end in an ellipsis
+    "seq": 9, "recorded": 19, "kind": 12, "outcome": 7, "client": 28, "user": 22, "patient": 16, "score": 5,
+    "cards": 16, "deferral_reason": 32, "detail": 40}
 
 
 def parse_bound(text: str, flag: str) -> datetime:
@@ -63,4 +66,4 @@ def audit_the_reading(log: AuditLog, action: str, records: list[dict], by: str, 
         "action": action, "by": by, "count": len(records), "patients": len(patients), "format": fmt}))
 
 
-__all__ = ["COLUMNS", "SCREEN", "audit_the_reading", "flat", "parse_bound", "write_csv"]
+__all__ = ["COLUMNS", "SCREEN", "SCREEN_WIDTHS", "audit_the_reading", "flat", "parse_bound", "write_csv"]
