@@ -467,14 +467,9 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
 
     @route("/governance/threshold", ("POST",))
     async def set_threshold(request: Request):
-        s, refused = d.guard(request, "governance")
+        s, form, refused = await governance_form(request, "dashboard-threshold")
         if refused:
             return refused
-        form = await d.form(request)
-        if form is None or not d.same_origin(request) or not d.sessions.csrf_ok(s, form.get("csrf")):
-            svc.record("auth-failure", "serious", detail={"route": "dashboard-threshold", "reason": "csrf"})
-            return d.error(request, 403, "Not allowed", "The form was not valid (expired or from another site). "
-                                                        "Reload the governance page and try again.", s)
         raw = form.get("threshold")
         new, why = (None, None) if raw == "bundle" else _fraction(raw)
         why = why or svc.threshold_refused(new)
@@ -483,16 +478,24 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
         svc.set_alert_threshold(new, by=f"dashboard:{s.user}", route="dashboard")
         return _secure(RedirectResponse(f"{PREFIX}/governance?changed=threshold", status_code=303))
 
-    @route("/governance/kill-switch", ("POST",))
-    async def kill_switch(request: Request):
+    async def governance_form(request: Request, route: str):
+        """(session, form, None) for a governance user's form from this site with its CSRF token, else the refusal
+        (a bad token is audited)."""
         s, refused = d.guard(request, "governance")
         if refused:
-            return refused
+            return None, None, refused
         form = await d.form(request)
         if form is None or not d.same_origin(request) or not d.sessions.csrf_ok(s, form.get("csrf")):
-            svc.record("auth-failure", "serious", detail={"route": "dashboard-kill-switch", "reason": "csrf"})
-            return d.error(request, 403, "Not allowed", "The form was not valid (expired or from another site). "
-                                                        "Reload the governance page and try again.", s)
+            svc.record("auth-failure", "serious", detail={"route": route, "reason": "csrf"})
+            return s, None, d.error(request, 403, "Not allowed", "The form was not valid (expired or from another "
+                                                                 "site). Reload the governance page and try again.", s)
+        return s, form, None
+
+    @route("/governance/kill-switch", ("POST",))
+    async def kill_switch(request: Request):
+        s, form, refused = await governance_form(request, "dashboard-kill-switch")
+        if refused:
+            return refused
         if form.get("enabled") not in ("true", "false"):
             return d.error(request, 400, "Bad request", "Choose to switch the model on or off.", s)
         enabled = form["enabled"] == "true"
