@@ -695,7 +695,7 @@ def serve(
     if demo and dashboard and store is not None:
         from careloop.web.demo import sign_in_text
 
-        console.print(sign_in_text(f"http://{host}:{port}"), highlight=False)
+        console.print(sign_in_text(f"{scheme}://{host}:{port}"), highlight=False)
     console.print(f"careloop serving bundle {service.bundle.bundle_id[:12]} at {scheme}://{host}:{port}/cds-services "
                   f"(state {service.config.state.split('://')[0]}"
                   + (f", {workers} workers" if workers > 1 else "")
@@ -732,7 +732,7 @@ def _proxy_addresses(value: str) -> str:
     return ",".join(items)
 
 
-audit_app = typer.Typer(help="Check the service's audit log.", no_args_is_help=True)
+audit_app = typer.Typer(help="The service's audit log: verify, report, export, purge.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
 
