@@ -50,6 +50,35 @@ def test_burden_figures_per_period() -> None:
     assert feb["calls"] == 0 and feb["alerts"] == 0 and feb["alerts_per_100"] is None
 
 
+def test_burden_by_threshold_version() -> None:
+    t0 = utc("2023-01-02")
+    day = dt.timedelta(days=1)
+    stays = Stays.build([f"p{i}" for i in range(8)],
+                        np.array([int((t0 + i * day).timestamp() * 1e6) for i in range(8)]),
+                        [True, False, True, False, True, True, False, None])
+    recs = []
+    for i in range(8):  # p0-p3 under the bundle's threshold (no version), p4-p7 under version 2
+        r = _record(i + 1, t0 + i * day + dt.timedelta(hours=1), f"p{i}", alert=i in (0, 1, 4, 5, 6))
+        if i >= 4:
+            r["detail"]["threshold_version"] = "2"
+        recs.append(r)
+    deferred = _record(9, t0 + dt.timedelta(hours=3), "p0", alert=False)
+    deferred["score"], deferred["deferral_reason"] = None, "patient under 18"
+    recs.append(deferred)  # not scored: in no version's count
+    (jan,) = burden(recs, {}, periods(utc("2023-01-01"), utc("2023-02-01"), "month"), [8], stays, BurdenConfig(),
+                    {0: "bundle", 1: "0.200000", 2: "0.120000"})
+    v0, v2 = jan["by_threshold"]
+    assert (v0["version"], v0["threshold"], v0["scored"], v0["alerts"], v0["labelled"], v0["true_positives"]) == (
+        0, "bundle", 4, 2, 2, 1)
+    assert (v2["version"], v2["threshold"], v2["scored"], v2["alerts"], v2["labelled"], v2["true_positives"]) == (
+        2, "0.120000", 4, 3, 3, 2)
+    assert v2["alerts_per_100_scored"] == pytest.approx(75.0) and v2["ppv"] == pytest.approx(2 / 3)
+    assert v2["ppv_ci"][0] < 2 / 3 < v2["ppv_ci"][1]
+    (none,) = burden(recs[:4], {}, periods(utc("2023-01-01"), utc("2023-02-01"), "month"), [8], stays,
+                     BurdenConfig())
+    assert none["by_threshold"] is None  # no administrator's change: nothing to split
+
+
 def _cohort(drift_site: dict):
     from careloop.engines import DuckDBEngine
     from careloop.tasks.cohort import build_cohort
@@ -70,12 +99,14 @@ def _write_state(url: str, bundle_id: str, calls: list[tuple[str, dt.datetime, b
     log = AuditLog.open(url)
     store = StateStore(url)
     try:
-        for i, (patient, t, alert, fb) in enumerate(calls):
+        for i, (patient, t, alert, fb, *version) in enumerate(calls):
             card = str(uuid.UUID(int=10_000 + i))
             cards = [{"uuid": card, "indicator": "warning"}] if alert else []
+            detail = ({} if alert else {"note": "below threshold"}) | (
+                {"threshold_version": version[0]} if version else {})
             log.append(audit_event(kind="cds-call", outcome="success", client=EHR, service=SERVICE, patient=patient,
                                    model_hash=bundle_id, score=0.6 if alert else 0.05, cards=cards, recorded=t,
-                                   detail=None if alert else {"note": "below threshold"}))
+                                   detail=detail or None))
             if alert:
                 store.record_card(card, SERVICE, patient, bundle_id, 0.6, "warning", None, t)
             if fb == "overridden":
@@ -88,6 +119,9 @@ def _write_state(url: str, bundle_id: str, calls: list[tuple[str, dt.datetime, b
                 store.add_feedback(SERVICE, {"card": card, "outcome": "accepted",
                                              "outcomeTimestamp": (t + dt.timedelta(minutes=5)).isoformat(),
                                              "acceptedSuggestions": [{"id": "refer"}]}, client=EHR)
+        if any(len(c) > 4 for c in calls):  # an administrator set the threshold that decided the later calls
+            log.append(audit_event(kind="admin-change", outcome="success", model_hash=bundle_id, detail={
+                "by": "admin", "setting": "threshold", "old": "bundle", "new": "0.250000", "threshold_version": 1}))
         # another model's calls are not this model's burden
         log.append(audit_event(kind="cds-call", outcome="success", client=EHR, service=SERVICE, patient="other",
                                model_hash="f" * 64, score=0.9, cards=[{"uuid": str(uuid.uuid4()),
@@ -116,7 +150,7 @@ def test_an_overwhelmed_quarter_raises_burden_alerts(drift_site: dict, tmp_path:
             fb = None
             if alert and rng.random() < 0.9:
                 fb = "overridden" if rng.random() < override else "accepted"
-            calls.append((pid, t + dt.timedelta(minutes=10), alert, fb))
+            calls.append((pid, t + dt.timedelta(minutes=10), alert, fb, *((1,) if start == "2022-10-01" else ())))
     db = tmp_path / "state.db"
     _write_state(f"sqlite:///{db}", bundle_id, calls)
 
@@ -134,5 +168,13 @@ def test_an_overwhelmed_quarter_raises_burden_alerts(drift_site: dict, tmp_path:
     assert q4["burden"]["alerts_per_100"] < 15
     assert any(n.startswith("The audit log holds 1 calls of other models") for n in report["notes"])
     assert summary["by_kind"].get("burden", 0) >= 2
+    # Q4's calls were decided by an administrator's threshold (version 1, 25%): shown apart, Q3's were not
+    assert q3["burden"]["by_threshold"] is None
+    (v1,) = q4["burden"]["by_threshold"]
+    q4_calls = [c for c in calls if len(c) > 4]
+    assert (v1["version"], v1["threshold"], v1["scored"], v1["alerts"]) == (
+        1, "0.250000", len(q4_calls), sum(c[2] for c in q4_calls))
+    assert v1["alerts_per_100_scored"] == pytest.approx(100 * v1["alerts"] / v1["scored"])
     html = (out / "monitor.html").read_text()
     assert 'id="burden-table"' in html and 'data-figure="burden"' in html
+    assert 'id="burden-threshold-table"' in html and "<td>25.0%</td>" in html

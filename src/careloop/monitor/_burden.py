@@ -7,7 +7,10 @@ Per period, from the `cds-call` records of this model (matched by its bundle has
   call, and counted once its 30-day label is known; NNE (number needed to evaluate) is 1 / PPV;
 - override rate: of the alerted cards with feedback, the share whose latest feedback is `overridden`;
 - repeat-alert share: alerts to a patient who had an alert within the previous `repeat_window_days`;
-- and what the service held back: repeats suppressed, alerts over the daily budget, deferrals.
+- and what the service held back: repeats suppressed, alerts over the daily budget, deferrals;
+- `by_threshold`, when an administrator changed the alert threshold: the same figures for each threshold version
+  the scored calls record (`threshold_version`; 0 is the bundle's operating point before any change), per 100
+  scored calls, with the threshold each version set (read from the admin-change records).
 """
 
 from __future__ import annotations
@@ -79,8 +82,15 @@ def read_state(state_url: str, bundle_id: str, since: dt.datetime | None, until:
     log = AuditLog.open(state_url)
     try:
         records = log.records(since, until, kind="cds-call")
+        changes = log.records(kind="admin-change")  # all of them: a version set before `since` still applies
     finally:
         log.close()
+    thresholds = {0: "bundle"}  # threshold version -> the threshold it set ("bundle": the operating point)
+    for c in changes:
+        d = c.get("detail") or {}
+        if c.get("model_hash") == bundle_id and d.get("setting") == "threshold" and str(
+                d.get("threshold_version", "")).isdigit():
+            thresholds[int(d["threshold_version"])] = d.get("new") or "?"
     mine = [r for r in records if r.get("model_hash") == bundle_id]
     store = StateStore(state_url)
     try:
@@ -95,12 +105,13 @@ def read_state(state_url: str, bundle_id: str, since: dt.datetime | None, until:
         if prev is None or f["date"] >= prev[0]:
             latest[f["card"]] = (f["date"], f["action"])
     info = {"calls_read": len(records), "calls_of_this_model": len(mine),
-            "calls_of_other_models": len(records) - len(mine), "feedback_items": len(feedback)}
+            "calls_of_other_models": len(records) - len(mine), "feedback_items": len(feedback),
+            "thresholds": thresholds}
     return mine, {k: v[1] for k, v in latest.items()}, info
 
 
 def burden(records: list[dict], actions: dict[str, str], periods: list[Period], discharges: list[int],
-           stays: Stays, cfg: BurdenConfig) -> list[dict]:
+           stays: Stays, cfg: BurdenConfig, thresholds: dict[int, str] | None = None) -> list[dict]:
     """Per period, the burden figures (see the module docstring)."""
     recs = sorted((r for r in records if r.get("recorded") is not None), key=lambda r: (r["recorded"], r["seq"]))
     window = int(cfg.repeat_window_days * 86_400_000_000)
@@ -111,9 +122,11 @@ def burden(records: list[dict], actions: dict[str, str], periods: list[Period], 
         t = _us(r["recorded"])
         uuid = _is_alert(r.get("cards") or [])
         note = (r.get("detail") or {}).get("note")
+        version = str((r.get("detail") or {}).get("threshold_version") or "0")
         row = {"t": t, "alert": uuid is not None, "uuid": uuid, "patient": r.get("patient"), "note": note,
                "deferred": r.get("deferral_reason") is not None, "scored": r.get("score") is not None,
-               "repeat": False, "linked": False, "label": None}
+               "repeat": False, "linked": False, "label": None,
+               "version": int(version) if version.isdigit() else 0}
         if uuid is not None:
             p = r.get("patient")
             if p is not None:
@@ -151,5 +164,27 @@ def burden(records: list[dict], actions: dict[str, str], periods: list[Period], 
             "repeat_share_ci": wilson(repeats, n_alerts),
             "suppressed_repeats": sum(r["note"] == "repeat suppressed" for r in rs),
             "over_budget": sum(r["note"] == "daily budget reached" for r in rs),
+            "by_threshold": _by_threshold(rs, thresholds or {0: "bundle"}),
         })
+    return out
+
+
+def _by_threshold(rows: list[dict], thresholds: dict[int, str]) -> list[dict] | None:
+    """The period's scored calls by the threshold version that decided them; None when only the bundle's
+    original operating point did (no administrator's change)."""
+    scored = [r for r in rows if r["scored"]]
+    versions = sorted({r["version"] for r in scored})
+    if versions in ([], [0]):
+        return None
+    out = []
+    for v in versions:
+        mine = [r for r in scored if r["version"] == v]
+        alerts = [r for r in mine if r["alert"]]
+        labelled = [r for r in alerts if r["label"] is not None]
+        tp = sum(r["label"] for r in labelled)
+        out.append({"version": v, "threshold": thresholds.get(v, "?"), "scored": len(mine), "alerts": len(alerts),
+                    "alerts_per_100_scored": 100 * len(alerts) / len(mine),
+                    "alerts_per_100_scored_ci": [100 * x for x in wilson(len(alerts), len(mine))],
+                    "labelled": len(labelled), "true_positives": tp,
+                    "ppv": tp / len(labelled) if labelled else None, "ppv_ci": wilson(tp, len(labelled))})
     return out

@@ -47,6 +47,14 @@ def _num(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _pct(v: Any) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
@@ -103,7 +111,7 @@ def _context(report: dict) -> dict:
     for r in inputs:
         r.update(psi_text=f"{r['psi']:.3f}", miss_ref=_pct(r["missing_reference"]), miss=_pct(r["missing"]),
                  alerts=n_alerted.get(r["feature"], 0))
-    burden = []
+    burden, by_version = [], []
     for p in periods:
         b = p.get("burden")
         if b:
@@ -113,6 +121,14 @@ def _context(report: dict) -> dict:
                            "nne": _num(b.get("nne"), 1), "override": _pct(b.get("override_rate")),
                            "feedback": _num(b.get("feedback")), "repeat": _pct(b.get("repeat_share")),
                            "suppressed": _num(b.get("suppressed_repeats")), "deferred": _num(b.get("deferred"))})
+            for v in b.get("by_threshold") or []:
+                thr = v["threshold"]
+                shown = "the bundle's operating point" if thr == "bundle" else (
+                    f"{100 * float(thr):.1f}%" if _is_number(thr) else str(thr))
+                by_version.append({"label": p.get("label") or p["start"], "version": v["version"], "threshold": shown,
+                                   "scored": _num(v["scored"]), "alerts": _num(v["alerts"]),
+                                   "per100": _num(v.get("alerts_per_100_scored"), 1), "ppv": _pct(v.get("ppv")),
+                                   "labelled": _num(v.get("labelled"))})
     model = report.get("model") or {}
     ref = report.get("reference") or {}
     base = ref.get("baseline") or {}
@@ -123,7 +139,7 @@ def _context(report: dict) -> dict:
         "by_kind": [(KIND_NAMES[k], by_kind[k], k) for k in KIND_NAMES if k in by_kind],
         "first": periods[0]["start"] if periods else "–", "last": periods[-1]["end"] if periods else "–",
         "inputs": inputs[: max(int((report.get("config") or {}).get("top_features", 12)) * 2, 20)],
-        "burden": burden, "figures": figs, "reference": ref,
+        "burden": burden, "burden_by_threshold": by_version, "figures": figs, "reference": ref,
         "reference_span": (f"the last {ref['months']} months of the training split" if ref.get("months")
                            else "the whole training split"),
         "reference_source": ("stored in the bundle when the model was trained" if ref.get("source") == "bundle"
@@ -243,7 +259,14 @@ discharges against the budget; the override rate, repeat-alert share and PPV of 
 <td class="n">{{ b.discharges }}</td><td class="n">{{ b.per100 }}</td><td class="n">{{ b.ppv }}</td>
 <td class="n">{{ b.nne }}</td>
 <td class="n">{{ b.feedback }}</td><td class="n">{{ b.override }}</td><td class="n">{{ b.repeat }}</td>
-<td class="n">{{ b.suppressed }}</td><td class="n">{{ b.deferred }}</td></tr>{% endfor %}</tbody></table>{% endif %}
+<td class="n">{{ b.suppressed }}</td><td class="n">{{ b.deferred }}</td></tr>{% endfor %}</tbody></table>
+{% if burden_by_threshold %}<p>An administrator changed the alert threshold: the scored calls by the threshold that
+decided them (alerts per 100 scored calls; PPV of the alerts whose 30-day outcome is known).</p>
+<table id="burden-threshold-table"><thead><tr><th>Period</th><th>Version</th><th>Threshold</th><th>Scored</th>
+<th>Alerts</th><th>Per 100 scored</th><th>PPV</th><th>Labelled</th></tr></thead><tbody>
+{% for v in burden_by_threshold %}<tr><td>{{ v.label }}</td><td class="n">{{ v.version }}</td><td>{{ v.threshold }}</td>
+<td class="n">{{ v.scored }}</td><td class="n">{{ v.alerts }}</td><td class="n">{{ v.per100 }}</td>
+<td class="n">{{ v.ppv }}</td><td class="n">{{ v.labelled }}</td></tr>{% endfor %}</tbody></table>{% endif %}{% endif %}
 
 <h2 id="periods">Periods</h2>
 <table id="period-table"><thead><tr><th>Period</th><th>Stays</th><th>Patients</th><th>Labelled (pending)</th>

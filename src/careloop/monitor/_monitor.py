@@ -440,7 +440,7 @@ def monitor(bundle, store: str | Path, *, period: str = "month", start: Any = No
     if state is not None:
         from careloop.monitor._burden import burden
 
-        burden_rows = burden(state[0], state[1], plist, discharges, state[3], cfg.burden)
+        burden_rows = burden(state[0], state[1], plist, discharges, state[3], cfg.burden, state[2]["thresholds"])
 
     val_flags = {tuple(f) for f in baseline.get("fairness_flags") or []}
     for k, per in enumerate(plist):
