@@ -680,7 +680,7 @@ def serve(
             if not clock_ok:
                 raise CareloopError(said)
             console.print(f"warning: {said}" if said.startswith("clock not checked") else said, highlight=False)
-        app_ = make_app(opts, seed=True)  # checks everything once, in this process, before any worker starts
+        app_ = make_app(opts, seed=True, config=cfg)  # checks everything once, here, before any worker starts
         service = app_.state.service
     except (CareloopError, ValueError) as exc:
         fail(str(exc))

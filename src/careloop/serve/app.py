@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -205,10 +206,6 @@ class Service:
         self.threshold = float(op["threshold"])
         self.band = tuple(op["threshold_ci"]) if op.get("threshold_ci") else None
         self.ranges = self.meta.get("input_ranges") or {}
-        from careloop.serve.threshold import Validation
-
-        # the held-out stays' risks and outcomes: what another alert threshold would give (the admin route)
-        self.validation = Validation.of(self.bundle.path, f"careloop {self.meta.get('estimator')}")
         # the task the model was trained for: the bedside scores only stays its cohort would have held
         self.task = None
         if "task.yaml" in self.bundle.files:
@@ -639,6 +636,18 @@ class Service:
                 decision.note = "below threshold"
             return decision
         return self.alert(service_id, ctx, decision, feats.row, now, feats.unit, setting)
+
+    @functools.cached_property
+    def validation(self):
+        """The held-out stays' risks and outcomes (`serve.threshold.Validation`, or None when the bundle keeps
+        none): what another alert threshold would give. Read when an administrator first asks, not at start."""
+        from careloop.serve.threshold import Validation
+
+        return Validation.of(self.bundle.path, f"careloop {self.meta.get('estimator')}")
+
+    def serves(self, model_key: str) -> bool:
+        """Does an admin route's model key (the whole bundle id, or its first 12 digits) name the served model?"""
+        return model_key in (self.model_key, self.model_key[:12])
 
     def threshold_refused(self, new: float | None) -> str | None:
         """Why an administrator may not set `new` (None: back to the bundle's, always allowed), or None."""
@@ -1171,7 +1180,7 @@ def create_app(service: Service) -> FastAPI:
             body = schema.model_validate_json(await request.body())
         except ValidationError as e:
             return who, None, await admin_refusal(who, 400, _validation_problem(e))
-        if model_key not in (service.model_key, service.model_key[:12]):
+        if not service.serves(model_key):
             return who, None, await admin_refusal(who, 404, "no such model is served here")
         return who, body, None
 
@@ -1190,7 +1199,7 @@ def create_app(service: Service) -> FastAPI:
         who, refused = await admin_of(request)
         if refused:
             return refused
-        if model_key not in (service.model_key, service.model_key[:12]):
+        if not service.serves(model_key):
             return await admin_refusal(who, 404, "no such model is served here")
         return await asyncio.to_thread(service.threshold_state)
 

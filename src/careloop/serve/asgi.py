@@ -46,14 +46,15 @@ class Options:
             os.environ[SECRET_ENV] = secrets.token_urlsafe(32)
 
 
-def make_app(opts: Options, *, seed: bool = False) -> FastAPI:
+def make_app(opts: Options, *, seed: bool = False, config=None) -> FastAPI:
     """The CDS Hooks app for `opts`, with the dashboard mounted if asked. `seed`: add the demo's synthetic activity
-    to the state store (once, by the parent process)."""
+    to the state store (once, by the parent process). `config`: the service config already read from
+    `opts.config` (else it is read here)."""
     from careloop.errors import CareloopError
     from careloop.serve.app import Service, create_app
     from careloop.serve.config import load_config
 
-    service = Service(Path(opts.model), load_config(Path(opts.config)))
+    service = Service(Path(opts.model), config if config is not None else load_config(Path(opts.config)))
     app = create_app(service)
     if opts.dashboard:
         from careloop.web import demo_users, load_users, mount
