@@ -19,7 +19,7 @@ EVENTS = pa.schema([
     ("time", TIME),  # null for static facts (sex, race, ...)
     ("code", pa.string()),  # LOINC/2951-2, ICD10CM/I50.9, SNOMED/..., RXNORM/..., ENCOUNTER/IMP, MEDS_BIRTH
     ("numeric_value", pa.float64()),  # in the canonical unit of the code where the conversion is known
-    ("text_value", pa.string()),
+    ("text_value", pa.string()),  # a coded or text answer; for a bound ("<0.01"), the comparator and value as sent
     ("unit", pa.string()),  # UCUM unit of numeric_value
     ("original_value", pa.float64()),  # as sent, before unit normalisation
     ("original_unit", pa.string()),

@@ -38,6 +38,7 @@ BAD = [  # (line, reason)
     (orjson.dumps(_obs(7, code={"coding": [{"system": "http://example.org/local", "code": "NA"}]})),
      "unknown code system for a required field"),
     (orjson.dumps(_obs(8, valueQuantity={"value": "140", "unit": "mmol/L"})), "invalid value"),
+    (orjson.dumps(_obs(9, valueQuantity={"value": 140, "comparator": "~", "unit": "mmol/L"})), "invalid value"),
     (orjson.dumps({"resourceType": "Encounter", "id": "e1", "subject": {"reference": "Patient/p1"},
                    "period": {"start": "2021-03-05T00:00:00Z", "end": "2021-03-04T00:00:00Z"}}), "impossible date"),
     (orjson.dumps({"resourceType": "Patient", "id": "p2", "birthDate": "2000-01-01",

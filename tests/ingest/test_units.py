@@ -42,8 +42,8 @@ NOT_CONVERTIBLE = [("2160-0", 9.0, "mmol/mol"), ("2160-0", 1.3, "mg/L"), ("29463
                    ("718-7", 8.4, "mmol/L"), ("8310-5", 310.0, "K")]
 
 
-def _obs(loinc: str, value: float, unit: str | None, *, code: bool = False) -> dict:
-    q = {"value": value} | ({"unit": unit} if unit else {}) | (
+def _obs(loinc: str, value: float, unit: str | None, *, code: bool = False, comparator: str | None = None) -> dict:
+    q = {"value": value} | ({"comparator": comparator} if comparator else {}) | ({"unit": unit} if unit else {}) | (
         {"system": "http://unitsofmeasure.org", "code": unit} if code and unit else {})
     return {"resourceType": "Observation", "id": "o1", "status": "final",
             "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
@@ -122,3 +122,35 @@ def test_a_value_not_read_does_not_name_the_columns_unit(tmp_path):
     (folder / "x.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines))
     ingest([folder], tmp_path / "store", workers=1)
     assert _units(DuckDBEngine(tmp_path / "store"), ["LOINC/2160-0"]) == {"LOINC/2160-0": "mg/dL"}
+
+
+@pytest.mark.parametrize(("loinc", "value", "unit", "comparator", "canonical", "text"), [
+    ("33914-3", 60, "mL/min/{1.73_m2}", ">", 60.0, ">60"),  # eGFR above the reporting limit
+    ("2160-0", 26.5, "umol/L", "<", 26.5 / 88.42, "<26.5"),  # creatinine below detection, converted
+    ("2524-7", 0.5, "mmol/L", "<=", 0.5, "<=0.5"),
+    ("2345-7", 600, "mg/dL", ">=", 600.0, ">=600"),  # glucose above the meter's range
+])
+def test_a_value_reported_as_a_bound_is_read_at_the_bound_and_says_so(loinc, value, unit, comparator, canonical,
+                                                                        text):
+    _, ev = _event(_obs(loinc, value, unit, comparator=comparator))
+    assert ev["numeric_value"] == pytest.approx(canonical, rel=1e-3)
+    assert ev["text_value"] == text
+    assert (ev["original_value"], ev["original_unit"]) == (value, unit)
+    _, plain = _event(_obs(loinc, value, unit))
+    assert plain["text_value"] is None and plain["numeric_value"] == ev["numeric_value"]
+
+
+def test_a_component_reported_as_a_bound_says_so():
+    res = _obs("85354-9", 0, None)
+    del res["valueQuantity"]
+    res["component"] = [
+        {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+         "valueQuantity": {"value": 250, "comparator": ">", "unit": "mm[Hg]"}},
+        {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+         "valueQuantity": {"value": 90, "unit": "mm[Hg]"}},
+    ]
+    b = Batch()
+    map_resource(decode(orjson.dumps(res)), Context(), b)
+    cols = b.event_columns()
+    got = dict(zip(cols["code"], zip(cols["numeric_value"], cols["text_value"], strict=True), strict=True))
+    assert got == {"LOINC/8480-6": (250.0, ">250"), "LOINC/8462-4": (90.0, None)}

@@ -462,6 +462,20 @@ def map_condition(res: M.Condition, rid: str, ctx: Context, b: Batch) -> None:
         b.event(sid, t, code, None, cat, None, None, None, enc, "Condition", rid)
 
 
+COMPARATORS = frozenset({"<", "<=", ">=", ">"})  # FHIR R4 QuantityComparator (required binding)
+
+
+def _bound(comparator: str | None, value: float, what: str) -> str | None:
+    """A result reported as a bound ("<0.01", eGFR ">60"), as its text: the number stays the bound itself, the usual
+    reading of a value at a detection or reporting limit, and the text says it was one. An unknown comparator is
+    refused: the value could not be read as meant."""
+    if comparator is None:
+        return None
+    if comparator not in COMPARATORS:
+        raise Reject("invalid value", f"{what}.valueQuantity.comparator={comparator[:20]!r}")
+    return f"{comparator}{value:.15g}"
+
+
 def _value(res: M.Observation | M.Component, loinc: str | None, what: str
            ) -> tuple[float | None, str | None, str | None, float | None, str | None]:
     """(numeric, text, unit, original value, original unit) of an Observation or a component."""
@@ -469,10 +483,11 @@ def _value(res: M.Observation | M.Component, loinc: str | None, what: str
     if q is not None:
         v = _number(q.value, f"{what}.valueQuantity.value")
         unit = q.code or q.unit
+        bound = _bound(q.comparator, v, what)
         if loinc:
             nv, nu = normalise(loinc, v, unit)
-            return nv, None, nu, v, unit
-        return v, None, unit, v, unit
+            return nv, bound, nu, v, unit
+        return v, bound, unit, v, unit
     vc = res.valueCodeableConcept
     if vc is not None:
         codes = _codes(vc)

@@ -28,6 +28,7 @@ class Reference(Struct, gc=False, omit_defaults=True):
 
 class Quantity(Struct, gc=False, omit_defaults=True):
     value: float | None = None
+    comparator: str | None = None  # "<", "<=", ">=", ">": the value is a bound ("<0.01", eGFR ">60")
     unit: str | None = None
     code: str | None = None
     system: str | None = None
