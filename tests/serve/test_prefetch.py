@@ -169,3 +169,42 @@ def test_a_withdrawn_result_never_reaches_the_bedside_features(hospital_store, h
         assert a.row is not None and a.row == b.row, enc
         changed += c.row != a.row
     assert changed >= 10  # the withdrawn values would have moved the features
+
+
+def _rewrite_patient_refs(pf: dict, pid: str, to: str) -> dict:
+    """The prefetch with every reference to the patient written as `to` ("{}" stands for the id)."""
+    out = copy.deepcopy(pf)
+    for value in out.values():
+        for e in (value or {}).get("entry", []) if isinstance(value, dict) else []:
+            for key in F._PATIENT_REFS:
+                ref = e["resource"].get(key)
+                if isinstance(ref, dict) and ref.get("reference") == f"Patient/{pid}":
+                    ref["reference"] = to.format(pid)
+    return out
+
+
+@pytest.mark.parametrize("form", ["Patient/{}/_history/4", "https://ehr.example.org/fhir/Patient/{}"])
+def test_a_reference_to_the_patient_in_any_form_ingest_reads_is_the_patients(hospital, form):
+    """A versioned or absolute reference names the patient at the bedside as it does at ingest (`resolve`): the
+    same resources are used and the features are the same."""
+    pid, groups = next((p, g) for p, g in some_records(hospital, 40).items()
+                       if len(g.get("conditions", [])) >= 2 and len(g.get("encounters", [])) >= 2)
+    pf = prefetch_of(groups)
+    enc = groups["encounters"][-1]["id"]
+    written = _rewrite_patient_refs(pf, pid, form)
+    assert written != pf
+    plain = collect(as_received(pid, enc, pf), pid)
+    other = collect(as_received(pid, enc, written), pid)
+    assert other.foreign == plain.foreign == 0
+    assert sorted(i for i, _ in other.used) == sorted(i for i, _ in plain.used)
+    assert bedside_features(FS, other, pid, enc).row == bedside_features(FS, plain, pid, enc).row
+
+
+@pytest.mark.parametrize("form", ["Group/{}", "Patient/", "Patient/{}-other"])
+def test_a_reference_that_does_not_name_the_patient_is_not_used(hospital, form):
+    pid, groups = next((p, g) for p, g in some_records(hospital, 40).items()
+                       if len(g.get("conditions", [])) >= 2 and len(g.get("encounters", [])) >= 2)
+    written = _rewrite_patient_refs(prefetch_of(groups), pid, form)
+    got = collect(as_received(pid, groups["encounters"][-1]["id"], written), pid)
+    assert [t for (t, _), _ in got.used] == ["Patient"]
+    assert got.foreign == sum(len(v) for k, v in groups.items() if k != "patient")

@@ -214,7 +214,7 @@ def resolve(ref: str | None, ctx: Context) -> tuple[str, str] | None:
     if not ref:
         return None
     head, sep, tail = ref.partition("/")
-    if sep and head in _LOCAL_TYPES and "/" not in tail:  # the common Type/id form, fast
+    if sep and tail and head in _LOCAL_TYPES and "/" not in tail:  # the common Type/id form, fast
         return head, tail
     if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
         return ctx.full_urls.get(ref)
@@ -223,7 +223,7 @@ def resolve(ref: str | None, ctx: Context) -> tuple[str, str] | None:
     parts = ref.split("/")
     if len(parts) >= 4 and parts[-2] == "_history":
         parts = parts[:-2]
-    if len(parts) >= 2 and parts[-2][:1].isupper():
+    if len(parts) >= 2 and parts[-2][:1].isupper() and parts[-1]:  # "Patient/" names no one
         return parts[-2], parts[-1]
     return None
 

@@ -35,6 +35,7 @@ from careloop.ingest.mapping import (
     map_resource,
     observation_codes,
     observation_time,
+    resolve,
     void_reason,
 )
 from careloop.ingest.versions import meta_version, preference
@@ -472,14 +473,16 @@ def _resources(value: Any) -> tuple[list[bytes] | None, bool]:
     return out, bundle and is_page(value.get("link"), value.get("total"), items)
 
 
-def _about(res: Any, patient_id: str) -> bool:
-    """Does this resource belong to the patient (or to no patient at all, like a Location)?"""
+def _about(res: Any, patient_id: str, ctx: Context) -> bool:
+    """Does this resource belong to the patient (or to no patient at all, like a Location)? Its reference is read
+    as ingest reads it (`Patient/p1/_history/4` and an absolute URL name p1; `Group/p1` does not), so training and
+    the bedside take the same resources."""
     if type(res).__name__ == "Patient":
         return res.id == patient_id
     for key in _PATIENT_REFS:
         ref = getattr(res, key, None)
         if ref is not None and isinstance(ref.reference, str):
-            return ref.reference.rsplit("/", 1)[-1] == patient_id
+            return resolve(ref.reference, ctx) == ("Patient", patient_id)
     return True
 
 
@@ -531,7 +534,7 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
     for ident, copies in others.items():
         chosen[ident] = _newest_mappable(copies, ctx, out.rejected)
     for ident, res in chosen.items():
-        if not _about(res, patient_id):
+        if not _about(res, patient_id, ctx):
             out.foreign += 1
             continue
         out.used.append((ident, res))
