@@ -381,6 +381,7 @@ def test_bad_tokens_get_a_bare_401(running, keys, case):
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}
     r = call(running, hook_request("p", "e", None), headers=headers)
     assert r.status_code == 401 and r.content in (b"{}", b"")
+    assert r.headers["www-authenticate"] == "Bearer"  # RFC 6750: the challenge, with no error named
 
 
 def test_es384_accepted_and_replay_refused(running, keys, chosen):
@@ -492,7 +493,8 @@ def test_feedback_validated_idempotent_and_stored(running, chosen):
           "overrideReason": {"reason": card["overrideReasons"][0], "userComment": "seen in clinic"}}
     assert post(fb).json() == {"received": 1, "new": 1}
     assert post(fb).json() == {"received": 1, "new": 0}
-    assert httpx.post(url, json={"feedback": [fb]}, timeout=10).status_code == 401
+    no_jwt = httpx.post(url, json={"feedback": [fb]}, timeout=10)
+    assert no_jwt.status_code == 401 and no_jwt.headers["www-authenticate"] == "Bearer"
     stored = running.service.store.feedback("readmission-risk")
     assert sum(f.get("card") == card["uuid"] for f in stored) == 1
 
@@ -505,7 +507,8 @@ def test_kill_switch_needs_an_admin_and_takes_effect_at_once(running, chosen, ke
     pem, kid = keys["rsa"]
     ehr = bearer(pem, kid, url)
     assert httpx.post(url, json={"enabled": False}, headers=ehr).status_code == 403  # C-19: an EHR token, refused
-    assert httpx.post(url, json={"enabled": False}).status_code == 401  # no credential at all
+    no_secret = httpx.post(url, json={"enabled": False})  # no credential at all
+    assert no_secret.status_code == 401 and no_secret.headers["www-authenticate"] == "Bearer"
     assert httpx.post(url, json={"enabled": False}, headers={"Authorization": "Bearer guess"}).status_code == 401
     admin = {"Authorization": f"Bearer {ADMIN_SECRET}"}
     assert httpx.post(url, json={"enabled": False}, headers=admin).json()["enabled"] is False
@@ -688,6 +691,25 @@ def test_when_the_audit_log_cannot_be_written_no_call_is_answered_as_scored(runn
     r = call(running, body)
     assert r.status_code == 503 and r.json()["resourceType"] == "OperationOutcome"
     assert "audit log" in r.json()["issue"][0]["diagnostics"]
+    monkeypatch.undo()
+    body["hookInstance"] = str(uuid.uuid4())
+    assert call(running, body).status_code == 200
+
+
+def test_when_the_state_store_cannot_be_read_a_call_gets_503_not_a_500(running, chosen, monkeypatch):
+    """Whether the model is switched off cannot be known with the store down: the call is not scored, and the
+    answer is a 503 with an OperationOutcome (not a 500 and its traceback); the store back, it is scored."""
+    high, _, res = chosen
+    row = high[4]
+    body = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))
+
+    def gone(model_key):
+        raise StateError("database error (OperationalError): could not connect to server at 10.0.0.9")
+
+    monkeypatch.setattr(running.service.store, "policy", gone)
+    r = call(running, body)
+    assert r.status_code == 503 and r.json()["resourceType"] == "OperationOutcome"
+    assert "state store" in r.json()["issue"][0]["diagnostics"] and "10.0.0.9" not in r.text
     monkeypatch.undo()
     body["hookInstance"] = str(uuid.uuid4())
     assert call(running, body).status_code == 200

@@ -146,6 +146,11 @@ def outcome(status: int, text: str) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+def unauthorized() -> JSONResponse:
+    """401 with no detail, and the bare challenge RFC 6750 asks of every 401 (it names no error either)."""
+    return JSONResponse({}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
 class CardRow(NamedTuple):
     """A card shown, as the state store records it (StateStore.record_card_in's arguments, in order)."""
 
@@ -335,7 +340,7 @@ class Service:
         if not self.store.claim_jti(claims.iss, claims.jti, claims.exp):  # a replay through another worker
             self.record("auth-failure", "serious", service=service_id, request_id=rid,
                         detail={"reason": "jti replayed: this token was already used", "iss": claims.iss})
-            return JSONResponse({}, status_code=401)
+            return unauthorized()
         if raw is None:
             return refuse(413, f"request larger than {MAX_BODY} bytes")
         try:
@@ -973,7 +978,7 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
         return await _no_such_service(service, service_id, rid)
     claims = await _authenticate(service, headers, f"{service.base}/cds-services/{service_id}", service_id, rid)
     if claims is None:
-        return JSONResponse({}, status_code=401)
+        return unauthorized()
 
     async def finish(answer: Response, kind: str, result: str, *, req=None, decision=None, detail=None):
         """Write the call's jti, card and audit record (group commit), then answer; a replay seen only now, by
@@ -985,7 +990,7 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
         except Exception:
             return outcome(503, "the audit log cannot be written now, so the call was not answered; retry later")
         if not fresh:
-            return JSONResponse({}, status_code=401)
+            return unauthorized()
         return _json({"cards": []}) if work.withheld is not None else answer
 
     raw = await read_body()
@@ -1001,7 +1006,9 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
     problem = _check_request(service_id, req)
     if problem:
         return await finish(outcome(400, problem), "cds-call", "minor", req=req, detail={"reason": problem})
-    setting = service.store.policy(service.model_key)  # the kill switch and the threshold, read once per call
+    setting = _policy(service)  # the kill switch and the threshold, read once per call
+    if setting is None:
+        return await finish(_store_down(), "cds-call", "serious", req=req, detail={"reason": _STORE_DOWN})
     if not setting.enabled:
         return await finish(_json({"cards": []}), "kill-switch", "minor", req=req)
     absent = _prefetch_absent(req, service.prefetch)
@@ -1030,7 +1037,9 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
                 return await finish(_json({"cards": []}), "timeout", "minor", req=req, detail={
                     "deadline_ms": service.config.deadline_ms, "missing_prefetch": fetched.unread,
                     "reason": "the FHIR server was slower than the deadline"})
-            setting = service.store.policy(service.model_key)  # changed while the FHIR server was read?
+            setting = _policy(service)  # changed while the FHIR server was read?
+            if setting is None:
+                return await finish(_store_down(), "cds-call", "serious", req=req, detail={"reason": _STORE_DOWN})
             if not setting.enabled:
                 return await finish(_json({"cards": []}), "kill-switch", "minor", req=req)
             decision = await asyncio.wait_for(asyncio.wrap_future(
@@ -1045,6 +1054,23 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
                             detail={"reason": f"internal error while scoring ({type(e).__name__})"})
     return await finish(_json({"cards": decision.cards}), "cds-call", "success", req=req, decision=decision,
                         detail=call_detail(decision, fetched))
+
+
+_STORE_DOWN = "the state store could not be read"
+
+
+def _policy(service: Service) -> ModelPolicy | None:
+    """The model's kill switch and threshold, or None when the state store cannot be read (the call is then not
+    scored: whether the model is switched off is unknown)."""
+    try:
+        return service.store.policy(service.model_key)
+    except Exception as e:
+        log.error("the state store could not be read: %s", type(e).__name__)
+        return None
+
+
+def _store_down() -> JSONResponse:
+    return outcome(503, f"{_STORE_DOWN} (the kill switch is unknown), so the call was not scored; retry later")
 
 
 def call_detail(decision: Decision, fetched: FhirRead | None = None) -> dict | None:
@@ -1139,7 +1165,7 @@ def create_app(service: Service) -> FastAPI:
             return await _no_such_service(service, service_id, rid)
         claims = await authenticate(request, f"{base}/cds-services/{service_id}/feedback", service_id, rid)
         if claims is None:
-            return JSONResponse({}, status_code=401)
+            return unauthorized()
         try:
             wait = await asyncio.to_thread(service.feedback_wait, claims.iss)
         except StateError:
@@ -1165,7 +1191,7 @@ def create_app(service: Service) -> FastAPI:
             return service.admin.check(request.headers.get("authorization")), None
         except AuthError as e:
             await service.audited("auth-failure", "serious", detail={"reason": str(e.reason)[:200], "route": "admin"})
-            return None, JSONResponse({}, status_code=403 if e.forbidden else 401)
+            return None, JSONResponse({}, status_code=403) if e.forbidden else unauthorized()
 
     async def admin_refusal(who: str, status: int, text: str) -> Response:
         await service.audited("admin-change", "minor", detail={"by": who, "reason": text, "http_status": status})
