@@ -232,8 +232,8 @@ def test_feedback_beyond_the_clients_limit_gets_429_with_retry_after_and_is_audi
 
 
 def test_feedback_that_contradicts_itself_or_the_card_is_refused(setup):
-    """Suggestions accepted on a card the user overrode; an override reason with one of the card's codes in another
-    code system: each a 400, nothing stored."""
+    """Suggestions accepted on a card the user overrode; an override reason that is not a Coding, or whose code is
+    not text (a list or an object: a 400, not a 500): each a 400, nothing stored."""
     running, stays, res = setup
     card = _card(running, stays[0], res)
     reason = card["overrideReasons"][0]
@@ -241,8 +241,13 @@ def test_feedback_that_contradicts_itself_or_the_card_is_refused(setup):
     for bad, why in (
         ({"outcome": "overridden", "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}]},
          "only with the outcome 'accepted'"),
-        ({"outcome": "overridden", "overrideReason": {"reason": dict(reason, system="http://elsewhere.example")}},
-         "must be one of the card's overrideReasons"),
+        ({"outcome": "overridden", "overrideReason": {"reason": dict(reason, code=[reason["code"]])}},
+         "code must be a non-empty string"),
+        ({"outcome": "overridden", "overrideReason": {"reason": dict(reason, code={"code": reason["code"]})}},
+         "code must be a non-empty string"),
+        ({"outcome": "overridden", "overrideReason": {"reason": dict(reason, system=["x"])}},
+         "system must be a non-empty string"),
+        ({"outcome": "overridden", "overrideReason": {"reason": "not-a-coding"}}, "must be a Coding"),
     ):
         r = _post(running, [{"card": card["uuid"], "outcomeTimestamp": when(), **bad}])
         assert r.status_code == 400 and why in r.text, r.text
@@ -292,3 +297,22 @@ def test_the_feedback_export_names_the_user_and_the_location_of_each_card(setup)
     assert row["model_hash"] == running.service.model_key and row["intervention"] == "readmission-risk"
     for field in ("intervention", "action", "override_code", "user", "date", "location"):
         assert row[field], field
+
+
+def test_the_ehrs_own_override_reasons_are_taken_and_exported_with_their_code_system(setup):
+    """CDS Hooks lets the EHR offer reasons of its own beside the card's: one in another code system is stored as
+    sent, on a warning and on an info card (which offers none), and the export names its system."""
+    running, stays, res = setup
+    warning = _card(running, stays[1], res)
+    info = _card(running, stays[3], res, child=True)
+    assert warning["indicator"] == "warning" and info["indicator"] == "info"
+    own = {"system": "http://ehr.example.org/override-reasons", "code": "discussed-with-team",
+           "display": "Discussed with the care team"}
+    items = [{"card": c["uuid"], "outcome": "overridden", "outcomeTimestamp": when(),
+              "overrideReason": {"reason": own, "userComment": "plan already in place"}} for c in (warning, info)]
+    assert _post(running, items).json() == {"received": 2, "new": 2}
+    exported = {r["card"]: r for r in running.service.store.feedback()}
+    for c in (warning, info):
+        r = exported[c["uuid"]]
+        assert (r["override_system"], r["override_code"], r["override_display"], r["comment"]) == (
+            own["system"], own["code"], own["display"], "plan already in place")

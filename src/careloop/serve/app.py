@@ -369,12 +369,9 @@ class Service:
                 return refuse(400, f"{where}.outcomeTimestamp is in the future", card["patient"])
             if item.outcomeTimestamp < _aware(card["at"]) - skew:  # a clinician acts on a card after seeing it
                 return refuse(400, f"{where}.outcomeTimestamp is before the card was shown", card["patient"])
-            reason = (item.overrideReason or {}).get("reason")
-            offered_reasons = {c for c, _ in C.OVERRIDE_REASONS} if card["indicator"] == "warning" else set()
-            if reason is not None and (not isinstance(reason, dict) or reason.get("code") not in offered_reasons
-                                       or reason.get("system", C.OVERRIDE_SYSTEM) != C.OVERRIDE_SYSTEM):
-                return refuse(400, f"{where}.overrideReason.reason: must be one of the card's overrideReasons",
-                              card["patient"])
+            problem = _override_problem((item.overrideReason or {}).get("reason"), card["indicator"])
+            if problem is not None:
+                return refuse(400, f"{where}.overrideReason.reason: {problem}", card["patient"])
             try:
                 sent = json.loads(item.model_dump_json(exclude_none=True, exclude={"extension"}))
                 row = self.store.feedback_row(service_id, sent, client=claims.iss, user=card.get("user"))
@@ -1054,6 +1051,26 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
                             detail={"reason": f"internal error while scoring ({type(e).__name__})"})
     return await finish(_json({"cards": decision.cards}), "cds-call", "success", req=req, decision=decision,
                         detail=call_detail(decision, fetched))
+
+
+def _override_problem(reason: Any, indicator: str) -> str | None:
+    """What is wrong with a feedback's override reason (a Coding), if anything. One in careloop's code system
+    (assumed when no system is named) must be one the card offered; the EHR's own reasons, in its own code system,
+    are taken as sent (CDS Hooks: the client "may enable the clinician to provide an additional overrideReason")."""
+    if reason is None:
+        return None
+    if not isinstance(reason, dict):
+        return "must be a Coding (an object with a system and a code)"
+    code, system = reason.get("code"), reason.get("system", C.OVERRIDE_SYSTEM)
+    if not isinstance(code, str) or not code.strip():
+        return "code must be a non-empty string"
+    if not isinstance(system, str) or not system.strip():
+        return "system must be a non-empty string"
+    if system == C.OVERRIDE_SYSTEM and (indicator != "warning" or code not in {c for c, _ in C.OVERRIDE_REASONS}):
+        return ("must be one of the card's overrideReasons (a reason of the EHR's own names its code system)"
+                if indicator == "warning" else "this card offered no overrideReasons (a reason of the EHR's own "
+                "names its code system)")
+    return None
 
 
 _STORE_DOWN = "the state store could not be read"
