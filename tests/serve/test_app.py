@@ -211,18 +211,29 @@ def test_repeat_card_is_suppressed_within_the_window(running, chosen):
     (lambda p: p.update(encounters=None), "required data", 2),
     (lambda p: p.update(patient=None), "required data", -3),
     (lambda p: p.update(observations={"resourceType": "OperationOutcome", "issue": []}), "could not supply", -4),
+    # a value that is no resource or Bundle would read as "no conditions" and lower the risk: deferred instead
+    (lambda p: p.update(conditions="garbage"), "conditions as something other than a FHIR resource or Bundle", 0),
+    (lambda p: p.update(medications=[p["medications"]]), "medications as something other than a FHIR", 1),
+    (lambda p: p.update(conditions={}), "conditions as something other than a FHIR resource", 3),
+    # a search that failed, said by an OperationOutcome inside the Bundle (search mode "outcome")
+    (lambda p: p["conditions"]["entry"].append({"resource": {
+        "resourceType": "OperationOutcome", "issue": [{"severity": "fatal", "code": "timeout"}]},
+        "search": {"mode": "outcome"}}), "could not supply conditions", 4),
 ])
 def test_missing_or_failed_prefetch_defers(running, chosen, mutate, reason, pick):
     high, low, res = chosen
     row = high[pick] if pick >= 0 else low[pick]
     pf = prefetch_of(res[row["patient_id"]])
     mutate(pf)
-    r = call(running, hook_request(row["patient_id"], row["encounter_id"], pf))
+    body = hook_request(row["patient_id"], row["encounter_id"], pf)
+    r = call(running, body)
     assert r.status_code == 200, r.text
     jsonschema.validate(r.json(), RESPONSE)
     (card,) = r.json()["cards"]
     assert card["indicator"] == "info" and "defers to clinical judgement" in card["summary"]
     assert reason in card["detail"]
+    (rec,) = [r for r in running.service.audit.records(kind="cds-call") if r["hook_instance"] == body["hookInstance"]]
+    assert rec["score"] is None and reason in rec["deferral_reason"]
 
 
 def test_no_prefetch_and_no_fhir_access_is_412(running, chosen):

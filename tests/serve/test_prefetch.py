@@ -31,7 +31,8 @@ def summary(pre) -> dict:
     return {"used": sorted((ident, msgspec.msgpack.encode(r)) for ident, r in pre.used),
             "ev": sorted(pre.batch.ev, key=repr),
             "enc": pre.batch.enc, "pat": pre.batch.pat, "dir": pre.batch.dir, "missing": pre.missing,
-            "outcomes": pre.outcomes, "foreign": pre.foreign, "rejected": sorted(pre.rejected),
+            "outcomes": pre.outcomes, "malformed": pre.malformed, "foreign": pre.foreign,
+            "rejected": sorted(pre.rejected),
             "deferred": len(pre.deferred), "digest": pre.digest()}
 
 
@@ -208,3 +209,33 @@ def test_a_reference_that_does_not_name_the_patient_is_not_used(hospital, form):
     got = collect(as_received(pid, groups["encounters"][-1]["id"], written), pid)
     assert [t for (t, _), _ in got.used] == ["Patient"]
     assert got.foreign == sum(len(v) for k, v in groups.items() if k != "patient")
+
+
+@pytest.mark.parametrize("value", ["garbage", 42, [], {}, {"foo": "bar"}, {"resourceType": 7},
+                                   {"resourceType": "Bundle", "entry": "x"}])
+def test_a_value_that_is_no_resource_or_bundle_is_malformed_not_empty(hospital, value):
+    """Read as "nothing", it would lower the risk of a patient whose record says otherwise: it is set apart."""
+    pid, groups = next(iter(some_records(hospital, 1).items()))
+    pf = prefetch_of(groups)
+    pf["conditions"] = value
+    fast, slow = collect(as_received(pid, "e", pf), pid), collect(pf, pid)
+    assert summary(fast) == summary(slow)
+    assert fast.malformed == ["conditions"] and not fast.outcomes and not fast.missing
+    assert not any(t == "Condition" for (t, _), _ in fast.used)
+
+
+@pytest.mark.parametrize("severity, failed", [("fatal", True), ("error", True), ("warning", False),
+                                              ("information", False)])
+def test_an_operation_outcome_inside_a_bundle_fails_the_search_only_when_it_says_so(hospital, severity, failed):
+    """CDS Hooks: the client SHOULD report prefetch errors with OperationOutcomes, and the service check for them. An
+    error or fatal issue means the search failed (its entries may be partial); a warning is only a warning."""
+    pid, groups = next((p, g) for p, g in some_records(hospital, 40).items() if len(g.get("conditions", [])) >= 2)
+    pf = prefetch_of(groups)
+    pf["conditions"]["entry"].append({"resource": {"resourceType": "OperationOutcome",
+                                                   "issue": [{"severity": severity, "code": "processing"}]},
+                                      "search": {"mode": "outcome"}})
+    fast, slow = collect(as_received(pid, "e", pf), pid), collect(pf, pid)
+    assert summary(fast) == summary(slow)
+    assert fast.outcomes == (["conditions"] if failed else [])
+    used = sum(t == "Condition" for (t, _), _ in fast.used)
+    assert used == (0 if failed else len(groups["conditions"]))

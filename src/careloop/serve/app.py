@@ -577,12 +577,16 @@ class Service:
         prefetch: dict[str, Any] = dict(req.prefetch or {}) | (fetched.values if fetched else {})
         absent = [k for k in self.prefetch if k not in prefetch]
         pre = collect(prefetch, patient)
-        need = [k for k in self.prefetch if k in absent or k in pre.partial or k in pre.outcomes]
+        need = [k for k in self.prefetch if k in absent or k in pre.partial or k in pre.outcomes or k in pre.malformed]
         if need and fetched is None and _may_fetch(req, client_iss, patient):
             return Decision([], patient, refetch=need)
         digest = pre.digest()
         if pre.outcomes:
             return self.defer(ctx, f"the EHR could not supply {', '.join(pre.outcomes)}", digest=digest)
+        if pre.malformed:  # read as "no data" they would understate the record
+            return self.defer(ctx, f"the EHR sent {', '.join(pre.malformed)} as something other than a FHIR resource "
+                                   "or Bundle (the model does not score part of a record)", digest=digest,
+                              extra={"malformed_prefetch": pre.malformed})
         if pre.partial:
             return self.defer(ctx, f"the EHR sent only part of {', '.join(pre.partial)} (a page of the search; the "
                                    "model does not score part of a record)", digest=digest,

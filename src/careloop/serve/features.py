@@ -106,7 +106,9 @@ class Prefetched:
     # ((type, id), the decoded resource)
     batch: Batch = field(default_factory=Batch)  # their rows in the store's tables
     missing: list[str] = field(default_factory=list)  # keys absent or null
-    outcomes: list[str] = field(default_factory=list)  # keys answered with an OperationOutcome
+    outcomes: list[str] = field(default_factory=list)  # keys answered with an OperationOutcome (or a Bundle holding
+    # one that says its search failed)
+    malformed: list[str] = field(default_factory=list)  # keys whose value is not a resource, a Bundle or null
     partial: list[str] = field(default_factory=list)  # keys answered with only a page of the search (see is_page)
     foreign: int = 0  # resources about another patient (not used)
     rejected: list[str] = field(default_factory=list)  # resources the mapping refused, with the reason
@@ -157,7 +159,16 @@ _value_decoder = msgspec.json.Decoder(_Value)
 
 
 class _Outcome(msgspec.Struct, tag_field="resourceType", tag="OperationOutcome"):
-    """An OperationOutcome: a prefetch the EHR could not fulfil, or a search warning inside a Bundle."""
+    """An OperationOutcome: a prefetch the EHR could not fulfil, or, inside a Bundle, a search warning (or, with an
+    issue of severity error or fatal, a search that failed: see `_failed`)."""
+
+    issue: Any = None
+
+
+def _failed(issue: Any) -> bool:
+    """Does an OperationOutcome's `issue` say its search failed (severity error or fatal), rather than warn?"""
+    return isinstance(issue, list) and any(isinstance(i, dict) and i.get("severity") in ("error", "fatal")
+                                           for i in issue)
 
 
 class _SearchEntry(msgspec.Struct):
@@ -439,7 +450,8 @@ def _climbs(raw_path: bytes) -> bool:
 
 def _resources(value: Any) -> tuple[list[bytes] | None, bool]:
     """A prefetch value's resources as JSON bytes: the resource itself, or a Bundle's entries (None for an
-    OperationOutcome, [] for null or anything that is not a resource); and whether it is only a page of its search."""
+    OperationOutcome or a Bundle holding one that says its search failed, `_MALFORMED` for anything that is not a
+    resource or a Bundle); and whether it is only a page of its search."""
     if isinstance(value, (bytes, msgspec.Raw)):
         raw = bytes(value)
         try:
@@ -448,20 +460,26 @@ def _resources(value: Any) -> tuple[list[bytes] | None, bool]:
             try:
                 return _resources(orjson.loads(raw))
             except (orjson.JSONDecodeError, RecursionError):
-                return [], False
+                return _MALFORMED, False
         if outline.resourceType == "OperationOutcome":
             return None, False
         if outline.resourceType == "Bundle":
-            raws = [bytes(e.resource) for e in outline.entry or ()]
-            return [r for r in raws if r[:1] == b"{"], is_page(outline.link, outline.total, outline.entry or [])
-        return ([raw] if isinstance(outline.resourceType, str) else []), False
-    if not isinstance(value, dict):
-        return [], False
+            raws = [r for r in (bytes(e.resource) for e in outline.entry or ()) if r[:1] == b"{"]
+            if any(b'"OperationOutcome"' in r and _failed_outcome(r) for r in raws):
+                return None, False
+            return raws, is_page(outline.link, outline.total, outline.entry or [])
+        return ([raw] if isinstance(outline.resourceType, str) else _MALFORMED), False
+    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+        return _MALFORMED, False
     if value.get("resourceType") == "OperationOutcome":
         return None, False
     bundle = value.get("resourceType") == "Bundle"
-    items = value.get("entry") if bundle else [{"resource": value}]
-    items = items if isinstance(items, list) else []
+    items = value.get("entry", []) if bundle else [{"resource": value}]
+    if not isinstance(items, list):
+        return _MALFORMED, False
+    if bundle and any(isinstance(e, dict) and isinstance(r := e.get("resource"), dict)
+                      and r.get("resourceType") == "OperationOutcome" and _failed(r.get("issue")) for e in items):
+        return None, False
     out = []
     for e in items:
         r = e.get("resource") if isinstance(e, dict) else None
@@ -471,6 +489,15 @@ def _resources(value: Any) -> tuple[list[bytes] | None, bool]:
             except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits: refused like the mapping
                 out.append(b"{}")
     return out, bundle and is_page(value.get("link"), value.get("total"), items)
+
+
+def _failed_outcome(raw: bytes) -> bool:
+    """Is this Bundle entry an OperationOutcome saying the search failed?"""
+    try:
+        res = orjson.loads(raw)
+    except (orjson.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(res, dict) and res.get("resourceType") == "OperationOutcome" and _failed(res.get("issue"))
 
 
 def _about(res: Any, patient_id: str, ctx: Context) -> bool:
@@ -513,6 +540,9 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
             continue
         if items is _MISSING:
             out.missing.append(key)
+            continue
+        if items is _MALFORMED:
+            out.malformed.append(key)
             continue
         for res in items:
             if isinstance(res, Skip):
@@ -579,11 +609,13 @@ def _dumps(value: Any) -> bytes:
 
 
 _MISSING: list = []  # a sentinel: the key is absent or null
+_MALFORMED: list = []  # a sentinel: the value is not a resource, a Bundle or null (a string, a list, {})
 
 
 def _decoded(value: Any) -> tuple[list | None, bool]:
     """A prefetch value's resources, decoded (each a resource Struct, or the Skip or Reject that says why not);
-    `_MISSING` for an absent or null value, None for an OperationOutcome; and whether the value is only a page of
+    `_MISSING` for an absent or null value, `_MALFORMED` for one that is no resource, None for an OperationOutcome
+    (or a Bundle saying its search failed); and whether the value is only a page of
     its search (a Bundle with a `next` link, or fewer matches than its `total`)."""
     if value is None:
         return _MISSING, False
@@ -598,13 +630,17 @@ def _decoded(value: Any) -> tuple[list | None, bool]:
             if isinstance(fast, _Outcome):
                 return None, False
             if isinstance(fast, _SearchBundle):
+                if any(isinstance(e.resource, _Outcome) and _failed(e.resource.issue) for e in fast.entry):
+                    return None, False
                 return ([e.resource for e in fast.entry if e.resource is not None
                          and not isinstance(e.resource, _Outcome)], is_page(fast.link, fast.total, fast.entry))
             return [fast], False
         if bytes(value).strip() == b"null":
             return _MISSING, False
     items, page = _resources(value)
-    return (None if items is None else [_decode_one(raw) for raw in items]), page
+    if items is None or items is _MALFORMED:
+        return items, page
+    return [_decode_one(raw) for raw in items], page
 
 
 def _decode_one(raw: bytes) -> Any:
