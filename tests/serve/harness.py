@@ -93,3 +93,30 @@ def picked_stays_service(bundle: Path, store: Path, hospital: Path, folder: Path
         yield running, stays, res
     finally:
         running.stop()
+
+
+def as_if_recent(prefetch: dict, encounter_id: str, hours_ago: float = 2.0) -> dict:
+    """The prefetch with every time moved by one offset, so that the stay `encounter_id` ended `hours_ago` hours
+    before now: a chart opened now (patient-view) is about it. Times keep their spacing exactly (dates, which
+    cannot, move by the offset rounded to whole days)."""
+    import datetime as dt
+    import re
+
+    stamp = re.compile(r"\d{4}-\d{2}-\d{2}(T[0-9:.]+(Z|[+-]\d{2}:\d{2}))?")
+    end = next(e["resource"]["period"]["end"] for e in prefetch["encounters"]["entry"]
+               if e["resource"]["id"] == encounter_id)
+    offset = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours_ago) - dt.datetime.fromisoformat(end)
+    days = dt.timedelta(days=round(offset / dt.timedelta(days=1)))
+
+    def move(v):
+        if isinstance(v, dict):
+            return {k: move(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [move(x) for x in v]
+        if isinstance(v, str) and stamp.fullmatch(v):
+            if "T" in v:
+                return (dt.datetime.fromisoformat(v) + offset).isoformat()
+            return (dt.date.fromisoformat(v) + days).isoformat()
+        return v
+
+    return move(prefetch)

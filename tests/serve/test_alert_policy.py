@@ -18,6 +18,7 @@ from tests.fhir_server.harness import make_rsa_key
 from tests.serve.harness import (
     ISS,
     Running,
+    as_if_recent,
     bearer,
     free_port,
     hook_request,
@@ -139,6 +140,7 @@ def test_a_warning_from_one_hook_is_not_repeated_by_the_other(trained_bundle, ke
             pf = prefetch_of(res)
             for k in ("deceasedDateTime", "deceasedBoolean"):
                 pf["patient"].pop(k, None)
+            pf = as_if_recent(pf, stay["encounter_id"])  # the chart is opened two hours after the discharge
             view = hook_request(stay["patient_id"], stay["encounter_id"], pf, hook="patient-view")
             first = _post(a, keys, view, service="readmission-risk-patient-view")
             if _indicators(first) == ["warning"]:

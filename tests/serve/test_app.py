@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import time
@@ -34,6 +35,7 @@ from .harness import (
     ADMIN_SECRET,
     ISS,
     Running,
+    as_if_recent,
     bearer,
     free_port,
     hook_request,
@@ -308,7 +310,7 @@ def test_a_withdrawn_index_encounter_is_named_as_such(running, chosen, status):
     assert card["indicator"] == "info" and f"the context's encounter is {status}" in card["detail"]
 
 
-def _days_after(when: str, days: int) -> str:
+def _days_after(when: str, days: float) -> str:
     import datetime as dt
 
     return (dt.datetime.fromisoformat(when.replace("Z", "+00:00")) + dt.timedelta(days=days)).isoformat()
@@ -328,15 +330,44 @@ def test_a_patient_recorded_dead_is_not_scored(running, chosen, death, pick):
     pf["encounters"]["entry"] = [e for e in pf["encounters"]["entry"] if e["resource"]["period"]["start"] <= end]
     alive = {k: v for k, v in pf["patient"].items() if not k.startswith("deceased")}
     pf["patient"] = dict(alive, **{"at discharge": {"deceasedDateTime": end},
-                                           "later": {"deceasedDateTime": _days_after(end, 40)},
+                                           "later": {"deceasedDateTime": _days_after(end, 1 / 24)},
                                            "no time": {"deceasedBoolean": True}}[death])
     hook = "encounter-discharge" if death == "at discharge" else "patient-view"
+    if hook == "patient-view":  # the chart opened two hours after the discharge (an hour after the death)
+        pf = as_if_recent(pf, row["encounter_id"])
     encounter = row["encounter_id"] if hook == "encounter-discharge" else None
     service = "readmission-risk" if hook == "encounter-discharge" else "readmission-risk-patient-view"
     (card,) = call(running, hook_request(row["patient_id"], encounter, pf, hook=hook), service=service
                    ).json()["cards"]
     assert card["indicator"] == "info"
     assert ("died in the stay" if death == "at discharge" else "death is recorded") in card["detail"]
+
+
+def test_a_chart_opened_shows_the_current_stay_only(running, chosen):
+    """patient-view: a stay that ended two hours ago is scored (a warning for a high-risk one, its follow-up from
+    now); the same record as it stands years later gets no card (a stay long over is no discharge to warn about),
+    and the audit record says why; a record with no inpatient stay is quiet too."""
+    high, _, res = chosen
+    row = high[5] if len(high) > 5 else high[2]
+    pf = prefetch_of(res[row["patient_id"]])
+    for k in ("deceasedDateTime", "deceasedBoolean"):
+        pf["patient"].pop(k, None)
+    end = next(e["resource"]["period"]["end"] for e in pf["encounters"]["entry"]
+               if e["resource"]["id"] == row["encounter_id"])
+    pf["encounters"]["entry"] = [e for e in pf["encounters"]["entry"] if e["resource"]["period"]["start"] <= end]
+    view = "readmission-risk-patient-view"
+    recent = call(running, hook_request(row["patient_id"], None, as_if_recent(pf, row["encounter_id"]),
+                                        hook="patient-view"), service=view).json()
+    assert [c["indicator"] for c in recent["cards"]] == ["warning"], recent
+    old = hook_request(row["patient_id"], None, pf, hook="patient-view")
+    assert call(running, old, service=view).json() == {"cards": []}
+    (rec,) = [r for r in running.service.audit.records(kind="cds-call") if r["hook_instance"] == old["hookInstance"]]
+    assert rec["score"] is None and rec["detail"]["note"].startswith("no current inpatient stay (the latest ended")
+    outpatient = copy.deepcopy(pf)
+    for e in outpatient["encounters"]["entry"]:
+        e["resource"]["class"]["code"] = "AMB"
+    none = hook_request(row["patient_id"], None, as_if_recent(outpatient, row["encounter_id"]), hook="patient-view")
+    assert call(running, none, service=view).json() == {"cards": []}
 
 
 def test_another_patients_data_is_not_used(running, chosen):
@@ -370,10 +401,15 @@ def test_spec_hook_contexts_are_accepted(running, example):
 
 
 def test_spec_request_example_is_accepted(running):
+    """The spec's example request is valid and is answered as the spec says: it prefetches only a `patientToGreet`
+    and names a FHIR server this client's token may not have read (not under its issuer: never fetched), so the
+    data the model needs cannot be had, which is the spec's 412; the answer and the audit record say which."""
     body = json.loads((SPEC / "hl7ig-index.02.hook-request.json").read_text())
     r = call(running, body, service="readmission-risk-patient-view")
-    assert r.status_code == 200, r.text  # its fhirServer is not under our client's iss: never fetched; it defers
-    jsonschema.validate(r.json(), RESPONSE)
+    assert r.status_code == 412 and r.json()["resourceType"] == "OperationOutcome", r.text
+    assert "prefetch patient, encounters" in r.text and "not one this client's token may read" in r.text
+    (rec,) = [x for x in running.service.audit.records() if x["hook_instance"] == body["hookInstance"]]
+    assert rec["kind"] == "cds-call" and "patient" in json.loads(rec["detail"]["missing_prefetch"])
 
 
 @pytest.mark.parametrize("case", ["none", "expired", "hs256", "wrong-aud", "unknown-iss", "garbage"])

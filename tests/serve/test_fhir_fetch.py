@@ -185,7 +185,7 @@ def test_an_access_token_for_another_patient_is_not_used(setup):
     body["fhirAuthorization"]["patient"] = "someone-else"
     fhir.reset_stats()
     r = _call(running, fhir, key, body)
-    assert r.status_code == 200 and "required data" in r.json()["cards"][0]["detail"]
+    assert r.status_code == 412 and "the access token is for another patient" in r.text, r.text
     assert not fhir.stats()["requests"]
     body = _without_prefetch(fhir, high)
     body["fhirAuthorization"]["patient"] = high["patient_id"]
@@ -226,10 +226,12 @@ def test_the_kill_switch_flipped_while_the_fhir_server_is_read_stops_that_call(s
 
 
 
-def test_a_key_neither_sent_nor_read_is_412_or_defers_and_is_named(setup):
+def test_a_key_neither_sent_nor_read_is_412_and_is_named(setup):
     """Scoring without a key the EHR did not send would understate the history (no conditions: a lower risk, no
-    card). Without FHIR access that is the spec's 412; when the FHIR server fails on it, the call defers and says
-    why; a key the EHR answered with an OperationOutcome is read from the server when access was granted."""
+    card). Without FHIR access that is the spec's 412, and so it is when the FHIR server cannot be read for it ("the
+    service SHALL respond with an HTTP 412" when it "cannot access the FHIR server and the request did not contain
+    the necessary prefetch keys"): the answer and the audit record say why; a key the EHR answered with an
+    OperationOutcome is read from the server when access was granted."""
     running, fhir, key, high, res = setup
     pf = {k: v for k, v in prefetch_of(res).items() if k != "conditions"}
     alone = hook_request(high["patient_id"], high["encounter_id"], pf)
@@ -243,10 +245,11 @@ def test_a_key_neither_sent_nor_read_is_412_or_defers_and_is_named(setup):
         r = _call(running, fhir, key, body)
     finally:
         fhir.clear_faults()
-    cards = r.json()["cards"]
-    assert [c["indicator"] for c in cards] == ["info"], _audited(running, body)
-    assert "could not be read whole from the EHR's FHIR server: conditions (HTTP 500)" in cards[0]["detail"]
-    assert json.loads(_audited(running, body)[0]["detail"]["missing_prefetch"]) == ["conditions"]
+    assert r.status_code == 412 and r.json()["resourceType"] == "OperationOutcome", r.text
+    assert "the EHR's FHIR server could not be read: conditions (HTTP 500)" in r.text
+    (rec,) = _audited(running, body)
+    assert json.loads(rec["detail"]["missing_prefetch"]) == ["conditions"] and rec["kind"] == "cds-call"
+    assert "conditions (HTTP 500)" in rec["detail"]["note"]
     body = _without_prefetch(fhir, high) | {"prefetch": pf}  # the server answers again: scored as from prefetch
     assert [c["indicator"] for c in _call(running, fhir, key, body).json()["cards"]] == ["warning"]
     outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}

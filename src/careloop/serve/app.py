@@ -177,6 +177,7 @@ class Decision:
     extra: dict = field(default_factory=dict)
     card_row: CardRow | None = None  # the card to remember
     refetch: list[str] | None = None  # not decided yet: these keys are first to be read from the FHIR server
+    precondition: str | None = None  # required data neither sent nor readable from the FHIR server: a 412, why
 
 
 class Service:
@@ -595,22 +596,26 @@ class Service:
             why = ("the prefetched Patient is another patient than the one in context" if pre.foreign
                    else "the prefetched Patient could not be read")
             return self.defer(ctx, why, digest=digest)
-        if any(k in pre.missing for k in REQUIRED_KEYS):
-            return self.defer(ctx, "required data (the patient and their encounters) is missing", digest=digest)
-        if absent:  # not sent, and not read: scoring without them would understate the history
+        if absent:  # not sent, and not read: CDS Hooks' 412 (scoring without them would understate the history)
             if fetched is not None:
                 failed = [f"{k} ({fetched.failed[k]})" if k in fetched.failed else k for k in absent]
-                why = f"could not be read whole from the EHR's FHIR server: {', '.join(failed)}"
+                why = f"prefetch {', '.join(absent)} missing, and the EHR's FHIR server could not be read: " \
+                      f"{', '.join(failed)}"
             else:
-                why = f"{', '.join(absent)} were not sent by the EHR, and its FHIR server could not be read"
-            return self.defer(ctx, f"{why} (the model does not score part of a record)", digest=digest,
-                              extra={"missing_prefetch": absent})
+                why = f"prefetch {', '.join(absent)} missing, and the FHIR server given is not one this client's " \
+                      "token may read (not under its issuer, or the access token is for another patient)"
+            return Decision([], patient, digest=digest, note=why, precondition=why,
+                            extra={"missing_prefetch": absent})
+        if any(k in pre.missing for k in REQUIRED_KEYS):
+            return self.defer(ctx, "required data (the patient and their encounters) is missing", digest=digest)
         feats = bedside_features(self.features, pre, patient, encounter, directory=self.locations, now=now)
         extra = {"foreign_resources": pre.foreign} if pre.foreign else {}
         if pre.batch.void:  # e.g. results withdrawn as entered-in-error: received, not read
             extra["void_resources"] = dict(sorted(pre.batch.void.items()))
         if pre.batch.unconverted:  # values in a unit with no conversion: received, not read (units are not quoted)
             extra["unconverted_values"] = sum(pre.batch.unconverted.values())
+        if feats.quiet:  # no current stay on the chart: no card, and the audit record says why
+            return Decision([], patient, digest=digest, note=feats.reason, extra=extra)
         if feats.row is None:
             return self.defer(ctx, feats.reason or "the stay cannot be scored", digest=digest, extra=extra)
         scope = self.out_of_scope(feats, at_discharge=encounter is not None)
@@ -1053,6 +1058,9 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
         log.error("a call could not be scored: %s", type(e).__name__)
         return await finish(_json({"cards": []}), "cds-call", "serious", req=req,
                             detail={"reason": f"internal error while scoring ({type(e).__name__})"})
+    if decision.precondition is not None:
+        return await finish(outcome(412, decision.precondition), "cds-call", "minor", req=req,
+                            detail=call_detail(decision, fetched))
     return await finish(_json({"cards": decision.cards}), "cds-call", "success", req=req, decision=decision,
                         detail=call_detail(decision, fetched))
 

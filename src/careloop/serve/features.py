@@ -652,6 +652,13 @@ def _decode_one(raw: bytes) -> Any:
         return Reject("malformed resource", "nested too deeply")
 
 
+CURRENT_STAY_H = 24  # patient-view: a stay ended this recently is still the one a chart opened now is about
+
+
+def _day(us: int) -> str:
+    return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)).date().isoformat()
+
+
 @dataclass
 class BedsideFeatures:
     row: dict[str, Any] | None  # the features of the stay ({column: value}), or None when it cannot be scored
@@ -665,6 +672,7 @@ class BedsideFeatures:
     deceased_no_time: bool = False  # the Patient says deceasedBoolean: true (a death without a time)
     index_us: int | None = None
     unit: str | None = None  # the stay's ward (its Encounter.location), for the unit's alert budget
+    quiet: bool = False  # nothing to score, and nothing to say either (a chart opened with no current stay)
 
 
 _EVALUATORS: dict[int, tuple[FeatureSet, StayFeatures]] = {}
@@ -720,16 +728,25 @@ def bedside_features(
     directory: pa.Table | Mapping[str, str] | None = None,
     now: dt.datetime | None = None,
 ) -> BedsideFeatures:
-    """The index stay's features at discharge: its end time if recorded, else `now` (the discharge is happening)."""
+    """The index stay's features at discharge: its end time if recorded, else `now` (the discharge is happening).
+    Without `encounter_id` (a chart opened: patient-view), the current inpatient stay: the latest one still open or
+    ended within `CURRENT_STAY_H` hours; a chart with none is quiet (a stay that ended years ago is no discharge
+    to warn about, and a card on every outpatient chart would be noise)."""
     enc = pre.batch.enc
     ids = enc["encounter_id"]
     if not ids:
         return BedsideFeatures(None, "no encounter for the patient in the prefetched data")
-    if encounter_id is None:  # patient-view: the latest inpatient stay
-        imp = [i for i, c in enumerate(enc["class"]) if c == "IMP"]
+    now_us = _micros(now or dt.datetime.now(dt.UTC))
+    if encounter_id is None:  # patient-view: the current inpatient stay
+        imp = [i for i, c in enumerate(enc["class"]) if c == "IMP" and enc["start"][i] is not None]
         if not imp:
-            return BedsideFeatures(None, "no inpatient stay to score")
-        j = max(imp, key=lambda i: enc["start"][i])
+            return BedsideFeatures(None, "no inpatient stay in the record", quiet=True)
+        since = now_us - CURRENT_STAY_H * 3_600_000_000
+        current = [i for i in imp if enc["end"][i] is None or enc["end"][i] >= since]
+        if not current:
+            last = max(enc["end"][i] for i in imp)
+            return BedsideFeatures(None, f"no current inpatient stay (the latest ended {_day(last)})", quiet=True)
+        j = max(current, key=lambda i: enc["start"][i])
     elif encounter_id in ids:
         j = ids.index(encounter_id)
     else:
@@ -740,7 +757,6 @@ def bedside_features(
     row = {k: enc[k][j] for k in _ENC_KEYS}
     if row["start"] is None:
         return BedsideFeatures(None, "the index stay has no admission time", encounter_class=row["class"])
-    now_us = _micros(now or dt.datetime.now(dt.UTC))
     index_us = row["end"] if row["end"] is not None and row["end"] <= now_us else now_us
     stay = Stay(row["encounter_id"], row["start"], index_us, row["end"], row["class"], row["priority"],
                 row["admit_source"], row["location_ref"], row["reason_code"])
