@@ -292,15 +292,28 @@ class Batch:
 
 
 def _codes(concept: M.CodeableConcept | None) -> list[str]:
-    """Prefixed codes of a CodeableConcept's codings whose system careloop knows."""
+    """Prefixed codes of a CodeableConcept's codings whose system careloop knows, in order, each once (a coding
+    repeated would give its event twice)."""
     if concept is None:
         return []
     out = []
     for c in concept.coding:
         prefix = SYSTEMS.get(c.system)
         if prefix and c.code:
-            out.append(f"{prefix}/{c.code}")
+            code = f"{prefix}/{c.code}"
+            if code not in out:
+                out.append(code)
     return out
+
+
+def _known_codes(concept: M.CodeableConcept | None, what: str) -> list[str]:
+    """Every known code of a required concept (`_codes`), each mapped to its own event: a feed codes one thing in
+    several systems or at several granularities (US Core pulse oximetry: LOINC 2708-6 and 59408-5; a drug: NDC and
+    RxNorm), and a feature may read any of them. Rejected when none is known."""
+    codes = _codes(concept)
+    if not codes:
+        _first_code(concept, what)  # raises, naming the systems sent
+    return codes
 
 
 def _first_code(concept: M.CodeableConcept | None, what: str) -> str:
@@ -445,9 +458,7 @@ def map_encounter(res: M.Encounter, rid: str, ctx: Context, b: Batch) -> None:
 
 def map_condition(res: M.Condition, rid: str, ctx: Context, b: Batch) -> None:
     pid = _subject(res.subject, ctx)
-    codes = _codes(res.code)
-    if not codes:
-        _first_code(res.code, "Condition.code")
+    codes = _known_codes(res.code, "Condition.code")
     # the time the fact became known, so features never see a back-dated onset early
     t = parse_time(res.recordedDate, "recordedDate")
     onset = parse_time(res.onsetDateTime, "onsetDateTime")
@@ -523,28 +534,24 @@ def observation_codes(res: M.Observation) -> list[str]:
 
 def map_observation(res: M.Observation, rid: str, ctx: Context, b: Batch) -> None:
     pid = _subject(res.subject, ctx)
-    code = _first_code(res.code, "Observation.code")
+    codes = _known_codes(res.code, "Observation.code")
     t = observation_time(res)
     if t is None:
         raise Reject("missing time", "Observation without effective[x] or issued")
     sid = b.subject(pid)
     enc = _encounter_id(res.encounter, ctx)
-    if res.component:
-        rows = []
-        for comp in res.component:  # every component is checked before any row is written
-            ccode = _first_code(comp.code, "Observation.component.code")
+    rows = []  # every value is read before any row is written, so a rejected resource leaves nothing behind
+    for comp in res.component:
+        for ccode in _known_codes(comp.code, "Observation.component.code"):
             rows.append((ccode, *_value(comp, ccode[6:] if ccode.startswith("LOINC/") else None, "component")))
-        for ccode, num, text, unit, orig, ounit in rows:
-            b.event(sid, t, ccode, num, text, unit, orig, ounit, enc, "Observation", rid)
-            if num is None and orig is not None:
-                b.unconverted[(ccode, unit)] += 1
-        if res.valueQuantity is None and res.valueCodeableConcept is None and res.valueInteger is None \
-                and res.valueString is None and res.valueBoolean is None:
-            return
-    num, text, unit, orig, ounit = _value(res, code[6:] if code.startswith("LOINC/") else None, "Observation")
-    b.event(sid, t, code, num, text, unit, orig, ounit, enc, "Observation", rid)
-    if num is None and orig is not None:
-        b.unconverted[(code, unit)] += 1
+    if not res.component or res.valueQuantity is not None or res.valueCodeableConcept is not None \
+            or res.valueInteger is not None or res.valueString is not None or res.valueBoolean is not None:
+        for code in codes:  # each code's value in that code's canonical unit
+            rows.append((code, *_value(res, code[6:] if code.startswith("LOINC/") else None, "Observation")))
+    for code, num, text, unit, orig, ounit in rows:
+        b.event(sid, t, code, num, text, unit, orig, ounit, enc, "Observation", rid)
+        if num is None and orig is not None:  # per event: a replaced copy's are taken back per event (units.py)
+            b.unconverted[(code, unit)] += 1
 
 
 def map_medication_request(res: M.MedicationRequest, rid: str, ctx: Context, b: Batch) -> None:
@@ -552,13 +559,14 @@ def map_medication_request(res: M.MedicationRequest, rid: str, ctx: Context, b: 
     if res.medicationCodeableConcept is None:
         raise Reject("unknown code system for a required field",
                      f"medicationReference {_ref(res.medicationReference)!r} is not inline")
-    code = _first_code(res.medicationCodeableConcept, "MedicationRequest.medicationCodeableConcept")
+    codes = _known_codes(res.medicationCodeableConcept, "MedicationRequest.medicationCodeableConcept")
     t = parse_time(res.authoredOn, "authoredOn")
     if t is None:
         raise Reject("missing time", "MedicationRequest without authoredOn")
     cat = _plain_code(res.category[0]) if res.category else None
-    b.event(b.subject(pid), t, code, None, cat, None, None, None, _encounter_id(res.encounter, ctx),
-            "MedicationRequest", rid)
+    sid, enc = b.subject(pid), _encounter_id(res.encounter, ctx)
+    for code in codes:
+        b.event(sid, t, code, None, cat, None, None, None, enc, "MedicationRequest", rid)
 
 
 def map_procedure(res: M.Procedure, rid: str, ctx: Context, b: Batch) -> None:
