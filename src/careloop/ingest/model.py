@@ -248,12 +248,25 @@ class Entry(Struct, gc=False, omit_defaults=True):
 
 
 class Bundle(Struct, gc=False, omit_defaults=True):
-    resourceType: str | None = None
-    type: str | None = None
+    """A Bundle's entries. Its `type` is not read: a file holding one resource is decoded with this first, and an
+    Encounter's, a Coverage's or a DocumentReference's own `type` (not a string) must not fail it."""
+
+    resourceType: object = None
     entry: list[Entry] = []
 
 
 bundle_decoder = msgspec.json.Decoder(Bundle)
+entry_decoder = msgspec.json.Decoder(Entry)
+
+
+class RawBundle(Struct, gc=False, omit_defaults=True):
+    """A Bundle whose entries are read one at a time (`entry_decoder`), when one of them is malformed: that entry
+    is quarantined, not the whole Bundle."""
+
+    entry: list[msgspec.Raw] = []
+
+
+raw_bundle_decoder = msgspec.json.Decoder(RawBundle)
 
 
 class Head(Struct, gc=False, omit_defaults=True):
@@ -265,3 +278,12 @@ class Head(Struct, gc=False, omit_defaults=True):
 
 
 head_decoder = msgspec.json.Decoder(Head)
+
+
+class EntryHead(Struct, gc=False, omit_defaults=True):
+    """The type and id of a malformed Bundle entry's resource, for its quarantine row."""
+
+    resource: Head | None = None
+
+
+entry_head_decoder = msgspec.json.Decoder(EntryHead)

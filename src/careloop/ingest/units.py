@@ -302,13 +302,23 @@ def _source_columns(sources: list[str | tuple[str, int]]) -> tuple[pa.Array, pa.
     return pa.array(sources, pa.string()), pa.nulls(len(sources), pa.int64())
 
 
-def _bundle_context(entries: list[M.Entry]) -> tuple[Context, list[M.Head | None]]:
+@dataclass
+class _BadEntry:
+    """A Bundle entry that is not a valid entry (`fullUrl` not a string, `request` not an object, ...)."""
+
+    raw: bytes
+    error: str
+    rtype: str | None = None
+    rid: str | None = None
+
+
+def _bundle_context(entries: list[M.Entry | _BadEntry]) -> tuple[Context, list[M.Head | None]]:
     """Where a Bundle's references point: fullUrls and identifiers of its own entries."""
     ctx = Context()
     heads: list[M.Head | None] = []
     for e in entries:
         head = None
-        if e.resource:
+        if isinstance(e, M.Entry) and e.resource:
             try:
                 head = M.head_decoder.decode(e.resource)
             except msgspec.DecodeError:
@@ -335,10 +345,14 @@ def _uuid_of(full_url: str | None) -> str | None:
     return None
 
 
-def _take_bundle(col: _Collector, bundle: M.Bundle, label: str) -> None:
-    ctx, heads = _bundle_context(bundle.entry)
-    for i, (e, head) in enumerate(zip(bundle.entry, heads, strict=True)):
+def _take_bundle(col: _Collector, entries: list[M.Entry | _BadEntry], label: str) -> None:
+    ctx, heads = _bundle_context(entries)
+    for i, (e, head) in enumerate(zip(entries, heads, strict=True)):
         src = f"{label}#entry[{i}]"
+        if isinstance(e, _BadEntry):
+            col.counts["input"][e.rtype or "unknown"] += 1
+            col.quarantine(src, e.rtype, e.rid, "invalid value", f"Bundle entry: {e.error}"[:200], e.raw)
+            continue
         rtype = head.resourceType if head is not None and isinstance(head.resourceType, str) else "unknown"
         if (e.request or {}).get("method") == "DELETE":
             col.counts["input"][rtype] += 1
@@ -357,6 +371,52 @@ def _take_bundle(col: _Collector, bundle: M.Bundle, label: str) -> None:
         col.take(bytes(e.resource), src, ctx, _uuid_of(e.fullUrl))
 
 
+_SINGLE = "single"  # `_entries`: not a Bundle, to be read as one resource
+_DONE = "done"  # `_entries`: quarantined whole
+
+
+def _entries(col: _Collector, data: bytes, label: str) -> list[M.Entry | _BadEntry] | str:
+    """A Bundle's entries, each malformed one kept to be quarantined on its own; `_SINGLE` when `data` is not a
+    Bundle (the caller reads it as one resource), `_DONE` when it was quarantined whole (not JSON; a Bundle whose
+    `entry` is not a list)."""
+    try:
+        bundle = M.bundle_decoder.decode(data)
+    except msgspec.ValidationError:  # a subclass of DecodeError, so caught first: the JSON itself is valid
+        bundle = None
+    except msgspec.DecodeError as exc:  # not JSON at all
+        col.counts["input"]["unknown"] += 1
+        col.quarantine(label, None, None, "unparseable JSON", str(exc)[:200], data)
+        return _DONE
+    if bundle is not None:
+        return bundle.entry if bundle.resourceType == "Bundle" else _SINGLE
+    try:
+        head = M.head_decoder.decode(data)
+    except msgspec.DecodeError:
+        return _SINGLE  # not an object: the resource decoder says so
+    if head.resourceType != "Bundle":
+        return _SINGLE
+    try:
+        raw = M.raw_bundle_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        col.counts["input"]["Bundle"] += 1
+        col.quarantine(label, "Bundle", None, "invalid value", str(exc)[:200], data)
+        return _DONE
+    entries: list[M.Entry | _BadEntry] = []
+    for item in raw.entry:
+        try:
+            entries.append(M.entry_decoder.decode(item))
+        except msgspec.DecodeError as exc:
+            bad = _BadEntry(bytes(item), str(exc))
+            try:
+                head = M.entry_head_decoder.decode(item).resource
+            except msgspec.DecodeError:
+                head = None
+            if head is not None and isinstance(head.resourceType, str):
+                bad.rtype, bad.rid = head.resourceType, head.id if isinstance(head.id, str) else None
+            entries.append(bad)
+    return entries
+
+
 def _read_bytes(path: str) -> bytes:
     data = Path(path).read_bytes()
     return gzip.decompress(data) if path.endswith(".gz") else data
@@ -369,18 +429,11 @@ def _bundle_file(col: _Collector, path: str) -> None:
         col.counts["input"]["unknown"] += 1
         col.quarantine(path, None, None, "unparseable JSON", f"cannot read: {exc}"[:200], f"<unreadable file {path}>")
         return
-    try:
-        bundle = M.bundle_decoder.decode(data)
-    except msgspec.DecodeError as exc:  # not JSON at all
-        col.counts["input"]["unknown"] += 1
-        col.quarantine(path, None, None, "unparseable JSON", str(exc)[:200], data)
-        return
-    except msgspec.ValidationError:
-        bundle = None
-    if bundle is None or bundle.resourceType != "Bundle":
-        col.take(data, path, Context())  # a file holding a single resource (or a malformed Bundle)
-        return
-    _take_bundle(col, bundle, path)
+    entries = _entries(col, data, path)
+    if isinstance(entries, list):
+        _take_bundle(col, entries, path)
+    elif entries == _SINGLE:
+        col.take(data, path, Context())  # a file holding one resource (an Encounter, a Coverage, ...)
 
 
 def void_text(why: str) -> str:
@@ -418,13 +471,9 @@ def _process_unit(unit: Unit, staging_root: str, t0: float) -> UnitResult:
         for path in unit.paths:
             _bundle_file(col, path)
     elif unit.kind == "page":
-        try:
-            bundle = M.bundle_decoder.decode(unit.data)
-        except msgspec.MsgspecError as exc:
-            col.counts["input"]["unknown"] += 1
-            col.quarantine(unit.label, None, None, "unparseable JSON", str(exc)[:200], unit.data)
-        else:
-            _take_bundle(col, bundle, unit.label)
+        entries = _entries(col, unit.data, unit.label)
+        if isinstance(entries, list):  # a page is a searchset Bundle (`rest.fetch_bundle` checks)
+            _take_bundle(col, entries, unit.label)
     for why, n in col.batch.void.items():  # loaded (they replace earlier versions) but mapped to no events
         col.reasons[void_text(why)] += n
     for (code, sent), n in col.batch.unconverted.items():  # loaded; the number kept as sent, never read
