@@ -166,7 +166,7 @@ def parse_time(value: str | None, field_name: str) -> int | None:
     return us
 
 
-def _parse_time(value: str, field_name: str) -> int:
+def _parse_time(value: str, field_name: str, in_range: bool = True) -> int:
     if not isinstance(value, str):
         raise Reject("impossible date", f"{field_name}={value!r}")
     try:
@@ -184,9 +184,55 @@ def _parse_time(value: str, field_name: str) -> int:
         us = (d - _EPOCH) // _MICROSECOND  # exact integer arithmetic, also before 1970
     except (ValueError, OverflowError) as exc:
         raise Reject("impossible date", f"{field_name}={value!r}") from exc
-    if not _MIN_TIME <= us < _MAX_TIME:
+    if in_range and not _MIN_TIME <= us < _MAX_TIME:
         raise Reject("impossible date", f"{field_name}={value!r} is out of range")
     return us
+
+
+def parse_end(value: str | None, field_name: str) -> int | None:
+    """The end of a Period (UTC microseconds). FHIR: an end of partial precision includes all of its day, month or
+    year, so "2023-05-01" ends at its last instant (2023-05-01T23:59:59.999999Z), not at its first, which would
+    cut a stay short or put a same-day end before its start."""
+    if value is None:
+        return None
+    us = parse_time(value, field_name)
+    n = len(value)
+    if n not in (4, 7, 10):
+        return us
+    y, m, d = _calendar(value)
+    if n == 4:
+        after = dt.datetime(y + 1, 1, 1, tzinfo=dt.UTC)
+    elif n == 7:
+        after = dt.datetime(y + m // 12, m % 12 + 1, 1, tzinfo=dt.UTC)
+    else:
+        after = dt.datetime(y, m, d, tzinfo=dt.UTC) + dt.timedelta(days=1)
+    return (after - _EPOCH) // _MICROSECOND - 1
+
+
+def _precision(value: str) -> int:
+    """1 year, 2 month, 3 day, 4 a time of day."""
+    return {4: 1, 7: 2, 10: 3}.get(len(value), 4)
+
+
+def _calendar(value: str) -> tuple[int, int, int]:
+    """(year, month, day) of a date or dateTime as written (a dateTime's own date in its own zone); a partial date's
+    missing parts are 1. `value` has been read by `parse_time`."""
+    n = len(value)
+    if n in (4, 7, 10):
+        return int(value[:4]), int(value[5:7]) if n > 4 else 1, int(value[8:10]) if n > 7 else 1
+    d = dt.datetime.fromisoformat(value)
+    return d.year, d.month, d.day
+
+
+def ends_before(end: str, end_us: int, start: str, start_us: int) -> bool:
+    """Is `end` certainly before `start` (both read by `parse_time`)? Two dateTimes are compared as instants; else
+    at the coarser precision of the two, each date as written: a death in "2023-05" is not before a birth on
+    2023-05-10, nor one at 2023-05-10T02:00+05:30 (a date has no zone), nor an end "2023-05-01" before a start at
+    10:00 that day."""
+    p = min(_precision(end), _precision(start))
+    if p == 4:
+        return end_us < start_us
+    return _calendar(end)[:p] < _calendar(start)[:p]
 
 
 def parse_date(value: str | None, field_name: str) -> int | None:
@@ -386,10 +432,13 @@ def _ref(ref: M.Reference | None) -> str | None:
 
 def map_patient(res: M.Patient, rid: str, ctx: Context, b: Batch) -> None:
     sid = b.subject(rid)
-    birth = parse_time(res.birthDate, "birthDate")
-    death = parse_time(res.deceasedDateTime, "deceasedDateTime")
+    born, died = res.birthDate, res.deceasedDateTime
+    birth = parse_time(born, "birthDate")
+    death = parse_time(died, "deceasedDateTime")
     if birth is not None and death is not None and death < birth:
-        raise Reject("impossible date", "deceasedDateTime before birthDate")
+        if ends_before(str(died), death, str(born), birth):
+            raise Reject("impossible date", "deceasedDateTime before birthDate")
+        death = birth  # the same day or month, written at another precision: no death before the birth
     race = eth = None
     for ext in res.extension:
         url = ext.url
@@ -427,11 +476,13 @@ def map_encounter(res: M.Encounter, rid: str, ctx: Context, b: Batch) -> None:
     sid = b.subject(pid)
     period = res.period or M.Period()
     start = parse_time(period.start, "period.start")
-    end = parse_time(period.end, "period.end")
+    end = parse_end(period.end, "period.end")
     if start is None:
         raise Reject("missing time", "Encounter without period.start")
     if end is not None and end < start:
-        raise Reject("impossible date", "period.end before period.start")
+        if ends_before(str(period.end), end, str(period.start), start):
+            raise Reject("impossible date", "period.end before period.start")
+        end = start  # an end of the start's day written as a date, in a zone where the start is already the next
     cls = (res.class_.code if res.class_ is not None else None) or "UNK"
     hosp = res.hospitalization or M.Hospitalization()
     dispo = hosp.dischargeDisposition
@@ -596,7 +647,7 @@ def map_document_reference(res: M.DocumentReference, rid: str, ctx: Context, b: 
     pid = _subject(res.subject, ctx)
     t = parse_time(res.date, "date")
     if t is None and res.context is not None and res.context.period is not None:
-        t = parse_time(res.context.period.end, "context.period.end")
+        t = parse_end(res.context.period.end, "context.period.end")  # a note is known once its period is over
     if t is None:
         raise Reject("missing time", "DocumentReference without date")
     codes = _codes(res.type)
@@ -612,7 +663,8 @@ def map_coverage(res: M.Coverage, rid: str, ctx: Context, b: Batch) -> None:
     pid = _subject(res.beneficiary, ctx, "beneficiary")
     period = res.period or M.Period()
     t = parse_time(period.start, "period.start")
-    parse_time(period.end, "period.end")
+    if period.end is not None:  # kept as text only: checked to be a date, but "9999-12-31" (open-ended) is fine
+        _parse_time(period.end, "period.end", in_range=False)
     codes = _codes(res.type)
     code = codes[0] if codes else f"PAYER/{_plain_code(res.type) or 'unknown'}"
     b.event(b.subject(pid), t, code, None, period.end, None, None, None, None, "Coverage", rid)
@@ -640,7 +692,7 @@ def map_allergy(res: M.AllergyIntolerance, rid: str, ctx: Context, b: Batch) -> 
 def map_directory(res: M.Organization | M.Location | M.Practitioner, rid: str, ctx: Context, b: Batch) -> None:
     if isinstance(res, M.Practitioner):
         hn = res.name[0] if res.name else M.HumanName()
-        name = " ".join([*hn.given, hn.family or ""]).strip() or None
+        name = " ".join([*(g for g in hn.given if g), hn.family or ""]).strip() or None
         part_of = None
         rtype = "Practitioner"
     elif isinstance(res, M.Organization):

@@ -64,7 +64,7 @@ class Communication(Struct, gc=False, omit_defaults=True):
 
 class HumanName(Struct, gc=False, omit_defaults=True):
     family: str | None = None
-    given: list[str] = []
+    given: list[str | None] = []  # null where only `_given` (an extension) says something about that name part
 
 
 class Meta(Struct, gc=False, omit_defaults=True):

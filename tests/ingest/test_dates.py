@@ -1,0 +1,112 @@
+"""Dates as FHIR defines them: an end of partial precision ("2023-05-01", "2023-05", "2023") includes all of its day,
+month or year, and two dates are compared at their own precision (a death in "2023-05" is not before a birth on
+2023-05-10). Also: an open-ended Coverage ("9999-12-31") and null placeholders in a repeating primitive."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import orjson
+import pytest
+
+from careloop.ingest.mapping import Batch, Context, Reject, decode, map_resource
+
+P = {"reference": "Patient/p1"}
+
+
+def _us(*args: int) -> int:
+    return (dt.datetime(*args, tzinfo=dt.UTC) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+
+
+def _map(res: dict) -> Batch:
+    b = Batch()
+    map_resource(decode(orjson.dumps(res)), Context(), b)
+    return b
+
+
+def _enc(start: str, end: str) -> dict:
+    return {"resourceType": "Encounter", "id": "e1", "status": "finished", "subject": P, "class": {"code": "EMER"},
+            "period": {"start": start, "end": end}}
+
+
+@pytest.mark.parametrize(("start", "end", "stored_end"), [
+    ("2023-05-01T10:00:00Z", "2023-05-01", _us(2023, 5, 1, 23, 59, 59, 999999)),  # same-day visit
+    ("2023-05-01T10:00:00Z", "2023-05-04", _us(2023, 5, 4, 23, 59, 59, 999999)),  # a stay of days
+    ("2023-05-01T10:00:00Z", "2023-05", _us(2023, 5, 31, 23, 59, 59, 999999)),
+    ("2023-12-01T10:00:00Z", "2023-12", _us(2023, 12, 31, 23, 59, 59, 999999)),
+    ("2024-02-10", "2024-02", _us(2024, 2, 29, 23, 59, 59, 999999)),  # leap year
+    ("2023-05-01T10:00:00Z", "2023", _us(2023, 12, 31, 23, 59, 59, 999999)),
+    ("2023-05-01T10:00:00Z", "2023-05-03T08:00:00+02:00", _us(2023, 5, 3, 6)),  # a dateTime is itself
+    # the start's own day in its zone, already the next day in UTC: the end is not before the start
+    ("2023-05-01T23:00:00-05:00", "2023-05-01", _us(2023, 5, 2, 4)),
+])
+def test_an_end_of_partial_precision_is_its_last_instant(start, end, stored_end):
+    b = _map(_enc(start, end))
+    assert b.enc["end"] == [stored_end]
+    assert b.ev[-1][1:3] == (stored_end, "ENCOUNTER_END/EMER")
+
+
+@pytest.mark.parametrize(("start", "end"), [
+    ("2023-05-02T10:00:00Z", "2023-05-01"),
+    ("2023-05-01T10:00:00Z", "2023-04"),
+    ("2023-05-01T10:00:00Z", "2023-05-01T09:59:59Z"),
+    ("2023-05-02", "2023-05-01T23:00:00Z"),
+])
+def test_an_end_before_its_start_at_its_precision_is_still_impossible(start, end):
+    with pytest.raises(Reject) as exc:
+        _map(_enc(start, end))
+    assert exc.value.reason == "impossible date"
+
+
+@pytest.mark.parametrize(("birth", "death", "stored"), [
+    ("2023-05-10", "2023-05", _us(2023, 5, 10)),  # same month, written at month precision
+    ("2023-05-10", "2023", _us(2023, 5, 10)),
+    ("2023-05-10", "2023-05-10T02:00:00+05:30", _us(2023, 5, 10)),  # the birth day, in the zone it was written in
+    ("2023-05-10", "2023-05-11", _us(2023, 5, 11)),
+    ("1950", "1950-03-01T10:00:00Z", _us(1950, 3, 1, 10)),
+])
+def test_a_death_at_the_births_precision_is_not_before_it(birth, death, stored):
+    b = _map({"resourceType": "Patient", "id": "p1", "birthDate": birth, "deceasedDateTime": death})
+    assert b.pat["deceased_time"] == [stored]
+    assert [e[1] for e in b.ev if e[2] == "MEDS_DEATH"] == [stored]
+
+
+@pytest.mark.parametrize(("birth", "death"), [("2023-05-10", "2023-04"), ("2023-05-10", "2023-05-09T23:00:00Z"),
+                                              ("2023", "2022-12-31")])
+def test_a_death_before_the_birth_is_impossible(birth, death):
+    with pytest.raises(Reject) as exc:
+        _map({"resourceType": "Patient", "id": "p1", "birthDate": birth, "deceasedDateTime": death})
+    assert exc.value.reason == "impossible date"
+
+
+def test_a_notes_period_end_of_a_day_is_the_end_of_that_day():
+    doc = {"resourceType": "DocumentReference", "id": "d1", "status": "current", "subject": P,
+           "context": {"period": {"start": "2023-05-01", "end": "2023-05-02"}}}
+    assert _map(doc).notes["time"] == [_us(2023, 5, 2, 23, 59, 59, 999999)]
+
+
+def _coverage(end: str) -> dict:
+    return {"resourceType": "Coverage", "id": "cv1", "status": "active", "beneficiary": P,
+            "type": {"coding": [{"system": "https://nahdo.org/sopt", "code": "1"}]},
+            "period": {"start": "2020-01-01", "end": end}}
+
+
+@pytest.mark.parametrize("end", ["9999-12-31", "9999-12-31T23:59:59Z", "2200-01-01", "2024-06-30"])
+def test_an_open_ended_coverage_loads_with_its_end_as_sent(end):
+    b = _map(_coverage(end))
+    assert [(e[1], e[2], e[4]) for e in b.ev] == [(_us(2020, 1, 1), "SOPT/1", end)]
+
+
+def test_a_coverage_end_that_is_not_a_date_is_still_refused():
+    with pytest.raises(Reject) as exc:
+        _map(_coverage("2020-02-30"))
+    assert exc.value.reason == "impossible date"
+
+
+def test_null_placeholders_in_given_names_load():
+    dr = {"resourceType": "Practitioner", "id": "dr1", "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi",
+                                                                       "value": "1234567893"}],
+          "name": [{"family": "Smith", "given": ["Ann", None, "B"],
+                    "_given": [None, {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/"
+                                                            "iso21090-EN-qualifier", "valueCode": "IN"}]}, None]}]}
+    assert _map(dr).dir["name"] == ["Ann B Smith"]
