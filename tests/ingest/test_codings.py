@@ -151,3 +151,20 @@ def test_the_bedside_reads_spo2_and_rxnorm_from_resources_coded_twice():
     assert pre.rejected == []
     assert (row["spo2_last"], row["spo2_min"]) == (95.0, 91.0)
     assert row["medications_in_stay"] == 2.0  # RxNorm 197361 and 308136
+
+
+@pytest.mark.parametrize(("oid", "code", "prefix"), [
+    ("2.16.840.1.113883.6.1", "2951-2", "LOINC"), ("2.16.840.1.113883.6.96", "271649006", "SNOMED"),
+])
+def test_a_system_written_as_its_oid_maps_as_that_system(oid, code, prefix):
+    b = _map(_obs([(f"urn:oid:{oid}", code)], 140, "mmol/L"))
+    assert [(e[2], e[3]) for e in b.ev] == [(f"{prefix}/{code}", 140.0)]
+
+
+def test_condition_and_medication_systems_written_as_oids():
+    cond = {"resourceType": "Condition", "id": "c1", "subject": P, "recordedDate": "2022-01-01",
+            "code": {"coding": [{"system": "urn:oid:2.16.840.1.113883.6.90", "code": "I50.9"},
+                                {"system": "urn:oid:2.16.840.1.113883.6.96", "code": "84114007"}]}}
+    assert [e[2] for e in _map(cond).ev] == ["ICD10CM/I50.9", "SNOMED/84114007"]
+    mr = _mr([("urn:oid:2.16.840.1.113883.6.88", "197361")])
+    assert [e[2] for e in _map(mr).ev] == ["RXNORM/197361"]

@@ -1,6 +1,6 @@
 """Input files as other systems write them: one resource per .json file (an Encounter's, a Coverage's or a
 DocumentReference's own `type` is not a Bundle's), a Bundle with one malformed entry (only that entry is
-quarantined)."""
+quarantined), a UTF-8 byte order mark at the start of a file."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import duckdb
 import orjson
+import pytest
 
 from careloop.ingest.runner import ingest
 from careloop.store import EventStore
@@ -83,3 +84,20 @@ def test_a_bundle_whose_entry_is_not_a_list_is_quarantined_not_skipped(tmp_path)
     assert report["reconciled"] and report["quarantined"] == 2 and report["loaded"] == 0
     assert sorted(con.execute("SELECT reason FROM quarantine").fetchall()) == [("invalid value",),
                                                                                 ("unparseable JSON",)]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_byte_order_mark_at_the_start_of_a_file_is_not_part_of_its_first_resource(tmp_path, gz):
+    import gzip
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    text = b"\xef\xbb\xbf" + b"".join(orjson.dumps(r) + b"\n" for r in (PATIENT, ENCOUNTER))
+    name = "Patient.ndjson.gz" if gz else "Patient.ndjson"
+    (folder / name).write_bytes(gzip.compress(text) if gz else text)
+    (folder / "coverage.json").write_bytes(b"\xef\xbb\xbf" + orjson.dumps(COVERAGE))
+    report, con = _run(folder, tmp_path)
+    assert report["reconciled"] and report["quarantined"] == 0 and report["loaded"] == 3
+    assert con.execute("SELECT patient_id FROM patients").fetchall() == [("p1",)]
+    where = con.execute("SELECT source, line FROM resources WHERE resource_key = 'Encounter/e1'").fetchall()
+    assert where == [(name, 2)]

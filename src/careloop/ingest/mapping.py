@@ -33,6 +33,17 @@ SYSTEMS = {
     "http://unitsofmeasure.org": "UCUM",
     "https://nahdo.org/sopt": "SOPT",
 }
+# The same systems named by their HL7 OIDs, as CDA-derived and older feeds write them.
+SYSTEMS |= {
+    "urn:oid:2.16.840.1.113883.6.1": "LOINC",
+    "urn:oid:2.16.840.1.113883.6.96": "SNOMED",
+    "urn:oid:2.16.840.1.113883.6.90": "ICD10CM",
+    "urn:oid:2.16.840.1.113883.6.88": "RXNORM",
+    "urn:oid:2.16.840.1.113883.6.69": "NDC",
+    "urn:oid:2.16.840.1.113883.12.292": "CVX",
+    "urn:oid:2.16.840.1.113883.6.12": "CPT",
+    "urn:oid:2.16.840.1.113883.6.8": "UCUM",
+}
 
 # Resource types not mapped to events, each with the declared rule that skips it.
 SKIP_RULES = {

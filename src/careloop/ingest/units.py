@@ -419,7 +419,7 @@ def _entries(col: _Collector, data: bytes, label: str) -> list[M.Entry | _BadEnt
 
 def _read_bytes(path: str) -> bytes:
     data = Path(path).read_bytes()
-    return gzip.decompress(data) if path.endswith(".gz") else data
+    return (gzip.decompress(data) if path.endswith(".gz") else data).removeprefix(_BOM)
 
 
 def _bundle_file(col: _Collector, path: str) -> None:
@@ -503,8 +503,21 @@ def _inflater():
         return zlib.decompressobj(47)
 
 
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, which some Windows tools write at the start of a file
+
+
 def ndjson_lines(path: Path) -> Iterator[bytes]:
-    """Decompressed content in blocks that end on a line boundary (multi-member gzip allowed)."""
+    """Decompressed content in blocks that end on a line boundary (multi-member gzip allowed), without a byte
+    order mark at the start (it would make the first line unparseable)."""
+    first = True
+    for block in _ndjson_blocks(path):
+        if first:
+            first = False
+            block = block.removeprefix(_BOM)
+        yield block
+
+
+def _ndjson_blocks(path: Path) -> Iterator[bytes]:
     gz = path.name.endswith(".gz")
     with open(path, "rb") as f:
         d = _inflater() if gz else None
