@@ -154,3 +154,30 @@ def test_a_component_reported_as_a_bound_says_so():
     cols = b.event_columns()
     got = dict(zip(cols["code"], zip(cols["numeric_value"], cols["text_value"], strict=True), strict=True))
     assert got == {"LOINC/8480-6": (250.0, ">250"), "LOINC/8462-4": (90.0, None)}
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    ({"valueDateTime": "2023-01-01T08:30:00+01:00"}, "2023-01-01T08:30:00+01:00"),
+    ({"valueTime": "10:00:00"}, "10:00:00"),
+    ({"valueRange": {"low": {"value": 1, "unit": "mg/dL"}, "high": {"value": 2.5, "unit": "mg/dL"}}}, "1-2.5 mg/dL"),
+    ({"valueRange": {"low": {"value": 1, "unit": "g/L"}, "high": {"value": 2, "unit": "mg/dL"}}}, "1 g/L-2 mg/dL"),
+    ({"valueRange": {"low": {"value": 10}}}, ">=10"),
+    ({"valueRange": {"high": {"value": 0.5, "unit": "%"}}}, "<=0.5 %"),
+    ({"valueRatio": {"numerator": {"value": 1}, "denominator": {"value": 64}}}, "1/64"),
+    ({"valueRatio": {"numerator": {"value": 5, "unit": "mg"}, "denominator": {"value": 1, "unit": "mL"}}},
+     "5 mg/1 mL"),
+    ({"valuePeriod": {"start": "2023-01-01", "end": "2023-01-02"}}, "2023-01-01/2023-01-02"),
+    ({"valuePeriod": {"start": "2023-01-01"}}, "2023-01-01/"),
+    ({"valueSampledData": {"origin": {"value": 0, "unit": "mV"}, "period": 10, "dimensions": 1, "data": "1 2 E"}},
+     "SampledData origin 0 mV, period 10 ms, factor 1, dimensions 1: 1 2 E"),
+])
+def test_a_value_of_a_kind_not_read_as_a_number_is_kept_as_text(value, text):
+    res = _obs("8867-4", 0, None)
+    del res["valueQuantity"]
+    _, ev = _event(res | value)
+    assert (ev["numeric_value"], ev["text_value"], ev["original_value"]) == (None, text, None)
+    comp = _obs("85354-9", 0, None)
+    del comp["valueQuantity"]
+    comp["component"] = [{"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]}} | value]
+    _, cev = _event(comp)
+    assert (cev["code"], cev["text_value"]) == ("LOINC/8480-6", text)

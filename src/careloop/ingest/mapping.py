@@ -572,7 +572,44 @@ def _value(res: M.Observation | M.Component, loinc: str | None, what: str
         return None, res.valueString, None, None, None
     if res.valueBoolean is not None:
         return float(res.valueBoolean), None, None, None, None
-    return None, None, None, None, None
+    return None, _value_text(res), None, None, None
+
+
+def _num(q: M.Quantity | None) -> str:
+    """A Quantity as text: its comparator, value and unit as sent ("" when absent)."""
+    if q is None or q.value is None:
+        return ""
+    unit = q.unit or q.code
+    return f"{q.comparator or ''}{q.value:.15g}" + (f" {unit}" if unit else "")
+
+
+def _value_text(res: M.Observation | M.Component) -> str | None:
+    """The value[x] kinds careloop does not read as numbers, kept readable in `text_value` rather than loaded as
+    no value at all: a dateTime or time as sent, a range "1-2 mg/dL" (">=1", "<=2" when open), a ratio "1/64",
+    a period "start/end" (ISO 8601 interval), sampled data with its origin, period, factor and samples as sent."""
+    if res.valueDateTime is not None:
+        return res.valueDateTime
+    if res.valueTime is not None:
+        return res.valueTime
+    r = res.valueRange
+    if r is not None:
+        low, high = _num(r.low), _num(r.high)
+        lq, hq = r.low or M.Quantity(), r.high or M.Quantity()
+        if low and high and (lq.unit, lq.code) == (hq.unit, hq.code):  # the unit once: "1-2 mg/dL"
+            low = f"{lq.value:.15g}"
+        return f"{low}-{high}" if low and high else f">={low}" if low else f"<={high}" if high else None
+    q = res.valueRatio
+    if q is not None:
+        return f"{_num(q.numerator)}/{_num(q.denominator)}" if q.numerator or q.denominator else None
+    p = res.valuePeriod
+    if p is not None:
+        return f"{p.start or ''}/{p.end or ''}" if p.start or p.end else None
+    sd = res.valueSampledData
+    if sd is not None:
+        return (f"SampledData origin {_num(sd.origin) or '?'}, period {sd.period:.15g} ms, factor "
+                f"{sd.factor if sd.factor is not None else 1:.15g}, dimensions {sd.dimensions}: {sd.data or ''}"
+                if sd.period is not None else None)
+    return None
 
 
 def observation_time(res: M.Observation) -> int | None:
@@ -607,7 +644,8 @@ def map_observation(res: M.Observation, rid: str, ctx: Context, b: Batch) -> Non
         for ccode in _known_codes(comp.code, "Observation.component.code"):
             rows.append((ccode, *_value(comp, ccode[6:] if ccode.startswith("LOINC/") else None, "component")))
     if not res.component or res.valueQuantity is not None or res.valueCodeableConcept is not None \
-            or res.valueInteger is not None or res.valueString is not None or res.valueBoolean is not None:
+            or res.valueInteger is not None or res.valueString is not None or res.valueBoolean is not None \
+            or _value_text(res) is not None:
         for code in codes:  # each code's value in that code's canonical unit
             rows.append((code, *_value(res, code[6:] if code.startswith("LOINC/") else None, "Observation")))
     for code, num, text, unit, orig, ounit in rows:

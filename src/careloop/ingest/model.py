@@ -124,6 +124,24 @@ class Condition(_R, tag="Condition"):
     recordedDate: str | None = None
 
 
+class Range(Struct, gc=False, omit_defaults=True):
+    low: Quantity | None = None
+    high: Quantity | None = None
+
+
+class Ratio(Struct, gc=False, omit_defaults=True):
+    numerator: Quantity | None = None
+    denominator: Quantity | None = None
+
+
+class SampledData(Struct, gc=False, omit_defaults=True):
+    origin: Quantity | None = None
+    period: float | None = None
+    factor: float | None = None
+    dimensions: int | None = None
+    data: str | None = None
+
+
 class Component(Struct, gc=False, omit_defaults=True):
     code: CodeableConcept | None = None
     valueQuantity: Quantity | None = None
@@ -131,6 +149,13 @@ class Component(Struct, gc=False, omit_defaults=True):
     valueInteger: int | None = None
     valueString: str | None = None
     valueBoolean: bool | None = None
+    # read as text only (`mapping._value_text`): no feature reads them as numbers
+    valueRange: Range | None = None
+    valueRatio: Ratio | None = None
+    valuePeriod: Period | None = None
+    valueDateTime: str | None = None
+    valueTime: str | None = None
+    valueSampledData: SampledData | None = None
 
 
 class Observation(_R, tag="Observation"):
@@ -146,6 +171,12 @@ class Observation(_R, tag="Observation"):
     valueInteger: int | None = None
     valueString: str | None = None
     valueBoolean: bool | None = None
+    valueRange: Range | None = None
+    valueRatio: Ratio | None = None
+    valuePeriod: Period | None = None
+    valueDateTime: str | None = None
+    valueTime: str | None = None
+    valueSampledData: SampledData | None = None
     component: list[Component] = []
 
 
