@@ -221,6 +221,10 @@ def _print_ingest_report(report) -> None:
         for k, v in d["reasons"].items():
             r.add_row(k, f"{v:,}")
         out_console.print(r)
+    if d["skipped_files"]:
+        out_console.print(f"files not read (not named .ndjson, .jsonl or .json): {len(d['skipped_files'])}: "
+                          + ", ".join(d["skipped_files"][:10]) + (" ..." if len(d["skipped_files"]) > 10 else ""),
+                          highlight=False)
     rate = f"{d['resources_per_second']:,} resources/s" if d["resources_per_second"] else ""
     out_console.print(f"reconciled: {d['reconciled']}   units: {d['units']} new, {d['units_already_done']} already "
                       f"ingested   {d['seconds']:.1f} s {rate}")

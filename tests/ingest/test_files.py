@@ -101,3 +101,25 @@ def test_a_byte_order_mark_at_the_start_of_a_file_is_not_part_of_its_first_resou
     assert con.execute("SELECT patient_id FROM patients").fetchall() == [("p1",)]
     where = con.execute("SELECT source, line FROM resources WHERE resource_key = 'Encounter/e1'").fetchall()
     assert where == [(name, 2)]
+
+
+def test_jsonl_files_are_read_and_files_of_other_names_are_listed_as_not_read(tmp_path, caplog):
+    import gzip
+    import logging
+
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "Encounter.jsonl").write_bytes(orjson.dumps(ENCOUNTER) + b"\n")
+    (folder / "sub" / "Coverage.jsonl.gz").write_bytes(gzip.compress(orjson.dumps(COVERAGE) + b"\n"))
+    (folder / "Patient").write_bytes(orjson.dumps(PATIENT) + b"\n")  # no extension: not read, but said so
+    (folder / "notes.txt").write_text("hello")
+    (folder / "manifest.json").write_bytes(b"{}")  # a Bulk export's manifest, not input
+    (folder / "log.ndjson").write_bytes(b"{}\n")  # its server log
+    with caplog.at_level(logging.WARNING, logger="careloop.ingest.runner"):
+        report, _ = _run(folder, tmp_path)
+    assert report["reconciled"] and report["loaded"] == 2
+    assert set(report["by_type"]) == {"Encounter", "Coverage"}
+    assert report["skipped_files"] == [str(folder / "Patient"), str(folder / "notes.txt")]
+    assert sum("Patient" in r.getMessage() for r in caplog.records) == 1
+    one = ingest([folder / "Encounter.jsonl"], tmp_path / "store2", workers=1).to_json()  # a file named alone
+    assert one["loaded"] == 1 and one["quarantined"] == 0 and one["skipped_files"] == []

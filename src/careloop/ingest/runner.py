@@ -14,6 +14,7 @@ Commit protocol (what makes a run idempotent and safe to kill at any point):
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -40,6 +41,8 @@ from careloop.ingest.units import (
 from careloop.ingest.versions import newest, version_of
 from careloop.store import TABLE_DIRS, EventStore
 
+log = logging.getLogger(__name__)
+
 
 class IngestError(CareloopError):
     """A source cannot be read at all (as opposed to a bad resource, which is quarantined)."""
@@ -56,6 +59,7 @@ class IngestReport:
     units: int = 0
     units_already_done: int = 0
     seconds: float = 0.0
+    skipped_files: list[str] = field(default_factory=list)  # files under a source that are not input (`_files`)
 
     def total(self, what: str) -> int:
         return sum(v[what] for v in self.by_type.values())
@@ -72,6 +76,7 @@ class IngestReport:
             "reconciled": self.reconciled,
             "by_type": dict(sorted(self.by_type.items())), "reasons": dict(sorted(self.reasons.items())),
             "units": self.units, "units_already_done": self.units_already_done,
+            "skipped_files": self.skipped_files,
             "seconds": round(self.seconds, 3),
             "resources_per_second": round(self.total("input") / self.seconds) if self.seconds else None,
         }
@@ -94,25 +99,36 @@ def _is_url(source: object) -> bool:
     return isinstance(source, str) and source.startswith(("http://", "https://"))
 
 
-def _files(source: Path) -> tuple[list[Path], list[Path]]:
-    """(NDJSON files, Bundle/resource JSON files) under a path."""
+NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
+JSON_SUFFIXES = (".json", ".json.gz")
+
+
+def _files(source: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """(NDJSON files, Bundle/resource JSON files, files skipped) under a path. A file named as neither (`Patient`
+    with no extension, `notes.txt`) is skipped and listed, so that the report says what was not read; a Bulk
+    export's manifest and server log are not input."""
     if source.is_file():
         name = source.name
-        return ([source], []) if ".ndjson" in name else ([], [source])
+        if name.endswith(NDJSON_SUFFIXES):
+            return [source], [], []
+        return [], [source], []  # named by the user: read as JSON (quarantined, with the reason, if it is not)
     if not source.is_dir():
         raise IngestError(f"source {source} does not exist")
-    nd, js = [], []
+    nd, js, skipped = [], [], []
     for p in sorted(source.rglob("*")):
         if not p.is_file():
             continue
         name = p.name
-        if name.endswith((".ndjson", ".ndjson.gz")):
-            if name.startswith("log.") or name == "log.ndjson.gz":
+        if name.endswith(NDJSON_SUFFIXES):
+            if name.startswith("log."):
                 continue  # a Bulk export's server log, not resources
             nd.append(p)
-        elif name.endswith((".json", ".json.gz")) and name != "manifest.json":
-            js.append(p)
-    return nd, js
+        elif name.endswith(JSON_SUFFIXES):
+            if name != "manifest.json":
+                js.append(p)
+        else:
+            skipped.append(p)
+    return nd, js, skipped
 
 
 class _Plan:
@@ -146,7 +162,10 @@ def _units(sources: Iterable[object], plan: _Plan, rest_options: dict) -> Iterat
                 uid = "page-" + hashlib.sha256(page.body).hexdigest()[:32]
                 yield Unit(uid, "page", page.label, page.body)
             continue
-        nd, js = _files(Path(source))
+        nd, js, skipped = _files(Path(source))
+        for path in skipped:
+            log.warning("skipping %s: not named .ndjson, .jsonl or .json (optionally .gz)", path)
+            plan.report.skipped_files.append(str(path))
         for path in nd:
             digest = file_digest(path)
             key = f"file-{digest[:32]}"
