@@ -129,7 +129,7 @@ def test_a_superseded_copy_takes_back_the_values_not_read_of_every_code(tmp_path
                     ("o2", "LOINC/2160-0", None), ("o2", "LOINC/38483-4", None)]
 
 
-def test_the_bedside_reads_spo2_and_rxnorm_from_resources_coded_twice():
+def test_the_bedside_reads_spo2_and_rxnorm_from_resources_coded_twice_or_contained():
     from careloop.features.spec import load_feature_set
     from careloop.serve.features import bedside_features, collect
 
@@ -140,7 +140,9 @@ def test_the_bedside_reads_spo2_and_rxnorm_from_resources_coded_twice():
     spo2 = [_obs([(LOINC, "2708-6"), (LOINC, "59408-5")], v, "%", id=f"ox{i}", effectiveDateTime=t)
             for i, (v, t) in enumerate([(91, "2023-05-03T10:00:00Z"), (95, "2023-05-04T10:00:00Z")])]
     meds = [_mr([(NDC, "0093-0058-01"), (RXNORM, "197361")]), _mr([(RXNORM, "197361"), (NDC, "x")], "m2"),
-            _mr([(NDC, "0093-1111-01"), (RXNORM, "308136")], "m3")]
+            _mr([(NDC, "0093-1111-01"), (RXNORM, "308136")], "m3"),
+            _by_reference("#m", [MED | {"id": "m", "code": {"coding": [{"system": RXNORM, "code": "314076"}]}}])
+            | {"id": "m4"}]
 
     def bundle(rs: list[dict]) -> dict:
         return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in rs]}
@@ -150,7 +152,7 @@ def test_the_bedside_reads_spo2_and_rxnorm_from_resources_coded_twice():
     row = bedside_features(fs, pre, "p1", "e1", now=dt.datetime(2023, 5, 6, tzinfo=dt.UTC)).row
     assert pre.rejected == []
     assert (row["spo2_last"], row["spo2_min"]) == (95.0, 91.0)
-    assert row["medications_in_stay"] == 2.0  # RxNorm 197361 and 308136
+    assert row["medications_in_stay"] == 3.0  # RxNorm 197361, 308136 and (contained) 314076
 
 
 @pytest.mark.parametrize(("oid", "code", "prefix"), [
@@ -168,3 +170,35 @@ def test_condition_and_medication_systems_written_as_oids():
     assert [e[2] for e in _map(cond).ev] == ["ICD10CM/I50.9", "SNOMED/84114007"]
     mr = _mr([("urn:oid:2.16.840.1.113883.6.88", "197361")])
     assert [e[2] for e in _map(mr).ev] == ["RXNORM/197361"]
+
+
+def _by_reference(ref: str, contained: list[dict]) -> dict:
+    res = _mr([]) | {"medicationReference": {"reference": ref, "display": "amlodipine 5 mg"}, "contained": contained}
+    del res["medicationCodeableConcept"]
+    return res
+
+
+MED = {"resourceType": "Medication", "id": "med1",
+       "code": {"coding": [{"system": NDC, "code": "0093-0058-01", "display": "amlodipine"},
+                           {"system": RXNORM, "code": "197361"}]}}
+
+
+def test_a_medication_reference_to_a_contained_medication_reads_its_codes():
+    other = {"resourceType": "Organization", "id": "med0", "code": "not a concept"}  # any other contained resource
+    b = _map(_by_reference("#med1", [other, MED]))
+    assert [e[2] for e in b.ev] == ["NDC/0093-0058-01", "RXNORM/197361"]
+
+
+@pytest.mark.parametrize(("ref", "contained", "reason"), [
+    ("Medication/med1", [], "unresolvable reference"),  # a Medication elsewhere: not read, at ingest nor bedside
+    ("#med2", [MED], "unresolvable reference"),
+    ("#med1", [{"resourceType": "Substance", "id": "med1"}], "unresolvable reference"),
+    ("#med1", [{"resourceType": "Medication", "id": "med1"}], "unknown code system for a required field"),
+    ("#med1", [{"resourceType": "Medication", "id": "med1", "code": "197361"}], "invalid value"),
+    ("#med1", [MED | {"code": {"coding": [{"system": "http://example.org/formulary", "code": "A1"}]}}],
+     "unknown code system for a required field"),
+])
+def test_a_medication_reference_that_does_not_resolve_says_why(ref, contained, reason):
+    with pytest.raises(Reject) as exc:
+        _map(_by_reference(ref, contained))
+    assert exc.value.reason == reason

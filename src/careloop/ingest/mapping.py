@@ -654,12 +654,32 @@ def map_observation(res: M.Observation, rid: str, ctx: Context, b: Batch) -> Non
             b.unconverted[(code, unit)] += 1
 
 
+def contained_medication(res: M.MedicationRequest) -> M.CodeableConcept:
+    """The code of the Medication a medicationReference names among the request's own contained resources ("#id"),
+    or Reject "unresolvable reference": a Medication elsewhere (Medication/id) is not read, at ingest nor at the
+    bedside, so that both read the same."""
+    ref = _ref(res.medicationReference)
+    if ref is None:
+        raise Reject("unknown code system for a required field", "MedicationRequest without medication[x]")
+    if ref.startswith("#"):
+        for c in res.contained:
+            if c.resourceType == "Medication" and c.id == ref[1:]:
+                if c.code is None:
+                    raise Reject("unknown code system for a required field", f"contained Medication {ref} has no code")
+                try:
+                    return msgspec.convert(c.code, M.CodeableConcept)
+                except msgspec.ValidationError as exc:
+                    raise Reject("invalid value", f"contained Medication {ref}.code: {exc}"[:200]) from None
+    raise Reject("unresolvable reference", f"medicationReference {ref!r} names no contained Medication"[:200])
+
+
 def map_medication_request(res: M.MedicationRequest, rid: str, ctx: Context, b: Batch) -> None:
     pid = _subject(res.subject, ctx)
-    if res.medicationCodeableConcept is None:
-        raise Reject("unknown code system for a required field",
-                     f"medicationReference {_ref(res.medicationReference)!r} is not inline")
-    codes = _known_codes(res.medicationCodeableConcept, "MedicationRequest.medicationCodeableConcept")
+    concept = res.medicationCodeableConcept
+    what = "MedicationRequest.medicationCodeableConcept"
+    if concept is None:
+        concept, what = contained_medication(res), "MedicationRequest.contained Medication.code"
+    codes = _known_codes(concept, what)
     t = parse_time(res.authoredOn, "authoredOn")
     if t is None:
         raise Reject("missing time", "MedicationRequest without authoredOn")

@@ -180,7 +180,17 @@ class Observation(_R, tag="Observation"):
     component: list[Component] = []
 
 
+class Contained(Struct, gc=False, omit_defaults=True):
+    """A contained resource, loosely typed (it may be of any type): only a Medication's code is read from it,
+    through `mapping.contained_medication`."""
+
+    resourceType: object = None
+    id: object = None
+    code: object = None
+
+
 class MedicationRequest(_R, tag="MedicationRequest"):
+    contained: list[Contained] = []
     status: str | None = None
     subject: Reference | None = None
     encounter: Reference | None = None
