@@ -202,3 +202,12 @@ def test_a_medication_reference_that_does_not_resolve_says_why(ref, contained, r
     with pytest.raises(Reject) as exc:
         _map(_by_reference(ref, contained))
     assert exc.value.reason == reason
+
+
+def test_each_prefix_has_one_canonical_system_url():
+    """The bedside writes its prefetch searches with the URL of each prefix (`SYSTEMS` inverted): an OID must not
+    replace http://loinc.org there."""
+    from careloop.ingest.mapping import SYSTEMS
+
+    assert len(set(SYSTEMS.values())) == len(SYSTEMS)
+    assert not [url for url in SYSTEMS if url.startswith("urn:")]

@@ -33,8 +33,9 @@ SYSTEMS = {
     "http://unitsofmeasure.org": "UCUM",
     "https://nahdo.org/sopt": "SOPT",
 }
-# The same systems named by their HL7 OIDs, as CDA-derived and older feeds write them.
-SYSTEMS |= {
+# The same systems named by their HL7 OIDs, as CDA-derived and older feeds write them. Kept apart from SYSTEMS,
+# which names each system by its one canonical URL (the bedside's prefetch searches are written with it).
+SYSTEM_OIDS = {
     "urn:oid:2.16.840.1.113883.6.1": "LOINC",
     "urn:oid:2.16.840.1.113883.6.96": "SNOMED",
     "urn:oid:2.16.840.1.113883.6.90": "ICD10CM",
@@ -44,6 +45,7 @@ SYSTEMS |= {
     "urn:oid:2.16.840.1.113883.6.12": "CPT",
     "urn:oid:2.16.840.1.113883.6.8": "UCUM",
 }
+_PREFIX_OF = SYSTEMS | SYSTEM_OIDS  # coding.system -> prefix, as codes are read
 
 # Resource types not mapped to events, each with the declared rule that skips it.
 SKIP_RULES = {
@@ -355,7 +357,7 @@ def _codes(concept: M.CodeableConcept | None) -> list[str]:
         return []
     out = []
     for c in concept.coding:
-        prefix = SYSTEMS.get(c.system)
+        prefix = _PREFIX_OF.get(c.system)
         if prefix and c.code:
             code = f"{prefix}/{c.code}"
             if code not in out:
@@ -376,7 +378,7 @@ def _known_codes(concept: M.CodeableConcept | None, what: str) -> list[str]:
 def _first_code(concept: M.CodeableConcept | None, what: str) -> str:
     if concept is not None:
         for c in concept.coding:
-            prefix = SYSTEMS.get(c.system)
+            prefix = _PREFIX_OF.get(c.system)
             if prefix and c.code:
                 return f"{prefix}/{c.code}"
     systems = [c.system for c in concept.coding] if concept else []
