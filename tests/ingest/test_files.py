@@ -74,7 +74,7 @@ def test_a_malformed_bundle_entry_is_quarantined_alone(tmp_path):
     assert events.fetchall() == [("o0", 140.0), ("o2", 142.0)]
 
 
-def test_a_bundle_whose_entry_is_not_a_list_is_quarantined_not_skipped(tmp_path):
+def test_a_bundle_whose_entry_is_not_a_list_is_quarantined_as_an_invalid_value(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "b.json").write_bytes(orjson.dumps({"resourceType": "Bundle", "type": "collection",
