@@ -199,6 +199,22 @@ def test_tampering_is_detected_at_the_first_bad_record(full_log, db_url, how):
     assert res.reason and str(expected) in res.reason
 
 
+@pytest.mark.parametrize("seq", [0, -1, -7])
+def test_a_record_inserted_before_the_first_is_detected(full_log, seq):
+    """INSERT is what the service's role may do: a well-formed record slipped in below seq 1 (hashes computed, a
+    feedback on a patient) would otherwise escape the walk, which starts at 1, and still show in the audit report."""
+    assert full_log.verify().ok
+    text = canonical_json(make_events(1, T0)[0])
+    with full_log.store.transaction(write=True) as conn:
+        conn.execution_options(no_parameters=True).exec_driver_sql(
+            "INSERT INTO careloop_audit (seq, recorded, kind, outcome, client, patient, event, prev_hash, entry_hash) "
+            f"VALUES ({seq}, '2025-03-01 08:00:00', 'feedback', 'success', 'x', 'victim', {_q(text)}, "
+            f"'{GENESIS}', '{entry_hash(GENESIS, seq, text)}')")
+    assert any(r["seq"] == seq for r in full_log.records())  # the report would show it
+    res = full_log.verify()
+    assert not res.ok and res.first_bad == seq and "before the chain's first record" in res.reason
+
+
 def test_triggers_refuse_update_delete_through_the_app_connection(full_log, db_url):
     store = full_log.store
     for sql in (
@@ -245,6 +261,11 @@ def test_grant_app_role_leaves_select_and_insert_only(full_log, db_url):
             assert conn.exec_driver_sql("SELECT count(*) FROM careloop_audit").scalar_one() == N
         with pytest.raises(StateError, match="permission denied"), app.transaction(write=True) as conn:
             conn.exec_driver_sql("DELETE FROM careloop_audit WHERE seq = 1")
+        # the service runs as that role: it opens the log, appends to it, and the chain verifies (opening once
+        # re-created the trigger function, which only the owner may do)
+        as_app = AuditLog(app)
+        assert as_app.append(EVENTS[0])["seq"] == N + 1
+        assert as_app.verify().ok and as_app.verify().checked == N + 1
     finally:
         app.close()
 
@@ -374,6 +395,7 @@ def test_purge_refuses_young_records_and_keeps_the_chain(log, db_url):
     old = make_events(100, now - timedelta(days=400))
     young = make_events(50, now - timedelta(days=30))
     log.append_many(old + young)
+    hundredth = log.records()[99]["entry_hash"]
     with pytest.raises(ConfigError, match="183"):
         log.purge(now - timedelta(days=365), minimum_days=90, now=now)
     with pytest.raises(AuditError, match="refusing"):
@@ -384,7 +406,8 @@ def test_purge_refuses_young_records_and_keeps_the_chain(log, db_url):
     assert res.ok and res.checked == 51  # 50 young + the purge's own admin-change event
     recs = log.records()
     assert recs[0]["seq"] == 101 and recs[-1]["kind"] == "admin-change"
-    assert recs[-1]["detail"] == {"action": "audit-purge", "count": "100", "upto_seq": "100", "by": "retention"}
+    assert recs[-1]["detail"] == {"action": "audit-purge", "count": "100", "upto_seq": "100", "by": "retention",
+                                  "anchor_hash": hundredth}
     log.append(EVENTS[0])
     assert log.verify().ok and log.head()["seq"] == 152
     with pytest.raises(StateError, match="append-only"), log.store.transaction(write=True) as conn:
@@ -414,6 +437,33 @@ def test_a_forged_anchor_with_a_real_hash_cannot_free_recent_records(log, db_url
         with pytest.raises(StateError, match=r"183 days|append-only"), log.store.transaction(write=True) as conn:
             conn.exec_driver_sql(f"DELETE FROM careloop_audit WHERE {victims}")
     assert [r["seq"] for r in log.records()] == list(range(1, 11))
+
+
+def test_an_anchor_no_purge_made_cannot_hide_a_deletion(log, db_url):
+    """Through the app's own connection, triggers in place: an anchor inserted over records old enough to purge lets
+    the database delete them, but no audit-purge record in the chain names that anchor, so verify says so. A real
+    purge's anchor is named by its record (written in the same transaction), and a later forged one is not."""
+    now = datetime.now(UTC)
+    log.append_many(make_events(10, now - timedelta(days=400)) + make_events(5, now - timedelta(days=1)))
+    fourth = log.records()[3]["entry_hash"]
+    with log.store.transaction(write=True) as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO careloop_audit_anchor (upto_seq, entry_hash, last_recorded, purged_at, minimum_days, "
+            f"purged_by) VALUES (4, '{fourth}', '2024-01-01 00:00:00', '2025-01-01 00:00:00', 183, 'x')")
+        assert conn.exec_driver_sql("DELETE FROM careloop_audit WHERE seq <= 4").rowcount == 4
+    res = log.verify()
+    assert not res.ok and res.first_bad == 4 and "not made by a purge" in res.reason
+
+
+def test_a_purge_is_recorded_with_its_anchor_in_the_chain(log):
+    now = datetime.now(UTC)
+    log.append_many(make_events(10, now - timedelta(days=400)) + make_events(5, now - timedelta(days=1)))
+    tenth = log.records()[9]["entry_hash"]
+    assert log.purge(now - timedelta(days=200)) == 10
+    assert log.verify().ok
+    rec = log.records()[-1]
+    assert rec["seq"] == 16 and rec["detail"] == {"action": "audit-purge", "upto_seq": "10", "count": "10",
+                                                  "by": "retention", "anchor_hash": tenth}
 
 
 def test_purge_never_removes_the_head(log):

@@ -236,6 +236,8 @@ def test_missing_or_failed_prefetch_defers(running, chosen, mutate, reason, pick
     assert reason in card["detail"]
     (rec,) = [r for r in running.service.audit.records(kind="cds-call") if r["hook_instance"] == body["hookInstance"]]
     assert rec["score"] is None and reason in rec["deferral_reason"]
+    if "other than a FHIR" in reason:  # the audit names the keys set apart
+        assert any(k in rec["detail"]["malformed_prefetch"] for k in ("conditions", "medications"))
 
 
 def test_no_prefetch_and_no_fhir_access_is_412(running, chosen):

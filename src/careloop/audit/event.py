@@ -56,12 +56,12 @@ TREATMENT_KINDS = ("cds-call", "feedback", "timeout")  # purposeOfEvent TREAT
 # as "repeat suppressed", an admin's id in "by", the card uuid of a feedback); any other key keeps only numbers and
 # booleans. Every string is scanned for tokens first.
 TEXT_DETAIL_KEYS = frozenset({
-    "accepted_suggestions", "action", "alg", "aud", "band", "by", "card", "code", "count", "deadline_ms",
-    "deferral_policy", "elapsed_ms", "enabled", "error", "feature_set", "field", "format", "hook", "http_status",
-    "iss", "jku", "kid", "method", "missing_prefetch", "model", "model_key", "new", "note", "old", "outcome",
-    "override_reason", "override_system", "partial_prefetch", "prefetch", "reason", "route", "rows", "setting", "stage",
-    "status",
-    "tenant", "threshold", "threshold_version", "upto_seq", "value", "version", "void_resources", "widened_prefetch",
+    "accepted_suggestions", "action", "alg", "anchor_hash", "aud", "band", "by", "card", "code", "count",
+    "deadline_ms", "deferral_policy", "elapsed_ms", "enabled", "error", "feature_set", "field", "format", "hook",
+    "http_status", "iss", "jku", "kid", "malformed_prefetch", "method", "missing_prefetch", "model", "model_key",
+    "new", "note", "old", "outcome", "override_reason", "override_system", "partial_prefetch", "prefetch", "reason",
+    "route", "rows", "setting", "stage", "status", "tenant", "threshold", "threshold_version", "upto_seq", "value",
+    "version", "void_resources", "widened_prefetch",
 })
 MAX_DETAIL_TEXT = 512
 

@@ -51,6 +51,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from careloop.audit.event import FIELDS, AuditContentError, audit_event, find_secret, summarize
 from careloop.errors import CareloopError, ConfigError
@@ -139,6 +140,7 @@ BEGIN
 END
 $$
 """.replace("MIN_RETENTION_DAYS", str(MIN_RETENTION_DAYS))  # the same minimum as SQLite's trigger and purge()
+_PG_FUNCTION_BODY = _PG_FUNCTION.split("$$")[1].strip()  # as pg_proc.prosrc keeps it (compared at each opening)
 
 
 def entry_hash(prev_hash: str, seq: int, canonical: str) -> str:
@@ -292,6 +294,22 @@ def missing_log(url: str) -> str | None:
     return None
 
 
+def _purge_recorded(conn: Connection, anchor: Any) -> bool:
+    """Does a record after the anchor (in the chain the walk checks) say a purge made it: an admin-change event
+    `audit-purge` naming its seq and, since purges record it, its hash?"""
+    rows = conn.execute(select(audit_table.c.event).where(
+        audit_table.c.seq > anchor["upto_seq"], audit_table.c.kind == "admin-change")).scalars()
+    for event in rows:
+        try:
+            detail = summarize(json.loads(event))["detail"]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue  # a malformed record: the walk names it
+        if detail.get("action") == "audit-purge" and detail.get("upto_seq") == str(anchor["upto_seq"]) \
+                and detail.get("anchor_hash", anchor["entry_hash"]) == anchor["entry_hash"]:
+            return True
+    return False
+
+
 class AuditLog:
     """The audit log in a :class:`~careloop.state.StateStore`'s database (tables created if absent).
 
@@ -341,7 +359,18 @@ class AuditLog:
             for ddl in _SQLITE_TRIGGERS:
                 conn.exec_driver_sql(ddl)
             return
-        conn.execution_options(no_parameters=True).exec_driver_sql(_PG_FUNCTION)  # its '%' are not placeholders
+        # made (or brought up to date) only when it differs: CREATE OR REPLACE needs the owner's rights, and the
+        # service's own role (SELECT and INSERT only, checklist A-04) or an auditor's read-only one must still open it
+        body = conn.execute(text(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'careloop_audit_append_only' "
+            "AND pronamespace = current_schema()::regnamespace")).scalar_one_or_none()
+        if body is None or body.strip() != _PG_FUNCTION_BODY:
+            try:
+                with conn.begin_nested():
+                    conn.execution_options(no_parameters=True).exec_driver_sql(_PG_FUNCTION)  # '%' not placeholders
+            except DBAPIError as exc:
+                raise AuditError("the audit log's append-only trigger function is missing or out of date, and this "
+                                 "database role may not create it: open the log once as the tables' owner") from exc
         existing = set(conn.execute(text(
             "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = ANY(ARRAY["
             + ", ".join(f"to_regclass('{t}')" for t in APPEND_ONLY_TABLES) + "])"
@@ -493,6 +522,9 @@ class AuditLog:
                                         f"purged records younger than {MIN_RETENTION_DAYS} days")
             if anchors:
                 start_seq, start_prev = anchors[-1]["upto_seq"] + 1, anchors[-1]["entry_hash"]
+                if start_seq > 1 and not _purge_recorded(conn, anchors[-1]):  # (one at 0 covers nothing)
+                    return VerifyResult(False, 0, start_seq - 1, f"the retention anchor at record {start_seq - 1} "
+                                        "was not made by a purge: no audit-purge record in the chain names it")
                 if expect is not None and 0 < expect[0] < start_seq:
                     seen = expect[2]
                     if seen is None or seen > now_utc() - timedelta(days=MIN_RETENTION_DAYS):
@@ -502,11 +534,13 @@ class AuditLog:
                     if expect[0] == start_seq - 1 and expect[1] != start_prev:
                         return VerifyResult(False, 0, expect[0], f"record {expect[0]}, the head an earlier "
                                             "verification saw, is not the record the retention anchor holds")
-                left = conn.execute(select(func.min(audit_table.c.seq)).where(
-                    audit_table.c.seq < start_seq)).scalar_one_or_none()
-                if left is not None:  # a purge deletes what it anchors: this anchor was not made by one
-                    return VerifyResult(False, 0, left, f"record {left} is still there below the retention anchor at "
-                                        f"record {start_seq - 1}: the anchor was not made by a purge")
+            left = conn.execute(select(func.min(audit_table.c.seq)).where(
+                audit_table.c.seq < start_seq)).scalar_one_or_none()
+            if left is not None:  # nothing may lie before where the walk starts, or it escapes it (and not a report)
+                return VerifyResult(False, 0, left, (
+                    f"record {left} is still there below the retention anchor at record {start_seq - 1}: the anchor "
+                    "was not made by a purge") if anchors else (
+                    f"record {left} lies before the chain's first record (seq 1): inserted"))
             if expect is not None and expect[:2] != (0, GENESIS) and expect[0] >= start_seq:
                 # (the empty log's head always holds; one a purge removed was checked above)
                 seq, hash_ = expect[:2]
@@ -724,6 +758,11 @@ class AuditLog:
                 "purged_by": by,
             }])
             deleted = conn.execute(audit_table.delete().where(a.seq <= upto)).rowcount
-        self.append(audit_event(kind="admin-change", outcome="success", user=None, client=None,
-                                detail={"action": "audit-purge", "upto_seq": upto, "count": deleted, "by": by}))
+            # in the same transaction: the chain itself names the anchor (its seq and hash), so an anchor without
+            # its record (one inserted to let old records be deleted unseen) fails verify, and a purge is never
+            # left unrecorded
+            self.append_prepared(conn, self.prepare([audit_event(
+                kind="admin-change", outcome="success", user=None, client=None,
+                detail={"action": "audit-purge", "upto_seq": upto, "count": deleted, "by": by,
+                        "anchor_hash": last["entry_hash"]})]))
         return deleted
