@@ -46,6 +46,14 @@ def some_records(hospital, n: int) -> dict[str, dict[str, list[dict]]]:
     return {pid: res[pid] for pid in ids}
 
 
+@pytest.fixture(scope="module")
+def a_record(hospital) -> tuple[str, dict]:
+    """One patient with at least two conditions and two encounters, and their resources by prefetch key (read
+    once: reading the hospital's files takes seconds)."""
+    return next((p, g) for p, g in some_records(hospital, 40).items()
+                if len(g.get("conditions", [])) >= 2 and len(g.get("encounters", [])) >= 2)
+
+
 def test_one_pass_equals_resource_by_resource(hospital_store, hospital, monkeypatch):
     import pyarrow.compute as pc
 
@@ -107,8 +115,8 @@ def test_a_value_the_fast_decoder_refuses_is_read_resource_by_resource(hospital)
     (None, "missing"),
     ({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing"}]}, "outcomes"),
 ])
-def test_null_and_operation_outcome_values(hospital, value, what):
-    pid, groups = next(iter(some_records(hospital, 1).items()))
+def test_null_and_operation_outcome_values(a_record, value, what):
+    pid, groups = a_record
     pf = prefetch_of(groups)
     pf["procedures"] = value
     fast, slow = collect(as_received(pid, "e", pf), pid), collect(pf, pid)
@@ -185,11 +193,10 @@ def _rewrite_patient_refs(pf: dict, pid: str, to: str) -> dict:
 
 
 @pytest.mark.parametrize("form", ["Patient/{}/_history/4", "https://ehr.example.org/fhir/Patient/{}"])
-def test_a_reference_to_the_patient_in_any_form_ingest_reads_is_the_patients(hospital, form):
+def test_a_reference_to_the_patient_in_any_form_ingest_reads_is_the_patients(a_record, form):
     """A versioned or absolute reference names the patient at the bedside as it does at ingest (`resolve`): the
     same resources are used and the features are the same."""
-    pid, groups = next((p, g) for p, g in some_records(hospital, 40).items()
-                       if len(g.get("conditions", [])) >= 2 and len(g.get("encounters", [])) >= 2)
+    pid, groups = a_record
     pf = prefetch_of(groups)
     enc = groups["encounters"][-1]["id"]
     written = _rewrite_patient_refs(pf, pid, form)
@@ -202,9 +209,8 @@ def test_a_reference_to_the_patient_in_any_form_ingest_reads_is_the_patients(hos
 
 
 @pytest.mark.parametrize("form", ["Group/{}", "Patient/", "Patient/{}-other"])
-def test_a_reference_that_does_not_name_the_patient_is_not_used(hospital, form):
-    pid, groups = next((p, g) for p, g in some_records(hospital, 40).items()
-                       if len(g.get("conditions", [])) >= 2 and len(g.get("encounters", [])) >= 2)
+def test_a_reference_that_does_not_name_the_patient_is_not_used(a_record, form):
+    pid, groups = a_record
     written = _rewrite_patient_refs(prefetch_of(groups), pid, form)
     got = collect(as_received(pid, groups["encounters"][-1]["id"], written), pid)
     assert [t for (t, _), _ in got.used] == ["Patient"]
@@ -213,9 +219,9 @@ def test_a_reference_that_does_not_name_the_patient_is_not_used(hospital, form):
 
 @pytest.mark.parametrize("value", ["garbage", 42, [], {}, {"foo": "bar"}, {"resourceType": 7},
                                    {"resourceType": "Bundle", "entry": "x"}])
-def test_a_value_that_is_no_resource_or_bundle_is_malformed_not_empty(hospital, value):
+def test_a_value_that_is_no_resource_or_bundle_is_malformed_not_empty(a_record, value):
     """Read as "nothing", it would lower the risk of a patient whose record says otherwise: it is set apart."""
-    pid, groups = next(iter(some_records(hospital, 1).items()))
+    pid, groups = a_record
     pf = prefetch_of(groups)
     pf["conditions"] = value
     fast, slow = collect(as_received(pid, "e", pf), pid), collect(pf, pid)
@@ -226,10 +232,10 @@ def test_a_value_that_is_no_resource_or_bundle_is_malformed_not_empty(hospital, 
 
 @pytest.mark.parametrize("severity, failed", [("fatal", True), ("error", True), ("warning", False),
                                               ("information", False)])
-def test_an_operation_outcome_inside_a_bundle_fails_the_search_only_when_it_says_so(hospital, severity, failed):
+def test_an_operation_outcome_inside_a_bundle_fails_the_search_only_when_it_says_so(a_record, severity, failed):
     """CDS Hooks: the client SHOULD report prefetch errors with OperationOutcomes, and the service check for them. An
     error or fatal issue means the search failed (its entries may be partial); a warning is only a warning."""
-    pid, groups = next((p, g) for p, g in some_records(hospital, 40).items() if len(g.get("conditions", [])) >= 2)
+    pid, groups = a_record
     pf = prefetch_of(groups)
     pf["conditions"]["entry"].append({"resource": {"resourceType": "OperationOutcome",
                                                    "issue": [{"severity": severity, "code": "processing"}]},
