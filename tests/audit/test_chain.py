@@ -500,3 +500,12 @@ def test_the_head_is_signed_once_however_many_processes_close(db_url):
         assert first["seq"] == second["seq"] == 4 and log.checkpoint_count() == 1
     finally:
         log.close()
+
+
+def test_a_seq_that_is_not_a_number_is_a_bad_record_not_a_crash(full_log, db_url):
+    if full_log.store.dialect != "sqlite":
+        return  # PostgreSQL's bigint column takes no text
+    with tampering(db_url) as conn:
+        conn.exec_driver_sql(f"UPDATE careloop_audit SET seq = 'x{N}' WHERE seq = {N}")  # text sorts last
+    res = full_log.verify()
+    assert not res.ok and res.first_bad == N and "not an integer" in res.reason

@@ -137,3 +137,38 @@ def test_parse_bound_reads_dates_and_zoned_or_unzoned_times_as_utc():
     assert parse_bound("2026-11-01T10:00:00+02:00", "--since") == datetime(2026, 11, 1, 8, tzinfo=UTC)
     assert parse_bound("2026-11-01T10:00:00", "--since") == datetime(2026, 11, 1, 10, tzinfo=UTC)
     assert parse_bound("2026-11-01T10:00:00Z", "--since") == datetime(2026, 11, 1, 10, tzinfo=UTC)
+
+
+def test_check_export_finds_entries_removed_from_a_whole_export_and_refuses_a_malformed_file(url, tmp_path):
+    """An export of the whole log says how many records it holds and the head the log had: an entry removed from
+    the middle or the end is found; a filtered export (gaps expected) still checks; a malformed file is one clear
+    line, not a traceback."""
+    import json as _json
+
+    whole, part = tmp_path / "whole.json", tmp_path / "part.json"
+    assert run("export", "--state", url, "--out", str(whole)).exit_code == 0
+    assert run("check-export", str(whole)).exit_code == 0
+    doc = _json.loads(whole.read_text())
+    assert len(doc["entry"]) >= 4
+    for cut, why in ((lambda e: e[:2] + e[3:], "removed"), (lambda e: e[:-1], "removed")):
+        bad = dict(doc, entry=cut(doc["entry"]))
+        whole.write_text(_json.dumps(bad))
+        res = run("check-export", str(whole))
+        assert res.exit_code == 1 and why in res.output, res.output
+    # the count fixed up too: the gap (middle) or the head (tail) still tells
+    for cut, why in ((lambda e: e[:2] + e[3:], "missing from an export of the whole log"),
+                     (lambda e: e[:-1], "its tail was cut")):
+        bad = _json.loads(_json.dumps(doc))
+        bad["entry"] = cut(bad["entry"])
+        for ext in bad["meta"]["extension"][0]["extension"]:
+            if ext["url"] == "count":
+                ext["valueInteger"] = len(bad["entry"])
+        whole.write_text(_json.dumps(bad))
+        res = run("check-export", str(whole))
+        assert res.exit_code == 1 and why in res.output, res.output
+    assert run("export", "--state", url, "--kind", "cds-call", "--out", str(part)).exit_code == 0
+    assert run("check-export", str(part)).exit_code == 0
+    for malformed in ({"resourceType": "Bundle", "entry": [1]}, {"resourceType": "Bundle", "entry": "x"}, [1, 2]):
+        part.write_text(_json.dumps(malformed))
+        res = run("check-export", str(part))
+        assert res.exit_code in (1, 2) and len(res.output.strip().splitlines()) == 1, res.output

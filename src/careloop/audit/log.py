@@ -220,6 +220,8 @@ def _walk(
     try:
         for r in rows:
             seq = r["seq"]
+            if not isinstance(seq, int):  # a value of another type written into the column (SQLite allows it)
+                raise _Bad(expected, f"record {expected}: a record's seq is not an integer ({str(seq)[:20]!r})")
             if seq != expected:
                 if seq > expected:
                     raise _Bad(expected, f"record {expected} is missing (deleted): the next record is {seq}")
@@ -292,6 +294,41 @@ def missing_log(url: str) -> str | None:
     finally:
         engine.dispose()
     return None
+
+
+def _chain_values(meta: Any) -> dict | None:
+    """The audit-chain extension's values ({url: value}) in a `meta`, or None when it has none."""
+    chain = next((e for e in meta.get("extension") or [] if e.get("url") == CHAIN_EXTENSION), None)
+    if chain is None:
+        return None
+    return {e.get("url"): e.get("valueInteger", e.get("valueString", e.get("valueBoolean")))
+            for e in chain.get("extension", [])}
+
+
+def _export_complete(bundle: dict, rows: list[dict]) -> VerifyResult:
+    """What the export says of itself (`export_bundle`) against the records it holds, sorted by seq. An export made
+    before these were written says nothing, and only its records are checked."""
+    try:
+        about = _chain_values(bundle.get("meta") or {})
+    except (AttributeError, TypeError):
+        return VerifyResult(False, 0, None, "the Bundle's meta is malformed")
+    if about is None:
+        return VerifyResult(True, len(rows))
+    count = about.get("count")
+    if count != len(rows):
+        return VerifyResult(False, len(rows), None, f"the export held {count} records and {len(rows)} are left: "
+                            "entries were removed (or added)")
+    if about.get("filtered") is False:
+        for n in range(1, len(rows)):
+            if rows[n]["seq"] != rows[n - 1]["seq"] + 1:
+                return VerifyResult(False, n, rows[n - 1]["seq"] + 1, f"record {rows[n - 1]['seq'] + 1} is missing "
+                                    "from an export of the whole log: removed")
+        head_seq, head_hash = about.get("headSeq"), about.get("headHash")
+        last = (rows[-1]["seq"], rows[-1]["entry_hash"]) if rows else None
+        if head_seq and last != (head_seq, head_hash):
+            return VerifyResult(False, len(rows), head_seq, f"the export ends at record {last[0] if last else 0}, "
+                                f"not at record {head_seq}, the log's head when it was made: its tail was cut")
+    return VerifyResult(True, len(rows))
 
 
 def _purge_recorded(conn: Connection, anchor: Any) -> bool:
@@ -649,9 +686,16 @@ class AuditLog:
     ) -> dict:
         """A FHIR Bundle (type collection) of the selected AuditEvents. Each resource gets ``id`` audit-<seq> and
         a ``meta.extension`` carrying seq, prevHash and entryHash, so that :meth:`verify_bundle` can re-check
-        every record (and the links between consecutive ones) away from the database."""
+        every record (and the links between consecutive ones) away from the database. The Bundle's own
+        ``meta.extension`` says how many records it holds, whether a filter selected them, and the log's head when
+        it was made: an unfiltered export must run without a gap up to that head, so an entry removed from it (or
+        its tail cut) is found too. (A file can still be rewritten whole: keep the head outside, as for `verify`.)"""
+        head = self.head()
+        filtered = any(x is not None for x in (start, end, patient, kind, client))
         entries = []
         for r in self.records(start, end, patient, sort, kind=kind, client=client):
+            if r["seq"] > head["seq"]:
+                continue  # appended while the export was made: the next one has it
             resource = {
                 "resourceType": "AuditEvent",
                 "id": f"audit-{r['seq']}",
@@ -672,6 +716,12 @@ class AuditLog:
         return {
             "resourceType": "Bundle",
             "id": str(uuidlib.uuid4()),
+            "meta": {"extension": [{"url": CHAIN_EXTENSION, "extension": [
+                {"url": "count", "valueInteger": len(entries)},
+                {"url": "filtered", "valueBoolean": filtered},
+                {"url": "headSeq", "valueInteger": head["seq"]},
+                {"url": "headHash", "valueString": head["hash"]},
+            ]}]},
             "type": "collection",
             "timestamp": iso_z(now_utc()),
             "entry": entries,
@@ -680,16 +730,24 @@ class AuditLog:
     @staticmethod
     def verify_bundle(bundle: dict) -> VerifyResult:
         """Re-check an exported Bundle: every record against its entryHash, and prevHash links between records
-        with consecutive seqs (a filtered export has gaps, which are not errors)."""
+        with consecutive seqs (a filtered export has gaps, which are not errors); the count of records the export
+        says it holds; and for an unfiltered export, no gap up to the head the log had when it was made."""
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            return VerifyResult(False, 0, None, "not a FHIR Bundle")
+        entries = bundle.get("entry") or []
+        if not isinstance(entries, list):
+            return VerifyResult(False, 0, None, "the Bundle's entry is not a list")
         rows = []
-        for i, entry in enumerate(bundle.get("entry") or []):
-            resource = dict(entry.get("resource") or {})
-            meta = resource.pop("meta", None) or {}
-            resource.pop("id", None)
-            chain = next((e for e in meta.get("extension") or [] if e.get("url") == CHAIN_EXTENSION), None)
-            if chain is None:
+        for i, entry in enumerate(entries):
+            try:
+                resource = dict(entry.get("resource") or {})
+                meta = resource.pop("meta", None) or {}
+                resource.pop("id", None)
+                values = _chain_values(meta)
+            except (AttributeError, TypeError, ValueError):
+                return VerifyResult(False, 0, None, f"entry {i} is malformed (not an AuditEvent as exported)")
+            if values is None:
                 return VerifyResult(False, 0, None, f"entry {i} carries no audit-chain extension")
-            values = {e.get("url"): e.get("valueInteger", e.get("valueString")) for e in chain.get("extension", [])}
             rows.append({"seq": values.get("seq"), "prev_hash": values.get("prevHash"),
                          "entry_hash": values.get("entryHash"), "event": canonical_json(resource)})
         rows.sort(key=lambda r: r["seq"] if isinstance(r["seq"], int) else -1)
@@ -704,7 +762,7 @@ class AuditLog:
             if last is not None and last["seq"] == r["seq"] - 1 and last["entry_hash"] != r["prev_hash"]:
                 return VerifyResult(False, n, r["seq"], f"record {r['seq']} does not chain to record {last['seq']}")
             last = r
-        return VerifyResult(True, len(rows))
+        return _export_complete(bundle, rows)
 
     # ------------------------------------------------------------------ retention
     def purge(
