@@ -98,7 +98,7 @@ def test_a_bad_signing_key_file_stops_the_service_at_start_with_its_line(tmp_pat
 
     rsa_pem, jwk = make_rsa_key()
     (tmp_path / "rsa.pem").write_bytes(rsa_pem)
-    cfg = write_config(tmp_path, state="sqlite://", jwks={"keys": [jwk]}, port=1)
+    cfg = write_config(tmp_path, state=f"sqlite:///{tmp_path / 's.db'}", jwks={"keys": [jwk]}, port=1)
     for key_file, message in (("missing.pem", "cannot read"), ("rsa.pem", "not an Ed25519 key")):
         doc = yaml.safe_load(cfg.read_text()) | {"audit": {"signing_key_file": key_file}}
         cfg.write_text(yaml.safe_dump(doc))

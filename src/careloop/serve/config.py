@@ -10,7 +10,7 @@ trusted_clients:
     algorithms: [RS384, ES384]               # the default; RS256, ES256, ... only when listed here
 admin:
   token_sha256: <hex>                        # SHA-256 of the administrator credential (never the secret itself)
-state: sqlite:///careloop-state.db
+state: sqlite:///careloop-state.db           # a file, or postgresql://USER@HOST/DB (never in memory)
 base_url: http://127.0.0.1:8080              # `aud` must equal {base_url}/cds-services/{id}
 max_token_lifetime_s: 3600
 clock_skew_s: 60
@@ -342,9 +342,16 @@ class ServiceConfig(_Strict):
     @field_validator("state")
     @classmethod
     def _state(cls, v: str) -> str:
-        scheme = v.split(":", 1)[0].lower() if ":" in v else ""
-        if scheme.split("+", 1)[0] not in ("sqlite", "postgresql"):
-            raise ValueError("state must be a sqlite:///path or postgresql://... URL")
+        from careloop.state._db import StateError, is_memory
+
+        try:
+            memory = is_memory(v)  # also refuses another database, a driver careloop lacks, a URL that does not parse
+        except StateError as exc:
+            raise ValueError(str(exc)) from None
+        if memory:  # each worker would have a database of its own, and the audit chain would go with the process
+            raise ValueError("an in-memory SQLite store cannot hold the service's state: each worker process would "
+                             "keep its own, jti claims and rate limits would not be shared, and the audit log would "
+                             "be lost at exit, never verified; use sqlite:///PATH (a file) or postgresql://...")
         return v
 
     @field_validator("base_url")

@@ -5,7 +5,8 @@ SQLite: pysqlite's own transaction handling is switched off (``isolation_level =
 lock up front (no deferred-to-write upgrade that fails with SQLITE_BUSY) and writers from other threads and
 processes queue on ``busy_timeout``. Files use WAL; ``sqlite://`` (memory) is one shared connection behind a lock.
 
-PostgreSQL: ``postgresql://`` URLs are mapped to the psycopg 3 driver; READ COMMITTED; a connection pool.
+PostgreSQL: ``postgresql://`` URLs are mapped to the psycopg 3 driver (the only PostgreSQL driver careloop installs);
+READ COMMITTED; a connection pool.
 """
 
 from __future__ import annotations
@@ -33,22 +34,62 @@ class StateError(CareloopError):
 BEGIN_OPTION = "careloop_begin"  # execution option read by the SQLite "begin" listener: "IMMEDIATE" or "DEFERRED"
 
 
+_SCHEMES = {  # the URL schemes careloop opens, and the driver each one uses (the drivers careloop installs)
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite+pysqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+}
+_USE = "use sqlite:///PATH, sqlite:// or postgresql://USER@HOST:PORT/DB"
+
+
 def normalize_url(url: str) -> str:
-    """``postgresql://`` and ``postgres://`` use psycopg 3; SQLite URLs pass; anything else is refused."""
+    """The URL as SQLAlchemy opens it: ``postgresql://`` and ``postgres://`` use psycopg 3, SQLite URLs pass.
+
+    StateError (naming the URL without its password) for anything else: another database, a driver careloop does
+    not install (``+asyncpg``, ``+psycopg2``, ``+pg8000``, ...), a URL that does not parse or a port outside
+    1-65535.
+    """
     if not isinstance(url, str) or not url:
         raise StateError("state store URL must be a non-empty string such as sqlite:///state.db or postgresql://...")
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    if url.startswith(("postgresql+", "sqlite://", "sqlite+pysqlite://")):
-        return url
-    raise StateError(f"unsupported state store URL {masked(url)!r}: use sqlite:///PATH, sqlite:// or postgresql://...")
+    scheme, sep, rest = url.partition("://")
+    driver = _SCHEMES.get(scheme.lower()) if sep else None
+    if driver is None:
+        if sep and scheme.lower().split("+", 1)[0] in ("sqlite", "postgresql", "postgres"):
+            raise StateError(f"unsupported database driver in state store URL {masked(url)!r}: careloop installs "
+                             f"only pysqlite and psycopg 3; {_USE}")
+        raise StateError(f"unsupported state store URL {masked(url)!r}: {_USE}")
+    given, url = url, f"{driver}://{rest}"
+    try:
+        port = make_url(url).port
+    except Exception:  # SQLAlchemy's ArgumentError, or ValueError from a port that is not a number
+        raise StateError(f"state store URL {scheme}://... does not parse: a port must be a number, and a user name "
+                         "or password holding @ : / ? # or % must be percent-encoded") from None
+    if port is not None and not 0 < port < 65536:
+        raise StateError(f"state store URL {masked(given)!r}: port {port} is not between 1 and 65535")
+    return url
+
+
+def is_memory(url: str) -> bool:
+    """Whether a state store URL names an in-memory SQLite database (``sqlite://``, ``sqlite:///:memory:``, a
+    ``file::memory:`` or ``mode=memory`` URI): one private to a process and gone when it exits."""
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    database = parsed.database or ""
+    uri = parsed.query.get("uri") == "true"
+    return database in ("", ":memory:") or database.startswith("file::memory:") or (
+        uri and parsed.query.get("mode") == "memory")
 
 
 def masked(url: str) -> str:
     """The URL with its password hidden, for messages and logs."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        if "password" in parsed.query:  # libpq also takes the password as a query parameter
+            parsed = parsed.update_query_dict({"password": "***"})
+        return parsed.render_as_string(hide_password=True)
     except Exception:  # not a URL at all: show only its scheme
         return url.split(":", 1)[0] + ":..."
 
@@ -60,7 +101,7 @@ def create_engine_for(url: str, *, pool_size: int, max_overflow: int, sqlite_syn
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
-        memory = database in ("", ":memory:") or database.startswith("file::memory:")
+        memory = is_memory(url)
         if memory:
             engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
         else:
