@@ -1,17 +1,21 @@
 """The service configuration refuses what would quietly make the service unsafe: a state store in memory (one
-database per worker, the audit chain gone at exit) and a state URL careloop cannot open."""
+database per worker, the audit chain gone at exit), a state URL careloop cannot open, and credentials written into
+URLs (jku, base_url, patient_page); and a JWKS URL never reaches the log with a password in it."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from careloop.cli import app as cli
 from careloop.errors import ConfigError
-from careloop.serve.config import load_config
+from careloop.serve.auth import AuthError, TokenVerifier
+from careloop.serve.config import TrustedClient, load_config
 from careloop.state import StateStore
 from tests.fhir_server.harness import make_rsa_key
 
@@ -84,6 +88,57 @@ def test_a_state_url_careloop_cannot_open_is_one_problem_without_the_password(tm
     assert text.startswith("service.yaml:3: state: ") and "\n" not in text, text
     assert said in text
     assert PASSWORD not in text
+
+
+# -- credentials in URLs --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("field", "url"), [
+    ("jku", f"https://jwksuser:{PASSWORD}@keys.example.org/jwks.json"),
+    ("jku", "https://jwksuser@keys.example.org/jwks.json"),
+    ("jku", f"http://u:{PASSWORD}@127.0.0.1:9999/jwks.json"),
+    ("base_url", f"https://cds:{PASSWORD}@cds.example.org"),
+    ("patient_page", f"https://u:{PASSWORD}@ehr.example.org/chart/{{patient}}"),
+])
+def test_a_user_name_or_password_in_a_configured_url_is_refused(tmp_path: Path, jwk: dict, field: str,
+                                                                 url: str) -> None:
+    if field == "jku":
+        text = config_text(jwk, client={"jwks": None, "jku": url})
+        where = "service.yaml:2: trusted_clients.0.jku"
+    else:
+        text = config_text(jwk, **{field: url})
+        where = f"service.yaml:3: {field}"
+    said = problems(tmp_path, text)
+    assert said.startswith(f"{where}: {field} must not hold a user name or password"), said
+    assert PASSWORD not in said
+
+
+def test_a_jku_whose_port_is_not_a_number_is_refused(jwk: dict) -> None:
+    with pytest.raises(ValueError, match="jku is not a valid URL"):
+        TrustedClient(iss="https://ehr.example.org", jku="https://keys.example.org:notaport/jwks.json")
+
+
+def test_a_failed_jwks_fetch_never_logs_a_password_in_the_url(caplog: pytest.LogCaptureFixture) -> None:
+    # the configuration refuses such a URL; a client built around the validation must still not leak it
+    jku = f"https://jwksuser:{PASSWORD}@keys.example.org/jwks.json?access_token=t0ken"
+    client = TrustedClient.model_construct(iss="https://ehr.example.org", jwks=None, jwks_file=None, jku=jku,
+                                           tenant=None, algorithms=["RS384"])
+    http = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(503)))
+    verifier = TokenVerifier([client], claim_jti=lambda *a: True, http=http)
+    with caplog.at_level(logging.WARNING, logger="careloop"), pytest.raises(AuthError) as info:
+        verifier._keys[client.iss].get("k1")
+    assert "could not be fetched" in caplog.text and "https://***@keys.example.org/jwks.json" in caplog.text
+    assert PASSWORD not in caplog.text and "jwksuser" not in caplog.text and "t0ken" not in caplog.text
+    assert PASSWORD not in info.value.reason
+    http.close()
+
+
+def test_without_userinfo_masks_credentials_and_query_values() -> None:
+    from careloop.serve.config import without_userinfo
+
+    assert without_userinfo(f"https://u:{PASSWORD}@h:8443/j.json?token=abc&x") == "https://***@h:8443/j.json?token=***&x=***"
+    assert without_userinfo("https://keys.example.org/jwks.json") == "https://keys.example.org/jwks.json"
+    assert without_userinfo(f"http://[::1/{PASSWORD}") == "(a URL that does not parse)"
 
 
 # -- `careloop serve` -----------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import httpx
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from careloop.errors import CareloopError
-from careloop.serve.config import CURVES, AdminConfig, TrustedClient, check_jwk, check_jwks
+from careloop.serve.config import CURVES, AdminConfig, TrustedClient, check_jwk, check_jwks, without_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,8 @@ class _KeySet:
                     self.inflight = None
                 event.set()
             if error is not None:
-                log.warning("JWKS of %s from %s could not be fetched: %s", self.client.iss, self.client.jku, error)
+                log.warning("JWKS of %s from %s could not be fetched: %s", self.client.iss,
+                            without_userinfo(self.client.jku or ""), error)
         elif event is not None:
             event.wait(v.jwks_timeout_s + 1)
         with self.lock:

@@ -37,7 +37,7 @@ import re
 import string
 from pathlib import Path
 from typing import Any, Literal, get_args
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -70,6 +70,24 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def without_userinfo(url: str) -> str:
+    """`url` for logs and messages: a user name and password in it (user:pw@host) shown as ***, and the values of
+    its query hidden (they may be tokens). The configuration refuses such URLs; this is the second line."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(a URL that does not parse)"
+    netloc = f"***@{parts.netloc.rpartition('@')[2]}" if "@" in parts.netloc else parts.netloc
+    query = "&".join(f"{k.partition('=')[0]}=***" for k in parts.query.split("&")) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _refuse_userinfo(url: SplitResult, field: str) -> None:
+    if "@" in url.netloc:  # https://user:password@host/...: a secret in the config, in logs, in the audit log
+        raise ValueError(f"{field} must not hold a user name or password (user:password@host); a credential does not "
+                         "belong in a URL")
 
 
 def check_jwk(jwk: Any) -> str | None:
@@ -165,7 +183,12 @@ class TrustedClient(_Strict):
     def _jku(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        url = urlsplit(v)
+        try:
+            url = urlsplit(v)
+            url.port  # noqa: B018 -- ValueError for a port that is not a number from 0 to 65535
+        except ValueError:
+            raise ValueError("jku is not a valid URL") from None
+        _refuse_userinfo(url, "jku")
         if url.scheme == "https" and url.hostname:
             return v
         if url.scheme == "http" and is_loopback(url.hostname):
@@ -330,6 +353,7 @@ class ServiceConfig(_Strict):
         url = urlsplit(v.replace("{patient}", "p").replace("{encounter}", "e"))
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError("patient_page must be an absolute http(s) URL template")
+        _refuse_userinfo(url, "patient_page")
         return v
 
     def patient_page_url(self, patient: str | None, encounter: str | None) -> str | None:
@@ -360,6 +384,7 @@ class ServiceConfig(_Strict):
         url = urlsplit(v)
         if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
             raise ValueError("base_url must be an http(s) URL without query or fragment, e.g. https://cds.example.org")
+        _refuse_userinfo(url, "base_url")
         if url.scheme == "http" and not is_loopback(url.hostname):  # CDS Hooks: all exchanges MUST use HTTPS
             raise ValueError("base_url must be https (plain http only on loopback, for tests and the demo)")
         return v.rstrip("/")
