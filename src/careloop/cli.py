@@ -893,6 +893,48 @@ def _bounds(since: str | None, until: str | None) -> tuple[dt.datetime | None, d
     return start, end
 
 
+def _written(path: Path, flag: str, *, overwrite: bool):
+    """`WholeFile` for an output option: CareloopError naming the option and why, instead of an OSError."""
+    from careloop.audit.report import WholeFile
+
+    try:
+        return WholeFile(path, overwrite=overwrite)
+    except OSError as exc:
+        raise CareloopError(f"{flag} {path}: cannot write it ({_why_not(exc, path)})") from None
+
+
+def _commit(whole, flag: str) -> None:
+    try:
+        whole.commit()
+    except FileExistsError:
+        raise CareloopError(f"{flag} {whole.path} exists: refusing to overwrite an export") from None
+    except OSError as exc:
+        raise CareloopError(f"{flag} {whole.path}: cannot write it ({_why_not(exc, whole.path)})") from None
+
+
+def _make_folder(path: Path, flag: str) -> None:
+    """The folder of an output file, made if missing; CareloopError saying why it cannot be."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CareloopError(f"{flag} {path}: cannot make its folder ({_why_not(exc, path)})") from None
+
+
+def _why_not(exc: OSError, path: Path) -> str:
+    """Why `path` cannot be written, in words: the folder that is missing or is a file, or the system's reason."""
+    if isinstance(exc, IsADirectoryError) and path.is_dir():
+        return "it is a folder"
+    if isinstance(exc, FileNotFoundError | NotADirectoryError | FileExistsError):
+        for folder in path.parents:
+            if folder.exists():
+                if not folder.is_dir():
+                    return f"{folder} is a file, not a folder"
+                break
+        if not path.parent.is_dir():
+            return f"no folder {path.parent}"
+    return exc.strerror or type(exc).__name__
+
+
 @audit_app.command("report")
 def audit_report(
     state: StateOption,
@@ -916,11 +958,18 @@ def audit_report(
         who = _reader(by)
         with _open_audit(state) as log:
             recs = log.records(*_bounds(since, until), patient, sort, kind=kind, client=client, limit=limit)
-            if csv_out is not None:
-                write_csv(recs, csv_out)
-            audit_the_reading(log, "audit-report", recs, who, "csv" if csv_out else "json" if as_json else "table")
+            if csv_out is None:
+                audit_the_reading(log, "audit-report", recs, who, "json" if as_json else "table")
+            else:  # the file appears whole, once the reading is audited, or not at all
+                with _written(csv_out, "--csv", overwrite=True) as whole:
+                    write_csv(recs, whole.file)
+                    audit_the_reading(log, "audit-report", recs, who, "csv")
+                    _commit(whole, "--csv")
     except CareloopError as exc:
         fail(str(exc))
+        return
+    except OSError as exc:  # while writing (a full disk): the partial file is gone
+        fail(f"--csv {csv_out}: cannot write it ({exc.strerror or type(exc).__name__})")
         return
     if as_json:
         _print_json({"count": len(recs), "columns": list(COLUMNS), "records": [flat(r) for r in recs]})
@@ -970,12 +1019,17 @@ def audit_export(
         who = _reader(by)
         with _open_audit(state) as log:
             bundle = log.export_bundle(*_bounds(since, until), patient, sort, kind=kind, client=client)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(orjson.dumps(bundle, option=orjson.OPT_INDENT_2))
-            audit_the_reading(log, "audit-export", [summarize(e["resource"]) for e in bundle["entry"]], who,
-                              "fhir-bundle")
+            _make_folder(out, "--out")
+            with _written(out, "--out", overwrite=False) as whole:  # whole, once the reading is audited, or not
+                whole.file.write(orjson.dumps(bundle, option=orjson.OPT_INDENT_2))
+                audit_the_reading(log, "audit-export", [summarize(e["resource"]) for e in bundle["entry"]], who,
+                                  "fhir-bundle")
+                _commit(whole, "--out")
     except CareloopError as exc:
         fail(str(exc))
+        return
+    except OSError as exc:  # while writing (a full disk): the partial file is gone
+        fail(f"--out {out}: cannot write it ({exc.strerror or type(exc).__name__})")
         return
     out_console.print(f"wrote {len(bundle['entry']):,} AuditEvents to {out} (FHIR Bundle, type collection)")
 
