@@ -636,7 +636,7 @@ def serve(
     config: Annotated[Path, typer.Option("--config", "-c", help="Service YAML: trusted clients, admin credential, "
                                                               "state store URL, base URL, alert policy.")],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port (1-65535).")] = 8080,
     dashboard: Annotated[bool, typer.Option(help="Also serve the web dashboard under /dashboard.")] = False,
     store: Annotated[Path | None, typer.Option(help="Event store for the dashboard's worklist and patient pages.")]
     = None,

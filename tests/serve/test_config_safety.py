@@ -1,6 +1,7 @@
 """The service configuration refuses what would quietly make the service unsafe: a state store in memory (one
 database per worker, the audit chain gone at exit), a state URL careloop cannot open, and credentials written into
-URLs (jku, base_url, patient_page); and a JWKS URL never reaches the log with a password in it."""
+URLs (jku, base_url, patient_page); a JWKS URL never reaches the log with a password in it; and `careloop serve`
+(and the demo) take only a port from 1 to 65535."""
 
 from __future__ import annotations
 
@@ -162,3 +163,23 @@ def test_serve_refuses_a_state_url_it_cannot_open_without_the_password(tmp_path:
     assert res.exit_code == 2, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
     assert "state: " in res.output and PASSWORD not in res.output
+
+
+@pytest.mark.parametrize("port", ["70000", "65536", "0", "-5"])
+def test_serve_takes_only_a_port_from_1_to_65535(tmp_path: Path, port: str) -> None:
+    res = CliRunner().invoke(cli, ["serve", "--model", str(tmp_path), "--config", str(tmp_path / "x.yaml"),
+                                   f"--port={port}"])
+    assert res.exit_code == 2, res.output
+    assert "--port" in res.output and "careloop serving" not in res.output
+
+
+def test_the_demo_takes_only_a_dashboard_port_from_1_to_65535(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    from careloop.serve.demo import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--model", "m", "--hospital", "h", "--store", "s", "--out", str(tmp_path / "out"),
+              "--dashboard-port", "70000"])
+    assert info.value.code == 2
+    assert "'70000' is not a port number (1 to 65535)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

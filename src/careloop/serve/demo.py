@@ -182,6 +182,13 @@ def _pick(bundle: Path, store: Path) -> tuple[list[dict], float]:
     return picked, op["threshold"]
 
 
+def _port(text: str) -> int:
+    """A TCP port number, 1 to 65535 (argparse's `type`)."""
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1 to 65535)")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     from careloop.serve.auth import new_admin_token, sign_request_token
 
@@ -190,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hospital", type=Path, required=True)
     ap.add_argument("--store", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--dashboard-port", type=int, default=8765, help="port of the dashboard run that follows")
+    ap.add_argument("--dashboard-port", type=_port, default=8765, help="port of the dashboard run that follows")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     pem, jwks = _keys(a.out)
