@@ -559,9 +559,6 @@ class AuditLog:
                                         f"purged records younger than {MIN_RETENTION_DAYS} days")
             if anchors:
                 start_seq, start_prev = anchors[-1]["upto_seq"] + 1, anchors[-1]["entry_hash"]
-                if start_seq > 1 and not _purge_recorded(conn, anchors[-1]):  # (one at 0 covers nothing)
-                    return VerifyResult(False, 0, start_seq - 1, f"the retention anchor at record {start_seq - 1} "
-                                        "was not made by a purge: no audit-purge record in the chain names it")
                 if expect is not None and 0 < expect[0] < start_seq:
                     seen = expect[2]
                     if seen is None or seen > now_utc() - timedelta(days=MIN_RETENTION_DAYS):
@@ -578,6 +575,9 @@ class AuditLog:
                     f"record {left} is still there below the retention anchor at record {start_seq - 1}: the anchor "
                     "was not made by a purge") if anchors else (
                     f"record {left} lies before the chain's first record (seq 1): inserted"))
+            if anchors and start_seq > 1 and not _purge_recorded(conn, anchors[-1]):  # (one at 0 covers nothing)
+                return VerifyResult(False, 0, start_seq - 1, f"the retention anchor at record {start_seq - 1} was "
+                                    "not made by a purge: no audit-purge record in the chain names it")
             if expect is not None and expect[:2] != (0, GENESIS) and expect[0] >= start_seq:
                 # (the empty log's head always holds; one a purge removed was checked above)
                 seq, hash_ = expect[:2]
