@@ -17,6 +17,8 @@ from careloop.ingest.runner import ingest
 from ..conftest import make_hospital
 from .conftest import run_cli
 
+pytestmark = pytest.mark.scale  # a 20,000-patient hospital: in CI, not in the default run (`make test-scale`)
+
 
 @pytest.fixture(scope="module")
 def biased_report(tmp_path_factory) -> dict:
