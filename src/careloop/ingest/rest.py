@@ -96,6 +96,10 @@ class RestSource:
     timeout: float = 30.0
 
     def __post_init__(self) -> None:
+        for name in ("base_url", "token_url"):  # first, so that no message below quotes a password
+            if _has_userinfo(getattr(self, name)):
+                raise ConfigError(f"{name} must not carry a user name or password (user:password@host): give a "
+                                  "token or SMART credentials instead")
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
             raise ConfigError(f"FHIR base URL must be http(s)://host/path without a query, not {self.base_url!r}")
@@ -409,7 +413,7 @@ class _Session:
         base = self.source.base_url + "/"
         parts = urlsplit(url)
         query = [(k, "***" if _is_secret_param(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-        path = f"{parts.scheme}://{parts.netloc}{parts.path}"
+        path = f"{parts.scheme}://{_host(parts)}{parts.path}"  # a server's link with user:password@ shows neither
         path = path[len(base) :] if path.startswith(base) else path
         return f"{path}?{urlencode(query, safe='/:,|*')}" if query else path
 
@@ -463,7 +467,16 @@ def _origin(url: str) -> str:
 
 def _strip_query(url: str) -> str:
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return f"{parts.scheme}://{_host(parts)}{parts.path}"
+
+
+def _host(parts) -> str:
+    """host[:port] of a split URL, without any user name or password it carries."""
+    return parts.netloc.rpartition("@")[2]
+
+
+def _has_userinfo(url: str | None) -> bool:
+    return isinstance(url, str) and "@" in urlsplit(url).netloc
 
 
 def _is_secret_param(name: str) -> bool:
