@@ -110,3 +110,24 @@ def test_null_placeholders_in_given_names_load():
                     "_given": [None, {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/"
                                                             "iso21090-EN-qualifier", "valueCode": "IN"}]}, None]}]}
     assert _map(dr).dir["name"] == ["Ann B Smith"]
+
+
+def test_a_condition_known_by_its_onset_period_is_stamped_at_its_start():
+    cond = {"resourceType": "Condition", "id": "c1", "subject": P,
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I50.9"}]},
+            "onsetPeriod": {"start": "2023-05-01T10:00:00Z", "end": "2023-06-01"}}
+    cols = _map(cond).event_columns()
+    assert cols["time"] == [_us(2023, 5, 1, 10)] and cols["code"] == ["ICD10CM/I50.9"]
+    with_recorded = dict(cond, recordedDate="2023-07-02T00:00:00Z")  # when it became known still comes first
+    assert _map(with_recorded).event_columns()["time"] == [_us(2023, 7, 2)]
+    with pytest.raises(Reject, match="missing time"):
+        _map(dict(cond, onsetPeriod={"end": "2023-06-01"}))
+
+
+def test_a_procedure_with_only_the_end_of_its_period_is_stamped_at_that_end():
+    proc = {"resourceType": "Procedure", "id": "x1", "status": "completed", "subject": P,
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "387713003"}]},
+            "performedPeriod": {"end": "2023-05-01"}}
+    assert _map(proc).event_columns()["time"] == [_us(2023, 5, 2) - 1]  # a date-only end: its last instant
+    started = dict(proc, performedPeriod={"start": "2023-04-30T08:00:00Z", "end": "2023-05-01"})
+    assert _map(started).event_columns()["time"] == [_us(2023, 4, 30, 8)]

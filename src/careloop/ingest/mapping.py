@@ -526,10 +526,12 @@ def map_condition(res: M.Condition, rid: str, ctx: Context, b: Batch) -> None:
     # the time the fact became known, so features never see a back-dated onset early
     t = parse_time(res.recordedDate, "recordedDate")
     onset = parse_time(res.onsetDateTime, "onsetDateTime")
+    if onset is None and res.onsetPeriod is not None:  # an onset known as a period began at its start
+        onset = parse_time(res.onsetPeriod.start, "onsetPeriod.start")
     if t is None:
         t = onset
     if t is None:
-        raise Reject("missing time", "Condition without recordedDate or onsetDateTime")
+        raise Reject("missing time", "Condition without recordedDate, onsetDateTime or onsetPeriod.start")
     sid = b.subject(pid)
     enc = _encounter_id(res.encounter, ctx)
     cat = _plain_code(res.category[0]) if res.category else None
@@ -695,8 +697,10 @@ def map_procedure(res: M.Procedure, rid: str, ctx: Context, b: Batch) -> None:
     pid = _subject(res.subject, ctx)
     code = _first_code(res.code, "Procedure.code")
     t = parse_time(res.performedDateTime, "performedDateTime")
-    if t is None and res.performedPeriod is not None:
+    if t is None and res.performedPeriod is not None:  # its start, else (only the end recorded) its end
         t = parse_time(res.performedPeriod.start, "performedPeriod.start")
+        if t is None:
+            t = parse_end(res.performedPeriod.end, "performedPeriod.end")
     if t is None:
         raise Reject("missing time", "Procedure without performed[x]")
     b.event(b.subject(pid), t, code, None, None, None, None, None, _encounter_id(res.encounter, ctx), "Procedure",

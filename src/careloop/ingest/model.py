@@ -121,6 +121,7 @@ class Condition(_R, tag="Condition"):
     subject: Reference | None = None
     encounter: Reference | None = None
     onsetDateTime: str | None = None
+    onsetPeriod: Period | None = None
     recordedDate: str | None = None
 
 
