@@ -211,3 +211,12 @@ def test_each_prefix_has_one_canonical_system_url():
 
     assert len(set(SYSTEMS.values())) == len(SYSTEMS)
     assert not [url for url in SYSTEMS if url.startswith("urn:")]
+
+
+@pytest.mark.parametrize(("sent", "read"), [("ACUTE", "IMP"), ("NONAC", "IMP"), ("IMP", "IMP"), ("EMER", "EMER")])
+def test_an_inpatient_class_specialisation_is_an_inpatient_stay(sent, read):
+    """v3 ActCode: ACUTE and NONAC specialise IMP; a task looking for inpatient stays must find them."""
+    enc = {"resourceType": "Encounter", "id": "e1", "status": "finished", "subject": P,
+           "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": sent},
+           "period": {"start": "2023-05-01T10:00:00Z", "end": "2023-05-04T10:00:00Z"}}
+    assert _map(enc).enc["class"] == [read]

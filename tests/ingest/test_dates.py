@@ -131,3 +131,4 @@ def test_a_procedure_with_only_the_end_of_its_period_is_stamped_at_that_end():
     assert _map(proc).event_columns()["time"] == [_us(2023, 5, 2) - 1]  # a date-only end: its last instant
     started = dict(proc, performedPeriod={"start": "2023-04-30T08:00:00Z", "end": "2023-05-01"})
     assert _map(started).event_columns()["time"] == [_us(2023, 4, 30, 8)]
+

@@ -484,6 +484,11 @@ def map_patient(res: M.Patient, rid: str, ctx: Context, b: Batch) -> None:
         b.event(sid, death, "MEDS_DEATH", None, None, None, None, None, None, "Patient", rid)
 
 
+# v3 ActEncounterCode specialisations read as the class they specialise: an inpatient stay coded "inpatient acute"
+# or "inpatient non-acute" is an inpatient stay (IMP) to every task and feature
+CLASS_PARENT = {"ACUTE": "IMP", "NONAC": "IMP"}
+
+
 def map_encounter(res: M.Encounter, rid: str, ctx: Context, b: Batch) -> None:
     pid = _subject(res.subject, ctx)
     sid = b.subject(pid)
@@ -497,6 +502,7 @@ def map_encounter(res: M.Encounter, rid: str, ctx: Context, b: Batch) -> None:
             raise Reject("impossible date", "period.end before period.start")
         end = start  # an end of the start's day written as a date, in a zone where the start is already the next
     cls = (res.class_.code if res.class_ is not None else None) or "UNK"
+    cls = CLASS_PARENT.get(cls, cls)
     hosp = res.hospitalization or M.Hospitalization()
     dispo = hosp.dischargeDisposition
     loc = None
