@@ -999,6 +999,16 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
             return unauthorized()
         return _json({"cards": []}) if work.withheld is not None else answer
 
+    async def policy_or_answer(req) -> tuple[ModelPolicy | None, Response | None]:
+        """The kill switch and threshold in force now (read at each scoring), or the call's answer when there is
+        nothing to apply them to: the state store cannot be read, or the model is switched off."""
+        setting = _policy(service)
+        if setting is None:
+            return None, await finish(_store_down(), "cds-call", "serious", req=req, detail={"reason": _STORE_DOWN})
+        if not setting.enabled:
+            return None, await finish(_json({"cards": []}), "kill-switch", "minor", req=req)
+        return setting, None
+
     raw = await read_body()
     if raw is None:
         return await finish(outcome(413, f"request larger than {MAX_BODY} bytes"), "cds-call", "minor",
@@ -1012,11 +1022,9 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
     problem = _check_request(service_id, req)
     if problem:
         return await finish(outcome(400, problem), "cds-call", "minor", req=req, detail={"reason": problem})
-    setting = _policy(service)  # the kill switch and the threshold, read once per call
-    if setting is None:
-        return await finish(_store_down(), "cds-call", "serious", req=req, detail={"reason": _STORE_DOWN})
-    if not setting.enabled:
-        return await finish(_json({"cards": []}), "kill-switch", "minor", req=req)
+    setting, answered = await policy_or_answer(req)  # read once per call (and again after a FHIR read)
+    if answered is not None:
+        return answered
     absent = _prefetch_absent(req, service.prefetch)
     if absent and not req.fhirAuthorization:  # CDS Hooks 2.0: required data not prefetched and no FHIR access: 412
         return await finish(outcome(412, f"prefetch {', '.join(absent)} missing and no FHIR server access was "
@@ -1043,11 +1051,9 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
                 return await finish(_json({"cards": []}), "timeout", "minor", req=req, detail={
                     "deadline_ms": service.config.deadline_ms, "missing_prefetch": fetched.unread,
                     "reason": "the FHIR server was slower than the deadline"})
-            setting = _policy(service)  # changed while the FHIR server was read?
-            if setting is None:
-                return await finish(_store_down(), "cds-call", "serious", req=req, detail={"reason": _STORE_DOWN})
-            if not setting.enabled:
-                return await finish(_json({"cards": []}), "kill-switch", "minor", req=req)
+            setting, answered = await policy_or_answer(req)  # changed while the FHIR server was read?
+            if answered is not None:
+                return answered
             decision = await asyncio.wait_for(asyncio.wrap_future(
                 service.score(service_id, req, claims.iss, fetched, setting)), until - time.monotonic())
     except TimeoutError:
@@ -1065,6 +1071,9 @@ async def answer_call(service: Service, service_id: str, headers, read_body, arr
                         detail=call_detail(decision, fetched))
 
 
+_OFFERED_CODES = frozenset(c for c, _ in C.OVERRIDE_REASONS)  # the override reasons a warning card offers
+
+
 def _override_problem(reason: Any, indicator: str) -> str | None:
     """What is wrong with a feedback's override reason (a Coding), if anything. One in careloop's code system
     (assumed when no system is named) must be one the card offered; the EHR's own reasons, in its own code system,
@@ -1078,7 +1087,7 @@ def _override_problem(reason: Any, indicator: str) -> str | None:
         return "code must be a non-empty string"
     if not isinstance(system, str) or not system.strip():
         return "system must be a non-empty string"
-    if system == C.OVERRIDE_SYSTEM and (indicator != "warning" or code not in {c for c, _ in C.OVERRIDE_REASONS}):
+    if system == C.OVERRIDE_SYSTEM and (indicator != "warning" or code not in _OFFERED_CODES):
         return ("must be one of the card's overrideReasons (a reason of the EHR's own names its code system)"
                 if indicator == "warning" else "this card offered no overrideReasons (a reason of the EHR's own "
                 "names its code system)")
