@@ -69,7 +69,8 @@ NOTES = pa.schema([
     ("text", pa.string()),
 ])
 
-# Organizations, Locations and Practitioners, with their identifiers, so conditional references resolve.
+# Organizations, Locations and Practitioners, with their identifiers, so conditional references resolve; and
+# Medications with their codes, so a MedicationRequest's reference to one resolves to the drug it orders.
 DIRECTORY = pa.schema([
     ("resource_type", pa.string()),
     ("resource_id", pa.string()),
@@ -77,6 +78,7 @@ DIRECTORY = pa.schema([
     ("identifier_system", pa.string()),
     ("identifier_value", pa.string()),
     ("part_of", pa.string()),
+    ("code", pa.string()),  # a Medication's code (PREFIX/code as in events), one row per known code; else null
 ])
 
 QUARANTINE = pa.schema([

@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import {
   badRequest,
+  evalFhirPath,
   getSearchParameter,
   getStatus,
   globalSchema,
@@ -283,6 +284,32 @@ function decorateSearchset(bundle, base, type, query, offset, count) {
   if (offset > 0) bundle.link.push({ relation: 'previous', url: pageUrl(Math.max(0, offset - count)) });
 }
 
+// `_include=Type:param` (MemoryRepository ignores it): each resource a page's matches reference through the search
+// parameter, once, appended as an `include` entry (not counted in `total`).
+async function addIncludes(bundle, base, type, query) {
+  const seen = new Set();
+  for (const value of query.getAll('_include')) {
+    const [source, code] = value.split(':');
+    const param = source === type ? getSearchParameter(type, code) : undefined;
+    if (param?.type !== 'reference') continue;
+    for (const entry of [...(bundle.entry ?? [])]) {
+      if (entry.search?.mode !== 'match') continue;
+      for (const ref of evalFhirPath(param.expression, entry.resource)) {
+        const text = ref?.reference;
+        if (typeof text !== 'string' || !/^[A-Z][A-Za-z]+\/[^/]+$/.test(text) || seen.has(text)) continue;
+        seen.add(text);
+        const [rtype, id] = text.split('/');
+        try {
+          const included = await repo.readResource(rtype, id);
+          bundle.entry = [...(bundle.entry ?? []), { fullUrl: `${base}/${text}`, resource: included, search: { mode: 'include' } }];
+        } catch {
+          // a dangling reference includes nothing
+        }
+      }
+    }
+  }
+}
+
 async function handleFhir(req, res, url, origin) {
   const base = `${origin}${FHIR_PREFIX}`;
   const sub = url.pathname.slice(FHIR_PREFIX.length).replace(/^\/+|\/+$/g, '');
@@ -334,6 +361,7 @@ async function handleFhir(req, res, url, origin) {
   if (isSearch && resource.type === 'searchset') {
     const sr = parseSearchRequest(sub, Object.fromEntries(query));
     decorateSearchset(resource, base, sub, query, sr.offset ?? 0, sr.count ?? DEFAULT_COUNT);
+    await addIncludes(resource, base, sub, url.searchParams);
   }
   send(res, status, resource, headers);
 }

@@ -190,7 +190,7 @@ def test_a_medication_reference_to_a_contained_medication_reads_its_codes():
 
 
 @pytest.mark.parametrize(("ref", "contained", "reason"), [
-    ("Medication/med1", [], "unresolvable reference"),  # a Medication elsewhere: not read, at ingest nor bedside
+    ("Medication/med1", [], "unresolvable reference"),  # not contained, and not in the Bundle or the store
     ("#med2", [MED], "unresolvable reference"),
     ("#med1", [{"resourceType": "Substance", "id": "med1"}], "unresolvable reference"),
     ("#med1", [{"resourceType": "Medication", "id": "med1"}], "unknown code system for a required field"),

@@ -12,6 +12,7 @@ import binascii
 import datetime as dt
 import math
 from collections import Counter
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
 import msgspec
@@ -60,7 +61,6 @@ SKIP_RULES = {
     "Goal": "care goal",
     "DiagnosticReport": "report grouping of Observations already loaded",
     "SupplyDelivery": "supply logistics",
-    "Medication": "medication definition",
     "MedicationAdministration": "administration record",
     "OperationOutcome": "server message, not patient data",
     "Bundle": "nested bundle",
@@ -262,10 +262,12 @@ class Context:
     conditional: dict[str, tuple[str, str]] = field(default_factory=dict)  # Type?identifier=s|v -> (type, id)
     patients: dict[str, str] = field(default_factory=dict)  # resolved subject references (a cache)
     encounters: dict[str, str | None] = field(default_factory=dict)  # resolved encounter references (a cache)
+    medications: MutableMapping[str, tuple[str, ...]] = field(default_factory=dict)  # Medication id -> its known codes
+    # (`medication_codes`): the Medications of the same Bundle, and at ingest those already in the store
 
 
 _LOCAL_TYPES = frozenset({"Patient", "Encounter", "Condition", "Observation", "Practitioner", "Organization",
-                          "Location", "MedicationRequest", "Procedure", "DocumentReference", "Coverage"})
+                          "Location", "MedicationRequest", "Procedure", "DocumentReference", "Coverage", "Medication"})
 
 
 def resolve(ref: str | None, ctx: Context) -> tuple[str, str] | None:
@@ -326,7 +328,7 @@ class Batch:
         self.notes: dict[str, list] = {k: [] for k in ("note_id", "subject_id", "time", "encounter_id", "type_code",
                                                        "text")}
         self.dir: dict[str, list] = {k: [] for k in ("resource_type", "resource_id", "name", "identifier_system",
-                                                     "identifier_value", "part_of")}
+                                                     "identifier_value", "part_of", "code")}
         self._subjects: dict[str, int] = {}
 
     def subject(self, patient_id: str) -> int:
@@ -664,10 +666,14 @@ def map_observation(res: M.Observation, rid: str, ctx: Context, b: Batch) -> Non
             b.unconverted[(code, unit)] += 1
 
 
-def contained_medication(res: M.MedicationRequest) -> M.CodeableConcept:
-    """The code of the Medication a medicationReference names among the request's own contained resources ("#id"),
-    or Reject "unresolvable reference": a Medication elsewhere (Medication/id) is not read, at ingest nor at the
-    bedside, so that both read the same."""
+def medication_codes(res: M.MedicationRequest, ctx: Context) -> list[str]:
+    """The known codes of the drug a MedicationRequest orders: its medicationCodeableConcept, or the code of the
+    Medication its medicationReference names, contained in the request ("#id"), in the same Bundle (a search with
+    `_include=MedicationRequest:medication`, a transaction), or (at ingest) loaded into the store before. Reject
+    "unresolvable reference" when that Medication is none of these; ingest and the bedside read the same."""
+    concept = res.medicationCodeableConcept
+    if concept is not None:
+        return _known_codes(concept, "MedicationRequest.medicationCodeableConcept")
     ref = _ref(res.medicationReference)
     if ref is None:
         raise Reject("unknown code system for a required field", "MedicationRequest without medication[x]")
@@ -677,19 +683,41 @@ def contained_medication(res: M.MedicationRequest) -> M.CodeableConcept:
                 if c.code is None:
                     raise Reject("unknown code system for a required field", f"contained Medication {ref} has no code")
                 try:
-                    return msgspec.convert(c.code, M.CodeableConcept)
+                    concept = msgspec.convert(c.code, M.CodeableConcept)
                 except msgspec.ValidationError as exc:
                     raise Reject("invalid value", f"contained Medication {ref}.code: {exc}"[:200]) from None
-    raise Reject("unresolvable reference", f"medicationReference {ref!r} names no contained Medication"[:200])
+                return _known_codes(concept, "MedicationRequest.contained Medication.code")
+        raise Reject("unresolvable reference", f"medicationReference {ref!r} names no contained Medication"[:200])
+    hit = resolve(ref, ctx)
+    codes = ctx.medications.get(hit[1]) if hit is not None and hit[0] == "Medication" else None
+    if codes is None:
+        raise Reject("unresolvable reference", f"medicationReference {ref!r} names no Medication in the request, its "
+                                               "Bundle or the store"[:200])
+    if not codes:
+        raise Reject("unknown code system for a required field", f"Medication/{hit[1]}.code has no code in a known "
+                                                                 "system")
+    return list(codes)
+
+
+def medication_definition(res: M.Medication) -> tuple[str, ...]:
+    """The known codes of a Medication (`_codes`), as requests naming it read them; empty when none is known."""
+    return tuple(_codes(res.code))
+
+
+def map_medication(res: M.Medication, rid: str, ctx: Context, b: Batch) -> None:
+    """A medication definition: in the directory, one row per known code (one with no code when it has none), so
+    that requests naming it from elsewhere (another file of a Bulk export, a later run) read its code; and in the
+    context, for the requests after it."""
+    codes = ctx.medications[rid] = medication_definition(res)
+    name = res.code.text if res.code is not None else None
+    for code in codes or [None]:
+        append_row(b.dir, resource_type="Medication", resource_id=rid, name=name, identifier_system=None,
+                   identifier_value=None, part_of=None, code=code)
 
 
 def map_medication_request(res: M.MedicationRequest, rid: str, ctx: Context, b: Batch) -> None:
     pid = _subject(res.subject, ctx)
-    concept = res.medicationCodeableConcept
-    what = "MedicationRequest.medicationCodeableConcept"
-    if concept is None:
-        concept, what = contained_medication(res), "MedicationRequest.contained Medication.code"
-    codes = _known_codes(concept, what)
+    codes = medication_codes(res, ctx)
     t = parse_time(res.authoredOn, "authoredOn")
     if t is None:
         raise Reject("missing time", "MedicationRequest without authoredOn")
@@ -782,7 +810,7 @@ def map_directory(res: M.Organization | M.Location | M.Practitioner, rid: str, c
         name, part_of, rtype = res.name, keep_reference(_ref(res.managingOrganization), ctx), "Location"
     for ident in res.identifier or [M.Identifier()]:
         append_row(b.dir, resource_type=rtype, resource_id=rid, name=name, identifier_system=ident.system,
-                   identifier_value=ident.value, part_of=part_of)
+                   identifier_value=ident.value, part_of=part_of, code=None)
 
 
 MAPPERS = {
@@ -790,7 +818,7 @@ MAPPERS = {
     M.MedicationRequest: map_medication_request, M.Procedure: map_procedure,
     M.DocumentReference: map_document_reference, M.Coverage: map_coverage, M.Immunization: map_immunization,
     M.AllergyIntolerance: map_allergy, M.Organization: map_directory, M.Location: map_directory,
-    M.Practitioner: map_directory,
+    M.Practitioner: map_directory, M.Medication: map_medication,
 }
 
 

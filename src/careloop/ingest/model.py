@@ -183,7 +183,7 @@ class Observation(_R, tag="Observation"):
 
 class Contained(Struct, gc=False, omit_defaults=True):
     """A contained resource, loosely typed (it may be of any type): only a Medication's code is read from it,
-    through `mapping.contained_medication`."""
+    through `mapping.medication_codes`."""
 
     resourceType: object = None
     id: object = None
@@ -273,10 +273,17 @@ class Practitioner(_R, tag="Practitioner"):
     identifier: list[Identifier] = []
 
 
+class Medication(_R, tag="Medication"):
+    """A medication definition, read so that a MedicationRequest's medicationReference to it resolves to its code."""
+
+    code: CodeableConcept | None = None
+    identifier: list[Identifier] = []
+
+
 MAPPED = (Patient, Encounter, Condition, Observation, MedicationRequest, Procedure, DocumentReference, Coverage,
-          Immunization, AllergyIntolerance, Organization, Location, Practitioner)
+          Immunization, AllergyIntolerance, Organization, Location, Practitioner, Medication)
 Resource = (Patient | Encounter | Condition | Observation | MedicationRequest | Procedure | DocumentReference
-            | Coverage | Immunization | AllergyIntolerance | Organization | Location | Practitioner)
+            | Coverage | Immunization | AllergyIntolerance | Organization | Location | Practitioner | Medication)
 MAPPED_TYPES = frozenset(t.__struct_config__.tag for t in MAPPED)
 
 decoder = msgspec.json.Decoder(Resource)

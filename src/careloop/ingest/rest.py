@@ -163,12 +163,17 @@ def fetch_pages(source: RestSource, *, client: httpx.Client | None = None) -> It
             http.close()
 
 
+# Resources a search brings along on its pages, so that references to them resolve within the page: the Medication
+# a MedicationRequest names (`mapping.medication_codes`).
+_INCLUDES: dict[str, dict[str, str]] = {"MedicationRequest": {"_include": "MedicationRequest:medication"}}
+
+
 def _searches(source: RestSource) -> Iterator[tuple[str, dict[str, str], str]]:
     """(type, query, label) of each search, in a stable order so that reports and reruns line up."""
     count = str(source.page_size)
     if source.patients is None:
         for rtype in source.types:
-            yield rtype, {"_count": count}, f"{rtype}?_count={count}"
+            yield rtype, {"_count": count, **_INCLUDES.get(rtype, {})}, f"{rtype}?_count={count}"
         return
     for rtype in source.types:
         if rtype in SHARED_TYPES:
@@ -177,7 +182,7 @@ def _searches(source: RestSource) -> Iterator[tuple[str, dict[str, str], str]]:
         for rtype in source.types:
             if rtype not in SHARED_TYPES:
                 param = "_id" if rtype == "Patient" else "patient"
-                yield rtype, {param: pid, "_count": count}, f"{rtype}?{param}={pid}"
+                yield rtype, {param: pid, "_count": count, **_INCLUDES.get(rtype, {})}, f"{rtype}?{param}={pid}"
 
 
 def _check_private_key(pem: bytes, algorithm: str) -> None:

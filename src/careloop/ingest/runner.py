@@ -14,11 +14,13 @@ Commit protocol (what makes a run idempotent and safe to kill at any point):
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gzip
 import logging
 import multiprocessing as mp
 import os
 import shutil
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from careloop.ingest.units import (
     ndjson_units,
     process_unit,
     unread_text,
+    use_medications,
     void_text,
 )
 from careloop.ingest.versions import newest, version_of
@@ -149,9 +152,30 @@ class _Plan:
         self.report.units_already_done += record.get("units", 1)
 
 
-def _units(sources: Iterable[object], plan: _Plan, rest_options: dict) -> Iterator[Unit | tuple[str, str, int]]:
-    """Units to process; a ("file-done", key, n) marker follows the last unit of each NDJSON file."""
+def _first_type(path: Path) -> str | None:
+    """The resourceType of an NDJSON file's first resource (a Bulk Data file holds one type), or None."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    head = orjson.loads(line.removeprefix(b"\xef\xbb\xbf"))
+                    return head.get("resourceType") if isinstance(head, dict) else None
+    except (OSError, EOFError, zlib.error, orjson.JSONDecodeError):
+        return None  # read as input later, and quarantined there with the reason
+    return None
+
+
+DEFINITION_TYPES = ("Medication",)  # NDJSON files of these are loaded before every other unit (`store_medications`)
+
+
+def _units(sources: Iterable[object], plan: _Plan, rest_options: dict,
+           definitions: bool = False) -> Iterator[Unit | tuple[str, str, int]]:
+    """Units to process; a ("file-done", key, n) marker follows the last unit of each NDJSON file. `definitions`:
+    only the NDJSON files whose resources are `DEFINITION_TYPES` (their first one is), else every other source."""
     for source in sources:
+        if definitions and _is_url(source):
+            continue
         if _is_url(source):
             from careloop.ingest.rest import RestSource, fetch_pages
 
@@ -163,6 +187,11 @@ def _units(sources: Iterable[object], plan: _Plan, rest_options: dict) -> Iterat
                 yield Unit(uid, "page", page.label, page.body)
             continue
         nd, js, skipped = _files(Path(source))
+        definition_files = [p for p in nd if _first_type(p) in DEFINITION_TYPES]
+        if definitions:
+            nd, js, skipped = definition_files, [], []
+        else:
+            nd = [p for p in nd if p not in definition_files]
         for path in skipped:
             log.warning("skipping %s: not named .ndjson, .jsonl or .json (optionally .gz)", path)
             plan.report.skipped_files.append(str(path))
@@ -313,7 +342,11 @@ def _unread_in(store: EventStore, removals: dict[str, set[str]]) -> Counter:
 
 def ingest(sources: list[object], store: Path | str, *, workers: int | None = None,
            rest_options: dict | None = None, progress: Callable[[UnitResult], None] | None = None) -> IngestReport:
-    """Ingest every source into the store at `store`; returns the reconciled report."""
+    """Ingest every source into the store at `store`; returns the reconciled report.
+
+    Medication files (`DEFINITION_TYPES`) are loaded first, in this process, so that requests in the other files
+    of a Bulk export (or of a later run) that name a Medication read its code: the store's Medications are handed to
+    the workers when their pool starts (`store_medications`)."""
     t0 = time.perf_counter()
     st = EventStore.create(Path(store))
     report = IngestReport(sources=[str(s) for s in sources], store=str(st.root))
@@ -321,61 +354,101 @@ def ingest(sources: list[object], store: Path | str, *, workers: int | None = No
         st.recover()
         plan = _Plan(st, report)
         committer = _Committer(st, report)
-        workers = workers or os.cpu_count() or 1
-        pending: dict[int, cf.Future] = {}
-        ready: dict[int, UnitResult] = {}
-        order: list[object] = []  # units and file markers in commit order
-        next_commit = 0
-
-        def drain(block: bool) -> None:
-            nonlocal next_commit
-            if pending:
-                done, _ = cf.wait(pending.values(), return_when=cf.FIRST_COMPLETED if block else cf.ALL_COMPLETED)
-                for k in [k for k, f in pending.items() if f in done]:
-                    ready[k] = pending.pop(k).result()
-            while next_commit < len(order):
-                item = order[next_commit]
-                if isinstance(item, tuple):  # an NDJSON file finished: a ledger entry for the whole file
-                    _, key, _n = item
-                    _write_file_ledger(st, key, order, next_commit)
-                    next_commit += 1
-                    continue
-                if next_commit not in ready:
-                    break
-                res = ready.pop(next_commit)
-                order[next_commit] = None  # release the unit's data
-                if res is not None:  # None: a unit committed by an earlier run
-                    committer.commit(res)
-                    if progress:
-                        progress(res)
-                next_commit += 1
-
-        ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-        pool_cm = _InProcess() if workers == 1 else cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-        with pool_cm as pool:
-            for unit in _units(sources, plan, rest_options or {}):
-                if isinstance(unit, tuple):
-                    order.append(unit)
-                    continue
-                record = plan.done(unit.uid)
-                if record:
-                    plan.replay(record)
-                    order.append(None)
-                    ready[len(order) - 1] = None  # type: ignore[assignment]
-                    continue
-                order.append(unit)
-                pending[len(order) - 1] = pool.submit(process_unit, unit, str(st.staging))
-                while len(pending) >= 2 * workers:
-                    drain(block=True)
-            while pending or next_commit < len(order):
-                before = next_commit
-                drain(block=bool(pending))
-                if not pending and next_commit == before:
-                    break
+        use_medications({})
+        try:
+            _run_units(_units(sources, plan, {}, definitions=True), _InProcess(), 1, st, plan, committer, progress)
+            medications = store_medications(st)
+            use_medications(medications)
+            workers = workers or os.cpu_count() or 1
+            ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
+            pool_cm = _InProcess() if workers == 1 else cf.ProcessPoolExecutor(
+                max_workers=workers, mp_context=ctx, initializer=use_medications, initargs=(medications,))
+            with pool_cm as pool:
+                _run_units(_units(sources, plan, rest_options or {}), pool, workers, st, plan, committer, progress)
+        finally:
+            use_medications({})
         _settle_if_needed(st, report, committer.units)
         st.refresh_catalog()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _run_units(units: Iterable[Unit | tuple[str, str, int]], pool, workers: int, st: EventStore, plan: _Plan,
+               committer: _Committer, progress: Callable[[UnitResult], None] | None) -> None:
+    """Map `units` on `pool` (at most two per worker in flight) and commit them in order as they finish."""
+    pending: dict[int, cf.Future] = {}
+    ready: dict[int, UnitResult | None] = {}
+    order: list[object] = []  # units and file markers in commit order
+    next_commit = 0
+
+    def drain(block: bool) -> None:
+        nonlocal next_commit
+        if pending:
+            done, _ = cf.wait(pending.values(), return_when=cf.FIRST_COMPLETED if block else cf.ALL_COMPLETED)
+            for k in [k for k, f in pending.items() if f in done]:
+                ready[k] = pending.pop(k).result()
+        while next_commit < len(order):
+            item = order[next_commit]
+            if isinstance(item, tuple):  # an NDJSON file finished: a ledger entry for the whole file
+                _, key, _n = item
+                _write_file_ledger(st, key, order, next_commit)
+                next_commit += 1
+                continue
+            if next_commit not in ready:
+                break
+            res = ready.pop(next_commit)
+            order[next_commit] = None  # release the unit's data
+            if res is not None:  # None: a unit committed by an earlier run
+                committer.commit(res)
+                if progress:
+                    progress(res)
+            next_commit += 1
+
+    for unit in units:
+        if isinstance(unit, tuple):
+            order.append(unit)
+            continue
+        record = plan.done(unit.uid)
+        if record:
+            plan.replay(record)
+            order.append(None)
+            ready[len(order) - 1] = None
+            continue
+        order.append(unit)
+        pending[len(order) - 1] = pool.submit(process_unit, unit, str(st.staging))
+        while len(pending) >= 2 * workers:
+            drain(block=True)
+    while pending or next_commit < len(order):
+        before = next_commit
+        drain(block=bool(pending))
+        if not pending and next_commit == before:
+            break
+
+
+def store_medications(st: EventStore) -> dict[str, tuple[str, ...]]:
+    """The Medications in the store, by id, with their known codes (in the order the mapping gave them). A
+    Medication loaded more than once and not yet settled (this run's copy and an earlier run's) is read from the
+    copy committed last (the ledger's order)."""
+    import pyarrow.parquet as pq
+
+    found: dict[str, tuple[int, tuple[str, ...]]] = {}
+    for part in st.parts("directory"):
+        t = pq.read_table(part, columns=["resource_type", "resource_id", "code"])
+        rows = [(rid, code) for rtype, rid, code in zip(*(c.to_pylist() for c in t.columns), strict=True)
+                if rtype == "Medication"]
+        if not rows:
+            continue
+        rec = st.ledger / f"{part.stem.removeprefix('part-')}.json"
+        seq = orjson.loads(rec.read_bytes()).get("seq", 0) if rec.exists() else 0
+        codes: dict[str, list[str]] = {}
+        for rid, code in rows:
+            codes.setdefault(rid, [])
+            if code is not None:
+                codes[rid].append(code)
+        for rid, cs in codes.items():
+            if rid not in found or found[rid][0] <= seq:
+                found[rid] = (seq, tuple(cs))
+    return {rid: cs for rid, (_, cs) in found.items()}
 
 
 class _InProcess:

@@ -13,8 +13,8 @@ import itertools
 import os
 import time
 import zlib
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections import ChainMap, Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,17 @@ import pyarrow.parquet as pq
 from careloop import contracts as C
 from careloop.contracts import content_hash, key_hash
 from careloop.ingest import model as M
-from careloop.ingest.mapping import CANONICAL_UNITS, Batch, Context, Reject, Skip, append_row, decode, map_resource
+from careloop.ingest.mapping import (
+    CANONICAL_UNITS,
+    Batch,
+    Context,
+    Reject,
+    Skip,
+    append_row,
+    decode,
+    map_resource,
+    medication_definition,
+)
 from careloop.ingest.versions import meta_version, supersedes
 
 NDJSON_CHUNK_BYTES = int(os.environ.get("CARELOOP_INGEST_CHUNK_BYTES", 12 << 20))  # env: for tests
@@ -312,9 +322,27 @@ class _BadEntry:
     rid: str | None = None
 
 
+_STORE_MEDICATIONS: Mapping[str, tuple[str, ...]] = {}  # the store's Medications (`runner.store_medications`)
+_medication_decoder = msgspec.json.Decoder(M.Medication)
+
+
+def use_medications(medications: Mapping[str, tuple[str, ...]]) -> None:
+    """Let this process's units resolve medicationReferences to these Medications (id -> known codes): those in the
+    store when the run began mapping requests. Set in the parent before the worker pool starts, and by the pool's
+    initializer in each worker."""
+    global _STORE_MEDICATIONS
+    _STORE_MEDICATIONS = medications
+
+
+def _context() -> Context:
+    """A unit's reference context: the store's Medications, and any the unit itself defines (written over them)."""
+    return Context(medications=ChainMap({}, _STORE_MEDICATIONS))
+
+
 def _bundle_context(entries: list[M.Entry | _BadEntry]) -> tuple[Context, list[M.Head | None]]:
-    """Where a Bundle's references point: fullUrls and identifiers of its own entries."""
-    ctx = Context()
+    """Where a Bundle's references point: fullUrls and identifiers of its own entries, and its Medications' codes
+    (a request may come before the Medication it names)."""
+    ctx = _context()
     heads: list[M.Head | None] = []
     for e in entries:
         head = None
@@ -332,6 +360,13 @@ def _bundle_context(entries: list[M.Entry | _BadEntry]) -> tuple[Context, list[M
             continue
         if e.fullUrl:
             ctx.full_urls[e.fullUrl] = (rtype, rid)
+        if rtype == "Medication":
+            try:
+                med = _medication_decoder.decode(e.resource)
+            except msgspec.DecodeError:
+                pass  # quarantined with its reason when taken; a request naming it does not resolve
+            else:
+                ctx.medications[rid] = medication_definition(med)
         if isinstance(head.identifier, list):
             for ident in head.identifier:
                 if isinstance(ident, dict) and ident.get("system") and ident.get("value"):
@@ -433,7 +468,7 @@ def _bundle_file(col: _Collector, path: str) -> None:
     if isinstance(entries, list):
         _take_bundle(col, entries, path)
     elif entries == _SINGLE:
-        col.take(data, path, Context())  # a file holding one resource (an Encounter, a Coverage, ...)
+        col.take(data, path, _context())  # a file holding one resource (an Encounter, a Coverage, ...)
 
 
 def void_text(why: str) -> str:
@@ -460,7 +495,7 @@ def process_unit(unit: Unit, staging_root: str) -> UnitResult:
 def _process_unit(unit: Unit, staging_root: str, t0: float) -> UnitResult:
     col = _Collector(unit.uid)
     if unit.kind == "ndjson":
-        ctx = Context()
+        ctx = _context()
         take = col.take
         label = unit.label
         first = unit.first_line

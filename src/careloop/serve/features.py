@@ -33,6 +33,7 @@ from careloop.ingest.mapping import (
     Skip,
     decode,
     map_resource,
+    medication_definition,
     observation_codes,
     observation_time,
     resolve,
@@ -45,7 +46,7 @@ PREFETCH = {  # CDS Hooks prefetch templates for one patient's record (`prefetch
     "encounters": "Encounter?patient={{context.patientId}}",
     "conditions": "Condition?patient={{context.patientId}}",
     "observations": "Observation?patient={{context.patientId}}",
-    "medications": "MedicationRequest?patient={{context.patientId}}",
+    "medications": "MedicationRequest?patient={{context.patientId}}&_include=MedicationRequest:medication",
     "procedures": "Procedure?patient={{context.patientId}}",
     "coverage": "Coverage?beneficiary={{context.patientId}}",
 }
@@ -553,6 +554,10 @@ def collect(prefetch: Mapping[str, Any] | None, patient_id: str, keys: tuple[str
                         continue
                     rejected.add((res.rtype, res.rid))
                 out.rejected.append(f"{res.rtype or 'resource'}: {res.reason}")
+                continue
+            if type(res) is M.Medication:  # a drug a request names (`_include`): read as the requests are mapped
+                if res.id:
+                    out.ctx.medications[res.id] = medication_definition(res)
                 continue
             ident = (type(res).__name__, str(res.id))
             prior = chosen.get(ident)

@@ -32,7 +32,8 @@ KEYS = {  # how each table names the resource a row came from: (type column or l
 }
 
 
-FORMAT = 2  # of the parts on disk; 2: the resource index has last_updated, version_id, withdrawn (`upgrade`)
+FORMAT = 3  # of the parts on disk (`upgrade`); 2: the resource index has last_updated, version_id, withdrawn;
+# 3: the directory has a Medication's code
 
 
 class StoreError(CareloopError):
