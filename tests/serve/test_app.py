@@ -714,7 +714,7 @@ def test_a_stay_far_longer_than_any_in_training_gets_a_deferral_not_a_score(runn
     anything the model was trained on, so it defers (a tree model would answer with its extreme leaf)."""
     _, low, res = chosen
     row = low[0]
-    pf = prefetch_of(res[row["patient_id"]])
+    pf = copy.deepcopy(prefetch_of(res[row["patient_id"]]))  # the record is shared with other tests
     for e in pf["encounters"]["entry"]:
         if e["resource"]["id"] == row["encounter_id"]:
             start = dt.datetime.fromisoformat(e["resource"]["period"]["start"])
@@ -722,6 +722,51 @@ def test_a_stay_far_longer_than_any_in_training_gets_a_deferral_not_a_score(runn
     body = hook_request(row["patient_id"], row["encounter_id"], pf)
     (card,) = call(running, body).json()["cards"]
     assert card["indicator"] == "info" and "inputs outside the training data (los_days" in card["detail"], card
+
+
+def test_a_category_the_model_has_no_level_for_gets_a_deferral_not_a_guess(running, chosen):
+    """A sex recorded as "other", or a discharge disposition not recorded, where training saw neither (and pooled no
+    rare values): the logistic model would read it as its reference level (female, home), so the service defers and
+    says which input."""
+    pre = running.service.model.preprocessor
+    levels = {c.name: c.categories for c in pre.categorical}
+    assert "other" not in levels["sex"] and "__other__" not in levels["sex"]
+    assert "__missing__" not in levels["discharge_disposition"]
+    _, low, res = chosen
+    row = low[1]
+    pf = copy.deepcopy(prefetch_of(res[row["patient_id"]]))  # the record is shared with other tests
+    pf["patient"] = dict(pf["patient"], gender="other")
+    for e in pf["encounters"]["entry"]:
+        if e["resource"]["id"] == row["encounter_id"]:
+            e["resource"]["hospitalization"].pop("dischargeDisposition")
+    body = hook_request(row["patient_id"], row["encounter_id"], pf)
+    (card,) = call(running, body).json()["cards"]
+    assert card["indicator"] == "info", card
+    assert ("inputs outside the training data (sex 'other', a value never seen in training; discharge_disposition "
+            "missing, never missing in training)") in card["detail"], card["detail"]
+    (rec,) = _records(running, "cds-call", body["hookInstance"])
+    assert "sex 'other'" in json.dumps(rec, default=str)
+    # the same stay as recorded is scored
+    body = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))
+    assert "outside the training data" not in json.dumps(call(running, body).json())
+
+
+def test_unknown_levels_names_each_input_without_a_level_of_its_own():
+    import pyarrow as pa
+
+    from careloop.modeling._frame import Preprocessor
+
+    t = pa.table({"sex": ["female"] * 30 + ["male"] * 30,
+                  "lang": ["en"] * 40 + ["es"] * 19 + ["ht"],  # es and ht are rare: pooled into OTHER
+                  "housing": ["own"] * 59 + [None]})
+    pre = Preprocessor.fit(t, ["sex", "lang", "housing"])
+    assert pre.unknown_levels({"sex": "male", "lang": "zh", "housing": None}) == []  # zh -> OTHER, None -> MISSING
+    assert pre.unknown_levels({"sex": "other", "lang": "en", "housing": "own"}) == [("sex", "other")]
+    assert pre.unknown_levels({"sex": None, "lang": None, "housing": "rent"}) == [("sex", None), ("lang", None),
+                                                                                ("housing", "rent")]
+    assert pre.unknown_levels({"sex": True, "lang": 2.0, "housing": "own"}) == [("sex", True)]  # read as text
+    # during a stay (patient-view, the dashboard) a missing value is read as the model reads one; unseen ones are not
+    assert pre.unknown_levels({"sex": None, "lang": None, "housing": "rent"}, missing=False) == [("housing", "rent")]
 
 
 def test_when_the_audit_log_cannot_be_written_no_call_is_answered_as_scored(running, chosen, monkeypatch):

@@ -17,7 +17,9 @@ import pyarrow.compute as pc
 
 from careloop.errors import CareloopError
 
-OTHER = "__other__"  # categories too rare in training, and any category never seen in training
+OTHER = "__other__"  # categories too rare in training, and then any category never seen in training (without rare
+# ones there is no OTHER: an unseen category is read as missing by LightGBM and as the reference level by the
+# logistic model, so the service defers on it first: `Preprocessor.unknown_levels`)
 MISSING = "__missing__"
 
 
@@ -190,6 +192,22 @@ class Preprocessor:
             return lookup.get(MISSING, other)
         text = value if isinstance(value, str) else _cast_text(value)
         return lookup.get(text, other)
+
+    def unknown_levels(self, row: dict, *, missing: bool = True) -> list[tuple[str, object]]:
+        """(column, value) of each categorical input of `row` with no level of its own: a value never seen in
+        training when training pooled no rare values into OTHER, or (`missing`) a missing value (None) when training
+        never had one. `frame` and `design` still read them (as missing, or as the reference level), so a caller that
+        must not guess (the service) checks first."""
+        out = []
+        for col in self.categorical:
+            value = row.get(col.name)
+            if value is None:
+                if missing and MISSING not in col.categories:
+                    out.append((col.name, None))
+            elif OTHER not in col.categories and (value if isinstance(value, str) else _cast_text(value)) \
+                    not in col.categories:
+                out.append((col.name, value))
+        return out
 
     def row_inputs(self, rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
         """(numbers with NaN for missing, category codes) of `rows` ({column: value} dicts, e.g. from

@@ -621,7 +621,7 @@ class Service:
         scope = self.out_of_scope(feats, at_discharge=encounter is not None)
         if scope:
             return self.defer(ctx, scope, digest=digest, extra=extra)
-        ood = self.out_of_distribution(feats.row)
+        ood = self.out_of_distribution(feats.row, at_discharge=encounter is not None)
         if ood:
             return self.defer(ctx, f"inputs outside the training data ({ood})", digest=digest, extra=extra)
         risk = float(self.model.predict_proba_rows([feats.row])[0])
@@ -708,8 +708,12 @@ class Service:
             return self.threshold, self.band
         return setting.threshold, None
 
-    def out_of_distribution(self, row) -> str | None:
-        return outside_training(row, self.ranges)
+    def out_of_distribution(self, row, *, at_discharge: bool = True) -> str | None:
+        """Why the model's inputs for `row` are outside what it was trained on, or None. A category missing where
+        training never had one counts at a discharge (the model was trained on completed stays, whose disposition
+        and other categories were recorded); during a stay (patient-view, the dashboard's risk over the stay) a
+        disposition not yet recorded is expected, and the risk is read as the model reads a missing value."""
+        return unseen_category(row, self.model, missing=at_discharge) or outside_training(row, self.ranges)
 
     def excluded(self, *, disposition: str | None, disposition_nubc: str | None, death_us: int | None,
                  index_us: int) -> str | None:
@@ -840,6 +844,16 @@ def _model_version(meta: dict) -> str:
 
 def under_age(min_age: float) -> str:
     return f"patient under {min_age:g} (out of scope: an adult model)"
+
+
+def unseen_category(row: dict, model, *, missing: bool = True) -> str | None:
+    """The categorical inputs the model has no level for (`Preprocessor.unknown_levels`), worded for a deferral:
+    the model would read them as a guess (its reference level, or a branch no training stay took). None when every
+    category is known."""
+    pre = getattr(model, "preprocessor", None)
+    unknown = pre.unknown_levels(row, missing=missing) if pre is not None else []
+    return "; ".join(f"{col} missing, never missing in training" if v is None
+                     else f"{col} {str(v)[:40]!r}, a value never seen in training" for col, v in unknown[:3]) or None
 
 
 def outside_training(row: dict, ranges: dict) -> str | None:

@@ -176,7 +176,7 @@ def assess(service, feats: pa.Table, stays: list[dict] | None = None) -> tuple[l
             out.append(Assessment(None, "deferred", gone))
             rs[i] = []
             continue
-        ood = service.out_of_distribution(rows[i])
+        ood = service.out_of_distribution(rows[i], at_discharge=False)  # points during the stay
         if ood:
             out.append(Assessment(None, "deferred", f"inputs outside the training data ({ood})"))
             rs[i] = []
