@@ -23,7 +23,6 @@ from careloop.monitor.cli import run_monitor
 from careloop.registry import BundleIntegrityError, Registry, verify
 
 REFERENCE = "monitor_reference.json"
-DECILES = np.linspace(0, 1, 11)[1:-1]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -60,6 +59,16 @@ def _window(rows: pa.Table) -> tuple[pa.Table, pa.Table]:
 def _numeric(col) -> bool:
     t = col.type
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t)
+
+
+def _expected_edges(x: np.ndarray, bins: int = 10) -> list[float]:
+    """A column of at most `bins` values: each value v a bin [v, next float) of its own, so the gaps around it are
+    bins too; otherwise the `bins` quantiles, plus such a bin for every value holding a bin's share of the rows."""
+    values, counts = np.unique(x, return_counts=True)
+    few = len(values) <= bins
+    points = values if few else values[counts >= len(x) / bins]
+    cuts = [] if few else np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1]).tolist()
+    return sorted({*cuts, *points.tolist(), *np.nextafter(points, np.inf).tolist()})
 
 
 def _expected_counts(values, kind: str, edges: list[float], categories: list[str]) -> list[int]:
@@ -134,8 +143,8 @@ def test_the_stored_reference_is_the_histograms_of_the_training_rows(which, drif
         if kind == "numeric":
             x = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
             x = x[np.isfinite(x)]
-            want = np.unique(np.quantile(x, DECILES)).tolist() if len(x) else []
-            assert ref["binning"]["edges"] == pytest.approx(want, rel=1e-12, abs=1e-12), c
+            want = _expected_edges(x) if len(x) else []
+            assert ref["binning"]["edges"] == pytest.approx(want, rel=1e-12, abs=0), c
         else:
             assert ref["binning"]["categories"] == _expected_categories(values, doc["max_categories"]), c
         assert ref["counts"] == _expected_counts(values, kind, ref["binning"]["edges"],
@@ -146,7 +155,7 @@ def test_the_stored_reference_is_the_histograms_of_the_training_rows(which, drif
     risk = b.model().predict_proba(calib)
     score = doc["score"]
     assert doc["score_split"] == "calibration" and score["rows"] == calib.num_rows > 50
-    assert score["binning"]["edges"] == pytest.approx(np.unique(np.quantile(risk, DECILES)).tolist(), rel=1e-9)
+    assert score["binning"]["edges"] == pytest.approx(_expected_edges(risk), rel=1e-9)
     assert score["counts"] == _expected_counts(risk.tolist(), "numeric", score["binning"]["edges"], [])
     threshold = meta["operating_point"]["threshold"]
     assert doc["mean_risk"] == pytest.approx(float(risk.mean()), rel=1e-9)
@@ -308,8 +317,13 @@ def test_a_config_asking_for_other_bins_rebuilds_with_a_note(drift_site, quarter
     r = monitor(drift_site["bundle"], drift_site["store"], period="quarter", config={"bins": 5}).to_dict()
     assert any("bins 5" in n and "bins 10" in n and "rebuilt" in n for n in r["notes"])
     assert r["reference"]["bins"] == 5 and "pseudonyms" in r["reference"]["source"]
-    numeric = [v for v in r["reference"]["columns"].values() if v["binning"]["kind"] == "numeric"]
-    assert numeric and all(len(v["binning"]["edges"]) <= 4 for v in numeric)
+    numeric = {c: v for c, v in r["reference"]["columns"].items() if v["binning"]["kind"] == "numeric"}
+    train, _ = _window(_training_rows(drift_site["bundle"], drift_site["store"]))
+    for c, v in numeric.items():
+        x = np.array([np.nan if t is None else float(t) for t in train.column(c).to_pylist()], dtype=float)
+        x = x[np.isfinite(x)]
+        assert v["binning"]["edges"] == pytest.approx(_expected_edges(x, 5) if len(x) else [], rel=1e-12, abs=0), c
+    assert numeric
     _, report, _ = quarterly
     assert r["reference"]["rows"] == report["reference"]["rows"]  # the same training rows, found by pseudonym
     assert r["periods"][0]["start"] == report["periods"][0]["start"]

@@ -67,6 +67,7 @@ from careloop.monitor._stats import (
     Family,
     homogeneity_test,
     missing_psi,
+    occupied_bins,
     psi,
     psi_noise,
     se_from_ci,
@@ -461,7 +462,7 @@ def monitor(bundle, store: str | Path, *, period: str = "month", start: Any = No
             value = psi(np.asarray(ref.counts), counts) if n else None
             miss = counts[-1] / n if n else None
             row = {"feature": c, "label": ref.label, "psi": value,
-                   "psi_noise": psi_noise(ref.binning.size, ref.patients, n_pat) if n else None,
+                   "psi_noise": psi_noise(occupied_bins(ref.counts), ref.patients, n_pat) if n else None,
                    "missing": miss, "missing_reference": ref.missing, "p_value": None, "missing_p": None,
                    "counts": [int(x) for x in counts]}
             if n >= cfg.min_rows:
@@ -494,7 +495,7 @@ def monitor(bundle, store: str | Path, *, period: str = "month", start: Any = No
         sc = scores[mask]
         counts = sref.binning.counts(sc) if n else np.zeros(sref.binning.size, dtype=np.int64)
         out = {"psi": psi(np.asarray(sref.counts), counts) if n else None,
-               "psi_noise": psi_noise(sref.binning.size, sref.patients, n_pat) if n else None,
+               "psi_noise": psi_noise(occupied_bins(sref.counts), sref.patients, n_pat) if n else None,
                "mean_risk": float(sc.mean()) if n else None, "mean_risk_reference": reference.mean_risk,
                "flag_rate": float(np.mean(sc >= threshold)) if n and threshold is not None else None,
                "flag_rate_reference": reference.flag_rate, "p_value": None, "counts": [int(x) for x in counts]}

@@ -14,8 +14,9 @@ Which rows, by one rule (`reference_masks`), at training time and in the monitor
   new stay, so an output PSI against them would report the model's own fit as drift. Its mean and the share over
   the operating threshold (by construction near the policy's budget) are the output's reference figures.
 
-Per input: bins fixed on the reference (deciles of a numeric column, the commonest categories of any other, a
-missing bin; see `careloop.monitor._stats.make_binning`) and the counts in them; so the missingness is there too.
+Per input: bins fixed on the reference (deciles of a numeric column, or a bin per value when it has few, the
+commonest categories of any other, a missing bin; see `careloop.monitor._stats.make_binning`) and the counts in
+them; so the missingness is there too.
 
 The file also lists the stays used to develop the model (training and calibration splits) by the pseudonyms of
 `predictions.parquet` (`careloop.workflows.train.pseudonym`, salt "row"), so that the monitor leaves exactly those

@@ -2,7 +2,8 @@
 
 PSI (population stability index) compares a period's distribution of a column with the reference's over the same
 bins: sum over bins of (p_period - p_ref) * ln(p_period / p_ref), with half a count added to every bin so that an
-empty bin stays finite. Numeric columns are cut at the reference's deciles (fewer bins when values tie),
+empty bin stays finite. Numeric columns are cut at the reference's deciles, except that a column with few values
+(a flag, a small count, a constant) gets a bin per value and a value as common as a decile gets a bin of its own;
 categorical ones keep the reference's commonest categories and pool the rest; missing values are a bin of their
 own, so a column that stops being recorded shows up in its PSI as well as in its missingness.
 
@@ -16,7 +17,6 @@ stays: the counts are scaled by patients / stays before the test (a design-effec
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,10 +51,7 @@ class Binning:
 
     def labels(self) -> list[str]:
         if self.kind == "numeric":
-            e = [_num(x) for x in self.edges]
-            if not e:
-                return ["all values", MISSING]
-            return [f"< {e[0]}", *(f"{a} to < {b}" for a, b in itertools.pairwise(e)), f">= {e[-1]}", MISSING]
+            return [*_numeric_labels(self.edges), MISSING]
         return [*self.categories, OTHER, MISSING]
 
     def counts(self, values: Any) -> np.ndarray:
@@ -83,6 +80,31 @@ class Binning:
 
 def _num(x: float) -> str:
     return f"{x:.4g}"
+
+
+def _above(x: float) -> float:
+    """The next float above x: edges x and _above(x) make a bin [x, _above(x)) that holds x alone."""
+    return float(np.nextafter(x, np.inf))
+
+
+def _numeric_labels(edges: tuple[float, ...]) -> list[str]:
+    """One readable label per bin of `searchsorted(edges, v, "right")`: a bin [x, _above(x)) reads "= x" and the
+    bin after it "> x" (not ">= x + 5e-324"), so single-value bins stay legible in the report."""
+    if not edges:
+        return ["all values"]
+    bounds = [-np.inf, -np.inf, *edges, np.inf]  # bounds[i], bounds[i + 1], bounds[i + 2]: the edge before, lo, hi
+    return [_bin_label(*bounds[i:i + 3]) for i in range(len(edges) + 1)]
+
+
+def _bin_label(before: float, lo: float, hi: float) -> str:
+    """Label of the bin [lo, hi), `before` being the edge below lo."""
+    if lo == -np.inf:
+        return f"< {_num(hi)}"
+    if hi == _above(lo):
+        return f"= {_num(lo)}"
+    if lo == _above(before):
+        return f"> {_num(before)}" + ("" if hi == np.inf else f" to < {_num(hi)}")
+    return f">= {_num(lo)}" if hi == np.inf else f"{_num(lo)} to < {_num(hi)}"
 
 
 def _floats(values: Any) -> np.ndarray:
@@ -117,15 +139,16 @@ def is_numeric(values: Any) -> bool:
 
 
 def make_binning(column: str, values: Any, *, bins: int = 10, max_categories: int = 20) -> Binning:
-    """Bins fixed on the reference values of one column: deciles (or `bins` quantiles) of a numeric column,
-    the commonest categories (each at least 1% of the rows, at most `max_categories`) of any other."""
+    """Bins fixed on the reference values of one column: for a numeric column, one bin per value when it takes at
+    most `bins` values (flags, small counts, constants), else deciles (or `bins` quantiles) with any value as
+    common as a bin kept apart; for any other, the commonest categories (each at least 1% of the rows, at most
+    `max_categories`)."""
     if is_numeric(values):
         x = _floats(values)
         x = x[np.isfinite(x)]
         if x.size == 0:
             return Binning(column, "numeric")
-        qs = np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1], method="linear")
-        return Binning(column, "numeric", tuple(float(e) for e in np.unique(qs)))
+        return Binning(column, "numeric", numeric_edges(x, bins))
     text = [t for t in _texts(values) if t is not None]
     if not text:
         return Binning(column, "categorical")
@@ -133,6 +156,30 @@ def make_binning(column: str, values: Any, *, bins: int = 10, max_categories: in
     order = np.lexsort((cats.astype(str), -counts))
     keep = [str(cats[i]) for i in order if counts[i] >= 0.01 * len(text)][:max_categories]
     return Binning(column, "categorical", categories=tuple(keep))
+
+
+def numeric_edges(x: np.ndarray, bins: int = 10) -> tuple[float, ...]:
+    """Interior edges for finite reference values `x`.
+
+    Quantile edges alone fail on few-valued columns: a flag set in under 10% of the stays has every decile at 0, so
+    0 and 1 shared a bin and no shift of the flag could show. So a column with at most `bins` values gets a bin per
+    value, with the gaps below, between and above them as bins of their own (a value never seen in the reference
+    still shows); otherwise the quantiles, and every value holding a bin's share of the rows (a point mass such as
+    0 in a mostly-zero column) gets a bin of its own."""
+    values, counts = np.unique(x, return_counts=True)
+    if values.size <= bins:
+        points = values
+        cuts: np.ndarray = np.array([])
+    else:
+        points = values[counts >= x.size / bins]
+        cuts = np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1], method="linear")
+    edges = {float(e) for e in cuts} | {float(v) for v in points} | {_above(float(v)) for v in points}
+    return tuple(sorted(edges))
+
+
+def occupied_bins(counts: Any) -> int:
+    """Bins that the reference puts stays in: the ones sampling noise can move (see `psi_noise`)."""
+    return int(np.count_nonzero(np.asarray(counts)))
 
 
 def proportions(counts: np.ndarray) -> np.ndarray:
