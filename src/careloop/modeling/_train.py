@@ -24,15 +24,25 @@ class TrainingError(CareloopError):
     pass
 
 
+def _patient_hash(pid: str, seed: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"inner:{seed}:{pid}".encode(), digest_size=8).digest(), "big")
+
+
 def inner_folds(patient_ids: list[str], seed: int, k: int = FOLDS) -> np.ndarray:
-    """Fold 0..k-1 of each training row, from a hash of its patient: a patient's stays share a fold."""
-    def fold(pid: str) -> int:
-        h = hashlib.blake2b(f"inner:{seed}:{pid}".encode(), digest_size=8).digest()
-        return int.from_bytes(h, "big") % k
-    folds = np.fromiter((fold(p) for p in patient_ids), dtype=np.int64, count=len(patient_ids))
-    if len(np.unique(folds)) < k:  # too few patients to hash into every fold: deal rows out in turn
-        folds = np.arange(len(folds)) % k
-    return folds
+    """Fold 0..k-1 of each training row, from a hash of its patient: a patient's stays share a fold, so no fold used
+    for early stopping or the choice of C sees a patient it was trained on.
+
+    When the hash leaves a fold empty (few patients), the patients, ordered by their hash, are dealt out in turn
+    over min(k, patients) folds; never the rows, which would split a patient's stays across folds."""
+    hashes = {p: _patient_hash(p, seed) for p in set(patient_ids)}
+    if len(hashes) < 2:
+        raise TrainingError(f"the training split needs at least 2 patients for its inner folds; it has {len(hashes)}")
+    patients = sorted(hashes, key=lambda p: (hashes[p], p))
+    fold = {p: h % k for p, h in hashes.items()}
+    if len(set(fold.values())) < k:  # too few patients to hash into every fold: deal the patients out in turn
+        k = min(k, len(patients))
+        fold = {p: i % k for i, p in enumerate(patients)}
+    return np.fromiter((fold[p] for p in patient_ids), dtype=np.int64, count=len(patient_ids))
 
 
 @dataclass
