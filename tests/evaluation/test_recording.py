@@ -1,10 +1,11 @@
 """Recording disparity: a group whose documentation-derived column is thinner than its other data implies."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.linear_model import Ridge
 
-from careloop.evaluation import recording_disparity
+from careloop.evaluation import fairness, recording_disparity
 
 
 def world(n, seed, under=None):
@@ -47,3 +48,30 @@ def test_small_groups_are_not_tested():
     g = np.array(["big"] * 380 + ["tiny"] * 20)
     out = recording_disparity(xtr, {"c": ytr}, xte, {"c": yte}, {"attr": g}, n_boot=100)
     assert out == []  # "tiny" is under the minimum, and so is the rest of "big"'s complement
+
+
+MISSING_KINDS = [None, float("nan"), np.nan, np.float64("nan"), pd.NA]
+
+
+@pytest.mark.parametrize("as_series", [False, True])
+def test_every_kind_of_missing_value_is_the_unknown_group_as_in_fairness(as_series):
+    """None, NaN (float and NumPy) and pd.NA are one "unknown" group here as in `fairness`, so the two analyses
+    of one attribute report the same groups with the same sizes."""
+    n, per = 700, 80
+    xtr, ytr, _ = world(2000, 7)
+    xte, yte, _ = world(n, 8)
+    raw = ["A"] * (n - per * len(MISSING_KINDS)) + [v for v in MISSING_KINDS for _ in range(per)]
+    race = pd.Series(raw, dtype="string") if as_series else np.array(raw, dtype=object)
+    out = recording_disparity(xtr, {"cci": ytr}, xte, {"cci": yte}, {"race": race}, n_boot=50)
+    unknown = np.array([v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) for v in raw])
+    assert {f.group: f.n for f in out} == {"A": int((~unknown).sum()), "unknown": int(unknown.sum())}
+    m = Ridge(alpha=1.0).fit(xtr, ytr)
+    r = (yte - m.predict(xte)) / np.std(ytr - m.predict(xtr))
+    gap = {f.group: f.gap.estimate for f in out}
+    assert gap["unknown"] == pytest.approx(r[unknown].mean() - r.mean(), abs=1e-9)
+
+    rng = np.random.default_rng(9)
+    p = rng.uniform(0.05, 0.6, n)
+    y = (rng.random(n) < p).astype(int)
+    fair = fairness(y, p, {"race": race}, threshold=0.3, n_boot=0)
+    assert {g.group: g.n for g in fair.attributes["race"].groups} == {f.group: f.n for f in out}

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import Ridge
 
+from careloop.evaluation._fairness import group_values
 from careloop.evaluation._result import Estimate
 
 DEFAULT_TOLERANCE = 0.25  # residual standard deviations
@@ -56,7 +57,10 @@ def recording_disparity(x_train: np.ndarray, targets_train: Mapping[str, np.ndar
                         labels: Mapping[tuple[str, str], str] | None = None, tolerance: float = DEFAULT_TOLERANCE,
                         min_group_size: int = MIN_GROUP, n_boot: int = 1000, seed: int = 0,
                         alpha: float = 0.05) -> list[RecordingFinding]:
-    """Each group's recorded-vs-expected gap for each documentation-derived column, on the test split."""
+    """Each group's recorded-vs-expected gap for each documentation-derived column, on the test split.
+
+    Groups are formed as `fairness` forms them (missing values, of any kind, are "unknown"), so that the two
+    analyses of one attribute report the same groups."""
     labels = labels or {}
     n = x_test.shape[0]
     codes, k = _cluster_index(clusters, n)
@@ -72,7 +76,7 @@ def recording_disparity(x_train: np.ndarray, targets_train: Mapping[str, np.ndar
         residuals[column] = np.where(np.isfinite(y_test), (y_test - model.predict(x_test)) / sd, np.nan)
     cells = []
     for attribute, values in groups.items():
-        g = np.asarray([("unknown" if v is None else str(v)) for v in values], dtype=object)
+        g = group_values(values, n, attribute)  # fairness's groups: None, NaN, pd.NA and "" are all "unknown"
         for name in sorted(set(g)):
             mask = g == name
             if mask.sum() >= min_group_size and (~mask).sum() >= min_group_size:
