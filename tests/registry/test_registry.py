@@ -3,10 +3,13 @@
 import hashlib
 import json
 import os
+import shutil
 import stat
 
 import pytest
+from typer.testing import CliRunner
 
+from careloop.cli import app
 from careloop.registry import MANIFEST, BundleIntegrityError, Registry, RegistryError, load, verify
 
 
@@ -16,6 +19,7 @@ def _staging(tmp_path, name="stage", text="v1"):
     (d / "model.json").write_text(json.dumps({"w": text}))
     (d / "report.html").write_text("<html>report</html>")
     (d / "sub" / "extra.txt").write_text("nested")
+    (d / "sub" / MANIFEST).write_text('{"note": "a nested file that happens to share the name"}')
     (d / "bundle.json").write_text(json.dumps({"task": "t", "metrics": {"auroc": 0.8}}))
     return d
 
@@ -23,8 +27,8 @@ def _staging(tmp_path, name="stage", text="v1"):
 def _independent_id(folder):
     lines = []
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            rel = p.relative_to(folder).as_posix()
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel != MANIFEST:  # only the top-level manifest is left out
             lines.append((rel, hashlib.sha256(p.read_bytes()).hexdigest()))
     return hashlib.sha256("".join(f"{r} {h}\n" for r, h in sorted(lines)).encode()).hexdigest()
 
@@ -55,6 +59,7 @@ def test_identical_content_registers_once(tmp_path):
     (lambda d: (d / "sub" / "extra.txt").unlink(), "sub/extra.txt is missing"),
     (lambda d: (d / "new.txt").write_text("x"), "new.txt was added"),
     (lambda d: (d / "report.html").write_bytes(b"<html>report</html> "), "report.html was modified"),
+    (lambda d: (d / "sub" / MANIFEST).write_text("{}"), "sub/MANIFEST.json was modified"),
 ])
 def test_tampered_bundle_fails_to_load(tmp_path, tamper, message):
     b = Registry(tmp_path / "reg").register(_staging(tmp_path), "m")
@@ -97,4 +102,66 @@ def test_not_a_bundle(tmp_path):
 def test_summary_reads_metadata(tmp_path):
     b = Registry(tmp_path / "reg").register(_staging(tmp_path), "m")
     s = b.summary()
-    assert s["test_auroc"] == 0.8 and s["task"] == "t" and s["files"] == 4
+    assert s["test_auroc"] == 0.8 and s["task"] == "t" and s["files"] == 5
+
+
+def _writable(folder):
+    for p in [folder, *folder.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def _rewrite_consistently(folder):
+    """Change model.json and re-derive the manifest's hashes and id from the new content, as a forger would."""
+    _writable(folder)
+    (folder / "model.json").write_text('{"w": "evil"}')
+    m = json.loads((folder / MANIFEST).read_text())
+    m["files"]["model.json"] = hashlib.sha256(b'{"w": "evil"}').hexdigest()
+    m["bundle_id"] = _independent_id(folder)
+    (folder / MANIFEST).write_text(json.dumps(m))
+    return m["bundle_id"]
+
+
+def test_nested_manifest_named_file_is_hashed(tmp_path):
+    b = Registry(tmp_path / "reg").register(_staging(tmp_path), "m")
+    assert "sub/MANIFEST.json" in b.files and MANIFEST not in b.files
+    assert b.files["sub/MANIFEST.json"] == hashlib.sha256((b.path / "sub" / MANIFEST).read_bytes()).hexdigest()
+
+
+def test_a_consistent_rewrite_is_refused_by_the_folder_name(tmp_path):
+    b = Registry(tmp_path / "reg").register(_staging(tmp_path), "readmission-30d")
+    forged = _rewrite_consistently(b.path)
+    assert forged[:12] != b.bundle_id[:12]
+    with pytest.raises(BundleIntegrityError, match=f"named for bundle {b.bundle_id[:12]}.*bundle {forged[:12]}"):
+        verify(b.path)
+    with pytest.raises(BundleIntegrityError, match="rewritten after registration"):
+        Registry(tmp_path / "reg").find(b.path.name)
+
+
+def test_a_copy_under_another_folder_name_still_verifies(tmp_path):
+    b = Registry(tmp_path / "reg").register(_staging(tmp_path), "m")
+    copy = tmp_path / "deployed" / "current-model"
+    shutil.copytree(b.path, copy)
+    assert verify(copy).bundle_id == b.bundle_id
+    link = tmp_path / "latest"
+    link.symlink_to(b.path)
+    assert verify(link).bundle_id == b.bundle_id
+
+
+def test_a_damaged_manifest_is_listed_and_hides_no_other_bundle(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    bad = reg.register(_staging(tmp_path, "s1"), "m")
+    good = reg.register(_staging(tmp_path, "s2", text="v2"), "m")
+    _writable(bad.path)
+    (bad.path / MANIFEST).write_text("{ truncated")
+    listed = {b.path: b for b in reg.bundles()}
+    assert set(listed) == {bad.path, good.path}
+    assert listed[good.path].damaged is None and listed[good.path].bundle_id == good.bundle_id
+    assert "unreadable MANIFEST.json" in listed[bad.path].damaged and listed[bad.path].bundle_id == bad.bundle_id[:12]
+    assert reg.find(good.bundle_id[:12]).bundle_id == good.bundle_id
+    with pytest.raises(BundleIntegrityError, match=r"unreadable MANIFEST\.json"):
+        reg.find(bad.path.name)
+    res = CliRunner().invoke(app, ["models", "list", "-r", str(tmp_path / "reg"), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["path"]: r for r in json.loads(res.output)}
+    assert rows[str(good.path)]["integrity"] == "ok"
+    assert rows[str(bad.path)]["integrity"].startswith("FAILED") and "unreadable" in rows[str(bad.path)]["integrity"]

@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 from dataclasses import dataclass
@@ -40,7 +41,22 @@ def _sha256(path: Path) -> str:
 
 
 def _files(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    """Every file's path relative to `folder`, except the top-level manifest (a nested MANIFEST.json is content)."""
+    rels = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return sorted(r for r in rels if r != MANIFEST)
+
+
+_FOLDER_ID = re.compile(r"-([0-9a-f]{12})$")
+
+
+def folder_id(folder: Path) -> str | None:
+    """The 12-character id suffix of a registry folder name `<name>-<id12>` (symlinks resolved), None without one.
+
+    >>> folder_id(Path("readmission-30d-0123456789ab")), folder_id(Path("current-model"))
+    ('0123456789ab', None)
+    """
+    m = _FOLDER_ID.search(folder.resolve().name)
+    return m.group(1) if m else None
 
 
 def content_id(files: dict[str, str]) -> str:
@@ -56,6 +72,7 @@ class Bundle:
     name: str
     created: str
     files: dict[str, str]
+    damaged: str | None = None  # why the manifest could not be read (only in `Registry.bundles()` listings)
 
     @property
     def metadata(self) -> dict:
@@ -86,9 +103,11 @@ def verify(path: str | Path) -> Bundle:
         raise BundleIntegrityError(f"{folder}: not a model bundle (no {MANIFEST})")
     try:
         manifest = json.loads(mf.read_text())
-        recorded: dict[str, str] = manifest["files"]
-    except (ValueError, KeyError) as e:
-        raise BundleIntegrityError(f"{folder}: unreadable {MANIFEST} ({e})") from None
+        recorded: dict[str, str] = dict(manifest["files"])
+        bundle_id, bundle_name = str(manifest["bundle_id"]), str(manifest["name"])
+        created = str(manifest["created"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise BundleIntegrityError(f"{folder}: unreadable {MANIFEST} ({type(e).__name__}: {e})") from None
     present = _files(folder)
     for name in sorted(set(recorded) - set(present)):
         raise BundleIntegrityError(f"{folder}: file {name} is missing; the bundle was changed after registration")
@@ -97,9 +116,33 @@ def verify(path: str | Path) -> Bundle:
     for name in present:
         if _sha256(folder / name) != recorded[name]:
             raise BundleIntegrityError(f"{folder}: file {name} was modified after registration (hash mismatch)")
-    if content_id(recorded) != manifest.get("bundle_id"):
+    if content_id(recorded) != bundle_id:
         raise BundleIntegrityError(f"{folder}: the manifest's bundle id does not match its file list")
-    return Bundle(folder, manifest["bundle_id"], manifest["name"], manifest["created"], recorded)
+    _check_folder_name(folder, bundle_id)
+    return Bundle(folder, bundle_id, bundle_name, created, recorded)
+
+
+def _check_folder_name(folder: Path, bundle_id: str) -> None:
+    """The registry names a bundle's folder by its id, so a folder whose id suffix differs holds rewritten content
+    (files and manifest changed together). A folder not named `<name>-<id12>` (a copy deployed elsewhere) has no
+    suffix to compare and is judged by its manifest alone."""
+    suffix = folder_id(folder)
+    if suffix is not None and suffix != bundle_id[:12]:
+        raise BundleIntegrityError(f"{folder}: the folder is named for bundle {suffix} but its files and manifest "
+                                   f"are bundle {bundle_id[:12]}; the bundle was rewritten after registration")
+
+
+def _listed(mf: Path) -> Bundle:
+    """The bundle a manifest describes, unverified; an unreadable manifest gives a `damaged` entry (named by its
+    folder) so that one broken bundle is listed as such instead of hiding every other one."""
+    try:
+        m = json.loads(mf.read_text())
+        return Bundle(mf.parent, str(m["bundle_id"]), str(m["name"]), str(m["created"]), dict(m["files"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        folder = mf.parent
+        suffix = folder_id(folder) or ""
+        name = folder.name.removesuffix(f"-{suffix}") if suffix else folder.name
+        return Bundle(folder, suffix, name, "", {}, damaged=f"unreadable {MANIFEST} ({type(e).__name__}: {e})")
 
 
 class Registry:
@@ -126,11 +169,9 @@ class Registry:
         return verify(target)
 
     def bundles(self) -> list[Bundle]:
-        """Every bundle under the root, newest first; a damaged one is reported, not hidden (see `check`)."""
-        out = []
-        for mf in sorted(self.root.glob(f"*/{MANIFEST}")):
-            m = json.loads(mf.read_text())
-            out.append(Bundle(mf.parent, m["bundle_id"], m["name"], m["created"], m["files"]))
+        """Every bundle under the root, newest first, unverified (`verify` each to check it); one whose manifest
+        cannot be read is listed with `damaged` set (and no id beyond its folder's suffix), not hidden."""
+        out = [_listed(mf) for mf in sorted(self.root.glob(f"*/{MANIFEST}"))]
         return sorted(out, key=lambda b: (b.created, b.bundle_id), reverse=True)
 
     def find(self, ref: str) -> Bundle:
@@ -155,4 +196,4 @@ def load(ref: str | Path, registry: str | Path | None = None) -> Bundle:
 
 
 __all__ = ["MANIFEST", "METADATA", "Bundle", "BundleIntegrityError", "Registry", "RegistryError", "content_id",
-           "load", "verify"]
+           "folder_id", "load", "verify"]
