@@ -51,11 +51,11 @@ def test_curves_and_tables(report: tuple[Evaluation, dict]) -> None:
     assert len(d["calibration_curve"]) == 10 and sum(b["n"] for b in d["calibration_curve"]) == 1000
     assert all(list(x) == ["threshold", "net_benefit", "treat_all", "treat_none"] for x in d["decision_curve"])
     assert all(set(x["net_benefit"]) == ESTIMATE for x in d["decision_curve"])
-    row_keys = ["threshold", "flagged", "alerts_per_100", "sensitivity", "specificity", "ppv", "npv", "nne", "tp",
-                "fp", "fn", "tn"]
+    row_keys = ["threshold", "flagged", "alerts_per_100", "sensitivity", "specificity", "ppv", "npv", "nne",
+                "net_benefit", "tp", "fp", "fn", "tn"]
     for row in [*d["threshold_table"], d["operating_point"]]:
         assert list(row) == row_keys
-        assert all(set(row[k]) == ESTIMATE for k in ("sensitivity", "specificity", "ppv", "npv", "nne"))
+        assert all(set(row[k]) == ESTIMATE for k in ("sensitivity", "specificity", "ppv", "npv", "nne", "net_benefit"))
         assert row["tp"] + row["fp"] + row["fn"] + row["tn"] == 1000
     assert d["operating_point"]["threshold"] == 0.2
 

@@ -47,8 +47,14 @@ _SCALARS = ("auroc", "auprc", "brier", "calibration_intercept", "calibration_slo
 _RATES = ("sensitivity", "specificity", "ppv", "npv")
 
 
-def _statistics(cells: Cells, w: np.ndarray, flagged: np.ndarray, dc_flagged: np.ndarray, dc_t: np.ndarray,
-                start: dict[str, float] | None) -> dict[str, np.ndarray]:
+def _net_benefit(tp: np.ndarray, fp: np.ndarray, total: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """TP/n - FP/n * t/(1-t) per replicate and threshold; undefined (NaN) at t = 1, where the weight is infinite."""
+    odds = np.divide(t, 1 - t, out=np.full(t.shape, np.nan), where=t < 1)
+    return tp / total - fp / total * odds
+
+
+def _statistics(cells: Cells, w: np.ndarray, flagged: np.ndarray, all_t: np.ndarray, dc_flagged: np.ndarray,
+                dc_t: np.ndarray, start: dict[str, float] | None) -> dict[str, np.ndarray]:
     """Every statistic of `evaluate` for the replicates in w (C x m): scalars (C,), per-threshold (C, T)."""
     r = Ranked.of(cells, w)
     sums = linear_sums(cells, w)
@@ -65,9 +71,10 @@ def _statistics(cells: Cells, w: np.ndarray, flagged: np.ndarray, dc_flagged: np
     tp, fp, fn, tn = confusion(r, flagged)
     out.update(tp=tp, fp=fp, fn=fn, tn=tn, sensitivity=ratio(tp, tp + fn), specificity=ratio(tn, tn + fp),
                ppv=ratio(tp, tp + fp), npv=ratio(tn, tn + fn))
-    dtp, dfp, _, _ = confusion(r, dc_flagged)
     total = w.sum(axis=1)[:, None]
-    out["net_benefit"] = dtp / total - dfp / total * (dc_t / (1 - dc_t))
+    out["row_net_benefit"] = _net_benefit(tp, fp, total, all_t)
+    dtp, dfp, _, _ = confusion(r, dc_flagged)
+    out["net_benefit"] = _net_benefit(dtp, dfp, total, dc_t)
     return out
 
 
@@ -128,12 +135,12 @@ def evaluate(y: Any, p: Any, *, clusters: Any = None, threshold: float | None = 
 
     cells = Cells.build(yb, pa, codes)
     flagged, dc_flagged = cells.flagged_groups(all_t), cells.flagged_groups(dc_t)
-    point = _statistics(cells, cells.unit_weights(), flagged, dc_flagged, dc_t, None)
+    point = _statistics(cells, cells.unit_weights(), flagged, all_t, dc_flagged, dc_t, None)
     start = _start(point)
 
     def replicate(m: np.ndarray) -> dict[str, np.ndarray]:
-        stats = _statistics(cells, cells.weights(m), flagged, dc_flagged, dc_t, start)
-        return {k: stats[k] for k in (*_SCALARS, *_RATES, "net_benefit")}
+        stats = _statistics(cells, cells.weights(m), flagged, all_t, dc_flagged, dc_t, start)
+        return {k: stats[k] for k in (*_SCALARS, *_RATES, "net_benefit", "row_net_benefit")}
 
     reps = map_replicates(replicate, n_clusters, n_boot, seed, max(n, n_clusters))
 
@@ -151,12 +158,14 @@ def evaluate(y: Any, p: Any, *, clusters: Any = None, threshold: float | None = 
     metrics["observed_rate"] = float(point["observed_rate"][0])
 
     rates = {k: estimates(k) for k in _RATES}
+    row_nb = estimates("row_net_benefit")
     rows = []
     for j, t in enumerate(all_t):
         counts = {k: round(float(point[k][0, j])) for k in ("tp", "fp", "fn", "tn")}
         flagged_rows = counts["tp"] + counts["fp"]
         rows.append(ThresholdRow(threshold=float(t), flagged=flagged_rows, alerts_per_100=100 * flagged_rows / n,
-                                 **{k: rates[k][j] for k in _RATES}, nne=_nne(rates["ppv"][j]), **counts))
+                                 **{k: rates[k][j] for k in _RATES}, nne=_nne(rates["ppv"][j]), **counts,
+                                 net_benefit=row_nb[j]))
     prevalence = float(yb.mean())
     nb = estimates("net_benefit")
     decision = tuple(DecisionPoint(threshold=float(t), net_benefit=nb[j],

@@ -76,18 +76,24 @@ class ThresholdRow:
     fp: int
     fn: int
     tn: int
+    # TP/n - FP/n * t/(1-t) at exactly this threshold (the decision curve only has a grid); None when read from a
+    # report.json written before it was recorded
+    net_benefit: Estimate | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "flagged": self.flagged, "alerts_per_100": self.alerts_per_100,
                 "sensitivity": self.sensitivity.to_dict(), "specificity": self.specificity.to_dict(),
                 "ppv": self.ppv.to_dict(), "npv": self.npv.to_dict(), "nne": self.nne.to_dict(),
+                "net_benefit": None if self.net_benefit is None else self.net_benefit.to_dict(),
                 "tp": self.tp, "fp": self.fp, "fn": self.fn, "tn": self.tn}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ThresholdRow:
         est = {k: Estimate.from_dict(d[k]) for k in ("sensitivity", "specificity", "ppv", "npv", "nne")}
+        nb = d.get("net_benefit")
         return cls(threshold=d["threshold"], flagged=d["flagged"], alerts_per_100=d["alerts_per_100"], **est,
-                   tp=d["tp"], fp=d["fp"], fn=d["fn"], tn=d["tn"])
+                   tp=d["tp"], fp=d["fp"], fn=d["fn"], tn=d["tn"],
+                   net_benefit=Estimate.from_dict(nb) if isinstance(nb, dict) else None)
 
 
 @dataclass(frozen=True)

@@ -186,9 +186,41 @@ def target_text(op: dict, unit: str) -> str:
     return f"{policy} {target}"
 
 
-def net_benefit_at(ev: dict, threshold: float | None) -> dict | None:
-    """The decision-curve row nearest to `threshold`."""
-    rows = [r for r in ev.get("decision_curve") or [] if number(r.get("threshold")) is not None]
-    if threshold is None or not rows:
+NB_NOT_RECORDED = ("not available (this report predates net benefit at the operating threshold, and its decision "
+                   "curve has no point there)")
+
+
+def treat_all(ev: dict, threshold: Any) -> float | None:
+    """Net benefit of treating everyone at `threshold`: prevalence - (1 - prevalence) * t/(1-t).
+
+    >>> treat_all({"prevalence": 0.2}, 0.5), treat_all({"prevalence": 0.2}, 1.0)
+    (-0.6000000000000001, None)
+    """
+    prev, t = number(ev.get("prevalence")), number(threshold)
+    if prev is None or t is None or not 0 <= t < 1:
         return None
-    return min(rows, key=lambda r: abs(r["threshold"] - threshold))
+    return prev - (1 - prev) * t / (1 - t)
+
+
+def net_benefit_at(ev: dict, row: dict | None) -> dict | None:
+    """Net benefit at the operating-point row's own threshold: {"threshold", "net_benefit", "treat_all"}.
+
+    `evaluate` records it in the row; a report.json written before that has only the decision curve (0.01..0.50),
+    whose point is used only when it lies exactly on the threshold (a nearer grid point is another threshold's net
+    benefit). None when neither gives it.
+
+    >>> ev = {"prevalence": 0.2, "decision_curve": [{"threshold": 0.5, "net_benefit": {"estimate": 0.1}}]}
+    >>> net_benefit_at(ev, {"threshold": 0.5})["net_benefit"], net_benefit_at(ev, {"threshold": 0.7})
+    ({'estimate': 0.1}, None)
+    """
+    t = number((row or {}).get("threshold"))
+    if t is None:
+        return None
+    nb = (row or {}).get("net_benefit")
+    if not isinstance(nb, dict):
+        on_grid = [r for r in ev.get("decision_curve") or [] if number(r.get("threshold")) is not None
+                   and abs(r["threshold"] - t) < 1e-12]
+        if not on_grid:
+            return None
+        nb = on_grid[0].get("net_benefit")
+    return {"threshold": t, "net_benefit": nb, "treat_all": treat_all(ev, t)}

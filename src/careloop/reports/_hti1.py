@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from careloop.reports._facts import Facts, NotAvailable, fact, is_blank, missing
 from careloop.reports._format import (
+    NB_NOT_RECORDED,
     RATES,
     count,
     day,
@@ -324,15 +325,14 @@ def validity_text(report: dict) -> str:
         text += " (The score is not a probability: its calibration is that of its logistic recalibration.)"
     row = operating_row(report)
     if row:
-        nb = net_benefit_at(ev, row.get("threshold"))
+        nb = net_benefit_at(ev, row)
         text += (f" At the operating point (risk of {fpct(row.get('threshold'))} or more): sensitivity "
                  f"{metric('sensitivity', row.get('sensitivity'))}, specificity "
                  f"{metric('specificity', row.get('specificity'))}, PPV {metric('ppv', row.get('ppv'))}, NPV "
                  f"{metric('npv', row.get('npv'))}, {fnum(row.get('alerts_per_100'), 1)} alerts per 100 {unit}, "
                  f"number needed to evaluate {metric('nne', row.get('nne'))}")
-        if nb:
-            text += (f"; net benefit {est(nb.get('net_benefit'))} against {fnum(nb.get('treat_all'))} for treating "
-                     f"all")
+        text += (f"; net benefit {est(nb.get('net_benefit'))} against {fnum(nb.get('treat_all'))} for treating "
+                 f"all" if nb else f"; net benefit {NB_NOT_RECORDED}")
         text += "."
     for c in report.get("comparisons") or []:
         text += (f" {metric_name(c.get('metric', 'auroc'))} difference from {c.get('reference')}: "

@@ -16,6 +16,7 @@ from markupsafe import Markup, escape
 from careloop.reports import _plots
 from careloop.reports._facts import FACT_FIELDS, Facts, NotAvailable, blank_facts, fact, is_blank, missing
 from careloop.reports._format import (
+    NB_NOT_RECORDED,
     RATES,
     count,
     day,
@@ -133,7 +134,7 @@ def _summary(report: dict) -> dict:
     suppressed = [f"{a}: {s.get('label') or s.get('group')} (n={count(s.get('n'))})"
                   for a, b in (fair.get("attributes") or {}).items() for s in b.get("suppressed") or []]
     status = "red" if flags else "amber" if suppressed else "green"
-    nb = net_benefit_at(ev, (row or {}).get("threshold"))
+    nb = net_benefit_at(ev, row)
     return {
         "auroc": est(m.get("auroc")), "auprc": est(m.get("auprc")), "slope": est(m.get("calibration_slope")),
         "intercept": est(m.get("calibration_intercept")), "oe": est(m.get("observed_expected")),
@@ -146,7 +147,7 @@ def _summary(report: dict) -> dict:
             "alerts": fnum((row or {}).get("alerts_per_100"), 1),
             "sensitivity": metric("sensitivity", (row or {}).get("sensitivity")),
             "ppv": metric("ppv", (row or {}).get("ppv")), "nne": metric("nne", (row or {}).get("nne")),
-            "net_benefit": est(nb.get("net_benefit")) if nb else "n/a",
+            "net_benefit": est(nb.get("net_benefit")) if nb else NB_NOT_RECORDED,
             "treat_all": fnum(nb.get("treat_all")) if nb else "n/a",
         },
         "comparisons": [f"{metric_name(c.get('metric', 'auroc'))} difference from {c.get('reference')}: "

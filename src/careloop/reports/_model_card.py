@@ -17,6 +17,7 @@ from xml.sax.saxutils import escape
 
 from careloop.reports._facts import Facts, NotAvailable, fact, is_blank, missing
 from careloop.reports._format import (
+    NB_NOT_RECORDED,
     RATES,
     count,
     day,
@@ -180,7 +181,7 @@ def _usefulness(report: dict) -> dict:
     interp = f"AUROC {est(m.get('auroc'))}: the chance that a stay with the outcome is ranked above one without."
     if row:
         at = f"at the operating point (risk ≥ {fpct(row.get('threshold'))})"
-        nb = net_benefit_at(ev, row.get("threshold"))
+        nb = net_benefit_at(ev, row)
         results += [_result(f"Sensitivity {at}", row.get("sensitivity"), rate=True),
                     _result(f"PPV {at}", row.get("ppv"), rate=True),
                     _result(f"Alerts per 100 {unit} {at}", row.get("alerts_per_100"), unit=f"alerts per 100 {unit}")]
@@ -190,9 +191,8 @@ def _usefulness(report: dict) -> dict:
                    f"finds {metric('sensitivity', row.get('sensitivity'))} of the stays with the outcome, and "
                    f"{metric('ppv', row.get('ppv'))} of flagged stays have it (number needed to evaluate "
                    f"{metric('nne', row.get('nne'))}).")
-        if nb:
-            interp += (f" Net benefit {est(nb.get('net_benefit'))} against {fnum(nb.get('treat_all'))} for treating "
-                       f"everyone.")
+        interp += (f" Net benefit {est(nb.get('net_benefit'))} against {fnum(nb.get('treat_all'))} for treating "
+                   f"everyone." if nb else f" Net benefit at this threshold: {NB_NOT_RECORDED}.")
     for c in report.get("comparisons") or []:
         name = metric_name(c.get("metric", "auroc"))
         results.append(_result(f"{name} difference from {c.get('reference')} (paired bootstrap)", c.get("difference")))
