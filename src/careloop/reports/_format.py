@@ -1,4 +1,5 @@
-"""Numbers to text, one way for every renderer: estimates with their 95% intervals, rates as percentages.
+"""Numbers to text, one way for every renderer: estimates with their intervals (at the report's `ci_level`, 95%
+unless it says otherwise), rates as percentages.
 
 All readers of `report.json` go through these helpers and the small accessors below, so that the HTML page, the
 model card and the HTI-1 attributes always quote a number the same way.
@@ -55,8 +56,18 @@ def fpct(x: Any, digits: int = 1, *, sign: bool = False) -> str:
     return "n/a" if v is None else f"{v * 100:{'+' if sign else ''}.{digits}f}%"
 
 
-def est(e: Any, digits: int = 3, *, rate: bool = False, sign: bool = False) -> str:
-    """An estimate {"estimate", "ci"} as "0.741 (95% CI 0.712 to 0.770)"; rates in percent.
+def level_text(level: float) -> str:
+    """A confidence level as a percentage without trailing zeros.
+
+    >>> level_text(0.95), level_text(0.9), level_text(0.975)
+    ('95%', '90%', '97.5%')
+    """
+    return f"{level * 100:.6g}%"
+
+
+def est(e: Any, digits: int = 3, *, rate: bool = False, sign: bool = False, level: float = 0.95) -> str:
+    """An estimate {"estimate", "ci"} as "0.741 (95% CI 0.712 to 0.770)"; rates in percent; `level` is the
+    interval's confidence level (the report's `ci_level`).
 
     >>> est({"estimate": 0.7412, "ci": [0.7121, 0.7703]})
     '0.741 (95% CI 0.712 to 0.770)'
@@ -64,6 +75,8 @@ def est(e: Any, digits: int = 3, *, rate: bool = False, sign: bool = False) -> s
     '25.0% (95% CI 20.0% to 30.0%)'
     >>> est({"estimate": None, "ci": None})
     'not computable'
+    >>> est({"estimate": 0.7412, "ci": [0.7121, 0.7703]}, level=0.9)
+    '0.741 (90% CI 0.712 to 0.770)'
     """
     point, ci = estimate(e), interval(e)
     if point is None:
@@ -74,15 +87,15 @@ def est(e: Any, digits: int = 3, *, rate: bool = False, sign: bool = False) -> s
 
     text = one(point, sign)
     if ci is not None:
-        text += f" (95% CI {one(ci[0], False)} to {one(ci[1], False)})"
+        text += f" ({level_text(level)} CI {one(ci[0], False)} to {one(ci[1], False)})"
     return text
 
 
-def metric(name: str, e: Any) -> str:
+def metric(name: str, e: Any, *, level: float = 0.95) -> str:
     """An estimate formatted the way its measure is read (rates in percent, the rest to three decimals)."""
     if name == "nne":
-        return est(e, 1)
-    return est(e, rate=name in RATES)
+        return est(e, 1, level=level)
+    return est(e, rate=name in RATES, level=level)
 
 
 def gap(name: str, e: Any) -> str:
@@ -149,6 +162,16 @@ def scores(report: dict) -> list[tuple[str, dict]]:
     order = [n for n in report.get("order") or [] if n in evs]
     names = list(dict.fromkeys([report.get("primary"), *order, *evs]))
     return [(n, evs[n] or {}) for n in names if n in evs]
+
+
+def ci_level(report: dict) -> float:
+    """The confidence level of the primary score's intervals (`ci_level`), 0.95 when the report does not say.
+
+    >>> ci_level({"primary": "m", "scores": {"m": {"ci_level": 0.9}}}), ci_level({})
+    (0.9, 0.95)
+    """
+    level = number(primary(report).get("ci_level"))
+    return level if level is not None and 0 < level < 1 else 0.95
 
 
 def model_block(report: dict) -> dict:

@@ -14,6 +14,7 @@ from careloop.reports._facts import Facts, NotAvailable, fact, is_blank, missing
 from careloop.reports._format import (
     NB_NOT_RECORDED,
     RATES,
+    ci_level,
     count,
     day,
     est,
@@ -21,6 +22,7 @@ from careloop.reports._format import (
     fpct,
     gap,
     index_unit,
+    level_text,
     metric,
     metric_name,
     model_block,
@@ -312,32 +314,36 @@ def _variable_of(attribute: str) -> str | None:
 
 
 def validity_text(report: dict) -> str:
-    """The test-split validity of the primary score in one paragraph, every number with its 95% CI."""
+    """The test-split validity of the primary score in one paragraph, every number with its interval (at the
+    report's ci_level)."""
+    lv = ci_level(report)
     ev, test, m = primary(report), test_split(report), primary(report).get("metrics") or {}
     unit = index_unit(report)
     text = (f"Test split of {(report.get('data') or {}).get('source', 'the development source')}: {count(ev.get('n'))} "
             f"stays ({count(ev.get('clusters'))} patients, {count(ev.get('positives'))} with the outcome, prevalence "
             f"{fpct(ev.get('prevalence'))}), index times {day(test.get('first_index'))} to "
-            f"{day(test.get('last_index'))}. Discrimination: AUROC {est(m.get('auroc'))}; AUPRC {est(m.get('auprc'))}. "
-            f"Calibration: slope {est(m.get('calibration_slope'))}, intercept {est(m.get('calibration_intercept'))}, "
-            f"observed/expected {est(m.get('observed_expected'))}; Brier score {est(m.get('brier'))}.")
+            f"{day(test.get('last_index'))}. Discrimination: AUROC {est(m.get('auroc'), level=lv)}; AUPRC "
+            f"{est(m.get('auprc'), level=lv)}. Calibration: slope {est(m.get('calibration_slope'), level=lv)}, "
+            f"intercept {est(m.get('calibration_intercept'), level=lv)}, observed/expected "
+            f"{est(m.get('observed_expected'), level=lv)}; Brier score {est(m.get('brier'), level=lv)}.")
     if not ev.get("probabilistic", True):
         text += " (The score is not a probability: its calibration is that of its logistic recalibration.)"
     row = operating_row(report)
     if row:
         nb = net_benefit_at(ev, row)
         text += (f" At the operating point (risk of {fpct(row.get('threshold'))} or more): sensitivity "
-                 f"{metric('sensitivity', row.get('sensitivity'))}, specificity "
-                 f"{metric('specificity', row.get('specificity'))}, PPV {metric('ppv', row.get('ppv'))}, NPV "
-                 f"{metric('npv', row.get('npv'))}, {fnum(row.get('alerts_per_100'), 1)} alerts per 100 {unit}, "
-                 f"number needed to evaluate {metric('nne', row.get('nne'))}")
-        text += (f"; net benefit {est(nb.get('net_benefit'))} against {fnum(nb.get('treat_all'))} for treating "
-                 f"all" if nb else f"; net benefit {NB_NOT_RECORDED}")
+                 f"{metric('sensitivity', row.get('sensitivity'), level=lv)}, specificity "
+                 f"{metric('specificity', row.get('specificity'), level=lv)}, PPV "
+                 f"{metric('ppv', row.get('ppv'), level=lv)}, NPV {metric('npv', row.get('npv'), level=lv)}, "
+                 f"{fnum(row.get('alerts_per_100'), 1)} alerts per 100 {unit}, number needed to evaluate "
+                 f"{metric('nne', row.get('nne'), level=lv)}")
+        text += (f"; net benefit {est(nb.get('net_benefit'), level=lv)} against {fnum(nb.get('treat_all'))} for "
+                 f"treating all" if nb else f"; net benefit {NB_NOT_RECORDED}")
         text += "."
     for c in report.get("comparisons") or []:
         text += (f" {metric_name(c.get('metric', 'auroc'))} difference from {c.get('reference')}: "
-                 f"{est(c.get('difference'), sign=True)} (paired bootstrap).")
-    text += f" Intervals: bootstrap 95% ({ev.get('n_boot', 'n/a')} resamples of patients)."
+                 f"{est(c.get('difference'), sign=True, level=lv)} (paired bootstrap).")
+    text += f" Intervals: bootstrap {level_text(lv)} ({ev.get('n_boot', 'n/a')} resamples of patients)."
     return text
 
 

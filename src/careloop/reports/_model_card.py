@@ -5,7 +5,7 @@ RegulatoryApproval, Security, Transparency, ThirdPartyInformation, EvaluationRef
 ReimbursementStatus) appear only when supplied, and a blank required fact reads "Not yet supplied: fill <field> in
 the documentation file". KeyMetrics are filled from the report's numbers; each `ValueJson` is a JSON string as in
 CHAI's examples: `{"kind": "estimate_ci", "estimate", "lower", "upper", "level": 95[, "unit"]}` or
-`{"kind": "single", "value"[, "unit"]}`, rates in percent.
+`{"kind": "single", "value"[, "unit"]}`, rates in percent; `level` is the report's ci_level in percent.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from careloop.reports._facts import Facts, NotAvailable, fact, is_blank, missing
 from careloop.reports._format import (
     NB_NOT_RECORDED,
     RATES,
+    ci_level,
     count,
     day,
     est,
@@ -27,6 +28,7 @@ from careloop.reports._format import (
     fpct,
     index_unit,
     interval,
+    level_text,
     metric,
     metric_name,
     model_block,
@@ -72,24 +74,32 @@ def _r(x: float | None, rate: bool) -> float | None:
     return None if x is None else round(x * 100, 2) if rate else round(x, 4)
 
 
-def value_json(e: Any, *, rate: bool = False, unit: str | None = None) -> str:
-    """A CHAI MetricResult ValueJson string for an estimate (or a bare number).
+def value_json(e: Any, *, rate: bool = False, unit: str | None = None, level: float = 0.95) -> str:
+    """A CHAI MetricResult ValueJson string for an estimate (or a bare number); `level` is the interval's confidence.
 
     >>> value_json({"estimate": 0.74123, "ci": [0.71, 0.77]})
     '{"kind":"estimate_ci","estimate":0.7412,"lower":0.71,"upper":0.77,"level":95}'
     >>> value_json(12.5, unit="alerts per 100 discharges")
     '{"kind":"single","value":12.5,"unit":"alerts per 100 discharges"}'
+    >>> value_json({"estimate": 0.74123, "ci": [0.71, 0.77]}, level=0.9)
+    '{"kind":"estimate_ci","estimate":0.7412,"lower":0.71,"upper":0.77,"level":90}'
     """
     point, ci = estimate(e), interval(e)
     unit = "%" if rate and unit is None else unit
     if point is not None and ci is not None:
         out: dict[str, Any] = {"kind": "estimate_ci", "estimate": _r(point, rate), "lower": _r(ci[0], rate),
-                               "upper": _r(ci[1], rate), "level": 95}
+                               "upper": _r(ci[1], rate), "level": _pct(level)}
     else:
         out = {"kind": "single", "value": _r(point, rate)}
     if unit:
         out["unit"] = unit
     return json.dumps(out, separators=(",", ":"), ensure_ascii=False)
+
+
+def _pct(level: float) -> int | float:
+    """A level as a percentage number: 95, 90, 97.5."""
+    pct = round(level * 100, 6)
+    return int(pct) if pct.is_integer() else pct
 
 
 def _result(label: str, e: Any, **kw: Any) -> dict[str, str]:
@@ -125,13 +135,14 @@ def _input_types(report: dict) -> str:
 
 
 def _summary(report: dict, facts: Facts) -> str:
+    lv = ci_level(report)
     data, model, m = report.get("data") or {}, model_block(report), primary(report).get("metrics") or {}
     name = model.get("name") or report.get("title") or report.get("primary")
     text = f"{name} predicts {data.get('label', 'the outcome')}"
     if model.get("task"):
         text += f" (task {model['task']})"
-    text += (f". On {count(primary(report).get('n'))} held-out test stays: AUROC {est(m.get('auroc'))}, calibration "
-             f"slope {est(m.get('calibration_slope'))}.")
+    text += (f". On {count(primary(report).get('n'))} held-out test stays: AUROC {est(m.get('auroc'), level=lv)}, "
+             f"calibration slope {est(m.get('calibration_slope'), level=lv)}.")
     if not is_blank(facts.intended_use):
         text += f" Intended use: {facts.intended_use.strip()}"
     return text
@@ -169,34 +180,39 @@ def _process(report: dict) -> str:
     if op.get("rationale"):
         text += (f"The operating threshold ({fpct(op.get('threshold'))}) was chosen on the "
                  f"{op.get('chosen_on', 'calibration')} split: {op['rationale']} ")
-    text += (f"The test split was scored once; 95% intervals are percentile bootstrap intervals over "
-             f"{ev.get('n_boot', 'n/a')} resamples of patients (repeated stays of one patient stay together).")
+    text += (f"The test split was scored once; {level_text(ci_level(report))} intervals are percentile bootstrap "
+             f"intervals over {ev.get('n_boot', 'n/a')} resamples of patients (repeated stays of one patient stay "
+             f"together).")
     return text
 
 
 def _usefulness(report: dict) -> dict:
+    lv = ci_level(report)
     ev, m, row = primary(report), primary(report).get("metrics") or {}, operating_row(report)
     unit = index_unit(report)
-    results = [_result("AUROC (test split)", m.get("auroc")), _result("AUPRC (test split)", m.get("auprc"))]
-    interp = f"AUROC {est(m.get('auroc'))}: the chance that a stay with the outcome is ranked above one without."
+    results = [_result("AUROC (test split)", m.get("auroc"), level=lv),
+               _result("AUPRC (test split)", m.get("auprc"), level=lv)]
+    interp = (f"AUROC {est(m.get('auroc'), level=lv)}: the chance that a stay with the outcome is ranked above one "
+              f"without.")
     if row:
         at = f"at the operating point (risk ≥ {fpct(row.get('threshold'))})"
         nb = net_benefit_at(ev, row)
-        results += [_result(f"Sensitivity {at}", row.get("sensitivity"), rate=True),
-                    _result(f"PPV {at}", row.get("ppv"), rate=True),
+        results += [_result(f"Sensitivity {at}", row.get("sensitivity"), rate=True, level=lv),
+                    _result(f"PPV {at}", row.get("ppv"), rate=True, level=lv),
                     _result(f"Alerts per 100 {unit} {at}", row.get("alerts_per_100"), unit=f"alerts per 100 {unit}")]
         if nb:
-            results.append(_result(f"Net benefit {at}", nb.get("net_benefit")))
+            results.append(_result(f"Net benefit {at}", nb.get("net_benefit"), level=lv))
         interp += (f" At the operating point the model flags {fnum(row.get('alerts_per_100'), 1)} per 100 {unit}, "
-                   f"finds {metric('sensitivity', row.get('sensitivity'))} of the stays with the outcome, and "
-                   f"{metric('ppv', row.get('ppv'))} of flagged stays have it (number needed to evaluate "
-                   f"{metric('nne', row.get('nne'))}).")
-        interp += (f" Net benefit {est(nb.get('net_benefit'))} against {fnum(nb.get('treat_all'))} for treating "
-                   f"everyone." if nb else f" Net benefit at this threshold: {NB_NOT_RECORDED}.")
+                   f"finds {metric('sensitivity', row.get('sensitivity'), level=lv)} of the stays with the outcome, "
+                   f"and {metric('ppv', row.get('ppv'), level=lv)} of flagged stays have it (number needed to evaluate "
+                   f"{metric('nne', row.get('nne'), level=lv)}).")
+        interp += (f" Net benefit {est(nb.get('net_benefit'), level=lv)} against {fnum(nb.get('treat_all'))} for "
+                   f"treating everyone." if nb else f" Net benefit at this threshold: {NB_NOT_RECORDED}.")
     for c in report.get("comparisons") or []:
         name = metric_name(c.get("metric", "auroc"))
-        results.append(_result(f"{name} difference from {c.get('reference')} (paired bootstrap)", c.get("difference")))
-        interp += f" {name} difference from {c.get('reference')}: {est(c.get('difference'), sign=True)}."
+        results.append(_result(f"{name} difference from {c.get('reference')} (paired bootstrap)", c.get("difference"),
+                               level=lv))
+        interp += f" {name} difference from {c.get('reference')}: {est(c.get('difference'), sign=True, level=lv)}."
     op = report.get("operating_point") or {}
     goal = ("Rank stays by their risk of the outcome well enough to target follow-up" +
             (f", with a {op.get('policy')} operating point ({op.get('rationale')})" if op.get("policy") else "") + ".")
@@ -247,18 +263,20 @@ def _fairness(report: dict) -> dict:
 
 
 def _safety(report: dict) -> dict:
+    lv = ci_level(report)
     m, row = primary(report).get("metrics") or {}, operating_row(report)
-    results = [_result("Calibration slope", m.get("calibration_slope")),
-               _result("Calibration intercept (calibration-in-the-large)", m.get("calibration_intercept")),
-               _result("Observed/expected ratio", m.get("observed_expected")), _result("Brier score", m.get("brier"))]
+    results = [_result("Calibration slope", m.get("calibration_slope"), level=lv),
+               _result("Calibration intercept (calibration-in-the-large)", m.get("calibration_intercept"), level=lv),
+               _result("Observed/expected ratio", m.get("observed_expected"), level=lv),
+               _result("Brier score", m.get("brier"), level=lv)]
     if row:
-        results += [_result("Specificity at the operating point", row.get("specificity"), rate=True),
-                    _result("NPV at the operating point", row.get("npv"), rate=True),
-                    _result("Number needed to evaluate at the operating point", row.get("nne"))]
-    interp = (f"Calibration slope {est(m.get('calibration_slope'))} (1 is ideal; below 1 means risks are too extreme), "
-              f"intercept {est(m.get('calibration_intercept'))} (0 is ideal), observed/expected "
-              f"{est(m.get('observed_expected'))} (1 is ideal): the displayed risks can be read as probabilities when "
-              f"these are near their ideals.")
+        results += [_result("Specificity at the operating point", row.get("specificity"), rate=True, level=lv),
+                    _result("NPV at the operating point", row.get("npv"), rate=True, level=lv),
+                    _result("Number needed to evaluate at the operating point", row.get("nne"), level=lv)]
+    interp = (f"Calibration slope {est(m.get('calibration_slope'), level=lv)} (1 is ideal; below 1 means risks are "
+              f"too extreme), intercept {est(m.get('calibration_intercept'), level=lv)} (0 is ideal), "
+              f"observed/expected {est(m.get('observed_expected'), level=lv)} (1 is ideal): the displayed risks can be "
+              f"read as probabilities when these are near their ideals.")
     if not primary(report).get("probabilistic", True):
         interp += " The score is not a probability; these figures are of its logistic recalibration."
     miss = (report.get("data") or {}).get("missingness") or []
@@ -359,7 +377,7 @@ def value_text(value_json_text: str) -> str:
     sep = "" if unit == "%" else " "
     tail = f"{sep}{unit}" if unit else ""
     if v.get("kind") == "estimate_ci":
-        return f"{v.get('estimate')}{tail} (95% CI {v.get('lower')} to {v.get('upper')}{tail})"
+        return f"{v.get('estimate')}{tail} ({v.get('level', 95)}% CI {v.get('lower')} to {v.get('upper')}{tail})"
     return "not computable" if v.get("value") is None else f"{v.get('value')}{tail}"
 
 
