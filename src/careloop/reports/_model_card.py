@@ -166,7 +166,9 @@ def _maintenance(facts: Facts) -> str:
 def _testing_data(report: dict) -> str:
     ev, test = primary(report), test_split(report)
     return (f"Held-out test split of {(report.get('data') or {}).get('source', 'the development source')} (patients "
-            f"disjoint from training and calibration): {count(ev.get('n'))} stays of {count(ev.get('clusters'))} "
+            f"disjoint from training and calibration: splits are assigned per patient, and a supplied split column "
+            f"that puts a patient in two splits is refused when the data are loaded): {count(ev.get('n'))} stays of "
+            f"{count(ev.get('clusters'))} "
             f"patients, {count(ev.get('positives'))} with the outcome ({fpct(ev.get('prevalence'))}), index times "
             f"{day(test.get('first_index'))} to {day(test.get('last_index'))}.")
 

@@ -171,6 +171,28 @@ def read_table(path: Path, missing: tuple[str, ...] = MISSING_MARKERS) -> pa.Tab
     raise DataError(f"--table: {path.name} is neither .csv, .tsv nor .parquet")
 
 
+def check_patient_disjoint(pids: pa.ChunkedArray | pa.Array, split: pa.ChunkedArray | pa.Array, what: str) -> None:
+    """Refuse splits that put one patient in more than one of train, calibration and test: the test split would not
+    be held out (its patients' other stays were learnt from), and the report says it is.
+
+    >>> check_patient_disjoint(pa.array(["a", "b"]), pa.array(["train", "test"]), "split")
+    >>> pids, split = pa.array(["a", "a", "b"]), pa.array(["train", "test", "test"])
+    >>> check_patient_disjoint(pids, split, "split")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    careloop.workflows._data.DataError: split: 1 patient(s) are in more than one split (e.g. 'a' in test and train)...
+    """
+    t = pa.table({"pid": pids, "split": split})
+    t = t.filter(pc.is_in(t.column("split"), pa.array(["train", "calibration", "test"])))
+    per = t.group_by("pid").aggregate([("split", "distinct")])
+    many = per.filter(pc.greater(pc.list_value_length(per.column("split_distinct")), 1))
+    if many.num_rows:
+        pid, splits = min(zip(many.column("pid").to_pylist(), many.column("split_distinct").to_pylist(),
+                              strict=True), key=lambda r: r[0])
+        raise DataError(f"{what}: {many.num_rows:,} patient(s) are in more than one split (e.g. {pid!r} in "
+                        f"{' and '.join(sorted(splits))}); all of a patient's stays must share one split, or the "
+                        f"test split is not held out")
+
+
 def from_table(path: Path, *, label: str, positive: str | None, id_col: str, groups: tuple[str, ...] = (),
                row_id: str | None = None, exclude: tuple[str, ...] = (), categorical: tuple[str, ...] = (),
                missing: tuple[str, ...] = MISSING_MARKERS, split_col: str | None = None,
@@ -198,6 +220,7 @@ def from_table(path: Path, *, label: str, positive: str | None, id_col: str, gro
         unknown = set(pc.unique(split).to_pylist()) - {"train", "calibration", "test", None}
         if unknown:
             raise DataError(f"--split-column: values must be train, calibration or test; found {sorted(unknown)[0]!r}")
+        check_patient_disjoint(pids, split, f"--split-column {split_col!r}")
     else:
         split = pa.array([split_of(seed, p, DEFAULT_FRACTIONS) for p in pids.to_pylist()], pa.string())
     rid = pc.cast(t.column(row_id), pa.string()) if row_id else pa.array([str(i) for i in range(t.num_rows)])
