@@ -43,7 +43,9 @@ ENCOUNTERS = pa.schema([
     ("discharge_disposition_nubc", pa.string()),  # NUBC UB-04 patient status, when sent
     ("site_ref", pa.string()),  # Organization/<id> or Organization?identifier=system|value
     ("location_ref", pa.string()),  # the last (discharge) location
-    ("reason_code", pa.string()),
+    ("reason_code", pa.string()),  # reasonCode's first known code
+    ("diagnosis_ref", pa.string()),  # the principal diagnosis in Encounter.diagnosis (Condition/<id>): its code is
+    # the Condition's (`features.engine.index_sql`), read before reason_code
 ])
 
 PATIENTS = pa.schema([

@@ -43,7 +43,7 @@ def _future_rows(cohort: pa.Table, fs) -> tuple[pa.Table, pa.Table]:
             for k, v in {"encounter_id": f"future-{sid}-{cls}", "subject_id": sid, "patient_id": pid, "class": cls,
                          "status": "finished", "start": t, "end": t, "priority": "EM", "type_code": None,
                          "admit_source": "emd", "discharge_disposition": "home", "discharge_disposition_nubc": None,
-                         "site_ref": None, "location_ref": None, "reason_code": None}.items():
+                         "site_ref": None, "location_ref": None, "reason_code": None, "diagnosis_ref": None}.items():
                 enc[k].append(v)
     return pa.table(ev, schema=C.EVENTS), pa.table(enc, schema=C.ENCOUNTERS)
 

@@ -73,11 +73,12 @@ def both(hospital_store, feature_set):
     encounters: dict[int, list[dict]] = defaultdict(list)
     enc_rows = con.execute(
         'SELECT encounter_id, subject_id, class, epoch_us(start), epoch_us("end"), priority, admit_source, '
-        "location_ref, reason_code FROM encounters WHERE subject_id IN (SELECT sid FROM keep_ids)").fetchall()
+        "location_ref, reason_code, diagnosis_ref FROM encounters WHERE subject_id IN (SELECT sid FROM keep_ids)"
+    ).fetchall()
     by_id = {}
-    for eid, sid, cls, start, end, prio, src, loc, reason in enc_rows:
+    for eid, sid, cls, start, end, prio, src, loc, reason, dx in enc_rows:
         encounters[sid].append({"encounter_id": eid, "class": cls, "start": start, "end": end})
-        by_id[eid] = (end, cls, prio, src, loc, reason)
+        by_id[eid] = (end, cls, prio, src, loc, reason, dx)
     births = dict(con.execute("SELECT subject_id, epoch_us(CAST(birth_date AS TIMESTAMP)) // 86400000000 FROM patients "
                               "WHERE subject_id IN (SELECT sid FROM keep_ids)").fetchall())
     locations = dict(con.execute("SELECT DISTINCT resource_id, name FROM directory "
@@ -86,8 +87,9 @@ def both(hospital_store, feature_set):
     evaluate = StayFeatures(feature_set)
     mine = []
     for c in cohort.select(["encounter_id", "subject_id", "index_time", "admit_time"]).to_pylist():
-        end, cls, prio, src, loc, reason = by_id[c["encounter_id"]]
-        stay = Stay(c["encounter_id"], _us(c["admit_time"]), _us(c["index_time"]), end, cls, prio, src, loc, reason)
+        end, cls, prio, src, loc, reason, dx = by_id[c["encounter_id"]]
+        stay = Stay(c["encounter_id"], _us(c["admit_time"]), _us(c["index_time"]), end, cls, prio, src, loc, reason,
+                    dx)
         rec = Record(events[c["subject_id"]], encounters[c["subject_id"]], births.get(c["subject_id"]), locations)
         mine.append(evaluate(rec, stay))
     return sql, mine

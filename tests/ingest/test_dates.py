@@ -132,3 +132,51 @@ def test_a_procedure_with_only_the_end_of_its_period_is_stamped_at_that_end():
     started = dict(proc, performedPeriod={"start": "2023-04-30T08:00:00Z", "end": "2023-05-01"})
     assert _map(started).event_columns()["time"] == [_us(2023, 4, 30, 8)]
 
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("2016-12-31T23:59:60Z", _us(2017, 1, 1)),  # a leap second: the instant after 23:59:59, as POSIX time reads it
+    ("2016-12-31T23:59:60.5+00:00", _us(2017, 1, 1, 0, 0, 0, 500000)),
+    ("2016-12-31T18:59:60-05:00", _us(2017, 1, 1)),
+])
+def test_a_leap_second_is_read_not_quarantined(value, expected):
+    from careloop.ingest.mapping import parse_time
+
+    assert parse_time(value, "effectiveDateTime") == expected
+
+
+@pytest.mark.parametrize("value", ["2016-12-31T23:59:61Z", "2016-12-31T23:60:00Z", "2016-12-31T24:00:60Z"])
+def test_other_impossible_times_are_still_refused(value):
+    from careloop.ingest.mapping import _parse_time
+
+    with pytest.raises(Reject, match="impossible date"):
+        _parse_time(value, "effectiveDateTime")
+
+
+def _note(data: bytes, content_type: str) -> dict:
+    import base64
+
+    return {"resourceType": "DocumentReference", "id": "d1", "status": "current", "subject": P,
+            "type": {"coding": [{"system": "http://loinc.org", "code": "18842-5"}]}, "date": "2023-05-03T10:00:00Z",
+            "content": [{"attachment": {"contentType": content_type, "data": base64.b64encode(data).decode()}}]}
+
+
+@pytest.mark.parametrize(("data", "content_type"), [
+    ("Patient seen by Dr. Müller; café au lait spots.".encode("latin-1"), "text/plain; charset=ISO-8859-1"),
+    ("Patient seen by Dr. Müller; café au lait spots.".encode("cp1252"), 'text/plain;charset="windows-1252"'),
+    ("Patient seen by Dr. Müller; café au lait spots.".encode(), "text/plain"),
+    ("Patient seen by Dr. Müller; café au lait spots.".encode(), "text/plain; format=flowed; charset=utf-8"),
+])
+def test_a_note_is_decoded_in_the_charset_its_content_type_names(data, content_type):
+    b = _map(_note(data, content_type))
+    assert b.notes["text"] == ["Patient seen by Dr. Müller; café au lait spots."]
+
+
+@pytest.mark.parametrize(("data", "content_type", "detail"), [
+    ("Müller".encode("latin-1"), "text/plain", "not base64 text in utf-8"),  # no charset named: UTF-8, and it is not
+    (b"x", "text/plain; charset=klingon-1", "unknown charset 'klingon-1'"),
+])
+def test_a_note_that_cannot_be_decoded_is_quarantined_saying_why(data, content_type, detail):
+    with pytest.raises(Reject) as exc:
+        _map(_note(data, content_type))
+    assert exc.value.reason == "invalid value" and detail in exc.value.detail

@@ -53,7 +53,9 @@ def events_sql(fs: FeatureSet, d: Dialect) -> str:
             cols.append(f"max_by(substr(e.code, {n + 1}), {d.order_key(t, 'e.code')}) FILTER (WHERE {cond}) "
                         f"AS {f.name}")
         elif f.kind == "latest_text":
-            cond = f"e.code = {sql_literal(f.code)} AND {win}"  # type: ignore[arg-type]
+            # the latest answer given: an event without text (a question asked, no answer recorded) is not one, in
+            # every engine alike (DuckDB's max_by skips a null value, Spark's does not)
+            cond = f"e.code = {sql_literal(f.code)} AND e.text_value IS NOT NULL AND {win}"  # type: ignore[arg-type]
             cols.append(f"max_by(e.text_value, {d.order_key(t, 'e.text_value')}) FILTER (WHERE {cond}) AS {f.name}")
         elif f.kind == "distinct_codes":
             cond = f"{d.starts('e.code', f.prefix)} AND {win}"
@@ -137,18 +139,34 @@ LEFT JOIN (SELECT encounter_id, subject_id, class, {d.micros('start')} AS start_
 GROUP BY c.encounter_id"""
 
 
+def diagnosis_sql(d: Dialect) -> str:
+    """The code of the Condition each index stay names as its principal diagnosis (`Encounter.diagnosis`:
+    `ingest.mapping.principal_diagnosis_ref`), as recorded by the index time (a code a coder adds after the
+    discharge is not known at it): its ICD-10-CM code (the smallest, if several), else its smallest code.
+    `features.rows.diagnosis_code` reads the same."""
+    return f"""
+SELECT c.encounter_id,
+       coalesce(min(CASE WHEN v.code LIKE 'ICD10CM/%' THEN v.code END), min(v.code)) AS code
+FROM cohort_idx c
+JOIN encounters e ON e.encounter_id = c.encounter_id AND e.diagnosis_ref IS NOT NULL
+JOIN events v ON v.subject_id = c.subject_id AND v.source_resource = 'Condition'
+             AND e.diagnosis_ref = concat('Condition/', v.source_id) AND {d.micros('v.time')} <= c.index_us
+GROUP BY c.encounter_id"""
+
+
 def index_sql(d: Dialect) -> str:
     """Facts of the index stay known at admission (and its discharge ward once it has ended), and the birth date."""
     return f"""
 SELECT c.encounter_id, e.priority, e.admit_source,
        -- the discharge ward is known only once the stay has ended: never before the index time
        CASE WHEN {d.micros(d.q('end'))} <= c.index_us THEN dk.name END AS location_name,
-       -- the principal diagnosis is coded at discharge: likewise
-       CASE WHEN {d.micros(d.q('end'))} <= c.index_us THEN e.reason_code END AS reason_code,
+       -- the principal diagnosis is coded at discharge: likewise (Encounter.diagnosis's Condition, else reasonCode)
+       CASE WHEN {d.micros(d.q('end'))} <= c.index_us THEN coalesce(dx.code, e.reason_code) END AS reason_code,
        {d.micros("CAST(p.birth_date AS TIMESTAMP)")} AS birth_us
 FROM cohort_idx c
 LEFT JOIN encounters e ON e.encounter_id = c.encounter_id
 LEFT JOIN patients p ON p.subject_id = c.subject_id
+LEFT JOIN ({diagnosis_sql(d)}) dx ON dx.encounter_id = c.encounter_id
 LEFT JOIN (SELECT DISTINCT resource_id, name FROM directory WHERE resource_type = 'Location') dk
   ON e.location_ref = concat('Location/', dk.resource_id)"""
 

@@ -49,6 +49,18 @@ class Stay:
     admit_source: str | None = None
     location_ref: str | None = None
     reason_code: str | None = None
+    diagnosis_ref: str | None = None  # Encounter.diagnosis's principal Condition (`Condition/<id>`)
+
+
+def diagnosis_code(events: Sequence[tuple], ref: str | None, index_us: int) -> str | None:
+    """The code of the Condition `ref` among the record's events recorded by `index_us`: its ICD-10-CM code (the
+    smallest, if several), else its smallest code; None when there is none (as `engine.diagnosis_sql`)."""
+    if not ref or not ref.startswith("Condition/"):
+        return None
+    rid = ref[10:]
+    codes = [e[2] for e in events if e[9] == "Condition" and e[10] == rid and e[1] is not None and e[1] <= index_us]
+    icd = [c for c in codes if c.startswith("ICD10CM/")]
+    return min(icd) if icd else min(codes) if codes else None
 
 
 @dataclass
@@ -162,7 +174,8 @@ class StayFeatures:
             elif k == "admit_source":
                 out[f.name] = stay.admit_source
             elif k == "principal_diagnosis":
-                out[f.name] = stay.reason_code if _ended(stay) else None
+                out[f.name] = (diagnosis_code(record.events, stay.diagnosis_ref, index_us) or stay.reason_code) \
+                    if _ended(stay) else None
             elif k == "static":
                 n = len(f.prefix)
                 out[f.name] = max((c[n:] for _, c in by_prefix[f.prefix]), default=None)
@@ -217,10 +230,12 @@ def _location_id(ref: str | None) -> str | None:
 
 
 def _latest_text(items: list[tuple[int, str | None]]) -> str | None:
-    """`max_by(text, (t, text))`: the latest; at the same time the larger text, a missing one ranking highest."""
-    if not items:
+    """`max_by(text, (t, text))` over the events with a text: the latest answer given; at the same time the larger
+    text. An event without text (asked, no answer recorded) is not an answer (as `engine.events_sql`)."""
+    given = [tx for tx in items if tx[1] is not None]
+    if not given:
         return None
-    return max(items, key=lambda tx: (tx[0], tx[1] is None, tx[1] or ""))[1]
+    return max(given, key=lambda tx: (tx[0], tx[1]))[1]
 
 
 def _measurement(f: Feature, vals: list[tuple[int, float]], index_us: int) -> dict[str, float | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import datetime as dt
 import math
 from collections import Counter
@@ -191,9 +192,12 @@ def _parse_time(value: str, field_name: str, in_range: bool = True) -> int:
         elif n == 10:
             d = dt.datetime(int(value[:4]), int(value[5:7]), int(value[8:10]), tzinfo=dt.UTC)
         else:
-            d = dt.datetime.fromisoformat(value)
+            leap = n >= 19 and value[10] == "T" and value[16] == ":" and value[17:19] == "60"
+            d = dt.datetime.fromisoformat(f"{value[:17]}59{value[19:]}" if leap else value)
             if d.tzinfo is None:
                 d = d.replace(tzinfo=dt.UTC)  # FHIR requires a zone on times; assume UTC when a feed omits it
+            if leap:  # a leap second (FHIR's time allows :60) is read as the instant after :59, as POSIX time does
+                d += dt.timedelta(seconds=1)
         us = (d - _EPOCH) // _MICROSECOND  # exact integer arithmetic, also before 1970
     except (ValueError, OverflowError) as exc:
         raise Reject("impossible date", f"{field_name}={value!r}") from exc
@@ -321,7 +325,7 @@ class Batch:
         self.enc: dict[str, list] = {k: [] for k in (
             "encounter_id", "subject_id", "patient_id", "class", "status", "start", "end", "priority", "type_code",
             "admit_source", "discharge_disposition", "discharge_disposition_nubc", "site_ref", "location_ref",
-            "reason_code")}
+            "reason_code", "diagnosis_ref")}
         self.pat: dict[str, list] = {k: [] for k in (
             "subject_id", "patient_id", "birth_date", "sex", "race", "ethnicity", "language", "marital_status",
             "postal_code", "deceased_time", "managing_org_ref")}
@@ -491,6 +495,29 @@ def map_patient(res: M.Patient, rid: str, ctx: Context, b: Batch) -> None:
 CLASS_PARENT = {"ACUTE": "IMP", "NONAC": "IMP"}
 
 
+PRINCIPAL_USES = frozenset({"DD", "billing"})  # diagnosis-role: discharge diagnosis, billing
+_OTHER_USES = frozenset({"AD", "CC", "CM", "pre-op", "post-op"})  # admission, chief complaint, comorbidity, ...
+
+
+def principal_diagnosis_ref(res: M.Encounter, ctx: Context) -> str | None:
+    """The Condition that Encounter.diagnosis names as the stay's principal diagnosis (`Condition/<id>`), or None:
+    among the diagnoses with a Condition reference whose role is a discharge or billing diagnosis, or not given, the
+    one of the lowest rank (unranked last), the first listed on a tie. An admission diagnosis, a chief complaint or
+    a comorbidity is not the principal diagnosis."""
+    best: tuple[tuple[int, int], str] | None = None
+    for i, d in enumerate(res.diagnosis):
+        hit = resolve(_ref(d.condition), ctx)
+        if hit is None or hit[0] != "Condition":
+            continue
+        uses = {c.code for c in d.use.coding} if d.use is not None else set()
+        if uses and not uses & PRINCIPAL_USES and uses & _OTHER_USES:
+            continue
+        rank = d.rank if type(d.rank) is int and d.rank > 0 else 1 << 31
+        if best is None or (rank, i) < best[0]:
+            best = ((rank, i), hit[1])
+    return None if best is None else f"Condition/{best[1]}"
+
+
 def map_encounter(res: M.Encounter, rid: str, ctx: Context, b: Batch) -> None:
     pid = _subject(res.subject, ctx)
     sid = b.subject(pid)
@@ -520,7 +547,7 @@ def map_encounter(res: M.Encounter, rid: str, ctx: Context, b: Batch) -> None:
                discharge_disposition_nubc=_code_in(dispo, "https://www.nubc.org/CodeSystem/PatDischargeStatus"),
                site_ref=keep_reference(_ref(res.serviceProvider), ctx), location_ref=loc,
                reason_code=(_codes(res.reasonCode[0]) or [None])[0] if res.reasonCode else None,
-               **{"class": cls})  # a Python keyword
+               diagnosis_ref=principal_diagnosis_ref(res, ctx), **{"class": cls})  # a Python keyword
     b.event(sid, start, f"ENCOUNTER/{cls}", None, None, None, None, None, rid, "Encounter", rid)
     if end is not None and res.status == "finished":
         d = _plain_code(dispo)
@@ -741,14 +768,32 @@ def map_procedure(res: M.Procedure, rid: str, ctx: Context, b: Batch) -> None:
             rid)
 
 
+def _charset(content_type: str) -> str:
+    """The charset a MIME type names (`text/plain; charset=ISO-8859-1`), UTF-8 when it names none."""
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset" and value.strip():
+            return value.strip().strip('"')
+    return "utf-8"
+
+
 def _note_text(res: M.DocumentReference) -> str | None:
+    """The text of the first text attachment, decoded in the charset its contentType names (notes from older
+    systems are often ISO-8859-1 or windows-1252), UTF-8 when it names none."""
     for content in res.content:
         att = content.attachment
-        if att is not None and att.data and (att.contentType or "text/plain").startswith("text/"):
+        kind = att.contentType or "text/plain" if att is not None else ""
+        if att is not None and att.data and kind.startswith("text/"):
+            charset = _charset(kind)
             try:
-                return base64.b64decode(att.data, validate=True).decode("utf-8")
+                codecs.lookup(charset)
+            except LookupError:
+                raise Reject("invalid value", f"attachment.contentType names an unknown charset {charset[:40]!r}") \
+                    from None
+            try:
+                return base64.b64decode(att.data, validate=True).decode(charset)
             except (binascii.Error, UnicodeDecodeError) as exc:
-                raise Reject("invalid value", "attachment.data is not base64 UTF-8 text") from exc
+                raise Reject("invalid value", f"attachment.data is not base64 text in {charset[:40]}") from exc
     return None
 
 

@@ -101,6 +101,14 @@ class Hospitalization(Struct, gc=False, omit_defaults=True):
     dischargeDisposition: CodeableConcept | None = None
 
 
+class EncounterDiagnosis(Struct, gc=False, omit_defaults=True):
+    """One of a stay's diagnoses (a Condition), its role (admission, discharge, billing, ...) and its rank."""
+
+    condition: Reference | None = None
+    use: CodeableConcept | None = None
+    rank: object = None  # a positive integer; anything else is read as unranked, never a reason to quarantine
+
+
 class Encounter(_R, tag="Encounter"):
     status: str | None = None
     class_: Coding | None = msgspec.field(default=None, name="class")
@@ -109,6 +117,7 @@ class Encounter(_R, tag="Encounter"):
     subject: Reference | None = None
     period: Period | None = None
     reasonCode: list[CodeableConcept] = []
+    diagnosis: list[EncounterDiagnosis] = []
     hospitalization: Hospitalization | None = None
     location: list[EncounterLocation] = []
     serviceProvider: Reference | None = None

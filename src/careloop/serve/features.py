@@ -54,7 +54,7 @@ REQUIRED_KEYS = ("patient", "encounters")  # without these there is no index sta
 _SYSTEM_OF = {prefix: url for url, prefix in SYSTEMS.items()}  # LOINC -> http://loinc.org
 _PATIENT_REFS = ("subject", "patient", "beneficiary")
 _ENC_KEYS = ("encounter_id", "class", "start", "end", "priority", "admit_source", "location_ref", "reason_code",
-             "discharge_disposition", "discharge_disposition_nubc")
+             "diagnosis_ref", "discharge_disposition", "discharge_disposition_nubc")
 
 
 def observation_tokens(fs: FeatureSet | StayFeatures) -> list[str] | None:
@@ -764,7 +764,7 @@ def bedside_features(
         return BedsideFeatures(None, "the index stay has no admission time", encounter_class=row["class"])
     index_us = row["end"] if row["end"] is not None and row["end"] <= now_us else now_us
     stay = Stay(row["encounter_id"], row["start"], index_us, row["end"], row["class"], row["priority"],
-                row["admit_source"], row["location_ref"], row["reason_code"])
+                row["admit_source"], row["location_ref"], row["reason_code"], row["diagnosis_ref"])
     if pre.deferred:
         _map_deferred(pre, evaluator(fs), stay)
     pat = pre.batch.pat

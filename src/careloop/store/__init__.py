@@ -32,8 +32,8 @@ KEYS = {  # how each table names the resource a row came from: (type column or l
 }
 
 
-FORMAT = 3  # of the parts on disk (`upgrade`); 2: the resource index has last_updated, version_id, withdrawn;
-# 3: the directory has a Medication's code
+FORMAT = 4  # of the parts on disk (`upgrade`); 2: the resource index has last_updated, version_id, withdrawn;
+# 3: the directory has a Medication's code; 4: encounters have diagnosis_ref
 
 
 class StoreError(CareloopError):
