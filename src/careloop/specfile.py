@@ -19,6 +19,27 @@ M = TypeVar("M", bound=BaseModel)
 
 # union branch names pydantic puts in error locations; they are not keys of the YAML
 _BRANCHES = {"str", "AgeUnder"}
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE:
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: SafeLoader reports it
+                continue
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}, first given on line {first.start_mark.line + 1}",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_spec(path: str | Path, error: type[CareloopError], what: str) -> tuple[str, str]:
@@ -34,7 +55,7 @@ def parse_spec(model: type[M], text: str, source: str, error: type[CareloopError
     """Validate YAML `text` as `model`; raise `error` listing every problem as `source:line: where: what`."""
     try:
         node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

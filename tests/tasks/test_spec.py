@@ -41,6 +41,19 @@ def test_shipped_tasks_load_by_name_and_by_path():
         (GOOD.replace("kind: next_admission\n  within: 30d", "kind: next_admission"), 5, "needs a horizon"),
         (GOOD + "split:\n  fractions: {train: 0.5, test: 0.2}\n", 8, "must sum to 1"),
         ("name: t\n  description: [unclosed\n", 2, "not valid YAML"),
+        # non-regression: a key given twice kept the last value silently (within 30d then 7d gave 7 days)
+        (GOOD.replace("within: 30d", "within: 30d\n  within: 7d"), 8, "duplicate key 'within', first given on line 7"),
+        (GOOD + "name: u\n", 8, "duplicate key 'name', first given on line 1"),
+        # non-regression: huge or non-finite durations raised OverflowError with no file or line
+        (GOOD.replace("within: 30d", "within: 1000000000000d"), 7, "longer than 200 years"),
+        (GOOD.replace("within: 30d", "within: 73051d"), 7, "longer than 200 years"),
+        (GOOD.replace("within: 30d", "within: 1.0e+12"), 7, "longer than 200 years"),
+        (GOOD.replace("within: 30d", "within: .inf"), 7, "not a finite duration"),
+        (GOOD.replace("event: discharge", "event: discharge\n  offset: .nan"), 5, "not a finite duration"),
+        (GOOD.replace("event: discharge", "event: discharge\n  offset: 10000000w"), 5, "longer than 200 years"),
+        # non-regression: an empty list of index classes was accepted and gave an empty cohort
+        (GOOD.replace("event: discharge", "event: discharge\n  encounter_class: []"), 5,
+         "no stay can be an index stay"),
     ],
 )
 def test_bad_task_files_name_the_line(text: str, line: int, message: str):
@@ -48,6 +61,17 @@ def test_bad_task_files_name_the_line(text: str, line: int, message: str):
         Task.from_text(text, source="task.yaml")
     assert f"task.yaml:{line}:" in str(err.value)
     assert message in str(err.value)
+
+
+def test_the_longest_duration_is_200_years():
+    assert Task.from_text(GOOD.replace("within: 30d", "within: 73050d")).label.within.days == 73050
+    assert Task.from_text(GOOD.replace("within: 30d", "within: 10435w")).label.within.days == 73045
+
+
+def test_anchors_and_merge_keys_are_not_duplicates():
+    text = GOOD.replace("label:\n  kind: next_admission\n  within: 30d\n",
+                        "label:\n  <<: &l {kind: next_admission, within: 7d}\n  within: 30d\n")
+    assert Task.from_text(text).label.within.days == 30
 
 
 def test_all_problems_are_reported_together():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -23,6 +24,8 @@ EXCLUSIONS = ("died_in_stay", "transfer_out", "against_medical_advice", "hospice
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(m|h|d|w)\s*$")
 _UNIT = {"m": dt.timedelta(minutes=1), "h": dt.timedelta(hours=1), "d": dt.timedelta(days=1),
          "w": dt.timedelta(weeks=1)}
+# 200 years: longer than any record, and far inside what timedelta and int64 microseconds can hold
+MAX_DURATION = dt.timedelta(days=73050)
 
 
 class TaskSpecError(CareloopError):
@@ -30,17 +33,27 @@ class TaskSpecError(CareloopError):
 
 
 def parse_duration(text: str | int | float) -> dt.timedelta:
-    """'30d', '24h', '90m', '2w' -> timedelta.
+    """'30d', '24h', '90m', '2w' (a bare number is days) -> timedelta; at most MAX_DURATION either way.
 
     >>> parse_duration("30d").days
     30
+    >>> parse_duration("1000000d")
+    Traceback (most recent call last):
+    ValueError: '1000000d' is longer than 200 years (73050d), the longest duration a spec may give
     """
     if isinstance(text, int | float) and not isinstance(text, bool):
-        return dt.timedelta(days=float(text))
-    m = _DURATION.match(str(text))
-    if not m:
-        raise ValueError(f"{text!r} is not a duration (use e.g. 30d, 24h, 90m, 2w)")
-    return float(m.group(1)) * _UNIT[m.group(2)]
+        number, unit = float(text), _UNIT["d"]
+    else:
+        m = _DURATION.match(str(text))
+        if not m:
+            raise ValueError(f"{text!r} is not a duration (use e.g. 30d, 24h, 90m, 2w)")
+        number, unit = float(m.group(1)), _UNIT[m.group(2)]
+    if not math.isfinite(number):
+        raise ValueError(f"{text!r} is not a finite duration (use e.g. 30d, 24h, 90m, 2w)")
+    if abs(number) * unit.total_seconds() > MAX_DURATION.total_seconds():
+        raise ValueError(f"{text!r} is longer than 200 years ({MAX_DURATION.days}d), the longest duration a spec "
+                         "may give")
+    return number * unit
 
 
 class _Strict(BaseModel):
@@ -63,6 +76,8 @@ class Index(_Strict):
     @field_validator("encounter_class")
     @classmethod
     def _classes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("no encounter class: no stay can be an index stay (the cohort would be empty)")
         return _known(v, ENCOUNTER_CLASSES, "encounter class")
 
 
