@@ -180,3 +180,32 @@ def test_a_note_that_cannot_be_decoded_is_quarantined_saying_why(data, content_t
     with pytest.raises(Reject) as exc:
         _map(_note(data, content_type))
     assert exc.value.reason == "invalid value" and detail in exc.value.detail
+
+
+def _lab(**times) -> dict:
+    return {"resourceType": "Observation", "id": "o1", "status": "final", "subject": P,
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2951-2"}]},
+            "valueQuantity": {"value": 140, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
+            **times}
+
+
+@pytest.mark.parametrize(("times", "expected"), [
+    # resulted after it was drawn: known when resulted (a 10:00 discharge does not see a 09:30 draw resulted at 16:00)
+    ({"effectiveDateTime": "2023-01-05T09:30:00Z", "issued": "2023-01-05T16:00:00Z"}, _us(2023, 1, 5, 16)),
+    ({"effectiveDateTime": "2023-01-05T09:30:00Z"}, _us(2023, 1, 5, 9, 30)),
+    ({"effectiveDateTime": "2023-01-05T09:30:00Z", "issued": "2023-01-05T09:00:00Z"}, _us(2023, 1, 5, 9, 30)),
+    ({"effectiveDateTime": "2023-01-05T09:30:00Z", "issued": "yesterday"}, _us(2023, 1, 5, 9, 30)),  # unreadable
+    # a collection over a period is known when it ends (at the end of its day when the end is a date)
+    ({"effectivePeriod": {"start": "2023-01-04T08:00:00Z", "end": "2023-01-05T08:00:00Z"}}, _us(2023, 1, 5, 8)),
+    ({"effectivePeriod": {"start": "2023-01-04T08:00:00Z", "end": "2023-01-05"}}, _us(2023, 1, 5, 23, 59, 59, 999999)),
+    ({"effectivePeriod": {"start": "2023-01-04T08:00:00Z"}}, _us(2023, 1, 4, 8)),
+    ({"issued": "2023-01-05T16:00:00Z"}, _us(2023, 1, 5, 16)),
+])
+def test_a_result_is_stamped_when_it_was_known(times, expected):
+    b = _map(_lab(**times))
+    assert [e[1] for e in b.ev] == [expected]
+
+
+def test_a_result_with_no_time_at_all_is_quarantined():
+    with pytest.raises(Reject, match="missing time"):
+        _map(_lab())

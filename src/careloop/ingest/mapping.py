@@ -652,12 +652,26 @@ def _value_text(res: M.Observation | M.Component) -> str | None:
 
 
 def observation_time(res: M.Observation) -> int | None:
-    """An Observation's time as its events carry it: effective[x], else issued (UTC microseconds)."""
+    """When an Observation's result was known, the time its events carry (UTC microseconds), which every feature's
+    point-in-time cut reads: `issued` when later than the time the result describes (a lab drawn at 09:30 and
+    resulted at 16:00 is not known at a 10:00 discharge, and at the bedside it is not in the record yet), else that
+    time: effectiveDateTime, or effectivePeriod's end (a 24-hour urine is known once collected), else its start;
+    `issued` alone when there is neither. An `issued` that cannot be read beside a valid effective time is
+    ignored (the result is not lost for it)."""
     t = parse_time(res.effectiveDateTime, "effectiveDateTime")
-    if t is None and res.effectivePeriod is not None:
-        t = parse_time(res.effectivePeriod.start, "effectivePeriod.start")
+    period = res.effectivePeriod
+    if t is None and period is not None:
+        t = parse_end(period.end, "effectivePeriod.end") if period.end is not None else \
+            parse_time(period.start, "effectivePeriod.start")
     if t is None:
-        t = parse_time(res.issued, "issued")
+        return parse_time(res.issued, "issued")
+    if res.issued is not None:
+        try:
+            issued = parse_time(res.issued, "issued")
+        except Reject:
+            return t
+        if issued is not None and issued > t:
+            return issued
     return t
 
 
