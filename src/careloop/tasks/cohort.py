@@ -17,6 +17,10 @@ import pyarrow.compute as pc
 from careloop.tasks.spec import AgeUnder, Task
 
 US_PER_DAY = 86_400_000_000
+# Encounter statuses of encounters that have not happened: a booking (`planned`) or one withdrawn. They are no
+# readmission and say nothing about how far the data reaches (cancelled and entered-in-error are already dropped at
+# ingest; listed here too so the rule does not depend on that). A missing or `unknown` status is kept.
+NOT_HAPPENED = ("planned", "cancelled", "entered-in-error")
 
 
 @dataclass
@@ -119,6 +123,19 @@ def _in(values: tuple[str, ...]) -> str:
     return "(" + ", ".join(map(sql_literal, values)) + ")"
 
 
+def happened(alias: str) -> str:
+    """SQL: the encounter `alias` has happened (its status is not one of `NOT_HAPPENED`; a null status counts)."""
+    return f"coalesce({alias}.status, '') NOT IN {_in(NOT_HAPPENED)}"
+
+
+def data_end_sql(d: Dialect) -> str:
+    """The last admission or discharge time (UTC microseconds) of the encounters that happened: a future booking
+    does not move the end of the data (it would turn stays discharged shortly before the real end from censored
+    into negatives)."""
+    return (f"SELECT max(greatest(coalesce({d.micros('e.' + d.q('end'))}, 0), {d.micros('e.start')})) AS m "
+            f"FROM encounters e WHERE {happened('e')}")
+
+
 def candidates_sql(task: Task, d: Dialect) -> str:
     """Every candidate index stay with the facts the exclusion rules and labels need (no filtering yet)."""
     ix = task.index
@@ -128,13 +145,13 @@ def candidates_sql(task: Task, d: Dialect) -> str:
         where = f"e.status = 'finished' AND e.{d.q('end')} IS NOT NULL"
     else:
         index_us = f"{d.micros('e.start')} + {offset_us}"
-        where = "e.start IS NOT NULL"
+        where = f"e.start IS NOT NULL AND {happened('e')}"  # a booking is no admission
     lab = task.label
     if lab.kind == "next_admission":
         within = int(lab.within / dt.timedelta(microseconds=1))  # type: ignore[operator]
         prio = (f" AND coalesce(r.priority, '') NOT IN {_in(lab.exclude_priority)}" if lab.exclude_priority else "")
         event_sql = f"""EXISTS (SELECT 1 FROM encounters r WHERE r.subject_id = c.subject_id
-                   AND r.class IN {_in(lab.encounter_class)}{prio}
+                   AND r.class IN {_in(lab.encounter_class)}{prio} AND {happened('r')}
                    AND r.encounter_id <> c.encounter_id
                    AND {d.micros('r.start')} > c.index_us AND {d.micros('r.start')} <= c.index_us + {within})"""
         window_end = f"c.index_us + {within}"
@@ -255,14 +272,17 @@ def assign_splits(task: Task, patient_ids: list[str], index_us: list[int], sites
     return out
 
 
+def _now_us() -> int:
+    return int(dt.datetime.now(dt.UTC).timestamp() * 1_000_000)
+
+
 def build_cohort(task: Task, con, *, dialect: Dialect | None = None, data_end: dt.datetime | None = None
                  ) -> CohortResult:
     """Run the task on an engine connection exposing `sql(query) -> pyarrow.Table` (see careloop.engines)."""
     d = dialect or Dialect()
     t = con.arrow(candidates_sql(task, d))
     if data_end is None:
-        end_us = con.arrow(f"SELECT max(greatest(coalesce({d.micros(d.q('end'))}, 0), {d.micros('start')})) AS m "
-                           "FROM encounters").column(0)[0].as_py() or 0
+        end_us = min(con.arrow(data_end_sql(d)).column(0)[0].as_py() or 0, _now_us())  # never after the present
     else:
         end_us = int(data_end.timestamp() * 1_000_000)
     steps = [{"step": f"index: {task.index.event} of {', '.join(task.index.encounter_class)} encounters"

@@ -1,0 +1,137 @@
+"""Labels and exclusions of single stays, each built from a tiny FHIR NDJSON store, on DuckDB and on Spark."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+
+from careloop.engines import DuckDBEngine, SparkEngine
+from careloop.ingest.runner import ingest
+from careloop.tasks.cohort import CohortResult, build_cohort
+from careloop.tasks.spec import load_task
+
+ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+# a patient with a stay at the end of the data, so that the stays under test are well inside it
+LAST = [{"resourceType": "Patient", "id": "p9", "gender": "male", "birthDate": "1950-01-01"}]
+
+
+def patient(pid: str, birth: str = "1950-01-01", **kw) -> dict:
+    return {"resourceType": "Patient", "id": pid, "gender": "female", "birthDate": birth, **kw}
+
+
+def enc(eid: str, start: str, end: str | None, pid: str, *, status: str = "finished", dispo: str = "home",
+        nubc: str | None = None, cls: str = "IMP") -> dict:
+    codings = [{"code": dispo}]
+    if nubc:
+        codings.append({"system": "https://www.nubc.org/CodeSystem/PatDischargeStatus", "code": nubc})
+    return {"resourceType": "Encounter", "id": eid, "status": status, "subject": {"reference": f"Patient/{pid}"},
+            "class": {"system": ACT, "code": cls}, "period": {"start": start, **({"end": end} if end else {})},
+            "hospitalization": {"dischargeDisposition": {"coding": codings}}}
+
+
+LAST.append(enc("z", "2023-06-01T10:00:00Z", "2023-06-02T10:00:00Z", "p9"))
+
+
+def make_store(root: Path, resources: list[dict]) -> Path:
+    """Ingest `resources` (one NDJSON file per resource type) into a store under `root`."""
+    by_type: dict[str, list[dict]] = defaultdict(list)
+    for r in resources:
+        by_type[r["resourceType"]].append(r)
+    src = root / "export"
+    src.mkdir(parents=True)
+    for rtype, rows in by_type.items():
+        (src / f"{rtype}.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    report = ingest([src], root / "store", workers=1).to_json()
+    assert not report.get("quarantined"), report
+    return root / "store"
+
+
+@pytest.fixture(scope="module")
+def spark_session():
+    import os
+
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    session = (SparkSession.builder.master("local[1]").appName("careloop-tests")
+               .config("spark.sql.session.timeZone", "UTC").config("spark.ui.enabled", "false")
+               .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+               .config("spark.ui.showConsoleProgress", "false").config("spark.sql.shuffle.partitions", "1")
+               .getOrCreate())
+    yield session
+    session.stop()
+
+
+@pytest.fixture(params=["duckdb", "spark"])
+def cohort(request, tmp_path: Path):
+    """cohort(resources, task name) -> CohortResult, built by the engine of the test's parameter."""
+
+    def build(resources: list[dict], task: str = "readmission-30d") -> CohortResult:
+        store = make_store(tmp_path / f"s{len(list(tmp_path.iterdir()))}", resources + LAST)
+        if request.param == "duckdb":
+            eng = DuckDBEngine(store)
+            try:
+                return build_cohort(load_task(task), eng, dialect=eng.dialect)
+            finally:
+                eng.close()
+        eng = SparkEngine(store, spark=request.getfixturevalue("spark_session"))  # one session, not closed here
+        return build_cohort(load_task(task), eng, dialect=eng.dialect)
+
+    return build
+
+
+def labels(result: CohortResult) -> dict[str, bool | None]:
+    return {r["encounter_id"]: r["label"] for r in result.table.to_pylist()}
+
+
+def removed_by(result: CohortResult, step: str) -> int:
+    return next(s["removed"] for s in result.steps if s["step"] == f"exclude: {step}")
+
+
+# --- 1. encounters that have not happened ------------------------------------------------------------------------
+
+
+def test_a_planned_admission_is_no_readmission(cohort):
+    """A booking still `planned` in the export never happened: the stay before it is not readmitted."""
+    got = labels(cohort([patient("p3"), enc("c1", "2023-01-01T10:00:00Z", "2023-01-05T10:00:00Z", "p3"),
+                         enc("c2", "2023-01-25T08:00:00Z", None, "p3", status="planned")]))
+    assert got["c1"] is False
+    assert "c2" not in got  # nor is a booking a stay
+
+
+def test_an_admission_that_happened_still_counts(cohort):
+    """The status rule removes bookings only: an in-progress (or status-less) readmission is a readmission."""
+    got = labels(cohort([patient("p3"), enc("c1", "2023-01-01T10:00:00Z", "2023-01-05T10:00:00Z", "p3"),
+                         enc("c2", "2023-01-25T08:00:00Z", None, "p3", status="in-progress"),
+                         patient("p4"), enc("d1", "2023-02-01T10:00:00Z", "2023-02-05T10:00:00Z", "p4"),
+                         enc("d2", "2023-02-25T08:00:00Z", "2023-02-27T08:00:00Z", "p4", status="unknown")]))
+    assert got["c1"] is True and got["d1"] is True
+
+
+def test_a_future_booking_does_not_move_the_end_of_the_data(cohort):
+    """Stays discharged within 30 days of the real end of the data stay censored (not negative) when a booking
+    for months later is in the export; the data end is the last encounter that happened."""
+    result = cohort([patient("p4"), enc("d1", "2023-05-25T10:00:00Z", "2023-05-28T10:00:00Z", "p4"),
+                     enc("fut", "2023-12-01T08:00:00Z", None, "p4", status="planned")])
+    assert labels(result) == {"d1": None, "z": None}
+    assert result.data_end.isoformat() == "2023-06-02T10:00:00+00:00"
+
+
+def test_a_planned_admission_is_no_index_stay_for_an_admission_task(cohort):
+    """The mortality task's index is an admission: a booking in the past that never happened is no stay."""
+    result = cohort([patient("p3"), enc("c1", "2023-01-01T10:00:00Z", "2023-01-05T10:00:00Z", "p3"),
+                     enc("c2", "2023-01-10T08:00:00Z", None, "p3", status="planned")], "inhospital-mortality-24h")
+    assert set(labels(result)) == {"c1"}  # (z, a 24-hour stay, is gone at its index time)
+
+
+def test_the_end_of_the_data_is_never_after_the_present(cohort):
+    """A stay recorded as finished in the future (a mistyped year) cannot have been observed: the data end stays at
+    the present, so the stays of the last 30 days are censored and the future one is out."""
+    import datetime as dt
+
+    result = cohort([patient("p4"), enc("d1", "2090-05-25T10:00:00Z", "2090-05-28T10:00:00Z", "p4")])
+    assert result.data_end <= dt.datetime.now(dt.UTC)
+    assert "d1" not in labels(result) and removed_by(result, "index time after the end of the data") == 1
