@@ -135,3 +135,48 @@ def test_the_end_of_the_data_is_never_after_the_present(cohort):
     result = cohort([patient("p4"), enc("d1", "2090-05-25T10:00:00Z", "2090-05-28T10:00:00Z", "p4")])
     assert result.data_end <= dt.datetime.now(dt.UTC)
     assert "d1" not in labels(result) and removed_by(result, "index time after the end of the data") == 1
+
+
+# --- 3. age on the birthday ---------------------------------------------------------------------------------------
+
+BIRTHDAYS = [  # (birth date, discharge, is the stay under 18?)
+    ("2005-01-05", "2023-01-05T10:00:00Z", False),  # discharged on the 18th birthday: 18 (days / 365.25 = 17.9998)
+    ("2005-01-05", "2023-01-04T23:59:59Z", True),  # the evening before it: 17
+    ("2005-01-03", "2023-01-04T10:00:00Z", False),
+    ("2004-02-29", "2022-02-28T10:00:00Z", True),  # born on 29 February: 18 from 1 March in other years
+    ("2004-02-29", "2022-03-01T00:00:00Z", False),
+]
+
+
+def test_the_age_exclusion_counts_whole_years_from_the_birthday(cohort):
+    res = []
+    for i, (birth, end, _) in enumerate(BIRTHDAYS):
+        res += [patient(f"p{i}", birth), enc(f"a{i}", "2022-01-01T10:00:00Z", end, f"p{i}")]
+    result = cohort(res)
+    kept = set(labels(result))
+    assert {f"a{i}" for i, (*_, under) in enumerate(BIRTHDAYS) if not under} <= kept
+    assert not {f"a{i}" for i, (*_, under) in enumerate(BIRTHDAYS) if under} & kept
+    assert removed_by(result, "age under 18") == 2
+    assert {r["encounter_id"]: r["age_at_index"] for r in result.table.to_pylist()}["a0"] == 18.0
+
+
+@pytest.mark.parametrize(("birth", "end", "under"), BIRTHDAYS)
+def test_the_bedside_age_check_agrees_with_the_cohort(birth: str, end: str, under: bool):
+    """The service's under-age deferral uses the same calendar age as the cohort (the age feature, days / 365.25,
+    is a model input and keeps its value)."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from careloop.features.spec import load_feature_set
+    from careloop.serve.app import Service, under_age
+    from careloop.serve.demo import prefetch_of
+    from careloop.serve.features import bedside_features, collect
+
+    pf = prefetch_of({"patient": [patient("p1", birth)],
+                      "encounters": [enc("a1", "2022-01-01T10:00:00Z", end, "p1")]})
+    feats = bedside_features(load_feature_set("readmission"), collect(pf, "p1"), "p1", "a1",
+                             now=dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+    service = SimpleNamespace(index_classes={"IMP"}, min_age=18.0, excluded=lambda **_: None)
+    assert (Service.out_of_scope(service, feats) == under_age(18.0)) is under  # type: ignore[arg-type]
+    if birth == "2005-01-05" and not under:
+        assert feats.age_years == 18 and feats.age < 18  # the feature is unchanged

@@ -731,9 +731,9 @@ class Service:
         out of scope once any death is recorded."""
         if feats.encounter_class not in self.index_classes:
             return "not an inpatient stay (out of scope)"
-        if feats.age is None:
+        if feats.age_years is None:
             return "the patient's birth date is missing (needed to check the model's age range)"
-        if feats.age < self.min_age:
+        if feats.age_years < self.min_age:  # calendar age, as the cohort's exclusion (not the age feature)
             return under_age(self.min_age)
         if feats.index_us is not None:
             gone = self.excluded(disposition=feats.disposition, disposition_nubc=feats.disposition_nubc,

@@ -40,6 +40,7 @@ from careloop.ingest.mapping import (
     void_reason,
 )
 from careloop.ingest.versions import meta_version, preference
+from careloop.tasks.cohort import age_in_years
 
 PREFETCH = {  # CDS Hooks prefetch templates for one patient's record (`prefetch_templates` narrows the Observations)
     "patient": "Patient/{{context.patientId}}",
@@ -678,6 +679,7 @@ class BedsideFeatures:
     index_us: int | None = None
     unit: str | None = None  # the stay's ward (its Encounter.location), for the unit's alert budget
     quiet: bool = False  # nothing to score, and nothing to say either (a chart opened with no current stay)
+    age_years: int | None = None  # calendar age in whole years at the index time, as the cohort's age exclusion
 
 
 _EVALUATORS: dict[int, tuple[FeatureSet, StayFeatures]] = {}
@@ -780,4 +782,5 @@ def bedside_features(
     index_time = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=index_us)
     deceased = pre.patient is not None and pre.patient.deceasedBoolean is True
     return BedsideFeatures(values, None, index_time, values.get("age"), row["class"], row["discharge_disposition"],
-                           row["discharge_disposition_nubc"], death, deceased, index_us, row["location_ref"])
+                           row["discharge_disposition_nubc"], death, deceased, index_us, row["location_ref"],
+                           age_years=None if birth is None else age_in_years(birth, index_us))

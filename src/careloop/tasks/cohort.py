@@ -17,6 +17,8 @@ import pyarrow.compute as pc
 from careloop.tasks.spec import AgeUnder, Task
 
 US_PER_DAY = 86_400_000_000
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+EPOCH_DAY = EPOCH.date()
 # Encounter statuses of encounters that have not happened: a booking (`planned`) or one withdrawn. They are no
 # readmission and say nothing about how far the data reaches (cancelled and entered-in-error are already dropped at
 # ingest; listed here too so the rule does not depend on that). A missing or `unknown` status is kept.
@@ -54,6 +56,20 @@ class CohortResult:
                 "steps": self.steps, "splits": by_split}
 
 
+def age_in_years(birth_day: int, at_us: int) -> int:
+    """Calendar age in whole years at `at_us` (UTC microseconds) of a patient born on `birth_day` (days since
+    1970-01-01): the birthday counts from its first instant, 29 February from 1 March in other years. The Python
+    twin of `Dialect.age_years`, for the bedside's age check."""
+    born = EPOCH_DAY + dt.timedelta(days=birth_day)
+    at = (EPOCH + dt.timedelta(microseconds=at_us)).date()
+    return at.year - born.year - ((at.month, at.day) < (born.month, born.day))
+
+
+def _ymd(date: str) -> str:
+    """SQL: a date as the number YYYYMMDD; (YYYYMMDD at - YYYYMMDD born) // 10000 is the age in whole years."""
+    return f"(year({date}) * 10000 + month({date}) * 100 + dayofmonth({date}))"
+
+
 def div(a: str, b: str) -> str:
     """Floating-point division in every engine (Spark would otherwise make a decimal of a float literal)."""
     return f"CAST({a} AS DOUBLE) / CAST({b} AS DOUBLE)"
@@ -73,8 +89,14 @@ class Dialect:
     def from_micros(self, expr: str) -> str:
         return f"make_timestamptz({expr})"
 
+    def date_of_us(self, us: str) -> str:
+        """The UTC calendar date of a time in microseconds (independent of the session's time zone)."""
+        return f"(DATE '1970-01-01' + CAST({self.day_number(us)} AS INTEGER))"
+
     def age_years(self, birth: str, at_us: str) -> str:
-        return div(f"({at_us}) - epoch_us(CAST({birth} AS TIMESTAMPTZ))", str(US_PER_DAY * 365.25))
+        """Calendar age in whole years (the birthday reached, as `age_in_years`): 18 on the 18th birthday, where
+        days / 365.25 gives 17.9998. A DOUBLE, as the column always was."""
+        return f"CAST(floor({div(f'{_ymd(self.date_of_us(at_us))} - {_ymd(birth)}', '10000')}) AS DOUBLE)"
 
     def starts(self, col: str, prefix: str) -> str:
         return f"starts_with({col}, '{prefix}')"
@@ -101,8 +123,8 @@ class SparkDialect(Dialect):
     def from_micros(self, expr: str) -> str:
         return f"timestamp_micros({expr})"
 
-    def age_years(self, birth: str, at_us: str) -> str:
-        return div(f"({at_us}) - unix_micros(CAST({birth} AS TIMESTAMP))", str(US_PER_DAY * 365.25))
+    def date_of_us(self, us: str) -> str:
+        return f"date_add(DATE '1970-01-01', CAST({self.day_number(us)} AS INT))"
 
     def starts(self, col: str, prefix: str) -> str:
         return f"startswith({col}, '{prefix}')"
