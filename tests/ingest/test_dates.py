@@ -59,13 +59,14 @@ def test_an_end_before_its_start_at_its_precision_is_still_impossible(start, end
 
 
 @pytest.mark.parametrize(("birth", "death", "stored"), [
-    ("2023-05-10", "2023-05", _us(2023, 5, 10)),  # same month, written at month precision
-    ("2023-05-10", "2023", _us(2023, 5, 10)),
+    ("2023-05-10", "2023-05", _us(2023, 5, 31, 23, 59, 59, 999999)),  # same month, written at month precision
+    ("2023-05-10", "2023", _us(2023, 12, 31, 23, 59, 59, 999999)),
     ("2023-05-10", "2023-05-10T02:00:00+05:30", _us(2023, 5, 10)),  # the birth day, in the zone it was written in
-    ("2023-05-10", "2023-05-11", _us(2023, 5, 11)),
+    ("2023-05-10", "2023-05-11", _us(2023, 5, 11, 23, 59, 59, 999999)),
     ("1950", "1950-03-01T10:00:00Z", _us(1950, 3, 1, 10)),
 ])
 def test_a_death_at_the_births_precision_is_not_before_it(birth, death, stored):
+    """... and a death known to its day, month or year only is stored at the end of it (see `map_patient`)."""
     b = _map({"resourceType": "Patient", "id": "p1", "birthDate": birth, "deceasedDateTime": death})
     assert b.pat["deceased_time"] == [stored]
     assert [e[1] for e in b.ev if e[2] == "MEDS_DEATH"] == [stored]

@@ -22,14 +22,17 @@ def patient(pid: str, birth: str = "1950-01-01", **kw) -> dict:
     return {"resourceType": "Patient", "id": pid, "gender": "female", "birthDate": birth, **kw}
 
 
-def enc(eid: str, start: str, end: str | None, pid: str, *, status: str = "finished", dispo: str = "home",
+def enc(eid: str, start: str, end: str | None, pid: str, *, status: str = "finished", dispo: str | None = "home",
         nubc: str | None = None, cls: str = "IMP") -> dict:
-    codings = [{"code": dispo}]
+    """An Encounter; its discharge disposition as an HL7 code (`dispo`) and/or a NUBC code (`nubc`), or none."""
+    codings = [{"code": dispo}] if dispo else []
     if nubc:
         codings.append({"system": "https://www.nubc.org/CodeSystem/PatDischargeStatus", "code": nubc})
-    return {"resourceType": "Encounter", "id": eid, "status": status, "subject": {"reference": f"Patient/{pid}"},
-            "class": {"system": ACT, "code": cls}, "period": {"start": start, **({"end": end} if end else {})},
-            "hospitalization": {"dischargeDisposition": {"coding": codings}}}
+    r = {"resourceType": "Encounter", "id": eid, "status": status, "subject": {"reference": f"Patient/{pid}"},
+         "class": {"system": ACT, "code": cls}, "period": {"start": start, **({"end": end} if end else {})}}
+    if codings:
+        r["hospitalization"] = {"dischargeDisposition": {"coding": codings}}
+    return r
 
 
 LAST.append(enc("z", "2023-06-01T10:00:00Z", "2023-06-02T10:00:00Z", "p9"))
@@ -180,3 +183,49 @@ def test_the_bedside_age_check_agrees_with_the_cohort(birth: str, end: str, unde
     assert (Service.out_of_scope(service, feats) == under_age(18.0)) is under  # type: ignore[arg-type]
     if birth == "2005-01-05" and not under:
         assert feats.age_years == 18 and feats.age < 18  # the feature is unchanged
+
+
+# --- 2. a death known to its day only -----------------------------------------------------------------------------
+
+DEATHS = [  # (death, discharge, disposition, died in the stay?)
+    ("2023-01-05", "2023-01-05T10:00:00Z", "home", False),  # discharged home at 10:00, died at home that day
+    ("2023-01-05", "2023-01-05T10:00:00Z", None, False),  # the same without a disposition: not before the discharge
+    ("2023-01-04", "2023-01-05T10:00:00Z", None, True),  # a day before the discharge
+    ("2023-01-05T09:00:00Z", "2023-01-05T10:00:00Z", None, True),  # a time: as before
+    ("2023-01-05T10:00:00Z", "2023-01-05T10:00:00Z", "home", True),  # ... at the discharge instant, whatever it says
+    ("2023-01-05", "2023-01-05", "home", False),  # both known to the day: the disposition says alive
+    ("2023-01-05", "2023-01-05", "exp", True),
+    ("2023-01-05", "2023-01-05", None, True),  # ... nothing says alive: a death at the discharge instant
+]
+
+
+@pytest.mark.parametrize(("death", "end", "dispo", "died"), DEATHS)
+def test_a_death_date_is_compared_at_its_own_precision(cohort, death: str, end: str, dispo: str | None, died: bool):
+    """Readmission: excluded as died in the stay; mortality: labelled a death before discharge, exactly when the
+    death is certainly not after the discharge (or the disposition says so)."""
+    res = [patient("p1", deceasedDateTime=death), enc("a1", "2023-01-01T10:00:00Z", end, "p1", dispo=dispo)]
+    readmission = cohort(res)
+    assert removed_by(readmission, "died in the stay") == int(died)
+    assert ("a1" in labels(readmission)) is not died
+    assert labels(cohort(res, "inhospital-mortality-24h"))["a1"] is died
+
+
+@pytest.mark.parametrize(("death", "end", "dispo", "died"), DEATHS)
+def test_the_bedside_reads_a_death_date_as_the_cohort_does(death: str, end: str, dispo: str | None, died: bool):
+    """The service's check of the same stay (its own mapping of the Patient, `excluded_at_index`) agrees."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from careloop.features.spec import load_feature_set
+    from careloop.serve.app import Service
+    from careloop.serve.demo import prefetch_of
+    from careloop.serve.features import bedside_features, collect
+
+    pf = prefetch_of({"patient": [patient("p1", deceasedDateTime=death)],
+                      "encounters": [enc("a1", "2023-01-01T10:00:00Z", end, "p1", dispo=dispo)]})
+    feats = bedside_features(load_feature_set("readmission"), collect(pf, "p1"), "p1", "a1",
+                             now=dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+    service = SimpleNamespace(index_classes={"IMP"}, min_age=18.0, task=load_task("readmission-30d"))
+    service.excluded = lambda **kw: Service.excluded(service, **kw)  # type: ignore[arg-type]
+    scope = Service.out_of_scope(service, feats)  # type: ignore[arg-type]
+    assert (scope is not None and scope.startswith("died in the stay")) is died, scope

@@ -453,7 +453,10 @@ def map_patient(res: M.Patient, rid: str, ctx: Context, b: Batch) -> None:
     sid = b.subject(rid)
     born, died = res.birthDate, res.deceasedDateTime
     birth = parse_time(born, "birthDate")
-    death = parse_time(died, "deceasedDateTime")
+    # a death known to its day (or month, year) only is stored at the last instant of it, as a Period's end: a death
+    # "2023-01-05" is not before a discharge home at 10:00 that day (at its first instant it would be, making the
+    # stay an in-hospital death), nor visible to a prediction made earlier that day; one on an earlier day still is
+    death = parse_end(died, "deceasedDateTime")
     if birth is not None and death is not None and death < birth:
         if ends_before(str(died), death, str(born), birth):
             raise Reject("impossible date", "deceasedDateTime before birthDate")

@@ -180,8 +180,8 @@ def candidates_sql(task: Task, d: Dialect) -> str:
     else:
         died = DISPOSITION_EXCLUSIONS["died_in_stay"]
         event_sql = (f"(c.disposition = '{died[0]}' OR c.disposition_nubc IN {_in(died[1])} OR (c.death_us IS NOT NULL "
-                     "AND c.death_us >= c.index_us "
-                     "AND (c.discharge_us IS NULL OR c.death_us <= c.discharge_us)))")
+                     "AND c.death_us >= c.index_us AND (c.discharge_us IS NULL OR c.death_us < c.discharge_us "
+                     f"OR (c.death_us = c.discharge_us AND NOT ({alive_sql('c')} AND {_day_only('c.death_us')})))))")
         window_end = "coalesce(c.discharge_us, 9223372036854775807)"
     return f"""
     WITH c AS (
@@ -210,6 +210,36 @@ DISPOSITION_EXCLUSIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
 }
 
 
+def _day_only(death: str) -> str:
+    """SQL twin of the test in `dead_at`: a death stored at the last microsecond of a day, as `map_patient` stores
+    one known only to its day (or month, year); no recorded instant falls there in practice."""
+    return f"(({death}) + 1) % {US_PER_DAY} = 0"
+
+
+def alive_sql(alias: str) -> str:
+    """SQL twin of `left_alive`."""
+    code, nubc, _ = DISPOSITION_EXCLUSIONS["died_in_stay"]
+    return (f"(coalesce({alias}.disposition, {sql_literal(code)}) <> {sql_literal(code)} "
+            f"OR coalesce({alias}.disposition_nubc, {sql_literal(nubc[0])}) NOT IN {_in(nubc)})")
+
+
+def left_alive(disposition: str | None, disposition_nubc: str | None) -> bool:
+    """Does the discharge disposition say the patient left alive (any recorded code but the death codes)?"""
+    code, nubc, _ = DISPOSITION_EXCLUSIONS["died_in_stay"]
+    return (disposition is not None and disposition != code) or (disposition_nubc is not None
+                                                                 and disposition_nubc not in nubc)
+
+
+def dead_at(death_us: int | None, index_us: int, alive: bool) -> bool:
+    """A recorded death at or before the index time. A death known only to its day is stored at the day's end
+    (`ingest.mapping.map_patient`), as is a discharge known only to its day; when the two meet at that instant the
+    disposition decides (`alive`: `left_alive`): discharged home on the day of the death, both written as dates, is
+    no death in the stay. A death recorded at the very instant of the index stays a death, whatever the disposition."""
+    if death_us is None:
+        return False
+    return death_us < index_us or (death_us == index_us and not (alive and (death_us + 1) % US_PER_DAY == 0))
+
+
 def excluded_at_index(task: Task, *, disposition: str | None, disposition_nubc: str | None, death_us: int | None,
                       index_us: int) -> str | None:
     """The first of the task's exclusions (other than age, checked apart) that removes one stay, as the cohort
@@ -220,7 +250,7 @@ def excluded_at_index(task: Task, *, disposition: str | None, disposition_nubc: 
         code, nubc, name = DISPOSITION_EXCLUSIONS[rule]
         if disposition == code or disposition_nubc in nubc:
             return name
-        if rule == "died_in_stay" and death_us is not None and death_us <= index_us:
+        if rule == "died_in_stay" and dead_at(death_us, index_us, left_alive(disposition, disposition_nubc)):
             return name
     return None
 
@@ -243,7 +273,9 @@ def exclusion_masks(task: Task, t: pa.Table, data_end_us: int) -> list[tuple[str
             hit = pc.or_(pc.fill_null(pc.equal(disp, code), False),
                          pc.fill_null(pc.is_in(nubc, value_set=pa.array(codes, pa.string())), False))
             if rule == "died_in_stay":
-                hit = pc.or_(hit, pc.fill_null(pc.less_equal(death, index_us), False))
+                dead = [dead_at(d, i, left_alive(a, b)) for d, i, a, b in zip(
+                    death.to_pylist(), index_us.to_pylist(), disp.to_pylist(), nubc.to_pylist(), strict=True)]
+                hit = pc.or_(hit, pa.array(dead, pa.bool_()))
             steps.append((name, hit))
         elif rule == "out_of_hospital_at_index":
             gone = pc.or_(pc.fill_null(pc.less_equal(discharge, index_us), False),
