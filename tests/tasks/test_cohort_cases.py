@@ -229,3 +229,31 @@ def test_the_bedside_reads_a_death_date_as_the_cohort_does(death: str, end: str,
     service.excluded = lambda **kw: Service.excluded(service, **kw)  # type: ignore[arg-type]
     scope = Service.out_of_scope(service, feats)  # type: ignore[arg-type]
     assert (scope is not None and scope.startswith("died in the stay")) is died, scope
+
+
+# --- 4. NUBC codes of an acute transfer --------------------------------------------------------------------------
+
+TRANSFERS = [("02", True), ("05", True), ("66", True), ("82", True), ("85", True), ("94", True),
+             ("01", False), ("43", False), ("62", False), ("63", False), ("65", False), ("70", False), ("81", False)]
+
+
+def test_nubc_acute_transfers_are_excluded_as_transfers(cohort):
+    """A feed sending only the NUBC patient status: the acute-hospital transfer codes (and their planned-
+    readmission variants) remove the stay as a transfer; post-acute and other institutions do not."""
+    res = []
+    for i, (code, _) in enumerate(TRANSFERS):
+        res += [patient(f"p{i}"), enc(f"a{i}", "2023-01-01T10:00:00Z", "2023-01-05T10:00:00Z", f"p{i}", dispo=None,
+                                      nubc=code)]
+    result = cohort(res)
+    kept = set(labels(result))
+    assert {code for i, (code, _) in enumerate(TRANSFERS) if f"a{i}" not in kept} == {c for c, t in TRANSFERS if t}
+    assert removed_by(result, "transferred to another acute hospital") == sum(t for _, t in TRANSFERS)
+
+
+@pytest.mark.parametrize(("code", "transfer"), TRANSFERS)
+def test_the_bedside_names_the_same_transfers(code: str, transfer: bool):
+    from careloop.tasks.cohort import excluded_at_index
+
+    got = excluded_at_index(load_task("readmission-30d"), disposition=None, disposition_nubc=code, death_us=None,
+                            index_us=0)
+    assert (got == "transferred to another acute hospital") is transfer

@@ -199,12 +199,21 @@ def candidates_sql(task: Task, d: Dialect) -> str:
     FROM c"""
 
 
+# NUBC UB-04 patient status codes (FL 17) of a transfer to another hospital for acute inpatient care, where the
+# outcome after the stay belongs to that hospital's care: 02 a short-term general hospital; 05 a designated cancer
+# center or children's hospital (before 2005 "another type of institution", which 70 now covers); 66 a critical
+# access hospital; and their "with a planned acute care hospital inpatient readmission" variants (since October
+# 2013): 82 (of 02), 85 (of 05), 94 (of 66). Left out as not (or not surely) acute care: 43 a federal health care
+# facility (a VA or military hospital, or a VA nursing home) and its 88; 63 a long-term care hospital, 65 a
+# psychiatric hospital, 62 rehabilitation, 70 another type of institution, and their 91, 93, 90, 95.
+ACUTE_TRANSFER_NUBC = ("02", "05", "66", "82", "85", "94")
+
 # The exclusions a discharge disposition decides, by its HL7 discharge-disposition code or its NUBC UB-04 patient
 # status code (a feed may send either), with their step names: one definition for the cohort (below) and for the
 # bedside (`excluded_at_index`), so the service never scores a stay the model's task leaves out.
 DISPOSITION_EXCLUSIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "died_in_stay": ("exp", ("20", "40", "41", "42"), "died in the stay"),  # or a death at or before the index
-    "transfer_out": ("other-hcf", ("02", "66", "82"), "transferred to another acute hospital"),
+    "transfer_out": ("other-hcf", ACUTE_TRANSFER_NUBC, "transferred to another acute hospital"),
     "against_medical_advice": ("aadvice", ("07",), "left against medical advice"),
     "hospice": ("hosp", ("50", "51"), "discharged to hospice"),
 }
