@@ -99,7 +99,7 @@ class Dialect:
         return f"CAST(floor({div(f'{_ymd(self.date_of_us(at_us))} - {_ymd(birth)}', '10000')}) AS DOUBLE)"
 
     def starts(self, col: str, prefix: str) -> str:
-        return f"starts_with({col}, '{prefix}')"
+        return f"starts_with({col}, {sql_literal(prefix)})"
 
     def order_key(self, t: str, v: str) -> str:
         return f"struct_pack(t := {t}, v := {v})"
@@ -127,7 +127,7 @@ class SparkDialect(Dialect):
         return f"date_add(DATE '1970-01-01', CAST({self.day_number(us)} AS INT))"
 
     def starts(self, col: str, prefix: str) -> str:
-        return f"startswith({col}, '{prefix}')"
+        return f"startswith({col}, {sql_literal(prefix)})"
 
     def order_key(self, t: str, v: str) -> str:
         return f"struct({t} AS t, {v} AS v)"
