@@ -238,6 +238,35 @@ def test_format_number(x: float, decimals: int | None, expected: str) -> None:
     assert not math.isnan(float(expected.replace(",", "")))
 
 
+@pytest.mark.parametrize("info, value, at_discharge, during_stay", [
+    (col("measurement", "sodium", agg="last", **SODIUM), 128.0, "sodium 128 mmol/L at discharge",
+     "latest sodium 128 mmol/L"),
+    (col("measurement", "resp_rate", agg="last", code="LOINC/9279-1", window="stay"), 24.0,
+     "respiratory rate 24/min at discharge", "latest respiratory rate 24/min"),
+    # nothing else depends on whether the stay has ended
+    (col("measurement", "sodium", agg="first", **SODIUM), 131.4, "sodium 131 mmol/L at admission",
+     "sodium 131 mmol/L at admission"),
+    (col("measurement", "sodium", agg="min", **SODIUM), 127.0, "lowest sodium 127 mmol/L during the stay",
+     "lowest sodium 127 mmol/L during the stay"),
+    (col("measurement", "sodium", agg="last", **SODIUM), None, "no sodium measured during the stay",
+     "no sodium measured during the stay"),
+    (col("measurement", "hba1c", agg="last", code="LOINC/4548-4", window="365d"), 8.14,
+     "latest HbA1c 8.1% in the past year", "latest HbA1c 8.1% in the past year"),
+    (col("length_of_stay", "los"), 4.0, "4-day stay", "4-day stay"),
+])
+def test_a_stay_still_open_has_no_discharge(info: ColumnInfo, value: object, at_discharge: str,
+                                            during_stay: str) -> None:
+    """A last value over the stay is "at discharge" once the stay has ended (the default), "latest" before."""
+    from careloop.explain import column_title
+
+    assert phrase(info, value) == phrase(info, value, ended=True) == at_discharge
+    assert phrase(info, value, ended=False) == during_stay
+    assert "discharge" not in column_title(info, ended=False)
+    if info.aggregation == "last" and info.window == "stay":
+        assert column_title(info) == f"{info.label} at discharge"
+        assert column_title(info, ended=False) == f"latest {info.label}"
+
+
 def test_column_titles() -> None:
     from careloop.explain import column_title
 

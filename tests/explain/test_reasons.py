@@ -145,6 +145,24 @@ def test_edges_and_errors(frame, contrib, infos):
         reasons(contrib, frame, infos, direction="up")  # type: ignore[arg-type]
 
 
+def test_ended_per_row_words_the_last_value(frame, contrib, infos):
+    """`ended`, one for all rows or one per row: a stay still open has no value "at discharge"."""
+    c = np.zeros((4, K + 1))
+    c[:, 6] = 1.0  # sodium_last is each row's only reason
+    rows = frame.head(4).copy()
+    value = [f"{v:.0f}" for v in rows["sodium_last"]]
+    by_default = reasons(c, rows, infos)
+    assert [r[0].phrase for r in by_default] == [f"sodium {v} mmol/L at discharge" for v in value]
+    assert [r[0].phrase for r in reasons(c, rows, infos, ended=False)] == [f"latest sodium {v} mmol/L" for v in value]
+    mixed = reasons(c, rows, infos, ended=[False, True, False, True])
+    assert [r[0].phrase.startswith("latest") for r in mixed] == [True, False, True, False]
+    rows.loc[:, "sodium_last"] = 140.0  # the same value: the phrase cache keeps the two wordings apart
+    same = reasons(c, rows, infos, ended=np.array([True, False, True, False]))
+    assert [r[0].phrase for r in same] == ["sodium 140 mmol/L at discharge", "latest sodium 140 mmol/L"] * 2
+    with pytest.raises(ValueError, match="ended"):
+        reasons(c, rows, infos, ended=[True, False])
+
+
 def test_global_importance(frame, contrib, infos):
     gi = global_importance(contrib, infos)
     means = np.abs(contrib[:, :K]).mean(axis=0)

@@ -222,8 +222,9 @@ _AGG_TITLES = {"min": "lowest {}", "max": "highest {}", "mean": "average {}", "f
                "count": "{} measurements", "trend": "change in {}", "hours_since": "hours since last {}"}
 
 
-def column_title(info: ColumnInfo) -> str:
+def column_title(info: ColumnInfo, *, ended: bool = True) -> str:
     """A display name for the column itself (for importance tables): "lowest sodium", "admissions (past 6 months)".
+    `ended` as in `phrase`: a last value over a stay still open is "latest sodium", not "sodium at discharge".
 
     >>> column_title(ColumnInfo("sodium_min", "sodium", "measurement", "stay", "min", "LOINC/2951-2", label="sodium"))
     'lowest sodium'
@@ -234,7 +235,7 @@ def column_title(info: ColumnInfo) -> str:
     if info.kind == "measurement":
         agg = info.aggregation or "last"
         if agg == "last":
-            return f"{label} at discharge" if info.window == "stay" else f"latest {label}"
+            return f"{label} at discharge" if info.window == "stay" and ended else f"latest {label}"
         return _AGG_TITLES.get(agg, "{} " + agg).format(label)
     if info.kind in ("encounter_count", "distinct_codes", "event_count"):
         when = window_phrase(info.window)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from functools import partial
 
 from careloop.explain._columns import ColumnInfo
 from careloop.explain._vocab import display, phrase_for_code
@@ -299,7 +300,9 @@ def _hours(x: float) -> str:
 _HOUSEHOLD = "63512-8"
 
 
-def _measurement(info: ColumnInfo, v: object, missing: bool) -> str | None:
+def _measurement(info: ColumnInfo, v: object, missing: bool, *, ended: bool = True) -> str | None:
+    """A measurement's phrase; a last value over the stay is "at discharge" only once the stay has `ended` (while the
+    patient is still in hospital it is the latest value so far)."""
     label, agg = info.label, info.aggregation or "last"
     when = window_phrase(info.window)
     stay = when == "during the stay"
@@ -327,7 +330,9 @@ def _measurement(info: ColumnInfo, v: object, missing: bool) -> str | None:
         return "lives alone" if x == 1 else f"{_count(x)} people in the household"
     value = _with_unit(format_number(x, dec), info.unit)
     if agg == "last":
-        return f"{label} {value} at discharge" if stay else _join(f"latest {label} {value}", when)
+        if stay:  # the stay's last value: its discharge value once it has ended, else the latest so far
+            return f"{label} {value} at discharge" if ended else f"latest {label} {value}"
+        return _join(f"latest {label} {value}", when)
     if agg == "first":
         return f"{label} {value} at admission" if stay else _join(f"earliest {label} {value}", when)
     word = {"min": "lowest", "max": "highest", "mean": "average"}.get(agg)
@@ -363,11 +368,16 @@ def _scalar(value: object) -> object:
     return value
 
 
-def specific_phrase(info: ColumnInfo, value: object) -> str | None:
+def _handler(kind: str, ended: bool) -> Callable[[ColumnInfo, object, bool], str | None] | None:
+    """The kind's phrase maker; only a measurement's wording depends on whether the stay has ended."""
+    return partial(_measurement, ended=ended) if kind == "measurement" else _KINDS.get(kind)
+
+
+def specific_phrase(info: ColumnInfo, value: object, *, ended: bool = True) -> str | None:
     """The phrase for the column's kind, or None where the kind or value is not understood (then `phrase` uses the
-    generic form)."""
+    generic form). `ended` as in `phrase`."""
     try:
-        handler = _KINDS.get(info.kind)
+        handler = _handler(info.kind, ended)
         if handler is None:
             return None
         value = _scalar(value)
@@ -389,11 +399,15 @@ def _generic(info: ColumnInfo, value: object) -> str:
         return str(label)
 
 
-def phrase(info: ColumnInfo, value: object) -> str:
+def phrase(info: ColumnInfo, value: object, *, ended: bool = True) -> str:
     """One short clinical phrase for a column and its value; never raises.
+
+    `ended` says whether the stay has ended at the index time (a discharge): a last value over the stay then reads
+    "sodium 128 mmol/L at discharge"; while the patient is still in hospital (a chart opened, the risk over the stay)
+    it reads "latest sodium 128 mmol/L", since no discharge has happened yet.
 
     >>> from careloop.explain import ColumnInfo
     >>> phrase(ColumnInfo("admissions_180d", "admissions_180d", "encounter_count", "180d", label="admissions"), 3.0)
     '3 admissions in the past 6 months'
     """
-    return specific_phrase(info, value) or _generic(info, value)
+    return specific_phrase(info, value, ended=ended) or _generic(info, value)

@@ -98,9 +98,20 @@ def _cells(rows: object, infos: Sequence[ColumnInfo], idx: np.ndarray, keep: np.
 _MISSING = object()
 
 
+def _ended(ended: bool | Sequence[bool], n: int) -> list[bool]:
+    """`reasons`' `ended`, one per row."""
+    if isinstance(ended, bool | np.bool_):
+        return [bool(ended)] * n
+    out = [bool(e) for e in ended]
+    if len(out) != n:
+        raise ValueError(f"{n} rows of contributions but {len(out)} values of ended")
+    return out
+
+
 def reasons(contributions: np.ndarray, rows: object, infos: Sequence[ColumnInfo], *, top: int = 3,
             direction: Direction = "raises", min_contribution: float = 0.0,
-            columns: Sequence[str] | None = None, distinct: bool = True) -> list[list[Reason]]:
+            columns: Sequence[str] | None = None, distinct: bool = True,
+            ended: bool | Sequence[bool] = True) -> list[list[Reason]]:
     """Per row, the `top` columns that contribute most to the risk, as Reasons with the row's own values.
 
     `contributions` is (n, k) or (n, k+1) with the bias term last (LightGBM `pred_contrib`, SHAP), its columns in the
@@ -112,6 +123,8 @@ def reasons(contributions: np.ndarray, rows: object, infos: Sequence[ColumnInfo]
     among the chosen rank in column order. Selection is vectorised; phrases are built for the chosen cells only.
     With `distinct` (the default) a row names each measure once: "12 admissions in the past 6 months" is not
     followed by "14 admissions in the past year", nor "sodium 128 at discharge" by "lowest sodium 127".
+    `ended` (one for all rows, or one per row) says whether the row's stay had ended at its index time, as in
+    `phrase`: a stay still open reads "latest sodium 128 mmol/L", not "at discharge".
     """
     if direction not in ("raises", "lowers", "both"):
         raise ValueError(f"direction must be 'raises', 'lowers' or 'both', got {direction!r}")
@@ -121,6 +134,7 @@ def reasons(contributions: np.ndarray, rows: object, infos: Sequence[ColumnInfo]
     n = c.shape[0]
     if _n_rows(rows) != n:
         raise ValueError(f"{n} rows of contributions but {_n_rows(rows)} rows of values")
+    over = _ended(ended, n)
     want = min(int(top), k)
     top = min(want * 4, k) if distinct else want  # candidates: enough to skip repeats of a measure
     if n == 0 or top <= 0:
@@ -155,17 +169,17 @@ def reasons(contributions: np.ndarray, rows: object, infos: Sequence[ColumnInfo]
                 if family in seen:
                     continue
                 seen.add(family)
-            value = cells[i][pos]
+            value, end = cells[i][pos], over[i]
             try:
-                key = (j, value)
+                key = (j, end, value)
                 hit = cache.get(key)
                 if hit is None:
-                    key = (j, _MISSING) if is_missing(value) else key
+                    key = (j, end, _MISSING) if is_missing(value) else key
                     hit = cache.get(key)
                     if hit is None:
-                        hit = cache[key] = (_plain(value), phrase(infos[j], value))
+                        hit = cache[key] = (_plain(value), phrase(infos[j], value, ended=end))
             except TypeError:  # an unhashable value
-                hit = (_plain(value), phrase(infos[j], value))
+                hit = (_plain(value), phrase(infos[j], value, ended=end))
             row_out.append(Reason(columns_[j], hit[0], contrib[i][pos], hit[1]))
         out.append(row_out)
     return out

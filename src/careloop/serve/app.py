@@ -646,7 +646,10 @@ class Service:
             else:
                 decision.note = "below threshold"
             return decision
-        return self.alert(service_id, ctx, decision, feats.row, now, feats.unit, setting)
+        # the stay has ended at a discharge (its end, or now as it happens), or on a chart whose stay's end is recorded
+        # by now (bedside_features then scores at that end, before now): its reasons say "at discharge", else "latest"
+        ended = encounter is not None or (feats.index_time is not None and feats.index_time < now)
+        return self.alert(service_id, ctx, decision, feats.row, now, feats.unit, setting, ended=ended)
 
     @functools.cached_property
     def validation(self):
@@ -783,8 +786,9 @@ class Service:
         return None
 
     def alert(self, service_id: str, ctx: C.CardContext, decision: Decision, row, now: dt.datetime,
-              unit: str | None = None, setting: ModelPolicy | None = None) -> Decision:
-        """Repeat suppression, the unit's daily budget, then the card with its reasons."""
+              unit: str | None = None, setting: ModelPolicy | None = None, *, ended: bool = True) -> Decision:
+        """Repeat suppression, the unit's daily budget, then the card with its reasons (`ended`: the stay has ended at
+        the index time, so a last value reads "at discharge", not "latest")."""
         from careloop.explain import reasons
 
         with self.store.transaction(write=False) as conn:
@@ -792,7 +796,8 @@ class Service:
         if why:
             decision.note = why
             return decision
-        rs = reasons(self.model.contributions_rows([row]), [row], self.infos, top=3, columns=self.model.columns)
+        rs = reasons(self.model.contributions_rows([row]), [row], self.infos, top=3, columns=self.model.columns,
+                     ended=ended)
         setting = setting or ModelPolicy(True, None, 0)
         threshold, uncertain = self.thresholds(setting)
         op = self.meta["operating_point"]

@@ -142,9 +142,11 @@ def features(service, engine, cohort: pa.Table) -> pa.Table:
     return extract(service.fs, cohort, engine).table
 
 
-def assess(service, feats: pa.Table, stays: list[dict] | None = None) -> tuple[list[Assessment], list[list]]:
+def assess(service, feats: pa.Table, stays: list[dict] | None = None, *, ended: bool | list[bool] = True
+           ) -> tuple[list[Assessment], list[list]]:
     """Each row's risk and status as the bedside service would decide it, and its top three reasons. `stays`: each
-    row's disposition, disposition_nubc, death_us and index_us, for the task's exclusions (as at the bedside)."""
+    row's disposition, disposition_nubc, death_us and index_us, for the task's exclusions (as at the bedside).
+    `ended`: whether each row's stay had ended at its index time (reasons then say "at discharge", else "latest")."""
     from careloop.explain import reasons
 
     n = feats.num_rows
@@ -156,7 +158,8 @@ def assess(service, feats: pa.Table, stays: list[dict] | None = None) -> tuple[l
     threshold, band = service.thresholds(setting)  # an administrator's threshold, if one is in force
     risk = [float(r) for r in service.model.predict_proba(feats)]
     rows = feats.to_pylist()
-    rs = reasons(service.model.contributions(feats), rows, service.infos, top=3, columns=service.model.columns)
+    rs = reasons(service.model.contributions(feats), rows, service.infos, top=3, columns=service.model.columns,
+                 ended=ended)
     ages = feats.column("age").to_pylist() if "age" in feats.column_names else [None] * n
     defers = [False] * n
     if service.policy is not None:
@@ -261,7 +264,7 @@ def _rows(service, t: pa.Table, feats: pa.Table, idx: list[int], discharged: boo
     # a discharge's disposition is known once it happened; for a stay still open, the store's replay may hold it early
     scope = [{"disposition": r["disposition"], "disposition_nubc": r["disposition_nubc"], "death_us": r["death_us"],
               "index_us": idx[i]} for i, r in enumerate(rows)] if discharged else None
-    assessed, rs = assess(service, feats, scope)
+    assessed, rs = assess(service, feats, scope, ended=discharged)
     ages = feats.column("age").to_pylist() if "age" in feats.column_names else [None] * t.num_rows
     out = []
     for i, r in enumerate(rows):
@@ -348,7 +351,8 @@ def timeline(service, store_dir: Path, encounter_id: str) -> Timeline | None:
         feats = stay_features(service, engine, st, times)
     finally:
         engine.close()
-    assessed, rs = assess(service, feats)
+    ended = [end is not None and t >= end for t in times]  # only a point at the recorded discharge
+    assessed, rs = assess(service, feats, ended=ended)
     last = feats.slice(feats.num_rows - 1, 1)
     data = []
     by = {i.column: i for i in service.infos}
@@ -357,8 +361,8 @@ def timeline(service, store_dir: Path, encounter_id: str) -> Timeline | None:
     for j, col in enumerate(service.model.columns):
         info = by.get(col)
         v = values.get(col)
-        data.append({"column": col, "title": column_title(info) if info else col,
-                     "value": _plain(v), "phrase": phrase(info, v) if info else str(v),
+        data.append({"column": col, "title": column_title(info, ended=ended[-1]) if info else col,
+                     "value": _plain(v), "phrase": phrase(info, v, ended=ended[-1]) if info else str(v),
                      "contribution": float(contrib[j]) if contrib is not None else None})
     data.sort(key=lambda d: -abs(d["contribution"] or 0.0))
     row["admit"], row["end"] = _dt(row["admit_us"]), _dt(end) if end is not None else None
