@@ -116,10 +116,17 @@ CASES = [
     (col("measurement", "sodium", agg="count", **SODIUM), 4.0, "4 sodium measurements during the stay"),
     (col("measurement", "sodium", agg="count", **SODIUM), 1.0, "1 sodium measurement during the stay"),
     (col("measurement", "sodium", agg="count", **SODIUM), 0.0, "no sodium measured during the stay"),
-    (col("measurement", "sodium", agg="hours_since", **SODIUM), 5.2, "sodium last measured 5 hours ago"),
-    (col("measurement", "sodium", agg="hours_since", **SODIUM), 0.5, "sodium last measured less than an hour ago"),
-    (col("measurement", "sodium", agg="hours_since", **SODIUM), 1.0, "sodium last measured 1 hour ago"),
-    (col("measurement", "sodium", agg="hours_since", **SODIUM), 75.0, "sodium last measured 3 days ago"),
+    # hours_since counts from the window's first measurement (engine.py and rows.py)
+    (col("measurement", "sodium", agg="hours_since", **SODIUM), 5.2,
+     "sodium first measured 5 hours ago during the stay"),
+    (col("measurement", "sodium", agg="hours_since", **SODIUM), 0.5,
+     "sodium first measured less than an hour ago during the stay"),
+    (col("measurement", "sodium", agg="hours_since", **SODIUM), 1.0,
+     "sodium first measured 1 hour ago during the stay"),
+    (col("measurement", "sodium", agg="hours_since", **SODIUM), 75.0,
+     "sodium first measured 3 days ago during the stay"),
+    (col("measurement", "hba1c", agg="hours_since", code="LOINC/4548-4", window="all"), 100.0,
+     "HbA1c first measured 4 days ago"),
     (col("measurement", "hemoglobin", agg="min", **HGB), 8.94, "lowest hemoglobin 8.9 g/dL during the stay"),
     (col("measurement", "hemoglobin", agg="trend", **HGB), -1.06, "hemoglobin fell by 1.1 g/dL during the stay"),
     (col("measurement", "creatinine", agg="last", **CREAT), 1.914, "creatinine 1.91 mg/dL at discharge"),
@@ -273,6 +280,7 @@ def test_column_titles() -> None:
     assert column_title(col("measurement", "sodium", agg="min", **SODIUM)) == "lowest sodium"
     assert column_title(col("measurement", "sodium", agg="last", **SODIUM)) == "sodium at discharge"
     assert column_title(col("measurement", "sodium", agg="trend", **SODIUM)) == "change in sodium"
+    assert column_title(col("measurement", "sodium", agg="hours_since", **SODIUM)) == "hours since first sodium"
     assert column_title(col("measurement", "hba1c", agg="last", code="LOINC/4548-4", window="365d")) == "latest HbA1c"
     assert column_title(col("encounter_count", "ed_visits_180d", window="180d")) == "ED visits (past 6 months)"
     assert column_title(col("distinct_codes", "medications_in_stay", window="stay")) == "medications during the stay"

@@ -219,7 +219,7 @@ def column_infos_for_table(columns: Iterable[str], categorical: Iterable[str] = 
 
 
 _AGG_TITLES = {"min": "lowest {}", "max": "highest {}", "mean": "average {}", "first": "first {}",
-               "count": "{} measurements", "trend": "change in {}", "hours_since": "hours since last {}"}
+               "count": "{} measurements", "trend": "change in {}", "hours_since": "hours since first {}"}
 
 
 def column_title(info: ColumnInfo, *, ended: bool = True) -> str:

@@ -318,8 +318,8 @@ def _measurement(info: ColumnInfo, v: object, missing: bool, *, ended: bool = Tr
         if x == 0:
             return _join(f"no {label} measured", when)
         return _join(f"{_count(x)} {label} {'measurement' if x == 1 else 'measurements'}", when)
-    if agg == "hours_since":
-        return f"{label} last measured {_hours(max(x, 0.0))} ago" if x >= 0 else None
+    if agg == "hours_since":  # both engines count from the window's first measurement, not its last
+        return _join(f"{label} first measured {_hours(x)} ago", when) if x >= 0 else None
     dec = _decimals(info)
     if agg == "trend":
         mag = format_number(abs(x), dec)

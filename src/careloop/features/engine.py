@@ -78,7 +78,8 @@ def events_sql(fs: FeatureSet, d: Dialect) -> str:
                     "mean": f"avg(e.numeric_value) FILTER (WHERE {cond})",
                     "count": f"count(CASE WHEN {cond} THEN 1 END)",
                     "trend": f"({last}) - ({first})",
-                    # max(index - t) would be computed on every row, static facts' sentinel time included, and overflow
+                    # hours since the window's FIRST measurement (rows.py alike); max(index - t) would be computed on
+                    # every row, static facts' sentinel time included, and overflow
                     "hours_since": div(f"max(c.index_us) - min({t}) FILTER (WHERE {cond})", "3600000000"),
                 }[agg]
                 cols.append(f"{expr} AS {f.name}_{agg}")

@@ -258,7 +258,7 @@ def _measurement(f: Feature, vals: list[tuple[int, float]], index_us: int) -> di
             out[col] = sum(v for _, v in vals) / len(vals)
         elif agg == "trend":
             out[col] = max(vals)[1] - min(vals)[1]
-        elif agg == "hours_since":
+        elif agg == "hours_since":  # since the window's first measurement, as the SQL's max(index) - min(t)
             out[col] = float(index_us - min(t for t, _ in vals)) / 3600000000.0
     return out
 
