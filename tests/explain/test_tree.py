@@ -79,6 +79,58 @@ def test_rejects_what_it_cannot_explain(data, model):
         tree_contributions(model, X[["age", "sodium"]])
 
 
+def _shap(model: object, X: pd.DataFrame) -> np.ndarray:
+    shap = pytest.importorskip("shap")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sv = shap.TreeExplainer(model).shap_values(X)
+    return np.asarray(sv[1] if isinstance(sv, list) else sv)
+
+
+@pytest.fixture(scope="module")
+def renamed(data) -> tuple[pd.DataFrame, lgb.Booster]:
+    """The data with names LightGBM rewrites ("sodium last" is stored as `sodium_last`), and a Booster on it."""
+    X, y = data
+    X = X.rename(columns={"sodium": "sodium last", "payer": "payer  code", "visits": "ED visits (180d)"})
+    booster = lgb.train({"objective": "binary", "num_leaves": 6, "min_child_samples": 5, "learning_rate": 0.3,
+                         "verbose": -1}, lgb.Dataset(X, y), 12)
+    return X, booster
+
+
+def test_lightgbm_name_is_the_installed_lightgbms_renaming():
+    """Every space becomes "_"; nothing else is rewritten (tabs, non-breaking spaces, letters, punctuation)."""
+    from careloop.explain._tree import lightgbm_name
+
+    names = ["age", "sodium last", "payer  code", "ED visits (180d)", "a\tb", "nbsp\u00a0x", "café au lait",
+             "x-y.z/w%", "q'x;=*#<>", " edge "]
+    rng = np.random.default_rng(1)
+    X = pd.DataFrame(rng.normal(size=(60, len(names))), columns=names)
+    booster = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(X, rng.integers(0, 2, 60)), 1)
+    assert booster.feature_name() == [lightgbm_name(c) for c in names]
+    assert booster.feature_name()[:4] == ["age", "sodium_last", "payer__code", "ED_visits_(180d)"]
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3], [1, 0, 2, 3], [3, 2, 1, 0], [2, 3, 0, 1]])
+def test_renamed_features_in_any_order_equal_shap(renamed, order):
+    """X's columns follow X's order whatever the names LightGBM stored, equal to shap's on the training order."""
+    X, booster = renamed
+    ref = _shap(booster, X)
+    got = tree_contributions(booster, X.iloc[:, order])
+    np.testing.assert_allclose(got[:, :-1], ref[:, order], atol=1e-10)
+    np.testing.assert_allclose(got.sum(axis=1), booster.predict(X, raw_score=True), atol=1e-10)
+    as_stored = X.iloc[:, order].set_axis([booster.feature_name()[j] for j in order], axis=1)
+    np.testing.assert_allclose(tree_contributions(booster, as_stored), got, atol=1e-12)
+
+
+def test_names_that_do_not_match_are_refused_not_read_by_position(renamed):
+    X, booster = renamed
+    with pytest.raises(ValueError, match=r"not in the model \['sodium'\], missing from X \['sodium_last'\]"):
+        tree_contributions(booster, X.rename(columns={"sodium last": "sodium"}))
+    twice = X.rename(columns={"age": "sodium_last"})  # "sodium last" and "sodium_last" are both sodium_last
+    with pytest.raises(ValueError, match=r"missing from X \['age'\], given twice \['sodium_last'\]"):
+        tree_contributions(booster, twice)
+
+
 # --- brute force: exact Shapley values of the tree-path-dependent value function --------------------------------
 
 
