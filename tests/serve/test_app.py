@@ -79,6 +79,20 @@ def chosen(stays, trained_bundle, hospital):
 
 
 @pytest.fixture(scope="module")
+def spare(stays, trained_bundle, hospital):
+    """A high-risk stay (and its patient's record) that no other test of the module calls about, for a test that
+    needs a warning card not suppressed as a repeat."""
+    feats, risk = stays
+    thr = verify(trained_bundle).metadata["operating_point"]["threshold_ci"][1]
+    order = np.argsort(-risk)
+    high = [int(i) for i in order[:40] if risk[i] > thr + 0.03]
+    if len(high) < 7:
+        pytest.skip("fewer than seven high-risk stays in the test hospital")
+    (row,) = feats.take([high[6]]).to_pylist()
+    return row, patient_resources(hospital / "ndjson", {row["patient_id"]})
+
+
+@pytest.fixture(scope="module")
 def running(trained_bundle, keys, tmp_path_factory, state_url):
     """The service on loopback, once with SQLite state and once with PostgreSQL (every test runs on both)."""
     folder = tmp_path_factory.mktemp("service")
@@ -345,6 +359,40 @@ def test_a_patient_recorded_dead_is_not_scored(running, chosen, death, pick):
     assert ("died in the stay" if death == "at discharge" else "death is recorded") in card["detail"]
 
 
+def test_a_chart_opened_during_a_stay_reads_its_latest_values_not_values_at_discharge(running, spare, monkeypatch):
+    """The reasons of a stay still open are phrased as its latest values; the service tells `reasons` so (and a
+    discharge's, tested elsewhere, as values at discharge)."""
+    import careloop.explain
+
+    asked = []
+    original = careloop.explain.reasons
+
+    def spy(*args, **kw):
+        asked.append(kw.get("ended"))
+        return original(*args, **kw)
+
+    monkeypatch.setattr(careloop.explain, "reasons", spy)
+    row, res = spare
+    pf = prefetch_of(res[row["patient_id"]])
+    for k in ("deceasedDateTime", "deceasedBoolean"):
+        pf["patient"].pop(k, None)
+    end = next(e["resource"]["period"]["end"] for e in pf["encounters"]["entry"]
+               if e["resource"]["id"] == row["encounter_id"])
+    pf["encounters"]["entry"] = [e for e in pf["encounters"]["entry"] if e["resource"]["period"]["start"] <= end]
+    still_open = copy.deepcopy(as_if_recent(pf, row["encounter_id"]))
+    for e in still_open["encounters"]["entry"]:
+        if e["resource"]["id"] == row["encounter_id"]:  # its end not recorded yet
+            del e["resource"]["period"]["end"]
+            e["resource"]["status"] = "in-progress"
+    body = hook_request(row["patient_id"], None, still_open, hook="patient-view")
+    opened = call(running, body, service="readmission-risk-patient-view").json()
+    (rec,) = _records(running, "cds-call", body["hookInstance"])
+    assert [c["indicator"] for c in opened["cards"]] == ["warning"], rec
+    reasons = [line for line in opened["cards"][0]["detail"].splitlines() if line.startswith("- ")]
+    assert reasons and not [r for r in reasons if "at discharge" in r], reasons
+    assert asked == [False]
+
+
 def test_a_chart_opened_shows_the_current_stay_only(running, chosen):
     """patient-view: a stay that ended two hours ago is scored (a warning for a high-risk one, its follow-up from
     now); the same record as it stands years later gets no card (a stay long over is no discharge to warn about),
@@ -361,6 +409,8 @@ def test_a_chart_opened_shows_the_current_stay_only(running, chosen):
     recent = call(running, hook_request(row["patient_id"], None, as_if_recent(pf, row["encounter_id"]),
                                         hook="patient-view"), service=view).json()
     assert [c["indicator"] for c in recent["cards"]] == ["warning"], recent
+    reasons = [line for line in recent["cards"][0]["detail"].splitlines() if line.startswith("- ")]
+    assert not [r for r in reasons if r.startswith("- latest ")], reasons  # the stay has ended: "at discharge"
     old = hook_request(row["patient_id"], None, pf, hook="patient-view")
     assert call(running, old, service=view).json() == {"cards": []}
     (rec,) = [r for r in running.service.audit.records(kind="cds-call") if r["hook_instance"] == old["hookInstance"]]

@@ -647,8 +647,8 @@ class Service:
                 decision.note = "below threshold"
             return decision
         # the stay has ended at a discharge (its end, or now as it happens), or on a chart whose stay's end is recorded
-        # by now (bedside_features then scores at that end, before now): its reasons say "at discharge", else "latest"
-        ended = encounter is not None or (feats.index_time is not None and feats.index_time < now)
+        # by now (`BedsideFeatures.end_us`): its reasons say "at discharge", else "latest"
+        ended = encounter is not None or feats.end_us is not None
         return self.alert(service_id, ctx, decision, feats.row, now, feats.unit, setting, ended=ended)
 
     @functools.cached_property

@@ -679,6 +679,7 @@ class BedsideFeatures:
     index_us: int | None = None
     unit: str | None = None  # the stay's ward (its Encounter.location), for the unit's alert budget
     quiet: bool = False  # nothing to score, and nothing to say either (a chart opened with no current stay)
+    end_us: int | None = None  # the stay's recorded end (UTC microseconds), None while it is open
     age_years: int | None = None  # calendar age in whole years at the index time, as the cohort's age exclusion
 
 
@@ -783,4 +784,5 @@ def bedside_features(
     deceased = pre.patient is not None and pre.patient.deceasedBoolean is True
     return BedsideFeatures(values, None, index_time, values.get("age"), row["class"], row["discharge_disposition"],
                            row["discharge_disposition_nubc"], death, deceased, index_us, row["location_ref"],
+                           end_us=row["end"] if row["end"] is not None and row["end"] <= now_us else None,
                            age_years=None if birth is None else age_in_years(birth, index_us))
