@@ -319,16 +319,21 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
         if d.store_dir is None:
             return d.page(request, "worklist.html.j2", session=s, wl=None,
                           note="No event store is configured for the worklist (careloop serve --store).")
+        wl, why = scored_worklist()
+        if wl is None:
+            return d.page(request, "worklist.html.j2", 503, session=s, wl=None, note=f"{why} Try again shortly.")
+        threshold, band = svc.current_thresholds()
+        return d.page(request, "worklist.html.j2", session=s, wl=wl, note=None, threshold=threshold, band=band)
+
+    def scored_worklist() -> tuple[dict | None, str | None]:
+        """(the scored worklist, None), else (None, why): a store being rewritten, a broken file."""
         from careloop.web.data import worklist
 
         try:
-            wl = worklist(svc, d.store_dir)
-        except Exception as e:  # a store being rewritten, a broken file: say so, keep the rest of the app up
+            return worklist(svc, d.store_dir), None
+        except Exception as e:  # say so, and keep the rest of the app up
             log.warning("worklist scoring failed: %s", type(e).__name__)
-            return d.page(request, "worklist.html.j2", 503, session=s, wl=None,
-                          note=f"The worklist could not be scored just now ({type(e).__name__}). Try again shortly.")
-        threshold, band = svc.current_thresholds()
-        return d.page(request, "worklist.html.j2", session=s, wl=wl, note=None, threshold=threshold, band=band)
+            return None, f"The worklist could not be scored just now ({type(e).__name__})."
 
     @route("/api/worklist")
     def worklist_api(request: Request):
@@ -337,9 +342,9 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
             return refused
         if d.store_dir is None:
             return _secure(JSONResponse({"error": "no event store configured"}, status_code=404))
-        from careloop.web.data import worklist
-
-        wl = worklist(svc, d.store_dir)
+        wl, why = scored_worklist()
+        if wl is None:
+            return _secure(JSONResponse({"error": why}, status_code=503))
         out = {"as_of": wl["as_of"].isoformat(), "model": svc.model_key, "threshold": svc.current_thresholds()[0]}
         for key in ("current", "recent"):
             out[key] = [{"encounter": r.encounter_id, "patient": r.patient_id, "admitted": r.admit.isoformat(),
@@ -360,7 +365,12 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
             return d.error(request, 404, "Not found", "There is no such stay.", s)
         from careloop.web.data import timeline
 
-        tl = timeline(svc, d.store_dir, encounter_id)
+        try:
+            tl = timeline(svc, d.store_dir, encounter_id)
+        except Exception as e:  # as the worklist: a secured answer, the rest of the app up
+            log.warning("patient page scoring failed: %s", type(e).__name__)
+            return d.error(request, 503, "Not available", "This stay could not be scored just now "
+                           f"({type(e).__name__}). Try again shortly.", s)
         if tl is None:
             return d.error(request, 404, "Not found", "There is no such inpatient stay in the store.", s)
         # every view of a patient's page is audited: who (the dashboard user), which patient, which stay
