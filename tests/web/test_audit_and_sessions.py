@@ -3,6 +3,7 @@ its sessions, and its answers when the event store or the audit log fails."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from fhir.resources.R4B.auditevent import AuditEvent
 
 from careloop.serve.app import Service, create_app
 from careloop.serve.config import load_config
@@ -65,6 +67,90 @@ def last_seq(service) -> int:
 
 def secured(r) -> bool:
     return set(r.headers) >= SECURED and r.headers["cache-control"] == "no-store"
+
+
+# -- 2: refusals are audited ------------------------------------------------------------------------------
+def refusals(service, since: int) -> list[dict]:
+    recs = new_records(service, since)
+    assert all(x["kind"] == "auth-failure" for x in recs), recs
+    return recs
+
+
+def test_refused_requests_are_audited_with_the_route_role_reason_and_address(app):
+    a, service = app
+    since = last_seq(service)
+    anon = signed_in(a, None)
+    assert anon.get("/dashboard/api/worklist").status_code == 401
+    [x] = refusals(service, since)
+    assert (x["outcome"], x["user"], x["network"]) == ("minor", None, ADDRESS[0])
+    assert x["detail"] == {"route": "/dashboard/api/worklist", "reason": "not signed in", "http_status": "401"}
+    AuditEvent.model_validate(x["event"])
+
+    since = last_seq(service)  # a page visited before signing in is only sent to sign in: not a refusal
+    assert anon.get("/dashboard/worklist").status_code == 303
+    assert new_records(service, since) == []
+
+    ds = signed_in(a, "data-scientist")
+    since = last_seq(service)
+    assert ds.get("/dashboard/patient/enc-1").status_code == 403
+    assert ds.get("/dashboard/api/worklist").status_code == 403
+    assert ds.get("/dashboard/worklist").status_code == 403
+    recs = refusals(service, since)
+    assert [x["detail"]["route"] for x in recs] == ["/dashboard/patient/{encounter_id}", "/dashboard/api/worklist",
+                                                    "/dashboard/worklist"]  # the template: never the caller's path
+    for x in recs:
+        assert (x["user"], x["network"], x["patient"]) == ("data-scientist", ADDRESS[0], None)
+        assert x["detail"]["role"] == "data_scientist" and x["detail"]["http_status"] == "403"
+        assert x["detail"]["reason"] == "role may not open this page"
+
+    since = last_seq(service)  # a cookie that is no session (here, forged) is refused and recorded
+    cookie = ds.cookies["careloop_dashboard"]
+    forged = TestClient(a, client=ADDRESS, follow_redirects=False, cookies={"careloop_dashboard": cookie[:-4] + "AAAA"})
+    assert forged.get("/dashboard/worklist").status_code == 303
+    [x] = refusals(service, since)
+    assert x["detail"]["reason"].startswith("not a valid session") and x["network"] == ADDRESS[0]
+    assert service.audit.verify().ok
+
+
+def test_failed_and_throttled_sign_ins_are_audited_without_the_name_typed(app):
+    a, service = app
+    address = ("198.51.100.23", 40000)  # its own address: the throttle blocks by address too
+    c = signed_in(a, None, address)
+    since = last_seq(service)
+    codes = [sign_in(c, "Jane.Doe", "hunter2-secret").status_code for _ in range(7)]
+    assert codes == [401] * 5 + [429] * 2
+    recs = refusals(service, since)
+    assert [(x["detail"]["reason"], x["detail"]["http_status"]) for x in recs] == \
+        [("bad credentials", "401")] * 5 + [("too many failed sign-ins", "429")] * 2
+    assert {x["network"] for x in recs} == {address[0]}
+    assert {x["detail"]["route"] for x in recs} == {"/dashboard/sign-in"}
+    text = json.dumps([x["event"] for x in recs])
+    assert "Jane" not in text and "hunter2" not in text  # neither the name typed nor the password
+
+
+def test_a_patient_page_view_records_the_user_and_the_clients_address(app):
+    a, service = app
+    c = signed_in(a, "clinician")
+    stay = c.get("/dashboard/api/worklist").json()["current"][0]
+    since = last_seq(service)
+    assert c.get(f"/dashboard/patient/{stay['encounter']}").status_code == 200
+    [x] = [r for r in new_records(service, since) if r["detail"]["route"] == "/dashboard/patient/{encounter_id}"]
+    AuditEvent.model_validate(x["event"])
+    assert (x["kind"], x["outcome"], x["user"], x["network"], x["patient"]) == (
+        "access", "success", "clinician", ADDRESS[0], stay["patient"])
+    assert x["detail"]["value"] == stay["encounter"] and x["model_hash"] == service.bundle.bundle_id
+
+
+def test_audit_events_take_only_an_address_as_the_clients_network():
+    from careloop.audit import AuditContentError, audit_event, summarize
+
+    e = audit_event(kind="access", outcome="success", network="2001:db8::1", user="ann")
+    assert summarize(e)["network"] == "2001:db8::1" and AuditEvent.model_validate(e)
+    assert audit_event(kind="access", outcome="success", network="ward-3.example")["agent"][0]["network"] \
+        == {"address": "ward-3.example", "type": "1"}
+    for bad in ("Jane Doe", "x" * 300, "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", 42):
+        with pytest.raises(AuditContentError):
+            audit_event(kind="access", outcome="success", network=bad)
 
 
 # -- 5: an unreadable store is a secured 503 ----------------------------------------------------------------

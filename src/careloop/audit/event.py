@@ -1,10 +1,10 @@
 """FHIR R4 AuditEvents for the CDS Hooks service, shaped after IHE BALP, holding identifiers and never content.
 
 :func:`audit_event` builds one event; :func:`summarize` reads the fields careloop records back out of an event
-(for the audit report, ONC (d)(3)). What may go in: the client's ``iss``, a user reference, a patient id,
-correlation ids (hookInstance, jti, X-Request-Id), the model bundle hash, an input digest, the score, card uuids
-and indicators, a deferral reason and short coded details. What may not: tokens (a JWT-looking or Bearer value
-anywhere raises :class:`AuditContentError`), names, notes and free text (unknown text fields are dropped, ids
+(for the audit report, ONC (d)(3)). What may go in: the client's ``iss`` and network address, a user reference,
+a patient id, correlation ids (hookInstance, jti, X-Request-Id), the model bundle hash, an input digest, the score,
+card uuids and indicators, a deferral reason and short coded details. What may not: tokens (a JWT-looking or Bearer
+value anywhere raises :class:`AuditContentError`), names, notes and free text (unknown text fields are dropped, ids
 that are not ids are refused).
 """
 
@@ -60,8 +60,8 @@ TEXT_DETAIL_KEYS = frozenset({
     "deadline_ms", "deferral_policy", "elapsed_ms", "enabled", "error", "feature_set", "field", "format", "hook",
     "http_status", "iss", "jku", "kid", "malformed_prefetch", "method", "missing_prefetch", "model", "model_key",
     "new", "note", "old", "outcome", "override_reason", "override_system", "partial_prefetch", "prefetch", "reason",
-    "route", "rows", "setting", "stage", "status", "tenant", "threshold", "threshold_version", "upto_seq", "value",
-    "version", "void_resources", "widened_prefetch",
+    "role", "route", "rows", "setting", "stage", "status", "tenant", "threshold", "threshold_version", "upto_seq",
+    "value", "version", "void_resources", "widened_prefetch",
 })
 MAX_DETAIL_TEXT = 512
 
@@ -71,6 +71,7 @@ _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _TOKEN = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII without spaces: ids, URLs, uuids, digests
 _DETAIL_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 _REFERENCE = re.compile(r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}")
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")  # a machine name
 
 
 class AuditContentError(CareloopError, ValueError):
@@ -109,6 +110,22 @@ def _ident(value: Any, name: str, pattern: re.Pattern = _TOKEN) -> str | None:
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise AuditContentError(f"{name} must be an identifier (no spaces, at most 256 characters), not {value!r:.40}")
     return value
+
+
+def _network(value: Any) -> dict | None:
+    """agent.network of a client's address: an IP address (type 2) or a machine name (type 1), nothing else."""
+    import ipaddress
+
+    if value is None:
+        return None
+    refuse_secrets(value, "network")
+    if isinstance(value, str):
+        try:
+            return {"address": str(ipaddress.ip_address(value)), "type": "2"}
+        except ValueError:
+            if _HOST.fullmatch(value):
+                return {"address": value, "type": "1"}
+    raise AuditContentError(f"network must be an IP address or a machine name, not {value!r:.40}")
 
 
 def _coding(system: str, code: str, display: str | None = None) -> dict:
@@ -173,6 +190,7 @@ def audit_event(
     service: str | None = None,
     user: str | None = None,
     recorded: datetime | None = None,
+    network: str | None = None,
 ) -> dict:
     """A FHIR R4 AuditEvent for one careloop event (one patient at most: BALP's one event per patient).
 
@@ -181,6 +199,8 @@ def audit_event(
     (FHIR 0/4/8/12). ``client`` is the JWT ``iss``; ``user`` a reference such as ``Practitioner/123`` (the
     requestor when present, else the client is). ``patient`` is a FHIR id (``Patient/`` prefix optional).
     ``cards`` keep only each card's uuid and indicator. ``recorded`` defaults to now, in UTC with a ``Z``.
+    ``network`` is the client's address (an IP address or machine name: BALP's agent[client].network, ASTM E2147's
+    source of access).
     """
     if kind not in KINDS:
         raise AuditContentError(f"kind must be one of {', '.join(KINDS)}, not {kind!r:.40}")
@@ -192,6 +212,7 @@ def audit_event(
     elif not isinstance(recorded, datetime) or recorded.tzinfo is None or recorded.utcoffset() is None:
         raise AuditContentError("recorded must be a timezone-aware datetime")
     client = _ident(client, "client")
+    client_network = _network(network)
     service = _ident(service, "service", _FHIR_ID)
     if isinstance(patient, str) and patient.startswith("Patient/"):
         patient = patient[len("Patient/") :]
@@ -230,6 +251,7 @@ def audit_event(
             "type": {"coding": [_coding(DCM, "110153", "Source Role ID")]},
             "who": client_who,
             "requestor": user is None,
+            **({"network": client_network} if client_network else {}),
         },
         {
             "type": {"coding": [_coding(DCM, "110152", "Destination Role ID")]},
@@ -299,8 +321,8 @@ def audit_event(
 
 # ---------------------------------------------------------------- reading events back
 FIELDS = (
-    "seq", "recorded", "kind", "action", "outcome", "client", "user", "patient", "service", "hook_instance", "jti",
-    "request_id", "model_hash", "input_digest", "score", "cards", "deferral_reason", "detail",
+    "seq", "recorded", "kind", "action", "outcome", "client", "network", "user", "patient", "service", "hook_instance",
+    "jti", "request_id", "model_hash", "input_digest", "score", "cards", "deferral_reason", "detail",
 )
 
 
@@ -312,9 +334,9 @@ def _codes(codings: Any) -> list[tuple[str | None, str | None]]:
 
 def summarize(event: dict) -> dict:
     """The fields careloop records, read back from an AuditEvent (best effort for events built elsewhere):
-    recorded (aware datetime), kind, action, outcome (success/minor/serious/major), client, user, patient, service,
-    hook_instance, jti, request_id, model_hash, input_digest, score, cards (list of "uuid|indicator"),
-    deferral_reason, detail (other detail entries as a dict of strings)."""
+    recorded (aware datetime), kind, action, outcome (success/minor/serious/major), client, network (the client's
+    address), user, patient, service, hook_instance, jti, request_id, model_hash, input_digest, score, cards (list
+    of "uuid|indicator"), deferral_reason, detail (other detail entries as a dict of strings)."""
     out: dict[str, Any] = dict.fromkeys(FIELDS[1:])
     out["cards"], out["detail"] = [], {}
     try:
@@ -331,6 +353,7 @@ def summarize(event: dict) -> dict:
         value = who.get("reference") or (who.get("identifier") or {}).get("value")
         if "110153" in codes:
             out["client"] = (who.get("identifier") or {}).get("value")
+            out["network"] = (agent.get("network") or {}).get("address")
         elif "110152" in codes:
             out["service"] = (who.get("identifier") or {}).get("value")
         elif "IRCP" in codes or agent.get("requestor"):

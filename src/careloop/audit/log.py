@@ -655,8 +655,8 @@ class AuditLog:
     ) -> list[dict]:
         """The audit report: records with ``start <= recorded < end`` (either bound optional), optionally for one
         patient, kind or client, sorted by any recorded field (``sort="-score"`` for descending; ties by seq;
-        missing values last). Each record: seq, recorded, kind, action, outcome, client, user, patient, service,
-        hook_instance, jti, request_id, model_hash, input_digest, score, cards, deferral_reason, detail,
+        missing values last). Each record: seq, recorded, kind, action, outcome, client, network, user, patient,
+        service, hook_instance, jti, request_id, model_hash, input_digest, score, cards, deferral_reason, detail,
         prev_hash, entry_hash and the AuditEvent itself (``event``)."""
         field, descending = sort.removeprefix("-"), sort.startswith("-")
         if field not in SORT_FIELDS:

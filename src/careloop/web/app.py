@@ -28,7 +28,7 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,17 @@ def _secure(resp: Response, *, csp: str = CSP) -> Response:
     resp.headers["Cross-Origin-Opener-Policy"] = "same-origin"
     resp.headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
     return resp
+
+
+def _address(request: Request) -> str | None:
+    """The client's network address (the proxy's forwarded one when `careloop serve --proxy` trusts that proxy)."""
+    return request.client.host if request.client else None
+
+
+def _route(request: Request) -> str:
+    """The matched route's template (``/dashboard/patient/{encounter_id}``), never the path as sent: that is the
+    caller's own text, and may hold anything."""
+    return getattr(request.scope.get("route"), "path", None) or PREFIX
 
 
 def _safe_next(target: str | None) -> str | None:
@@ -180,20 +191,75 @@ class Dashboard:
         resp.set_cookie(name, value, max_age=max_age, path=PREFIX, httponly=True, samesite="strict",
                         secure=request.url.scheme == "https")
 
+    # -- audit ----------------------------------------------------------------------------------------
+    def event(self, request: Request, kind: str, outcome: str, *, user: str | None = None,
+              patient: str | None = None, detail: dict | None = None) -> dict:
+        """One dashboard AuditEvent: the user, the client's address, the route's template and the model's hash. A
+        field the log refuses is left out and named (best effort: the event is still recorded)."""
+        from careloop.audit import AuditContentError, audit_event
+
+        fields: dict[str, Any] = {"user": user, "patient": patient, "network": _address(request),
+                                  "detail": {"route": _route(request), **(detail or {})}}
+        base = {"kind": kind, "outcome": outcome, "model_hash": self.service.bundle.bundle_id}
+        try:
+            return audit_event(**base, **fields)
+        except AuditContentError:
+            pass
+        dropped = []
+        for name, value in fields.items():
+            try:
+                audit_event(**base, **{name: value})
+            except AuditContentError:
+                dropped.append(name)
+            else:
+                base[name] = value
+        base["detail"] = {**(base.get("detail") or {}), "error": "unrecordable fields", "field": ",".join(dropped)}
+        return audit_event(**base)
+
+    def record(self, events: Sequence[dict]) -> None:
+        """Append the events in one transaction (all or none); errors propagate."""
+        if events:
+            self.service.audit.append_many(list(events))
+
+    def record_access(self, request: Request, s, stays: Sequence[tuple[str, str]]) -> None:
+        """One `access` event per patient shown (BALP: one per patient), naming the stays shown of each; errors
+        propagate, so that a page whose viewing is not recorded is not shown."""
+        by_patient: dict[str, list[str]] = {}
+        for patient, encounter in stays:
+            by_patient.setdefault(patient, []).append(encounter)
+        self.record([self.event(request, "access", "success", user=s.user, patient=p,
+                                detail={"value": ",".join(encs)}) for p, encs in by_patient.items()])
+
+    def record_refusal(self, request: Request, status: int, reason: str, s=None, *, outcome: str = "minor") -> None:
+        """An `auth-failure` event for a refused request (who, if known, the role, the route, the address); if it
+        cannot be written, the refusal stands and the failure is logged."""
+        detail = {"reason": reason, "http_status": status, "role": s.role if s else None}
+        try:
+            self.record([self.event(request, "auth-failure", outcome, user=s.user if s else None, detail=detail)])
+        except Exception:
+            log.exception("the audit log could not record a refused dashboard request")
+
     # -- checks ---------------------------------------------------------------------------------------
     def session(self, request: Request):
         return self.sessions.read(request.cookies.get(COOKIE), self.users)
 
     def guard(self, request: Request, page: str, *, api: bool = False):
-        """(session, None) when the signed-in role may see `page`; else (None or session, the refusal)."""
+        """(session, None) when the signed-in role may see `page`; else (None or session, the refusal). Refusals are
+        audited: a JSON call without a valid session, a cookie that is no session (forged, expired, signed out), a
+        role the page is not for. A page visited before signing in is only sent to the sign-in page."""
         s = self.session(request)
         if s is None:
+            cookie = request.cookies.get(COOKIE)
+            if api or cookie:
+                why = "not a valid session (forged, expired or signed out)" if cookie else "not signed in"
+                self.record_refusal(request, 401 if api else 303, why)
             if api:
                 return None, _secure(JSONResponse({"error": "sign in first"}, status_code=401))
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             q = urllib.parse.urlencode({"next": target}) if _safe_next(target) else ""
             return None, _secure(RedirectResponse(f"{PREFIX}/sign-in" + (f"?{q}" if q else ""), status_code=303))
         if s.role not in ACCESS[page]:
+            self.record_refusal(request, 403, "role may not open this page", s)
             if api:
                 return s, _secure(JSONResponse({"error": "forbidden for this role"}, status_code=403))
             return s, self.error(request, 403, "Not allowed",
@@ -277,12 +343,13 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
         user, password = form.get("username", "").strip()[:65], form.get("password", "")
         client = request.client.host if request.client else "?"
         if d.throttle.blocked(f"user:{user.lower()}", f"ip:{client}"):
+            d.record_refusal(request, 429, "too many failed sign-ins")  # the name typed is never recorded
             return sign_in_page(request, next_, "Too many failed attempts. Wait a few minutes and try again.", 429)
         spec = d.users.get(user)
         ok = verify_password(password, spec["password_hash"] if spec else DUMMY_HASH) and spec is not None
         if not ok:
             d.throttle.fail(f"user:{user.lower()}", f"ip:{client}")
-            svc.record("auth-failure", "minor", detail={"route": "dashboard-sign-in", "reason": "bad credentials"})
+            d.record_refusal(request, 401, "bad credentials")
             return sign_in_page(request, next_, "Unknown user name or wrong password.", 401)
         d.throttle.clear(f"user:{user.lower()}")
         cookie, sess = d.sessions.issue(user, spec["role"])
@@ -297,6 +364,7 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
         form = await d.form(request)
         if s is not None:
             if form is None or not d.same_origin(request) or not d.sessions.csrf_ok(s, form.get("csrf")):
+                d.record_refusal(request, 403, "csrf", s, outcome="serious")
                 return d.error(request, 403, "Not allowed", "The sign-out form was not valid. Reload the page.", s)
             d.sessions.revoke(s)
         resp = _secure(RedirectResponse(f"{PREFIX}/sign-in", status_code=303))
@@ -374,8 +442,7 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
         if tl is None:
             return d.error(request, 404, "Not found", "There is no such inpatient stay in the store.", s)
         # every view of a patient's page is audited: who (the dashboard user), which patient, which stay
-        svc.record("access", "success", patient=tl.stay.get("patient_id"), user=s.user,
-                   detail={"route": "dashboard/patient", "value": encounter_id})
+        d.record_access(request, s, [(tl.stay.get("patient_id"), encounter_id)])
         days = [(t - tl.stay["admit"]).total_seconds() / 86400 for t in tl.times]
         threshold, band = svc.current_thresholds()
         chart = CH.risk_over_stay_svg(days, [a.risk for a in tl.assessments], threshold, band,
@@ -477,7 +544,7 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
 
     @route("/governance/threshold", ("POST",))
     async def set_threshold(request: Request):
-        s, form, refused = await governance_form(request, "dashboard-threshold")
+        s, form, refused = await governance_form(request)
         if refused:
             return refused
         raw = form.get("threshold")
@@ -488,7 +555,7 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
         svc.set_alert_threshold(new, by=f"dashboard:{s.user}", route="dashboard")
         return _secure(RedirectResponse(f"{PREFIX}/governance?changed=threshold", status_code=303))
 
-    async def governance_form(request: Request, route: str):
+    async def governance_form(request: Request):
         """(session, form, None) for a governance user's form from this site with its CSRF token, else the refusal
         (a bad token is audited)."""
         s, refused = d.guard(request, "governance")
@@ -496,14 +563,14 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
             return None, None, refused
         form = await d.form(request)
         if form is None or not d.same_origin(request) or not d.sessions.csrf_ok(s, form.get("csrf")):
-            svc.record("auth-failure", "serious", detail={"route": route, "reason": "csrf"})
+            d.record_refusal(request, 403, "csrf", s, outcome="serious")
             return s, None, d.error(request, 403, "Not allowed", "The form was not valid (expired or from another "
                                                                  "site). Reload the governance page and try again.", s)
         return s, form, None
 
     @route("/governance/kill-switch", ("POST",))
     async def kill_switch(request: Request):
-        s, form, refused = await governance_form(request, "dashboard-kill-switch")
+        s, form, refused = await governance_form(request)
         if refused:
             return refused
         if form.get("enabled") not in ("true", "false"):
