@@ -15,6 +15,7 @@ from fhir.resources.R4B.auditevent import AuditEvent
 
 from careloop.serve.app import Service, create_app
 from careloop.serve.config import load_config
+from careloop.state import StateError
 from careloop.web import DEMO_PASSWORD, demo_users, mount
 from tests.fhir_server.harness import make_rsa_key
 from tests.serve.harness import write_config
@@ -67,6 +68,53 @@ def last_seq(service) -> int:
 
 def secured(r) -> bool:
     return set(r.headers) >= SECURED and r.headers["cache-control"] == "no-store"
+
+
+# -- 1: the worklist records one access per patient ----------------------------------------------------------
+@pytest.mark.parametrize("path", ["/dashboard/api/worklist", "/dashboard/worklist"])
+def test_each_worklist_view_records_one_access_per_patient_listed(app, path):
+    """A-02: the JSON and the page list many patients' risks and reasons; each patient gets one `access` event
+    (BALP Patient variant) with the user, the client's address, the route and the model's hash."""
+    a, service = app
+    c = signed_in(a, "clinician")
+    listed = c.get("/dashboard/api/worklist").json()
+    stays = {(x["patient"], x["encounter"]) for x in listed["current"] + listed["recent"]}
+    patients = {p for p, _ in stays}
+    assert len(patients) >= 2
+    since = last_seq(service)
+    r = c.get(path)
+    assert r.status_code == 200
+    recs = new_records(service, since)
+    assert [x["kind"] for x in recs] == ["access"] * len(patients)
+    assert {x["patient"] for x in recs} == patients  # one event per patient, each with its own
+    for x in recs:
+        AuditEvent.model_validate(x["event"])
+        assert [e["what"]["reference"] for e in x["event"]["entity"] if "reference" in e["what"]] \
+            == [f"Patient/{x['patient']}"]
+        assert (x["outcome"], x["user"], x["network"]) == ("success", "clinician", ADDRESS[0])
+        assert x["model_hash"] == service.bundle.bundle_id
+        assert x["detail"]["route"] == path
+        assert set(x["detail"]["value"].split(",")) == {e for p, e in stays if p == x["patient"]}
+        client = next(g for g in x["event"]["agent"] if g["type"]["coding"][0]["code"] == "110153")
+        assert client["network"] == {"address": ADDRESS[0], "type": "2"}  # IP address
+    assert service.audit.verify().ok
+
+
+def test_a_worklist_whose_viewing_cannot_be_recorded_is_not_shown(app, monkeypatch):
+    """No patient data without its audit record: a failing audit log is a secured 503 naming no patient."""
+    a, service = app
+    c = signed_in(a, "clinician")
+    listed = c.get("/dashboard/api/worklist").json()
+    first = listed["current"][0]
+
+    def broken(events):
+        raise StateError("database error (OperationalError): disk I/O error")
+
+    monkeypatch.setattr(service.audit, "append_many", broken)
+    for path in ("/dashboard/api/worklist", "/dashboard/worklist", f"/dashboard/patient/{first['encounter']}"):
+        r = c.get(path)
+        assert r.status_code == 503 and secured(r), path
+        assert "audit log" in r.text and first["patient"] not in r.text and first["encounter"] not in r.text, path
 
 
 # -- 2: refusals are audited ------------------------------------------------------------------------------

@@ -387,30 +387,37 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
         if d.store_dir is None:
             return d.page(request, "worklist.html.j2", session=s, wl=None,
                           note="No event store is configured for the worklist (careloop serve --store).")
-        wl, why = scored_worklist()
+        wl, why = audited_worklist(request, s)
         if wl is None:
             return d.page(request, "worklist.html.j2", 503, session=s, wl=None, note=f"{why} Try again shortly.")
         threshold, band = svc.current_thresholds()
         return d.page(request, "worklist.html.j2", session=s, wl=wl, note=None, threshold=threshold, band=band)
 
-    def scored_worklist() -> tuple[dict | None, str | None]:
-        """(the scored worklist, None), else (None, why): a store being rewritten, a broken file."""
+    def audited_worklist(request: Request, s) -> tuple[dict | None, str | None]:
+        """(the scored worklist, None) with one `access` record per patient listed, written before it is shown;
+        else (None, why): a store being rewritten or a broken file, or an audit log that cannot be written."""
         from careloop.web.data import worklist
 
         try:
-            return worklist(svc, d.store_dir), None
+            wl = worklist(svc, d.store_dir)
         except Exception as e:  # say so, and keep the rest of the app up
             log.warning("worklist scoring failed: %s", type(e).__name__)
             return None, f"The worklist could not be scored just now ({type(e).__name__})."
+        try:
+            d.record_access(request, s, [(r.patient_id, r.encounter_id) for r in wl["current"] + wl["recent"]])
+        except Exception as e:  # patients' risks are not shown unrecorded
+            log.warning("the audit log could not record a worklist view: %s", type(e).__name__)
+            return None, "The worklist cannot be shown just now: its viewing could not be recorded in the audit log."
+        return wl, None
 
     @route("/api/worklist")
     def worklist_api(request: Request):
-        _, refused = d.guard(request, "worklist", api=True)
+        s, refused = d.guard(request, "worklist", api=True)
         if refused:
             return refused
         if d.store_dir is None:
             return _secure(JSONResponse({"error": "no event store configured"}, status_code=404))
-        wl, why = scored_worklist()
+        wl, why = audited_worklist(request, s)
         if wl is None:
             return _secure(JSONResponse({"error": why}, status_code=503))
         out = {"as_of": wl["as_of"].isoformat(), "model": svc.model_key, "threshold": svc.current_thresholds()[0]}
@@ -441,8 +448,12 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
                            f"({type(e).__name__}). Try again shortly.", s)
         if tl is None:
             return d.error(request, 404, "Not found", "There is no such inpatient stay in the store.", s)
-        # every view of a patient's page is audited: who (the dashboard user), which patient, which stay
-        d.record_access(request, s, [(tl.stay.get("patient_id"), encounter_id)])
+        try:  # every view of a patient's page is audited: who (the dashboard user), which patient, which stay
+            d.record_access(request, s, [(tl.stay.get("patient_id"), encounter_id)])
+        except Exception as e:  # a patient's data is not shown unrecorded
+            log.warning("the audit log could not record a patient page view: %s", type(e).__name__)
+            return d.error(request, 503, "Not available", "This page cannot be shown just now: its viewing could "
+                           "not be recorded in the audit log. Try again shortly.", s)
         days = [(t - tl.stay["admit"]).total_seconds() / 86400 for t in tl.times]
         threshold, band = svc.current_thresholds()
         chart = CH.risk_over_stay_svg(days, [a.risk for a in tl.assessments], threshold, band,
