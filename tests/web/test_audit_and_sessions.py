@@ -3,6 +3,7 @@ its sessions, and its answers when the event store or the audit log fails."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from collections.abc import Iterator
@@ -17,8 +18,13 @@ from careloop.serve.app import Service, create_app
 from careloop.serve.config import load_config
 from careloop.state import StateError
 from careloop.web import DEMO_PASSWORD, demo_users, mount
+from careloop.web.auth import DUMMY_HASH, Sessions
 from tests.fhir_server.harness import make_rsa_key
+from tests.pg import database_url_fixture, postgres_server_fixture
 from tests.serve.harness import write_config
+
+pg_server = postgres_server_fixture()
+db_url = database_url_fixture()
 
 SECRET = b"a-secret-shared-by-every-worker-0123456789"
 ADDRESS = ("203.0.113.7", 51000)  # the client's address, as the server sees it
@@ -199,6 +205,57 @@ def test_audit_events_take_only_an_address_as_the_clients_network():
     for bad in ("Jane Doe", "x" * 300, "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", 42):
         with pytest.raises(AuditContentError):
             audit_event(kind="access", outcome="success", network=bad)
+
+
+# -- 3: sign-out holds everywhere --------------------------------------------------------------------------
+def test_a_sign_out_holds_in_every_worker_and_after_a_restart(trained_bundle, hospital_store, tmp_path, db_url):
+    """Two app instances (two workers) on one state store with the shared secret: a cookie signed out on one is
+    refused by the other, and by a third started afterwards (a restart)."""
+    store_dir = hospital_store[0]
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    with dashboard(trained_bundle, tmp_path / "a", store_dir, db_url) as (app_a, _), \
+            dashboard(trained_bundle, tmp_path / "b", store_dir, db_url) as (app_b, svc_b):
+        a = signed_in(app_a, "clinician")
+        cookie = {"careloop_dashboard": a.cookies["careloop_dashboard"]}
+        assert TestClient(app_b, cookies=cookie).get("/dashboard/model").status_code == 200  # one session for all
+        csrf = re.search(r'name="csrf" value="([^"]+)"', a.get("/dashboard/model").text).group(1)
+        assert a.post("/dashboard/sign-out", data={"csrf": csrf}).status_code == 303
+        for other in (app_a, app_b):
+            assert TestClient(other, cookies=cookie).get("/dashboard/api/worklist").status_code == 401
+            r = TestClient(other, cookies=cookie, follow_redirects=False).get("/dashboard/worklist")
+            assert r.status_code == 303 and "/dashboard/sign-in" in r.headers["location"]
+        since = last_seq(svc_b)
+    with dashboard(trained_bundle, tmp_path / "c", store_dir, db_url) as (app_c, svc_c):
+        assert TestClient(app_c, cookies=cookie).get("/dashboard/api/worklist").status_code == 401
+        refused = [x for x in new_records(svc_c, since) if x["kind"] == "auth-failure"]
+        assert refused and refused[-1]["detail"]["reason"].startswith("not a valid session")
+        assert signed_in(app_c, "clinician").get("/dashboard/api/worklist").status_code == 200  # a new one is fine
+
+
+def test_sign_outs_expire_from_the_store_and_an_unreadable_store_refuses_sessions(app):
+    _, service = app
+    store = service.store
+    now = dt.datetime.now(dt.UTC)
+    store.sign_out("old-session", now + dt.timedelta(minutes=1), now=now)
+    assert store.signed_out("old-session")
+    later = now + dt.timedelta(minutes=2)  # the old session has expired by now: the next sign-out forgets it
+    store.sign_out("new-session", later + dt.timedelta(hours=8), now=later)
+    assert not store.signed_out("old-session") and store.signed_out("new-session")
+
+    class Down:
+        def signed_out(self, sid: str) -> bool:
+            raise StateError("database error (OperationalError): unable to open database file")
+
+        def sign_out(self, sid: str, expires_at: dt.datetime) -> None:
+            raise StateError("database error (OperationalError): unable to open database file")
+
+    users = {"ann": {"role": "clinician", "password_hash": DUMMY_HASH}}
+    s = Sessions(SECRET, sign_outs=Down())
+    cookie, sess = s.issue("ann", "clinician")
+    assert s.read(cookie, users) is None  # a session that cannot be checked is not honoured
+    with pytest.raises(StateError):
+        s.revoke(sess)  # nor is a sign-out reported that other workers cannot see
 
 
 # -- 5: an unreadable store is a secured 503 ----------------------------------------------------------------

@@ -18,6 +18,8 @@ Tables (created if absent, never altered by the app):
 ``careloop_card_kind`` uuid primary key, kind: which card an info card is (near the threshold, or a deferral and its
                        reason's digest), so that the same card is not shown again within the repeat window
 ``careloop_rate``      key primary key, tokens, at: rate limits shared by every worker process (token buckets)
+``careloop_signed_out`` sid primary key, expires_at: dashboard sessions signed out before they expire, so that every
+                       worker (and the app after a restart) refuses their cookies
 """
 
 from __future__ import annotations
@@ -179,6 +181,14 @@ rate_table = Table(
     Column("key", String, primary_key=True),
     Column("tokens", Float, nullable=False),
     Column("at", Float, nullable=False),  # seconds since the epoch: the workers may be on several hosts
+)
+
+signed_out_table = Table(  # a row lives until its session would have expired anyway
+    "careloop_signed_out",
+    metadata,
+    Column("sid", String, primary_key=True),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("careloop_signed_out_expires", "expires_at"),
 )
 
 class ModelPolicy(NamedTuple):
@@ -692,6 +702,23 @@ class StateStore:
             taken = {"tokens": tokens - 1, "at": max(now, row.at)}  # a clock set back does not refill it twice
             conn.execute(rate_table.update().where(rate_table.c.key == key).values(**taken))
         return 0.0
+
+    # ------------------------------------------------------------------ dashboard sign-outs
+    def sign_out(self, sid: str, expires_at: datetime, *, now: datetime | None = None) -> None:
+        """Record that dashboard session `sid` was signed out (every worker then refuses it), and forget sign-outs
+        whose sessions have expired since (their cookies are refused as expired)."""
+        now = utc(now, "now") if now is not None else now_utc()
+        row = {"sid": _key(sid, "session id"), "expires_at": utc(expires_at, "expires_at")}
+        with self.transaction(write=True) as conn:
+            conn.execute(insert_ignore(self.dialect, signed_out_table, row))
+            conn.execute(delete(signed_out_table).where(signed_out_table.c.expires_at <= now))
+
+    def signed_out(self, sid: str) -> bool:
+        """Whether dashboard session `sid` was signed out (in any worker)."""
+        with self.transaction(write=False) as conn:
+            found = conn.execute(select(signed_out_table.c.sid).where(signed_out_table.c.sid == _key(sid, "session id"))
+                                 ).first()
+        return found is not None
 
     def switches(self) -> dict[str, dict]:
         """Every model_key an administrator has set: {model_key: {enabled, changed_at, changed_by}}."""

@@ -130,7 +130,8 @@ class Dashboard:
         self.users = check_users(users)
         env_secret = os.environ.get("CARELOOP_DASHBOARD_SECRET")
         secret = secret or (env_secret.encode() if env_secret else secrets.token_bytes(32))
-        self.sessions = Sessions(secret, lifetime_s=int(session_hours * 3600))
+        # sign-outs go to the state store that every worker shares (and that outlives a restart)
+        self.sessions = Sessions(secret, lifetime_s=int(session_hours * 3600), sign_outs=service.store)
         self.throttle = Throttle()
         self.monitor_dir = Path(monitor_dir) if monitor_dir is not None else None
         self.store_dir = Path(store_dir) if store_dir is not None else None
@@ -366,7 +367,14 @@ def mount(app: FastAPI, service, *, users: Mapping, monitor_dir: Path | None = N
             if form is None or not d.same_origin(request) or not d.sessions.csrf_ok(s, form.get("csrf")):
                 d.record_refusal(request, 403, "csrf", s, outcome="serious")
                 return d.error(request, 403, "Not allowed", "The sign-out form was not valid. Reload the page.", s)
-            d.sessions.revoke(s)
+            try:
+                d.sessions.revoke(s)
+            except Exception as e:  # other workers would still take the cookie: say so, do not pretend
+                log.warning("a dashboard sign-out could not be stored: %s", type(e).__name__)
+                resp = d.error(request, 503, "Not signed out", "Your sign-out could not be recorded just now, so "
+                               "the session may still be open elsewhere. Try again shortly.", s)
+                resp.delete_cookie(COOKIE, path=PREFIX)
+                return resp
         resp = _secure(RedirectResponse(f"{PREFIX}/sign-in", status_code=303))
         resp.delete_cookie(COOKIE, path=PREFIX)
         return resp

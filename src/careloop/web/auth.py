@@ -8,16 +8,19 @@ from :func:`hash_password` (``scrypt$n$r$p$salt$key`` or ``pbkdf2_sha256$iterati
 The session is a cookie ``payload.signature``: the payload is base64url JSON (user, role, session id, issue and
 expiry times), the signature HMAC-SHA256 of the payload under the app's secret. It is HttpOnly and SameSite=Strict
 (and Secure over HTTPS), so scripts cannot read it and other sites cannot send it. A session is valid while it is
-unexpired, signed, not signed out, and its user still exists with the same role. Forms that change state carry a
+unexpired, signed, not signed out (sign-outs are kept in the state store, so every worker and the app after a restart
+refuse the cookie), and its user still exists with the same role. Forms that change state carry a
 CSRF token derived from the session id (HMAC), checked on POST together with the Origin header.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
 import threading
@@ -25,8 +28,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from careloop.errors import CareloopError
+
+log = logging.getLogger("careloop.web")
 
 ROLES = ("clinician", "data_scientist", "governance")
 USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -135,15 +141,27 @@ class Session:
     expires: int
 
 
-class Sessions:
-    """Issues and checks signed session cookies, CSRF tokens and sign-in nonces under one secret."""
+class SignOuts(Protocol):
+    """Where sign-outs are kept for every worker: the state store (`careloop.state.StateStore`)."""
 
-    def __init__(self, secret: bytes, *, lifetime_s: int = 8 * 3600) -> None:
+    def sign_out(self, sid: str, expires_at: dt.datetime) -> None: ...
+
+    def signed_out(self, sid: str) -> bool: ...
+
+
+class Sessions:
+    """Issues and checks signed session cookies, CSRF tokens and sign-in nonces under one secret.
+
+    `sign_outs`: the store shared by every worker that holds the secret; without it (a single process, the unit
+    tests) a sign-out holds only in this process, until a restart."""
+
+    def __init__(self, secret: bytes, *, lifetime_s: int = 8 * 3600, sign_outs: SignOuts | None = None) -> None:
         if not isinstance(secret, bytes) or len(secret) < 16:
             raise DashboardConfigError("the session secret must be at least 16 bytes")
         self._key = hashlib.sha256(b"careloop-dashboard-session\n" + secret).digest()
         self.lifetime_s = lifetime_s
-        self._revoked: dict[str, int] = {}  # sid -> expiry: signed-out sessions (this process)
+        self.sign_outs = sign_outs
+        self._revoked: dict[str, int] = {}  # sid -> expiry: sessions signed out through this process
         self._lock = threading.Lock()
 
     def _mac(self, purpose: str, data: str) -> str:
@@ -173,13 +191,28 @@ class Sessions:
         user = users.get(s.user)
         if user is None or user["role"] != s.role:
             return None  # the user was removed or changed role: sign in again
-        return s
+        return None if self._signed_out_elsewhere(s.sid) else s
+
+    def _signed_out_elsewhere(self, sid: str) -> bool:
+        """Signed out through another worker (or before a restart); an unreadable store counts as signed out: a
+        session that cannot be checked is not honoured."""
+        if self.sign_outs is None:
+            return False
+        try:
+            return self.sign_outs.signed_out(sid)
+        except Exception as e:
+            log.warning("the dashboard's sign-outs could not be read (%s): session refused", type(e).__name__)
+            return True
 
     def revoke(self, s: Session) -> None:
+        """Sign `s` out here at once, and in the shared store for every worker (its errors propagate: the caller
+        must not report a sign-out that other workers do not know of)."""
         now = time.time()
         with self._lock:
             self._revoked = {k: v for k, v in self._revoked.items() if v > now}
             self._revoked[s.sid] = s.expires
+        if self.sign_outs is not None:
+            self.sign_outs.sign_out(s.sid, dt.datetime.fromtimestamp(s.expires, dt.UTC))
 
     def csrf(self, s: Session) -> str:
         return self._mac("csrf", s.sid)
@@ -227,5 +260,5 @@ class Throttle:
 DUMMY_HASH = "scrypt$16384$8$1$Y2FyZWxvb3AtZHVtbXk$WkjdUj6pkx1Y7xN2vCvDkq3jTSSD6lOD0Vtmm6cKcYU"  # unknown users
 
 
-__all__ = ["ROLES", "DashboardConfigError", "Session", "Sessions", "Throttle", "check_users", "hash_password",
-           "load_users", "verify_password"]
+__all__ = ["ROLES", "DashboardConfigError", "Session", "Sessions", "SignOuts", "Throttle", "check_users",
+           "hash_password", "load_users", "verify_password"]
