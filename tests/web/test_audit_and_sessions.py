@@ -258,6 +258,31 @@ def test_sign_outs_expire_from_the_store_and_an_unreadable_store_refuses_session
         s.revoke(sess)  # nor is a sign-out reported that other workers cannot see
 
 
+# -- 4: the newest admission has its page -----------------------------------------------------------------
+def test_the_newest_admission_has_a_page_with_one_point_at_admission(app, hospital_store, monkeypatch):
+    """When the store's newest record is an admission, the worklist scores it at admission; its page does too."""
+    from careloop.web import data as D
+
+    a, service = app
+    c = signed_in(a, "clinician")
+    target = c.get("/dashboard/api/worklist").json()["current"][-1]
+    admit = dt.datetime.fromisoformat(target["admitted"])
+    monkeypatch.setattr(D, "data_end", lambda engine: admit)
+    row = next(r for r in c.get("/dashboard/api/worklist").json()["current"] if r["encounter"] == target["encounter"])
+    assert row["index_time"] == target["admitted"]
+    tl = D.timeline(service, hospital_store[0], target["encounter"])
+    assert tl is not None and tl.times == [admit] and tl.features.num_rows == 1
+    if row["risk"] is None:
+        assert tl.assessments[0].risk is None and tl.assessments[0].status == row["status"]
+    else:
+        assert tl.assessments[0].risk == pytest.approx(row["risk"], abs=1e-12)  # the worklist agrees
+    since = last_seq(service)
+    r = c.get(f"/dashboard/patient/{target['encounter']}")
+    assert r.status_code == 200 and "There is no such inpatient stay" not in r.text
+    [x] = new_records(service, since)
+    assert (x["kind"], x["patient"], x["detail"]["value"]) == ("access", target["patient"], target["encounter"])
+
+
 # -- 5: an unreadable store is a secured 503 ----------------------------------------------------------------
 def test_an_unreadable_store_is_a_secured_503_on_every_patient_route(trained_bundle, tmp_path):
     empty = tmp_path / "empty-store"

@@ -287,10 +287,13 @@ class Timeline:
 
 def index_times(admit_us: int, stop_us: int, *, step_h: int = 24, max_points: int = MAX_POINTS) -> list[int]:
     """Admission + 24 h, + 48 h, ... before `stop_us`, then `stop_us` itself (discharge, or now), at most
-    `max_points` in all (evenly thinned, the last kept).
+    `max_points` in all (evenly thinned, the last kept). A stay admitted at `stop_us` has the one point, as the
+    worklist scores it.
 
     >>> index_times(0, 60 * 3600 * 10**6)
     [86400000000, 172800000000, 216000000000]
+    >>> index_times(5, 5)
+    [5]
     """
     step = step_h * HOUR_US
     ts = list(range(admit_us + step, stop_us, step))
@@ -345,9 +348,9 @@ def timeline(service, store_dir: Path, encounter_id: str) -> Timeline | None:
         row = st.to_pylist()[0]
         end = row["end_us"]
         stop = end if end is not None and end <= _us(as_of) else _us(as_of)
-        if stop <= row["admit_us"]:
+        if stop < row["admit_us"]:  # admitted after the store's newest record: not a stay yet
             return None
-        times = index_times(row["admit_us"], stop)
+        times = index_times(row["admit_us"], stop)  # the newest admission (stop == admit): one point, at admission
         feats = stay_features(service, engine, st, times)
     finally:
         engine.close()
