@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from careloop.contracts import TIME
 from careloop.serve.app import under_age
-from careloop.tasks.cohort import DISPOSITION_EXCLUSIONS, sql_literal
+from careloop.tasks.cohort import DISPOSITION_EXCLUSIONS, age_in_years, happened, sql_literal
 
 US = 1_000_000
 HOUR_US = 3600 * US
@@ -76,10 +76,11 @@ def engine_for(store_dir: Path):
 
 
 def data_end(engine) -> dt.datetime:
-    """The store's 'now': the latest admission or discharge it holds (never later than the wall clock)."""
+    """The store's 'now': the latest admission or discharge it holds (never later than the wall clock), of
+    encounters that happened (a booking for next month is not the store's now, as in the cohort's data end)."""
     d = engine.dialect
     us = engine.arrow(f"SELECT max(greatest(coalesce({d.micros(d.q('end'))}, 0), {d.micros('start')})) AS m "
-                      "FROM encounters").column(0)[0].as_py()
+                      f"FROM encounters e WHERE {happened('e')}").column(0)[0].as_py()
     now = dt.datetime.now(dt.UTC)
     return min(_dt(us), now) if us else now
 
@@ -90,9 +91,10 @@ def _stays_sql(engine, where: str, order: str, limit: int | None) -> str:
     return f"""
 SELECT e.encounter_id, e.patient_id, e.subject_id, {d.micros('e.start')} AS admit_us,
        {d.micros('e.' + d.q('end'))} AS end_us, e.site_name, p.sex, e.discharge_disposition AS disposition,
-       e.discharge_disposition_nubc AS disposition_nubc, {d.micros('p.deceased_time')} AS death_us
+       e.discharge_disposition_nubc AS disposition_nubc, {d.micros('p.deceased_time')} AS death_us,
+       {d.micros('CAST(p.birth_date AS TIMESTAMP)')} AS birth_us
 FROM encounters e LEFT JOIN patients p ON p.subject_id = e.subject_id
-WHERE e.class = 'IMP' AND e.start IS NOT NULL AND {where}
+WHERE e.class = 'IMP' AND e.start IS NOT NULL AND {happened('e')} AND {where}
 ORDER BY {order}{lim}"""
 
 
@@ -142,8 +144,8 @@ def features(service, engine, cohort: pa.Table) -> pa.Table:
     return extract(service.fs, cohort, engine).table
 
 
-def assess(service, feats: pa.Table, stays: list[dict] | None = None, *, ended: bool | list[bool] = True
-           ) -> tuple[list[Assessment], list[list]]:
+def assess(service, feats: pa.Table, stays: list[dict] | None = None, *, ended: bool | list[bool] = True,
+           years: list[int | None] | None = None) -> tuple[list[Assessment], list[list]]:
     """Each row's risk and status as the bedside service would decide it, and its top three reasons. `stays`: each
     row's disposition, disposition_nubc, death_us and index_us, for the task's exclusions (as at the bedside).
     `ended`: whether each row's stay had ended at its index time (reasons then say "at discharge", else "latest")."""
@@ -160,7 +162,10 @@ def assess(service, feats: pa.Table, stays: list[dict] | None = None, *, ended: 
     rows = feats.to_pylist()
     rs = reasons(service.model.contributions(feats), rows, service.infos, top=3, columns=service.model.columns,
                  ended=ended)
-    ages = feats.column("age").to_pylist() if "age" in feats.column_names else [None] * n
+    # the minimum age is checked in whole years, as the cohort and the bedside check it (`years`), else on the age
+    # feature
+    ages = years if years is not None else feats.column("age").to_pylist() if "age" in feats.column_names \
+        else [None] * n
     defers = [False] * n
     if service.policy is not None:
         import numpy as np
@@ -264,7 +269,7 @@ def _rows(service, t: pa.Table, feats: pa.Table, idx: list[int], discharged: boo
     # a discharge's disposition is known once it happened; for a stay still open, the store's replay may hold it early
     scope = [{"disposition": r["disposition"], "disposition_nubc": r["disposition_nubc"], "death_us": r["death_us"],
               "index_us": idx[i]} for i, r in enumerate(rows)] if discharged else None
-    assessed, rs = assess(service, feats, scope, ended=discharged)
+    assessed, rs = assess(service, feats, scope, ended=discharged, years=_years(rows, idx))
     ages = feats.column("age").to_pylist() if "age" in feats.column_names else [None] * t.num_rows
     out = []
     for i, r in enumerate(rows):
@@ -335,6 +340,12 @@ def stay_features(service, engine, st: pa.Table, times: list[int]) -> pa.Table:
         arrow.close()
 
 
+def _years(rows: list[dict], index_us: list[int]) -> list[int | None]:
+    """Each stay's patient's calendar age in whole years at its index time (None without a birth date)."""
+    return [None if r["birth_us"] is None else age_in_years(r["birth_us"] // (24 * HOUR_US), t)
+            for r, t in zip(rows, index_us, strict=True)]
+
+
 def timeline(service, store_dir: Path, encounter_id: str) -> Timeline | None:
     """Risk of one inpatient stay over time, its reasons and the data behind them; None if there is no such stay."""
     from careloop.explain import column_title, phrase
@@ -355,7 +366,7 @@ def timeline(service, store_dir: Path, encounter_id: str) -> Timeline | None:
     finally:
         engine.close()
     ended = [end is not None and t >= end for t in times]  # only a point at the recorded discharge
-    assessed, rs = assess(service, feats, ended=ended)
+    assessed, rs = assess(service, feats, ended=ended, years=_years([row] * len(times), times))
     last = feats.slice(feats.num_rows - 1, 1)
     data = []
     by = {i.column: i for i in service.infos}
