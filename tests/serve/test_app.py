@@ -796,6 +796,7 @@ def test_a_category_the_model_has_no_level_for_gets_a_deferral_not_a_guess(runni
             "missing, never missing in training)") in card["detail"], card["detail"]
     (rec,) = _records(running, "cds-call", body["hookInstance"])
     assert "sex 'other'" in json.dumps(rec, default=str)
+    assert rec["network"] == "127.0.0.1"  # the EHR's address (agent.network), from the loopback connection
     # the same stay as recorded is scored
     body = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))
     assert "outside the training data" not in json.dumps(call(running, body).json())

@@ -15,6 +15,7 @@ once that commit is durable (`journal.py`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import functools
 import hashlib
@@ -434,6 +435,7 @@ class Service:
             kind=kind,
             outcome=result,
             client=getattr(claims, "iss", None),
+            network=CLIENT_NETWORK.get(),
             service=service,
             patient=(decision.patient if decision else None) or (_patient_of(req) if req else None) or patient,
             user=user,
@@ -931,6 +933,8 @@ class FastPath:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
             scope[ARRIVED] = time.monotonic()
+            client = scope.get("client")
+            CLIENT_NETWORK.set(client[0] if client else None)
             if scope.get("scheme") == "https":
                 send = _with_hsts(send)
             if self.service is not None and scope["method"] == "POST":
@@ -1347,7 +1351,10 @@ def _decode_problem(e: msgspec.DecodeError) -> str:
     return f"{head}{sep}{path}" if sep else head
 # the audit fields a caller shapes (ids from the request or its token, and details quoting it): one the audit log
 # refuses is left out of the record alone
-_CALLER_FIELDS = ("patient", "user", "hook_instance", "jti", "request_id", "client", "detail")
+_CALLER_FIELDS = ("patient", "user", "hook_instance", "jti", "request_id", "client", "network", "detail")
+# the network address of the client of the request being answered (set per request by the ASGI middleware), for the
+# audit record's agent.network (BALP): the EHR's or the administrator's machine
+CLIENT_NETWORK: contextvars.ContextVar[str | None] = contextvars.ContextVar("careloop_client_network", default=None)
 
 
 def _check_request(service_id: str, req: HookRequest) -> str | None:
