@@ -6,14 +6,9 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import orjson
-import pyarrow as pa
-
-from careloop.engines import DuckDBEngine, SparkEngine
 from careloop.explain import ColumnInfo, column_title, phrase
-from careloop.features.engine import extract
-from careloop.features.rows import Record, Stay, StayFeatures
 from careloop.features.spec import FeatureSet
+from tests.features.three_ways import features_three_ways, tiny_store
 
 P = {"reference": "Patient/p1"}
 PATIENT = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1950-02-03"}
@@ -41,37 +36,10 @@ FS = FeatureSet.model_validate({"name": "t", "description": "sodium timing", "fe
      "aggs": ["hours_since", "last", "first", "count"], "description": "Sodium in the stay"}]})
 
 
-def _us(t: dt.datetime) -> int:
-    return (t - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
-
-
 def test_hours_since_is_from_the_first_measurement_in_every_engine(tmp_path: Path):
-    src = tmp_path / "export"
-    src.mkdir()
-    for name, rows in (("Patient", [PATIENT]), ("Encounter", [ENCOUNTER]), ("Observation", OBSERVATIONS)):
-        (src / f"{name}.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    from careloop.ingest.runner import ingest
-
-    assert ingest([src], tmp_path / "store", workers=1).to_json()["quarantined"] == 0
+    store = tiny_store(tmp_path, {"Patient": [PATIENT], "Encounter": [ENCOUNTER], "Observation": OBSERVATIONS})
     cols = ["sodium_hours_since", "sodium_last", "sodium_first", "sodium_count"]
-    got = {}
-    for name, make in (("duckdb", lambda: DuckDBEngine(tmp_path / "store")),
-                       ("spark", lambda: SparkEngine(tmp_path / "store", master="local[1]"))):
-        eng = make()
-        try:
-            sid = eng.arrow("SELECT subject_id FROM patients").column(0)[0].as_py()
-            cohort = pa.table({"encounter_id": ["e1"], "subject_id": [sid], "patient_id": ["p1"], "label": [False],
-                               "split": ["train"], "index_time": [INDEX], "admit_time": [ADMIT]})
-            row = extract(FS, cohort, eng).table.to_pylist()[0]
-            got[name] = [row[c] for c in cols]
-            events = [tuple(r.values()) for r in eng.arrow(
-                f"SELECT subject_id, {eng.dialect.micros('time')} AS t, code, numeric_value, text_value, unit, "
-                "original_value, original_unit, encounter_id, source_resource, source_id FROM events").to_pylist()]
-        finally:
-            eng.close()
-    stay = Stay("e1", _us(ADMIT), _us(INDEX), _us(INDEX), "IMP")
-    row = StayFeatures(FS)(Record(events, []), stay)
-    got["evaluator"] = [row[c] for c in cols]
+    got = {k: [row[c] for c in cols] for k, row in features_three_ways(store, FS, "e1", "p1", ADMIT, INDEX).items()}
     expected = [FIRST_H, 128.0, 131.0, 2.0]
     assert got == {"duckdb": expected, "spark": expected, "evaluator": expected}
     info = ColumnInfo("sodium_hours_since", "sodium", "measurement", "stay", "hours_since", "LOINC/2951-2",

@@ -161,34 +161,16 @@ def _housing(oid: str, when: str, answer: str | None) -> dict:
 def test_the_latest_answer_skips_a_question_left_unanswered_in_every_engine(tmp_path: Path):
     """DuckDB's max_by skipped the later unanswered screening, Spark's and the evaluator took its missing text: the
     three now read the latest answer given."""
-    from careloop.engines import SparkEngine
+    from tests.features.three_ways import features_three_ways, tiny_store
 
-    src = tmp_path / "export"
-    src.mkdir()
     enc = _enc("e1", "2023-05-01T10:00:00Z", "2023-05-05T10:00:00Z", [])
     obs = [_housing("h1", "2023-05-02T10:00:00Z", "LA31993-1"), _housing("h2", "2023-05-04T10:00:00Z", None),
            _housing("h3", "2023-05-06T10:00:00Z", "LA30190-5")]  # after the discharge: not read
-    for name, rows in (("Patient", [PATIENT]), ("Encounter", [enc]), ("Observation", obs)):
-        (src / f"{name}.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    assert ingest([src], tmp_path / "store", workers=1).to_json()["quarantined"] == 0
+    store = tiny_store(tmp_path, {"Patient": [PATIENT], "Encounter": [enc], "Observation": obs})
     fs = FeatureSet.model_validate({"name": "t", "description": "housing", "features": [
         {"name": "housing", "kind": "latest_text", "code": f"LOINC/{HOUSING}", "window": "all",
          "description": "Latest housing answer"}]})
-    got = {}
-    for name, make in (("duckdb", lambda: DuckDBEngine(tmp_path / "store")),
-                       ("spark", lambda: SparkEngine(tmp_path / "store", master="local[1]"))):
-        eng = make()
-        try:
-            sid = eng.arrow("SELECT subject_id FROM patients").column(0)[0].as_py()
-            cohort = pa.table({"encounter_id": ["e1"], "subject_id": [sid], "patient_id": ["p1"], "label": [False],
-                               "split": ["train"], "index_time": [dt.datetime(2023, 5, 5, 10, tzinfo=dt.UTC)],
-                               "admit_time": [dt.datetime(2023, 5, 1, 10, tzinfo=dt.UTC)]})
-            got[name] = extract(fs, cohort, eng).table.column("housing").to_pylist()[0]
-            events = [tuple(r.values()) for r in eng.arrow(
-                f"SELECT subject_id, {eng.dialect.micros('time')} AS t, code, numeric_value, text_value, unit, "
-                "original_value, original_unit, encounter_id, source_resource, source_id FROM events").to_pylist()]
-        finally:
-            eng.close()
-    start, end = _us("2023-05-01T10:00:00+00:00"), _us("2023-05-05T10:00:00+00:00")
-    got["evaluator"] = StayFeatures(fs)(Record(events, []), Stay("e1", start, end, end, "IMP"))["housing"]
-    assert got == {"duckdb": "LOINC/LA31993-1", "spark": "LOINC/LA31993-1", "evaluator": "LOINC/LA31993-1"}
+    got = features_three_ways(store, fs, "e1", "p1", dt.datetime(2023, 5, 1, 10, tzinfo=dt.UTC),
+                              dt.datetime(2023, 5, 5, 10, tzinfo=dt.UTC))
+    assert {k: row["housing"] for k, row in got.items()} == {
+        "duckdb": "LOINC/LA31993-1", "spark": "LOINC/LA31993-1", "evaluator": "LOINC/LA31993-1"}

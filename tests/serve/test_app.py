@@ -359,6 +359,18 @@ def test_a_patient_recorded_dead_is_not_scored(running, chosen, death, pick):
     assert ("died in the stay" if death == "at discharge" else "death is recorded") in card["detail"]
 
 
+def _record_to_stay(res: dict, row: dict) -> dict:
+    """The prefetch of a patient's record as it stood at the end of the stay `row` (no later encounter, no death):
+    the chart a clinician opens during it or just after it."""
+    pf = copy.deepcopy(prefetch_of(res[row["patient_id"]]))  # the record is shared with other tests
+    for k in ("deceasedDateTime", "deceasedBoolean"):
+        pf["patient"].pop(k, None)
+    end = next(e["resource"]["period"]["end"] for e in pf["encounters"]["entry"]
+               if e["resource"]["id"] == row["encounter_id"])
+    pf["encounters"]["entry"] = [e for e in pf["encounters"]["entry"] if e["resource"]["period"]["start"] <= end]
+    return pf
+
+
 def test_a_chart_opened_during_a_stay_reads_its_latest_values_not_values_at_discharge(running, spare, monkeypatch):
     """The reasons of a stay still open are phrased as its latest values; the service tells `reasons` so (and a
     discharge's, tested elsewhere, as values at discharge)."""
@@ -373,12 +385,7 @@ def test_a_chart_opened_during_a_stay_reads_its_latest_values_not_values_at_disc
 
     monkeypatch.setattr(careloop.explain, "reasons", spy)
     row, res = spare
-    pf = prefetch_of(res[row["patient_id"]])
-    for k in ("deceasedDateTime", "deceasedBoolean"):
-        pf["patient"].pop(k, None)
-    end = next(e["resource"]["period"]["end"] for e in pf["encounters"]["entry"]
-               if e["resource"]["id"] == row["encounter_id"])
-    pf["encounters"]["entry"] = [e for e in pf["encounters"]["entry"] if e["resource"]["period"]["start"] <= end]
+    pf = _record_to_stay(res, row)
     still_open = copy.deepcopy(as_if_recent(pf, row["encounter_id"]))
     for e in still_open["encounters"]["entry"]:
         if e["resource"]["id"] == row["encounter_id"]:  # its end not recorded yet
@@ -399,12 +406,7 @@ def test_a_chart_opened_shows_the_current_stay_only(running, chosen):
     and the audit record says why; a record with no inpatient stay is quiet too."""
     high, _, res = chosen
     row = high[5] if len(high) > 5 else high[2]
-    pf = prefetch_of(res[row["patient_id"]])
-    for k in ("deceasedDateTime", "deceasedBoolean"):
-        pf["patient"].pop(k, None)
-    end = next(e["resource"]["period"]["end"] for e in pf["encounters"]["entry"]
-               if e["resource"]["id"] == row["encounter_id"])
-    pf["encounters"]["entry"] = [e for e in pf["encounters"]["entry"] if e["resource"]["period"]["start"] <= end]
+    pf = _record_to_stay(res, row)
     view = "readmission-risk-patient-view"
     recent = call(running, hook_request(row["patient_id"], None, as_if_recent(pf, row["encounter_id"]),
                                         hook="patient-view"), service=view).json()
