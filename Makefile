@@ -59,7 +59,8 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest
 
-# the hospital-scale runs (marked `scale`) that `make test` leaves out to stay under ten minutes; CI runs both
+# the slow runs (marked `scale`: hospital scale, Spark over many tiny stores) that `make test` leaves out to stay under
+# ten minutes; CI runs both
 test-scale: $(STAMP)
 	$(BIN)/python -m pytest -m scale
 

@@ -68,7 +68,10 @@ def spark_session():
     session.stop()
 
 
-@pytest.fixture(params=["duckdb", "spark"])
+# Spark builds each case's tiny store's cohort in a few seconds, over three minutes for the module: its runs go with
+# the slow ones (`make test-scale`, which CI runs too); DuckDB's stay in `make test`. On the synthetic hospital,
+# tests/features/test_engines.py holds the two engines' cohorts equal in `make test`.
+@pytest.fixture(params=["duckdb", pytest.param("spark", marks=pytest.mark.scale)])
 def cohort(request, tmp_path: Path):
     """cohort(resources, task name) -> CohortResult, built by the engine of the test's parameter."""
 
