@@ -541,11 +541,15 @@ def predict(
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Predictions file (.parquet or .csv).")],
     table: Annotated[Path | None, typer.Option("--table", help="Flat table to score.")] = None,
-    store: Annotated[Path | None, typer.Option("--store", "-s", help="Event store (with --task).")] = None,
-    task: Annotated[str | None, typer.Option(help="Task whose index stays to score.")] = None,
+    store: Annotated[Path | None, typer.Option("--store", "-s", help="Event store: its index stays of the bundle's "
+                                               "own task (task.yaml) are scored.")] = None,
+    task: Annotated[str | None, typer.Option(help="With --store: needed only for a bundle without task.yaml; "
+                                             "otherwise checked against the bundle's task (a task defining "
+                                             "other stays is refused).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Score every row of a table, or every index stay of a task, with a verified bundle."""
+    """Score every row of a table, or every index stay of the bundle's own task in an event store, with a verified
+    bundle."""
     from careloop.registry import verify
     from careloop.workflows.predict import predict as run_predict
 

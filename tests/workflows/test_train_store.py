@@ -201,8 +201,7 @@ def test_tampered_bundle_fails_to_load(trained, tmp_path):
 
 def test_predict_reproduces_the_stored_test_scores(trained, report, preds, hospital_store, tmp_path):
     out = tmp_path / "pred.parquet"
-    res = run_cli("predict", "--model", trained, "--store", hospital_store[0], "--task", "readmission-30d",
-                  "--out", out, "--json")
+    res = run_cli("predict", "--model", trained, "--store", hospital_store[0], "--out", out, "--json")
     assert res.exit_code == 0, res.output
     got = pq.read_table(out)
     by_row = dict(zip(pseudonym(got.column("id").to_pylist(), "row"), got.column("probability").to_pylist(),
@@ -213,6 +212,20 @@ def test_predict_reproduces_the_stored_test_scores(trained, report, preds, hospi
     np.testing.assert_allclose(again, stored, rtol=0, atol=1e-12)
     thr = report["operating_point"]["threshold"]
     assert got.column("flagged").to_pylist() == [p >= thr for p in got.column("probability").to_pylist()]
+
+
+def test_predict_refuses_another_task(trained, hospital_store, tmp_path):
+    out = tmp_path / "pred.parquet"
+    res = run_cli("predict", "--model", trained, "--store", hospital_store[0], "--task", "inhospital-mortality-24h",
+                  "--out", out)
+    assert res.exit_code == 2 and not out.exists()
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "--task inhospital-mortality-24h is not the task this bundle was trained for" in \
+        lines[0] and "(readmission-30d" in lines[0]
+    res = run_cli("predict", "--model", trained, "--store", hospital_store[0], "--task", "readmission-30d",
+                  "--out", out, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["rows"] == pq.read_table(out).num_rows
 
 
 def test_models_list_and_show(trained):

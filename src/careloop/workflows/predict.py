@@ -1,8 +1,10 @@
-"""`careloop predict`: score a flat table or a task's cohort with a verified bundle, one row out per row in."""
+"""`careloop predict`: score a flat table, or the cohort of the task a bundle was trained for, with a verified bundle,
+one row out per row in."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -11,6 +13,9 @@ import pyarrow.parquet as pq
 
 from careloop.errors import CareloopError
 from careloop.registry import Bundle
+
+if TYPE_CHECKING:
+    from careloop.tasks.spec import Task
 
 
 def _inputs_from_table(bundle: Bundle, path: Path) -> tuple[pa.Table, pa.Array]:
@@ -28,29 +33,67 @@ def _inputs_from_table(bundle: Bundle, path: Path) -> tuple[pa.Table, pa.Array]:
     return t, ids
 
 
-def _inputs_from_store(bundle: Bundle, store: Path, task: str) -> tuple[pa.Table, pa.Array]:
+def _bundle_task(bundle: Bundle) -> Task | None:
+    """The task the bundle was trained for (its task.yaml), or None for a bundle without one."""
+    from careloop.tasks.spec import Task
+
+    if "task.yaml" not in bundle.files:
+        return None
+    return Task.from_text((bundle.path / "task.yaml").read_text(), "task.yaml (bundle)")
+
+
+def _differences(given: Task, stored: Task) -> list[str]:
+    """The fields in which two tasks define different stays or outcomes. Name and prose aside, and the split too:
+    it only divides the development data, and scoring reads every index stay whatever its split."""
+    a, b = given.model_dump(mode="json"), stored.model_dump(mode="json")
+    return [k for k in a if k not in ("name", "description", "split") and a[k] != b[k]]
+
+
+def scoring_task(bundle: Bundle, task: str | None) -> Task:
+    """The task whose cohort to score: the bundle's own, so a model only ever scores the stays it was built for.
+
+    A --task that defines another cohort is refused rather than scored (a readmission model's "risks" on the
+    mortality cohort look like predictions and mean nothing); a bundle without task.yaml needs --task."""
+    from careloop.tasks.spec import load_task
+
+    stored = _bundle_task(bundle)
+    if stored is None:
+        if not task:
+            raise CareloopError("this bundle holds no task.yaml: give --task NAME for the stays to score")
+        return load_task(task)
+    if task:
+        diff = _differences(load_task(task), stored)
+        if diff:
+            raise CareloopError(f"--task {task} is not the task this bundle was trained for ({stored.name}, its "
+                                f"task.yaml): {', '.join(diff)} differ; leave out --task to score that task's stays")
+    return stored
+
+
+def _inputs_from_store(bundle: Bundle, store: Path, task: str | None) -> tuple[pa.Table, pa.Array]:
     from careloop.engines import DuckDBEngine
     from careloop.features.engine import extract
     from careloop.features.spec import FeatureSet
     from careloop.tasks.cohort import build_cohort
-    from careloop.tasks.spec import load_task
 
     if "features.yaml" not in bundle.files:
         raise CareloopError("this bundle was trained on a flat table: score it with --table")
+    spec = scoring_task(bundle, task)
     fs = FeatureSet.from_text((bundle.path / "features.yaml").read_text(), "features.yaml (bundle)")
     eng = DuckDBEngine(store)
-    cohort = build_cohort(load_task(task), eng, dialect=eng.dialect)
+    cohort = build_cohort(spec, eng, dialect=eng.dialect)
     t = extract(fs, cohort.table, eng).table
     return t, t.column("encounter_id")
 
 
 def predict(bundle: Bundle, out: Path, *, table: Path | None = None, store: Path | None = None,
             task: str | None = None) -> dict:
-    """Write `out` (Parquet or CSV by suffix): id, probability, flagged at the bundle's operating point."""
+    """Write `out` (Parquet or CSV by suffix): id, probability, flagged at the bundle's operating point.
+
+    With `store`, the stays scored are the index stays of the bundle's own task (`task` only checks it)."""
     if (table is None) == (store is None):
-        raise CareloopError("give either --table FILE or --store DIR with --task NAME")
-    if store is not None and not task:
-        raise CareloopError("--store needs --task")
+        raise CareloopError("give either --table FILE or --store DIR")
+    if table is not None and task:
+        raise CareloopError("--task applies to --store (a --table is scored row by row)")
     model = bundle.model()
     t, ids = _inputs_from_table(bundle, table) if table else _inputs_from_store(bundle, store, task)
     p = model.predict_proba(t)
