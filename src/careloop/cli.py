@@ -420,7 +420,10 @@ def train(
     min_group_size: Annotated[int, typer.Option(help="Smaller fairness groups are suppressed.")] = 50,
     tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="Fairness tolerance METRIC=VALUE "
                                                         "(repeatable), e.g. auroc=0.05, tpr=0.1.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for splits, estimators and the bootstrap.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the estimators, the bootstrap intervals and the explanation "
+                                      "sample; with --table also of the patient split (unless --split-column). "
+                                      "With --store the split is the task's own (its split.seed), not this. Both "
+                                      "are recorded in bundle.json.")] = 0,
     data_end: Annotated[str | None, typer.Option(help="With --store: train on the data as it stood on this date "
                                                  "(YYYY-MM-DD): stays discharged after it are left out and outcomes "
                                                  "whose window runs past it are censored (default: the end of the "

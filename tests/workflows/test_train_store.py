@@ -14,6 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from careloop.registry import BundleIntegrityError, verify
+from careloop.tasks.spec import load_task
 from careloop.workflows.train import pseudonym
 
 from .conftest import run_cli
@@ -48,6 +49,15 @@ def test_bundle_holds_the_documents(trained):
         assert (trained / f).is_file(), f
     b = verify(trained)
     assert trained.name == f"readmission-30d-{b.bundle_id[:12]}"
+
+
+def test_seeds_read_back_from_the_bundle(trained, report):
+    """--seed (default 0) drives the estimators and the bootstrap; the split is the task's own split.seed."""
+    meta = json.loads((trained / "bundle.json").read_text())
+    task = load_task("readmission-30d")
+    split = {"from": "task", "by": task.split.by, "seed": task.split.seed}
+    assert meta["seed"] == 0 and meta["split_seed"] == task.split.seed and meta["source"]["split"] == split
+    assert report["model"]["seed"] == 0 and report["data"]["split"] == split
 
 
 def test_discrimination_and_calibration_recomputed(report, preds):

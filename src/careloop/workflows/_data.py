@@ -131,7 +131,8 @@ def from_store(store: Path, task_name: str, features: str = "readmission", *, en
                 "min_age": task.min_age, "data_end": str(cohort.data_end) if cohort.data_end else None,
                 "data_end_given": data_end is not None,
                 "censored": sum(v["censored"] for v in summary["splits"].values()),
-                "excluded_inputs": list(exclude)},
+                "excluded_inputs": list(exclude), "split": {"from": "task", "by": task.split.by,
+                                                            "seed": task.split.seed}},
         specs={"task.yaml": Path(task_path).read_text(), "features.yaml": Path(fs_path).read_text()},
         steps=[{"step": s["step"], "stays": s["removed"]} for s in cohort.steps],
         directory=eng.arrow("SELECT * FROM directory"))
@@ -252,9 +253,16 @@ def from_table(path: Path, *, label: str, positive: str | None, id_col: str, gro
         comparators={}, describe=describe, units={},
         source={"kind": "table", "file": path.name, "label": f"{label} = {positive}", "positive": str(positive),
                 "id": id_col, "missing_markers": list(missing), "censored": unlabelled,
-                "excluded_inputs": list(exclude)},
+                "excluded_inputs": list(exclude), "split": _table_split(split_col, seed)},
         specs={"table.json": _table_spec(label, positive, id_col, row_id, groups, exclude, categorical, missing)},
         excluded_columns=dropped)
+
+
+def _table_split(split_col: str | None, seed: int) -> dict:
+    """Where a flat extract's split came from: its own column, or a hash of (seed, patient id)."""
+    if split_col:
+        return {"from": "column", "column": split_col, "seed": None}
+    return {"from": "seed", "by": "patient", "seed": seed}
 
 
 def _table_spec(label, positive, id_col, row_id, groups, exclude, categorical, missing) -> str:

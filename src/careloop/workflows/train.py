@@ -196,11 +196,12 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
                                  for k, v in cands.calibration_auroc.items()},
                   "selection": cands.selection,
                   "calibration": {"method": config.calibration, "fitted_on": "calibration"},
-                  "hyperparameters": model.estimator.hyperparameters, "code_version": code_version(),
+                  "hyperparameters": model.estimator.hyperparameters, "seed": config.seed,
+                  "code_version": code_version(),
                   "training_fingerprint": fingerprint(data), "n_features": len(data.features),
                   "features": data.features, "excluded_inputs": data.source.get("excluded_inputs", []),
                   "dropped_columns": data.excluded_columns},
-        "data": {"source": _source_text(data), "label": data.source.get("label"),
+        "data": {"source": _source_text(data), "split": data.source.get("split"), "label": data.source.get("label"),
                  "positive": data.source.get("positive"),
                  "splits": {s: _split_summary(t) for s, t in (("train", train_t), ("calibration", calib_t),
                                                               ("test", test_t))},
@@ -252,7 +253,7 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
                             if isinstance(v, dict)},
                 "code_version": report["model"]["code_version"],
                 "training_fingerprint": report["model"]["training_fingerprint"],
-                "scope": {"min_age": data.source.get("min_age")}, "timings_s": timings}
+                "scope": {"min_age": data.source.get("min_age")}, "timings_s": timings, **_seeds(data, config)}
         (staging / "bundle.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
         return Registry(registry).register(staging, config.name)
     except BaseException:
@@ -260,6 +261,12 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
 
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _seeds(data: TrainingData, config: TrainConfig) -> dict:
+    """The seeds that make the bundle reproducible: --seed (estimators, bootstrap, explanation sample) and the
+    split's, which with --store is the task's own split.seed, not --seed (None for a --split-column)."""
+    return {"seed": config.seed, "split_seed": (data.source.get("split") or {}).get("seed")}
 
 
 DOCUMENTATION_KINDS = ("comorbidity",)  # columns computed from recorded diagnoses
