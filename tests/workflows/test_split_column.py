@@ -68,3 +68,14 @@ def test_the_card_says_how_disjointness_is_ensured() -> None:
     card = model_card({"primary": "m", "scores": {"m": {"n": 300, "clusters": 300}}}, Facts())
     text = card["KeyMetrics"]["UsefulnessUsabilityEfficacy"]["TestingDataDescription"]
     assert "refused when the data are loaded" in text
+
+
+def test_a_column_named_split_is_used_only_when_named_and_otherwise_refused_with_a_hint(tmp_path: Path) -> None:
+    """A column called `split` beside careloop's own split (of --seed) would be a duplicate in the training table:
+    one line saying how to use it or leave it out (it was a KeyError)."""
+    path = _write(tmp_path / "named.csv", _disjoint_rows())
+    with pytest.raises(DataError, match=r"column 'split' of named.csv has the name of one careloop adds to each row: "
+                                        r"give --split-column split to split by it, or --exclude split"):
+        from_table(path, label="readmit", positive="1", id_col="pid")
+    data = from_table(path, label="readmit", positive="1", id_col="pid", exclude=["split"])
+    assert "split" not in data.features and data.table.column_names.count("split") == 1

@@ -240,6 +240,11 @@ def from_table(path: Path, *, label: str, positive: str | None, id_col: str, gro
             dropped.append({"column": c, "reason": "always missing"})
             continue
         feats.append(c)
+    clash = [c for c in feats if c in _OWN_COLUMNS]
+    if clash:  # it would stand beside careloop's own column of that name in the training table
+        hint = (f"give --split-column {clash[0]} to split by it, or --exclude {clash[0]}" if clash[0] == "split"
+                else f"rename it or give --exclude {clash[0]}")
+        raise DataError(f"column {clash[0]!r} of {path.name} has the name of one careloop adds to each row: {hint}")
     out = pa.table({"row_id": rid, "patient_id": pids, "label": y, "split": split})
     for c in feats:
         out = out.append_column(c, t.column(c))
@@ -256,6 +261,9 @@ def from_table(path: Path, *, label: str, positive: str | None, id_col: str, gro
                 "excluded_inputs": list(exclude), "split": _table_split(split_col, seed)},
         specs={"table.json": _table_spec(label, positive, id_col, row_id, groups, exclude, categorical, missing)},
         excluded_columns=dropped)
+
+
+_OWN_COLUMNS = ("row_id", "patient_id", "label", "split")  # the training table's columns besides the features
 
 
 def _table_split(split_col: str | None, seed: int) -> dict:
