@@ -178,3 +178,29 @@ def test_an_overwhelmed_quarter_raises_burden_alerts(drift_site: dict, tmp_path:
     html = (out / "monitor.html").read_text()
     assert 'id="burden-table"' in html and 'data-figure="burden"' in html
     assert 'id="burden-threshold-table"' in html and "<td>25.0%</td>" in html
+
+
+def _us(t: dt.datetime) -> int:
+    return int(t.timestamp() * 1_000_000)
+
+
+def test_a_card_is_credited_to_the_stay_it_was_shown_for() -> None:
+    """Stay A ends at t0 and is readmitted (stay B, from t0 + 24 h to t0 + 10 days, not readmitted). A card shown
+    during B is about B, not about A (whose readmission B is)."""
+    t0, h = utc("2023-03-05"), dt.timedelta(hours=1)
+    discharges = np.array([_us(t0), _us(t0 + 240 * h)])
+    admits = np.array([_us(t0 - 96 * h), _us(t0 + 24 * h)])
+    stays = Stays.build(["p1", "p1"], discharges, [True, False], admit_us=admits)
+    recs = [_record(1, t0 - 2 * h, "p1", alert=True),  # at A's discharge
+            _record(2, t0 + 36 * h, "p1", alert=True),  # a chart opened during B
+            _record(3, t0 + 240 * h + 10 * dt.timedelta(minutes=1), "p1", alert=True)]  # just after B's discharge
+    (row,) = burden(recs, {}, periods(utc("2023-03-01"), utc("2023-04-01"), "month"), [3], stays, BurdenConfig())
+    # by hand: card 1 -> A (readmitted), cards 2 and 3 -> B (not readmitted)
+    assert (row["linked"], row["labelled"], row["true_positives"]) == (3, 3, 1)
+    assert row["ppv"] == pytest.approx(1 / 3)
+    window = 48 * 3_600_000_000
+    assert stays.link("p1", _us(t0 + 12 * h), window) == (True, 1)  # within a day of A's end, before B began
+    # without admission times, a card during B more than the window before B's end links to nothing, not to A
+    bare = Stays.build(["p1", "p1"], discharges, [True, False])
+    assert bare.link("p1", _us(t0 + 36 * h), window) == (False, None)
+    assert bare.link("p1", _us(t0 + 200 * h), window) == (True, 0)

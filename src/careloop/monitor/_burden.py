@@ -3,8 +3,10 @@
 Per period, from the `cds-call` records of this model (matched by its bundle hash):
 - alerts: calls that returned a risk card (indicator `warning`); per 100 discharges of the period (the task's index
   stays in the event store; the number of calls when the store has none);
-- PPV of the alerts: each alert is linked to the patient's index stay discharged within `link_window_hours` of the
-  call, and counted once its 30-day label is known; NNE (number needed to evaluate) is 1 / PPV;
+- PPV of the alerts: each alert is linked to the stay it was shown for (`Stays.link`: the index stay in progress at
+  the call, else one ended within the service's 24 h, else one discharged within `link_window_hours` after it; the
+  audit record carries no encounter id), and counted once its 30-day window has closed by the end of the data;
+  NNE (number needed to evaluate) is 1 / PPV;
 - override rate: of the alerted cards with feedback, the share whose latest feedback is `overridden`;
 - repeat-alert share: alerts to a patient who had an alert within the previous `repeat_window_days`;
 - and what the service held back: repeats suppressed, alerts over the daily budget, deferrals;
@@ -24,40 +26,49 @@ import numpy as np
 from careloop.monitor._config import BurdenConfig
 from careloop.monitor._periods import Period
 from careloop.monitor._stats import wilson
+from careloop.serve.features import CURRENT_STAY_H
+
+# a card shown this long after a discharge is still about that stay (the service's CURRENT_STAY_H: a chart opened
+# within it shows the stay just ended)
+GRACE_US = CURRENT_STAY_H * 3_600_000_000
 
 
 @dataclass
 class Stays:
-    """The index stays of the store, for linking alerts: patient id -> sorted (index time in us, label or None)."""
+    """The index stays of the store, for linking alerts: patient id -> sorted (discharge times in us, labels or
+    None, admission times in us or None)."""
 
-    by_patient: dict[str, tuple[list[int], list[int | None]]]
+    by_patient: dict[str, tuple[list[int], list[int | None], list[int | None]]]
 
     @classmethod
-    def build(cls, patients: list[str], index_us: np.ndarray, labels: list[bool | None]) -> Stays:
-        rows: dict[str, list[tuple[int, int | None]]] = {}
-        for p, t, y in zip(patients, index_us.tolist(), labels, strict=True):
-            rows.setdefault(p, []).append((int(t), None if y is None else int(bool(y))))
+    def build(cls, patients: list[str], index_us: np.ndarray, labels: list[bool | None],
+              admit_us: np.ndarray | None = None) -> Stays:
+        admits = admit_us.tolist() if admit_us is not None else [None] * len(patients)
+        rows: dict[str, list[tuple[int, int | None, int | None]]] = {}
+        for p, t, y, a in zip(patients, index_us.tolist(), labels, admits, strict=True):
+            rows.setdefault(p, []).append((int(t), None if y is None else int(bool(y)), a))
         out = {}
         for p, items in rows.items():
             items.sort(key=lambda r: r[0])
-            out[p] = ([t for t, _ in items], [y for _, y in items])
+            out[p] = ([t for t, _, _ in items], [y for _, y, _ in items], [a for _, _, a in items])
         return cls(out)
 
     def link(self, patient: str | None, t_us: int, window_us: int) -> tuple[bool, int | None]:
-        """(found, label) of the patient's index stay nearest to t within the window."""
+        """(found, label) of the stay a card shown at t concerns, as the service chooses it: the patient's index
+        stay in progress at t; else the latest one ended within GRACE_US before t; else the next one discharged
+        within the window after t (its admission unknown). Never a stay ended longer ago: a card shown during a
+        readmission is not about the stay before it, which that readmission makes a true positive."""
         if patient is None or patient not in self.by_patient:
             return False, None
-        times, labels = self.by_patient[patient]
-        i = bisect.bisect_left(times, t_us)
-        best, best_d = None, None
-        for j in (i - 1, i):
-            if 0 <= j < len(times):
-                d = abs(times[j] - t_us)
-                if d <= window_us and (best_d is None or d < best_d):
-                    best, best_d = j, d
-        if best is None:
-            return False, None
-        return True, labels[best]
+        times, labels, admits = self.by_patient[patient]
+        i = bisect.bisect_left(times, t_us)  # the first discharged at or after t
+        if i < len(times) and admits[i] is not None and admits[i] <= t_us:
+            return True, labels[i]
+        if i > 0 and times[i - 1] >= t_us - GRACE_US:
+            return True, labels[i - 1]
+        if i < len(times) and times[i] - t_us <= window_us:
+            return True, labels[i]
+        return False, None
 
 
 def _us(t: dt.datetime) -> int:

@@ -58,7 +58,8 @@ class BurdenConfig(_Strict):
     alert_ppv_drop: Annotated[float, Field(gt=0, lt=1)] = 0.10  # PPV of the cards shown, below the validated PPV
     min_alerts: Annotated[int, Field(ge=1)] = 20  # alerts (or feedback items) a period needs before it is judged
     repeat_window_days: Annotated[float, Field(gt=0)] = 7.0  # an alert to a patient alerted this recently repeats
-    link_window_hours: Annotated[float, Field(gt=0)] = 48.0  # an audit record within this of a discharge is its call
+    # a card links to a stay it was shown during, or (no admission time known) to a discharge this soon after it
+    link_window_hours: Annotated[float, Field(gt=0)] = 48.0
 
 
 class MonitorConfig(_Strict):

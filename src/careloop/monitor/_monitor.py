@@ -426,7 +426,9 @@ def monitor(bundle, store: str | Path, *, period: str = "month", start: Any = No
         since = plist[0].start - dt.timedelta(days=cfg.burden.repeat_window_days)
         records, actions, info = read_state(state_url, b.bundle_id, since, plist[-1].end)
         c_labels = cohort.column("label").to_pylist()
-        stays = Stays.build(cohort.column("patient_id").to_pylist(), index_us, c_labels)
+        stays = Stays.build(cohort.column("patient_id").to_pylist(), index_us, c_labels,
+                            admit_us=us_of(cohort.column("admit_time")) if "admit_time" in cohort.column_names
+                            else None)
         state = (records, actions, info, stays)
         if info["calls_of_other_models"]:
             notes.append(f"The audit log holds {info['calls_of_other_models']:,} calls of other models; only this "
