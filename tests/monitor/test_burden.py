@@ -204,3 +204,47 @@ def test_a_card_is_credited_to_the_stay_it_was_shown_for() -> None:
     bare = Stays.build(["p1", "p1"], discharges, [True, False])
     assert bare.link("p1", _us(t0 + 36 * h), window) == (False, None)
     assert bare.link("p1", _us(t0 + 200 * h), window) == (True, 0)
+
+
+@pytest.fixture(scope="module")
+def uncensored(drift_site: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of the task with `censor_at_data_end: false`: stays whose 30 days run past the end of the data are
+    labelled (not readmitted, as far as the data goes) rather than left unlabelled."""
+    from tests.monitor.conftest import time_split_task, train_bundle
+
+    task = time_split_task(tmp_path_factory.mktemp("task-uncensored"), drift_site["split"])
+    text = task.read_text()
+    assert "censor_at_data_end: true" in text
+    task.write_text(text.replace("censor_at_data_end: true", "censor_at_data_end: false"))
+    return train_bundle(drift_site["store"], tmp_path_factory.mktemp("registry-uncensored"), task)
+
+
+def test_the_alert_ppv_waits_for_the_outcome_window(drift_site: dict, uncensored: Path, tmp_path: Path) -> None:
+    """Every stay of 2023-Q2 is alerted; the PPV counts only the stays whose 30 days had passed by the end of the
+    data, as the performance figures do (an open window is no false positive)."""
+    from careloop.engines import DuckDBEngine
+    from careloop.tasks.cohort import build_cohort
+    from careloop.tasks.spec import Task
+
+    task = Task.from_text((uncensored / "task.yaml").read_text())
+    eng = DuckDBEngine(drift_site["store"])
+    try:
+        res = build_cohort(task, eng, dialect=eng.dialect)
+    finally:
+        eng.close()
+    rows = [r for r in res.table.select(["patient_id", "index_time", "label"]).to_pylist()
+            if r["index_time"] >= utc("2023-04-01")]
+    calls = [(r["patient_id"], r["index_time"] + dt.timedelta(minutes=10), True, None) for r in rows]
+    db = tmp_path / "state.db"
+    _write_state(f"sqlite:///{db}", json.loads((uncensored / "MANIFEST.json").read_text())["bundle_id"], calls)
+    run_monitor(uncensored, drift_site["store"], tmp_path / "out", "quarter", None, str(db), start="2023-04-01")
+    (q2,) = json.loads((tmp_path / "out" / "monitor.json").read_text())["periods"]
+    # by hand: the stays whose window closed by the data's end, and the readmitted among them
+    mature = [r for r in rows if r["index_time"] + task.label.within <= res.data_end]
+    assert len(mature) < len(rows)  # some windows were still open, and labelled False by this task
+    assert all(r["label"] is not None for r in rows)
+    tp = sum(bool(r["label"]) for r in mature)
+    b = q2["burden"]
+    assert b["alerts"] == len(rows) and (b["labelled"], b["true_positives"]) == (len(mature), tp)
+    assert b["ppv"] == pytest.approx(tp / len(mature))
+    assert b["labelled"] == q2["performance"]["labelled"]

@@ -261,6 +261,13 @@ def _group_columns(groups: dict[str, str], feat: pa.Table, cohort: pa.Table) -> 
     return out
 
 
+def mature_labels(labels: list, index_us: np.ndarray, horizon_us: int, end_us: int) -> list[bool | None]:
+    """The labels with None for every stay whose outcome window had not closed by the end of the data (whatever the
+    task's censoring rule: a stay discharged a week before the data ends is not yet known to be unreadmitted)."""
+    open_ = (index_us + horizon_us > end_us).tolist()
+    return [None if o else y for y, o in zip(labels, open_, strict=True)]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # monitor()
 
@@ -406,7 +413,7 @@ def monitor(bundle, store: str | Path, *, period: str = "month", start: Any = No
     s_labels = sub.column("label").to_pylist()
     # an outcome counts once its window has closed by the end of the data (whatever the task's censoring rule)
     end_us = int(data_end.timestamp() * US) if data_end is not None else np.iinfo(np.int64).max
-    s_known = np.array([y is not None for y in s_labels], dtype=bool) & (s_index + horizon_us <= end_us)
+    s_known = np.array([y is not None for y in mature_labels(s_labels, s_index, horizon_us, end_us)], dtype=bool)
     groups = _group_columns(meta.get("groups") or {}, feat, sub)
     if reference is None:
         s_ref, s_score = ref_mask[need], score_mask[need]
@@ -425,8 +432,8 @@ def monitor(bundle, store: str | Path, *, period: str = "month", start: Any = No
 
         since = plist[0].start - dt.timedelta(days=cfg.burden.repeat_window_days)
         records, actions, info = read_state(state_url, b.bundle_id, since, plist[-1].end)
-        c_labels = cohort.column("label").to_pylist()
-        stays = Stays.build(cohort.column("patient_id").to_pylist(), index_us, c_labels,
+        stays = Stays.build(cohort.column("patient_id").to_pylist(), index_us,
+                            mature_labels(cohort.column("label").to_pylist(), index_us, horizon_us, end_us),
                             admit_us=us_of(cohort.column("admit_time")) if "admit_time" in cohort.column_names
                             else None)
         state = (records, actions, info, stays)
