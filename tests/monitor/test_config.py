@@ -33,7 +33,7 @@ def test_periods_cover_the_range_and_mark_the_unfinished_one() -> None:
     assert all(p.complete for p in ps[:-1]) and not ps[-1].complete
     assert all(a.end == b.start for a, b in itertools.pairwise(ps))
     q = periods(utc("2023-02-10"), utc("2023-07-01"), "quarter")
-    assert [p.label for p in q] == ["2023-Q1", "2023-Q2"]
+    assert [p.label for p in q] == ["2023-Q1 (from 2023-02-10 to 2023-03-31)", "2023-Q2"]  # --start cuts Q1
     assert label_of(utc("2023-01-01"), utc("2024-01-01")) == "2023"
     assert utc("2023-01-01T05:00:00+02:00") == dt.datetime(2023, 1, 1, 3, tzinfo=UTC)
     with pytest.raises(CareloopError, match="not a date"):
@@ -75,3 +75,15 @@ def test_bad_configs_name_the_line(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.yaml")
     with pytest.raises(MonitorConfigError, match="config: min_rows"):
         load_config({"min_rows": 1})
+
+
+def test_start_and_end_cut_their_periods() -> None:
+    """Asked for 2023-02-15 to 2023-03-15 by quarter, the period is that month, named as part of 2023-Q1."""
+    (p,) = periods(utc("2023-02-15"), utc("2023-03-15"), "quarter", data_end=utc("2023-07-01"))
+    assert (p.start, p.end) == (utc("2023-02-15"), utc("2023-03-15")) and p.complete and p.partial
+    assert p.whole == (utc("2023-01-01"), utc("2023-04-01"))
+    assert p.label == "2023-Q1 (from 2023-02-15 to 2023-03-14)"
+    a, b, c = periods(utc("2023-01-20"), utc("2023-03-10"), "month")
+    assert [x.label for x in (a, b, c)] == ["2023-01 (from 2023-01-20 to 2023-01-31)", "2023-02",
+                                             "2023-03 (from 2023-03-01 to 2023-03-09)"]
+    assert not b.partial and b.whole is None and (b.start, b.end) == (utc("2023-02-01"), utc("2023-03-01"))

@@ -12,6 +12,7 @@ import pytest
 
 from careloop.errors import CareloopError
 from careloop.monitor import SCHEMA, MonitorError, monitor, render_html
+from careloop.monitor._periods import utc
 from careloop.monitor.cli import run_monitor
 
 
@@ -118,6 +119,22 @@ def test_performance_and_subgroups_when_labels_are_enough(drift_site: dict) -> N
     html = render_html(r)
     for fig in ("psi-heatmap", "output", "performance", "calibration", "subgroups"):
         assert f'data-figure="{fig}"' in html, fig
+
+
+def test_start_and_end_inside_a_period_report_only_their_stays(drift_site: dict) -> None:
+    """--start 2023-02-15 --end 2023-03-15 by quarter: the stays discharged in those four weeks, not 2023-Q1's."""
+    from tests.monitor.test_burden import _cohort
+
+    r = monitor(drift_site["bundle"], drift_site["store"], period="quarter", start="2023-02-15",
+                end="2023-03-15").to_dict()
+    (p,) = r["periods"]
+    t = _cohort(drift_site).column("index_time").to_pylist()
+    by_hand = sum(utc("2023-02-15") <= x < utc("2023-03-15") for x in t)
+    assert by_hand < sum(utc("2023-01-01") <= x < utc("2023-04-01") for x in t)
+    assert p["stays"] == by_hand and (p["start"], p["end"]) == ("2023-02-15", "2023-03-15")
+    assert p["partial"] and (p["period_start"], p["period_end"]) == ("2023-01-01", "2023-04-01")
+    assert p["label"] == "2023-Q1 (from 2023-02-15 to 2023-03-14)"
+    assert "<td>2023-Q1 (from 2023-02-15 to 2023-03-14)" in render_html(r)
 
 
 def test_monthly_periods_too_small_to_test_are_reported_not_alarmed(drift_site: dict) -> None:

@@ -386,7 +386,7 @@ def monitor(bundle, store: str | Path, *, period: str = "month", start: Any = No
                 notes.append(f"The store holds no stays after the last one used to develop the model "
                              f"({_iso(last_dev)[:10]}), so every period of the store is reported.")
         if end_t is None:
-            end_t = (data_end + dt.timedelta(microseconds=1)) if data_end is not None else first_after
+            end_t = ceil(data_end + dt.timedelta(microseconds=1), period) if data_end is not None else first_after
         if end_t <= start_t:
             raise MonitorError(f"--end ({end_t:%Y-%m-%d}) must come after --start ({start_t:%Y-%m-%d})")
         plist = periods(start_t, end_t, period, data_end + dt.timedelta(microseconds=1) if data_end else None)
@@ -461,6 +461,9 @@ def monitor(bundle, store: str | Path, *, period: str = "month", start: Any = No
         rec: dict[str, Any] = {"start": per.start.date().isoformat(), "end": per.end.date().isoformat(),
                                "label": per.label, "complete": per.complete, "stays": n, "patients": n_pat,
                                "tested": n >= cfg.min_rows}
+        if per.whole is not None:  # --start/--end cut the calendar period: its figures cover only [start, end)
+            rec.update({"partial": True, "period_start": per.whole[0].date().isoformat(),
+                        "period_end": per.whole[1].date().isoformat()})
         pt = feat.filter(pa.array(mask)) if n else None
 
         # input drift

@@ -14,10 +14,19 @@ class Period:
     start: dt.datetime
     end: dt.datetime
     complete: bool = True
+    whole: tuple[dt.datetime, dt.datetime] | None = None  # the calendar period, when --start/--end cut it short
+
+    @property
+    def partial(self) -> bool:
+        return self.whole is not None
 
     @property
     def label(self) -> str:
-        return label_of(self.start, self.end)
+        """The calendar period's name; a cut one says which days it covers (its figures are not the period's)."""
+        if self.whole is None:
+            return label_of(self.start, self.end)
+        last = (self.end - dt.timedelta(microseconds=1)).date()
+        return f"{label_of(*self.whole)} (from {self.start.date().isoformat()} to {last.isoformat()})"
 
 
 def utc(value: dt.datetime | dt.date | str | None, name: str = "time") -> dt.datetime | None:
@@ -77,14 +86,16 @@ def ceil(t: dt.datetime, period: str) -> dt.datetime:
 
 
 def periods(start: dt.datetime, end: dt.datetime, period: str, data_end: dt.datetime | None = None) -> list[Period]:
-    """The periods from the one holding `start` to the one holding the instant before `end`; a period that runs
-    past `data_end` (or `end`) is marked incomplete."""
+    """The periods from the one holding `start` to the one holding the instant before `end`, each cut to
+    [start, end) (a cut one keeps its calendar bounds in `whole`: asked for two weeks, a report must not show a
+    quarter's stays); a period that runs past `data_end` is marked incomplete."""
     out = []
     s = floor(start, period)
     while s < end:
         e = following(s, period)
+        lo, hi = max(s, start), min(e, end)
         limit = min(end, data_end) if data_end is not None else end
-        out.append(Period(s, e, complete=e <= limit))
+        out.append(Period(lo, hi, complete=hi <= limit, whole=None if (lo, hi) == (s, e) else (s, e)))
         s = e
     return out
 
