@@ -77,6 +77,21 @@ def test_bad_configs_name_the_line(tmp_path: Path) -> None:
         load_config({"min_rows": 1})
 
 
+def test_a_misspelt_fairness_metric_is_refused_with_its_line(tmp_path: Path) -> None:
+    """A tolerance for an unknown metric would make every period's fairness check fail: fairness monitoring off."""
+    from careloop.evaluation._fairness import FAIRNESS_METRICS
+
+    f = tmp_path / "monitor.yaml"
+    f.write_text("min_events: 10\nfairness:\n  min_group_size: 20\n  tolerances: {tprr: 0.1}\n")
+    with pytest.raises(MonitorConfigError, match=r"monitor.yaml:4: fairness.tolerances: unknown metric 'tprr'; "
+                                                 r"known: auroc, .*tpr"):
+        load_config(f)
+    with pytest.raises(MonitorConfigError, match=r"config: fairness\.tolerances: unknown metric 'AUROC'"):
+        load_config({"fairness": {"tolerances": {"AUROC": 0.1}}})
+    every = {m: 0.1 for m in FAIRNESS_METRICS}
+    assert load_config({"fairness": {"tolerances": every}}).fairness.tolerances == every
+
+
 def test_start_and_end_cut_their_periods() -> None:
     """Asked for 2023-02-15 to 2023-03-15 by quarter, the period is that month, named as part of 2023-Q1."""
     (p,) = periods(utc("2023-02-15"), utc("2023-03-15"), "quarter", data_end=utc("2023-07-01"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from careloop.errors import ConfigError
 from careloop.specfile import parse_spec, read_spec
@@ -47,6 +47,17 @@ class FairnessConfig(_Strict):
     # the validation report's defaults (careloop.evaluation.DEFAULT_TOLERANCES); add tpr, ppv... to watch them too
     tolerances: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: {"auroc": 0.10, "observed_expected": 0.15})
+
+    @field_validator("tolerances")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        """An unknown name (a typo) would make every period's fairness check fail, i.e. switch fairness off."""
+        from careloop.evaluation._fairness import FAIRNESS_METRICS  # lazy: the evaluation module is heavy
+
+        unknown = [k for k in value if k not in FAIRNESS_METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r}; known: {', '.join(FAIRNESS_METRICS)}")
+        return value
 
 
 class BurdenConfig(_Strict):
