@@ -109,8 +109,14 @@ def test_performance_and_subgroups_when_labels_are_enough(drift_site: dict) -> N
         assert 0.5 < perf["auroc"]["estimate"] < 1
         assert perf["development_rows"] == 0
         assert set(p["subgroups"]) == set(r["model"]["groups"])  # every attribute: reported or suppressed
-        for res in p["subgroups"].values():
-            assert res["suppressed"] + len(res["groups"]) >= 1
+        for attr, res in p["subgroups"].items():
+            assert len(res["suppressed"]) + len(res["groups"]) >= 1
+            assert sum(g["n"] for g in res["groups"]) + sum(s["n"] for s in res["suppressed"]) <= \
+                p["performance"]["labelled"]
+            for s in res["suppressed"]:  # named, with why, as in the validation report
+                assert s["attribute"] == attr and s["group"] and s["label"] and s["reason"]
+                assert s["n"] < 50 if "fewer than 50 stays" in s["reason"] else "positives or negatives" in \
+                    s["reason"] or "fewer than 10" in s["reason"]
     reported = [g for p in evaluated for res in p["subgroups"].values() for g in res["groups"]]
     assert reported and all(g["n"] >= 50 and g["metrics"]["auroc"]["estimate"] is not None for g in reported)
     assert r["tests"]["by_kind"]["performance"] >= 6 and r["tests"]["by_kind"]["calibration"] >= 3
@@ -119,6 +125,11 @@ def test_performance_and_subgroups_when_labels_are_enough(drift_site: dict) -> N
     html = render_html(r)
     for fig in ("psi-heatmap", "output", "performance", "calibration", "subgroups"):
         assert f'data-figure="{fig}"' in html, fig
+    suppressed = [s for p in evaluated for res in p["subgroups"].values() for s in res["suppressed"]]
+    assert suppressed and 'id="suppressed-table"' in html
+    table = html[html.index('id="suppressed-table"'):]
+    for s in suppressed:
+        assert f"<td>{s['attribute']}</td><td>{s['label']}</td>" in table
 
 
 def test_start_and_end_inside_a_period_report_only_their_stays(drift_site: dict) -> None:

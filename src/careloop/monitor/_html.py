@@ -71,6 +71,19 @@ def _concerns(a: dict) -> str:
     return a.get("feature") or a.get("group") or "–"
 
 
+def _suppressed(periods: list[dict]) -> list[dict]:
+    """Every subgroup a period left out for its size, named (a count alone hides which groups go unwatched)."""
+    out = []
+    for p in periods:
+        for attr, res in (p.get("subgroups") or {}).items():
+            sup = res.get("suppressed") if isinstance(res, dict) else None
+            for s in sup if isinstance(sup, list) else []:
+                out.append({"period": p.get("label") or p["start"], "attribute": s.get("attribute") or attr,
+                            "group": s.get("label") or s.get("group"), "n": _num(s.get("n")),
+                            "reason": s.get("reason") or ""})
+    return out
+
+
 def _context(report: dict) -> dict:
     periods = report.get("periods") or []
     alerts = [{**a, "period": p.get("label") or p["start"], "kind_name": KIND_NAMES.get(a["kind"], a["kind"]),
@@ -131,12 +144,14 @@ def _context(report: dict) -> dict:
                                    "labelled": _num(v.get("labelled"))})
     model = report.get("model") or {}
     ref = report.get("reference") or {}
+    suppressed = _suppressed(periods)
     base = ref.get("baseline") or {}
     figs = {k: Markup(v) for k, v in figures(report).items()}  # matplotlib's own escaped SVG
     return {
         "title": f"Monitoring: {model.get('name') or 'model'}", "model": model,
         "bundle_short": (model.get("bundle_id") or "")[:12], "report": report, "periods": rows, "alerts": alerts,
         "by_kind": [(KIND_NAMES[k], by_kind[k], k) for k in KIND_NAMES if k in by_kind],
+        "suppressed_groups": suppressed,
         "first": periods[0]["start"] if periods else "–", "last": periods[-1]["end"] if periods else "–",
         "inputs": inputs[: max(int((report.get("config") or {}).get("top_features", 12)) * 2, 20)],
         "burden": burden, "burden_by_threshold": by_version, "figures": figs, "reference": ref,
@@ -242,10 +257,16 @@ validation interval.</figcaption>
 {% if figures.get("calibration") %}<figure>{{ figures.calibration }}<figcaption>Calibration intercept (0: right on
 average) and
 slope (1: right spread), with 95% intervals and the alert tolerance.</figcaption></figure>{% endif %}
-{% if figures.get("subgroups") %}<h2 id="subgroups">Subgroups</h2>
-<figure>{{ figures.subgroups }}<figcaption>AUROC per group
+{% if figures.get("subgroups") or suppressed_groups %}<h2 id="subgroups">Subgroups</h2>
+{% if figures.get("subgroups") %}<figure>{{ figures.subgroups }}<figcaption>AUROC per group
 (groups of at least the minimum size with 10 stays of each outcome); shaded periods raised a fairness
 alert.</figcaption></figure>{% endif %}
+{% if suppressed_groups %}<p>Groups not assessed (too few labelled stays, or of one outcome): no fairness alert
+can be raised for them in that period.</p>
+<table id="suppressed-table"><thead><tr><th>Period</th><th>Attribute</th><th>Group</th><th>Labelled stays</th>
+<th>Why</th></tr></thead><tbody>
+{% for s in suppressed_groups %}<tr><td>{{ s.period }}</td><td>{{ s.attribute }}</td><td>{{ s.group }}</td>
+<td class="n">{{ s.n }}</td><td>{{ s.reason }}</td></tr>{% endfor %}</tbody></table>{% endif %}{% endif %}
 
 {% if burden %}<h2 id="burden">Alert burden</h2>
 {% if figures.get("burden") %}<figure>{{ figures.burden }}<figcaption>From the service's audit log and feedback:

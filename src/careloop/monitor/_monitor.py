@@ -698,7 +698,8 @@ def _subgroups(fr) -> dict:
                                                                          "flag_rate")},
                         "gaps": {m: g.gaps[m].to_dict() for m in ("auroc", "observed_expected")},
                         "flags": list(g.flags)} for g in res.groups],
-            "suppressed": len(res.suppressed)}
+            # named, as the validation report does: a group too small to assess is a gap in the monitoring
+            "suppressed": [{"attribute": attr, **s.to_dict()} for s in res.suppressed]}
     return out
 
 
