@@ -175,4 +175,15 @@ def test_bad_inputs_stop_with_one_line(drift_site: dict, tmp_path: Path) -> None
     with pytest.raises(CareloopError, match=r"m\.yaml:1"):
         run_monitor(b, s, tmp_path, "month", bad, None)
     assert not (tmp_path / "monitor.json").exists()  # nothing written before the inputs are known good
+    (tmp_path / "afile").write_text("not a directory")
+    with pytest.raises(CareloopError, match=r"--out: .*afile is a file, not a directory"):
+        run_monitor(b, s, tmp_path / "afile", "month", None, None)
+    from typer.testing import CliRunner
+
+    from careloop.cli import app
+
+    res = CliRunner().invoke(app, ["monitor", "--model", str(b), "--store", str(s), "--out", str(tmp_path / "afile")])
+    assert res.exit_code == 2 and (res.exception is None or isinstance(res.exception, SystemExit))  # no traceback
+    assert [line for line in res.output.splitlines() if line.strip()] == [
+        f"error: --out: {tmp_path / 'afile'} is a file, not a directory"]
     assert issubclass(MonitorError, CareloopError)

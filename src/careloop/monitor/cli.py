@@ -41,6 +41,16 @@ def state_url_of(state: str | None) -> str | None:
     return state
 
 
+def out_dir(out: str | Path) -> Path:
+    """The output directory, made if missing (a bad --out is one line, as every bad input is, not a traceback)."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CareloopError(f"--out: cannot make the directory {path}: {e.strerror or e}") from None
+    return path
+
+
 def finite(obj: Any) -> Any:
     """`obj` with every NaN or infinite float replaced by None (monitor.json stays strict JSON)."""
     if isinstance(obj, float):
@@ -81,9 +91,10 @@ def run_monitor(model: Path, store: Path, out: Path, period: str, config: Path |
     if not Path(store).is_dir():
         raise CareloopError(f"--store: {store} is not an event store directory")
     start_t, end_t = utc(start, "--start"), utc(end, "--end")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise CareloopError(f"--out: {out} is a file, not a directory")
     bundle = verify(model)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir(out)
     result = monitor(bundle, store, period=period, start=start_t, end=end_t, config=cfg, state_url=url,
                      reference=_cached_reference(out, bundle.bundle_id, cfg), progress=progress)
     report = finite(result.to_dict())
