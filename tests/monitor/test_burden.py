@@ -48,6 +48,24 @@ def test_burden_figures_per_period() -> None:
     assert jan["repeats"] == 1 and jan["repeat_share"] == pytest.approx(0.2)
     assert jan["suppressed_repeats"] == 1
     assert feb["calls"] == 0 and feb["alerts"] == 0 and feb["alerts_per_100"] is None
+    # the rate's exact Poisson interval, 5 alerts over 10 discharges (chi-square quantiles / 2, per 100)
+    from scipy.stats import chi2
+
+    lo, hi = chi2.ppf(0.025, 10) / 2 / 10 * 100, chi2.ppf(0.975, 12) / 2 / 10 * 100
+    assert jan["alerts_per_100_ci"] == pytest.approx([lo, hi]) and lo == pytest.approx(16.23, abs=0.01)
+
+
+def test_more_alerts_than_discharges_is_a_rate_with_an_interval_not_a_crash() -> None:
+    """A patient-view card during a stay and a warning at its discharge: two alerts for one discharge. The Wilson
+    interval of a proportion failed here (math domain error); the rate's interval is finite."""
+    t0 = utc("2023-01-02")
+    stays = Stays.build(["p0"], np.array([int(t0.timestamp() * 1e6)]), [True])
+    recs = [_record(1, t0 + dt.timedelta(hours=1), "p0", alert=True), _record(2, t0, "p0", alert=True),
+            _record(3, t0 + dt.timedelta(hours=2), "p0", alert=True)]
+    (jan,) = burden(recs, {}, periods(utc("2023-01-01"), utc("2023-02-01"), "month"), [1], stays, BurdenConfig())
+    assert jan["alerts"] == 3 and jan["alerts_per_100"] == pytest.approx(300.0)
+    lo, hi = jan["alerts_per_100_ci"]
+    assert 0 < lo < 300 < hi < float("inf")
 
 
 def test_burden_by_threshold_version() -> None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from careloop.monitor._config import BurdenConfig
 from careloop.monitor._periods import Period
-from careloop.monitor._stats import wilson
+from careloop.monitor._stats import poisson_rate, wilson
 from careloop.serve.features import CURRENT_STAY_H
 
 # a card shown this long after a discharge is still about that stay (the service's CURRENT_STAY_H: a chart opened
@@ -164,7 +164,8 @@ def burden(records: list[dict], actions: dict[str, str], periods: list[Period], 
             "calls": len(rs), "scored": sum(r["scored"] for r in rs), "deferred": sum(r["deferred"] for r in rs),
             "alerts": n_alerts, "discharges": n_dis, "denominator": "discharges" if n_dis > 0 else "scored calls",
             "alerts_per_100": 100 * n_alerts / denominator if denominator else None,
-            "alerts_per_100_ci": [100 * x for x in wilson(n_alerts, denominator)] if denominator else None,
+            # a rate per discharge (a stay may have a card during it and one at its discharge): Poisson, not Wilson
+            "alerts_per_100_ci": [100 * x for x in poisson_rate(n_alerts, denominator)] if denominator else None,
             "linked": sum(r["linked"] for r in alerts), "labelled": len(labelled), "true_positives": tp,
             "ppv": ppv, "ppv_ci": ppv_ci,
             "nne": 1 / ppv if ppv else None,

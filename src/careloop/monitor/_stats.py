@@ -322,6 +322,23 @@ def wilson(k: float, n: float, z: float = Z95) -> list[float] | None:
     return [max(0.0, mid - half), min(1.0, mid + half)]
 
 
+def poisson_rate(k: int, n: float, alpha: float = 0.05) -> list[float] | None:
+    """Exact (Garwood) interval of a rate: k events over an exposure of n, as events per unit of n. Alerts per
+    discharge are a rate, not a share: a patient-view card during a stay and a warning at its discharge are two
+    alerts for one discharge, so k may exceed n, where a proportion's (Wilson) interval has no meaning.
+
+    >>> [round(x, 3) for x in poisson_rate(0, 1)], [round(x, 3) for x in poisson_rate(5, 1)]
+    ([0.0, 3.689], [1.623, 11.668])
+    """
+    from scipy.stats import chi2
+
+    if n <= 0:
+        return None
+    lo = 0.0 if k == 0 else float(chi2.ppf(alpha / 2, 2 * k)) / 2
+    hi = float(chi2.ppf(1 - alpha / 2, 2 * (k + 1))) / 2
+    return [lo / n, hi / n]
+
+
 @dataclass
 class Family:
     """Every test of one report, so that alerts can be decided at one family-wise level (Bonferroni)."""
