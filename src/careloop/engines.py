@@ -64,6 +64,10 @@ class ArrowEngine:
         self.con.close()
 
 
+_SPARK_TYPES = {"string": "string", "int64": "bigint", "int32": "int", "double": "double", "bool": "boolean",
+                "date32[day]": "date", "timestamp[us, tz=UTC]": "timestamp"}
+
+
 class SparkEngine:
     """Spark SQL over the same Parquet parts (local mode here; a cluster URL in production)."""
 
@@ -97,10 +101,25 @@ class SparkEngine:
                 empty = Path(tempfile.mkdtemp(prefix="careloop-empty-")) / f"{table}.parquet"
                 pq.write_table(C.TABLES[table].empty_table(), empty)
                 parts = [empty]
-            df = self.spark.read.parquet(*[str(p) for p in parts])
+            df = self._read(table, parts)
             df.createOrReplaceTempView("encounters_raw" if table == "encounters" else table)
         for sql in RESOLVED_VIEWS:
             self.spark.sql(sql)
+
+    def _read(self, table: str, parts: list[Path]):
+        """A table's parts; a store written by an older careloop (not yet upgraded) with the columns added since
+        as nulls, as `EventStore._source` reads it in DuckDB."""
+        if self.store.current_format():
+            return self.spark.read.parquet(*[str(p) for p in parts])
+        from pyspark.sql import functions as F
+
+        from careloop import contracts as C
+
+        df = self.spark.read.option("mergeSchema", "true").parquet(*[str(p) for p in parts])
+        for f in C.TABLES[table]:
+            if f.name not in df.columns:
+                df = df.withColumn(f.name, F.lit(None).cast(_SPARK_TYPES[str(f.type)]))
+        return df.select(*C.TABLES[table].names)
 
     def arrow(self, sql: str) -> pa.Table:
         return self.spark.sql(sql).toArrow()

@@ -213,12 +213,25 @@ class EventStore:
     def parts(self, table: str) -> list[Path]:
         return sorted((self.root / table).glob("part-*.parquet"))
 
+    def current_format(self) -> bool:
+        """Are the parts in this careloop's format (`FORMAT`)? A store written by an older careloop is upgraded by
+        its next ingest; until then it is read with the columns added since as nulls (`_source`)."""
+        marker = self.root / "_format"
+        return marker.exists() and marker.read_text().strip() == str(FORMAT)
+
     def _source(self, table: str) -> str:
         parts = self.parts(table)
+        schema = C.TABLES[table]
         if not parts:
-            return _empty_select(C.TABLES[table])
+            return _empty_select(schema)
         glob = (self.root / table).resolve() / "part-*.parquet"
-        return f"SELECT * FROM read_parquet('{glob}')"
+        if self.current_format():
+            return f"SELECT * FROM read_parquet('{glob}')"
+        source = f"read_parquet('{glob}', union_by_name = true)"  # parts of several formats side by side
+        have = {row[0] for row in duckdb.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+        cols = ", ".join(f'"{f.name}"' if f.name in have else f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"'
+                         for f in schema)
+        return f"SELECT {cols} FROM {source}"
 
     def connect(self, database: str | Path = ":memory:", *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with one view per table (and `encounters` with its site resolved)."""
