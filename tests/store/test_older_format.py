@@ -31,7 +31,7 @@ def _as_format_3(store) -> None:
     (store / "_format").write_text("3\n")
 
 
-@pytest.mark.parametrize("engine", ["duckdb", "spark"])
+@pytest.mark.parametrize("engine", ["duckdb", pytest.param("spark", marks=pytest.mark.scale)])  # Spark: slow runs
 def test_an_older_store_reads_with_the_new_columns_as_null(tmp_path, engine):
     store = tiny_store(tmp_path, {"Patient": [PATIENT], "Encounter": [ENCOUNTER], "Medication": [MEDICATION]})
     _as_format_3(store)
@@ -46,6 +46,7 @@ def test_an_older_store_reads_with_the_new_columns_as_null(tmp_path, engine):
     assert meds == [{"resource_id": "m1", "code": "RXNORM/197361"}]
 
 
+@pytest.mark.scale  # four Spark sessions: with the slow runs (make test-scale, run by CI)
 def test_features_of_an_older_store_equal_those_after_its_upgrade(tmp_path):
     store = tiny_store(tmp_path, {"Patient": [PATIENT], "Encounter": [ENCOUNTER]})
     doc = load_feature_set("readmission").model_dump(mode="json", exclude_defaults=True)
