@@ -148,6 +148,16 @@ def test_patient_prefix_and_user_identifier():
     assert summarize(e)["user"] == "nurse-42"
 
 
+def test_the_encounter_is_a_reference_entity_read_back():
+    e = audit_event(**(FULL | {"encounter": "Encounter/enc-7"}))
+    (entity,) = [x for x in e["entity"] if x["what"].get("reference", "").startswith("Encounter/")]
+    assert entity["what"] == {"reference": "Encounter/enc-7"}
+    assert summarize(e)["encounter"] == "enc-7" and summarize(e)["patient"] == FULL["patient"].removeprefix("Patient/")
+    assert summarize(audit_event(**FULL))["encounter"] is None
+    with pytest.raises(AuditContentError):
+        audit_event(**(FULL | {"encounter": "not an id!"}))
+
+
 def test_the_services_coded_details_are_kept():
     e = audit_event(**(FULL | {"cards": None, "detail": {
         "card": "9368d37b-283f-44a0-93ea-547cebab93ed", "outcome": "overridden", "new": True, "by": "admin-1",

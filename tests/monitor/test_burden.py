@@ -266,3 +266,25 @@ def test_the_alert_ppv_waits_for_the_outcome_window(drift_site: dict, uncensored
     assert b["alerts"] == len(rows) and (b["labelled"], b["true_positives"]) == (len(mature), tp)
     assert b["ppv"] == pytest.approx(tp / len(mature))
     assert b["labelled"] == q2["performance"]["labelled"]
+
+
+def test_a_card_naming_its_encounter_is_linked_by_it_not_by_time() -> None:
+    """The service records the stay it scored. Two stays of p1 close in time: A (readmitted) ends at t0, B (not
+    readmitted) runs t0 + 12 h to t0 + 72 h. A card recorded 6 h after A's end that names B is B's, though by time
+    it falls in A's 24-hour grace; one naming a stay outside the cohort is linked to none; a record without an
+    encounter (an older careloop's) is still linked by time."""
+    t0, h = utc("2023-03-05"), dt.timedelta(hours=1)
+    discharges = np.array([_us(t0), _us(t0 + 72 * h)])
+    admits = np.array([_us(t0 - 96 * h), _us(t0 + 12 * h)])
+    stays = Stays.build(["p1", "p1"], discharges, [True, False], admit_us=admits, encounters=["A", "B"])
+    window = 48 * 3_600_000_000
+    assert stays.link("p1", _us(t0 + 6 * h), window) == (True, 1)  # by time: A's grace
+    assert stays.link("p1", _us(t0 + 6 * h), window, "B") == (True, 0)
+    assert stays.link("p1", _us(t0 + 6 * h), window, "X") == (False, None)
+    assert stays.link("p2", _us(t0 + 6 * h), window, "B") == (False, None)  # another patient's encounter id
+    recs = [_record(1, t0 + 6 * h, "p1", alert=True), _record(2, t0 + 7 * h, "p1", alert=True),
+            _record(3, t0 + 8 * h, "p1", alert=True)]
+    recs[0]["encounter"], recs[1]["encounter"] = "B", "X"
+    (row,) = burden(recs, {}, periods(utc("2023-03-01"), utc("2023-04-01"), "month"), [2], stays, BurdenConfig())
+    # card 1 -> B (0), card 2 -> nothing, card 3 (no encounter) -> A by time (1)
+    assert (row["linked"], row["labelled"], row["true_positives"]) == (2, 2, 1)

@@ -412,6 +412,10 @@ def test_a_chart_opened_shows_the_current_stay_only(running, chosen):
     assert [c["indicator"] for c in recent["cards"]] == ["warning"], recent
     reasons = [line for line in recent["cards"][0]["detail"].splitlines() if line.startswith("- ")]
     assert not [r for r in reasons if r.startswith("- latest ")], reasons  # the stay has ended: "at discharge"
+    # the audit record names the stay the chart's card was about (no encounter was in the hook's context)
+    (scored,) = [r for r in running.service.audit.records(kind="cds-call")
+                 if r["cards"] and r["cards"][0] == f"{recent['cards'][0]['uuid']}|warning"]
+    assert scored["encounter"] == row["encounter_id"] and scored["patient"] == row["patient_id"]
     old = hook_request(row["patient_id"], None, pf, hook="patient-view")
     assert call(running, old, service=view).json() == {"cards": []}
     (rec,) = [r for r in running.service.audit.records(kind="cds-call") if r["hook_instance"] == old["hookInstance"]]

@@ -191,6 +191,7 @@ def audit_event(
     user: str | None = None,
     recorded: datetime | None = None,
     network: str | None = None,
+    encounter: str | None = None,
 ) -> dict:
     """A FHIR R4 AuditEvent for one careloop event (one patient at most: BALP's one event per patient).
 
@@ -200,7 +201,8 @@ def audit_event(
     requestor when present, else the client is). ``patient`` is a FHIR id (``Patient/`` prefix optional).
     ``cards`` keep only each card's uuid and indicator. ``recorded`` defaults to now, in UTC with a ``Z``.
     ``network`` is the client's address (an IP address or machine name: BALP's agent[client].network, ASTM E2147's
-    source of access).
+    source of access). ``encounter`` is the stay the event is about (a FHIR id, ``Encounter/`` prefix optional): the
+    stay a risk was computed for, so that monitoring links an alert to its stay by id, not by time.
     """
     if kind not in KINDS:
         raise AuditContentError(f"kind must be one of {', '.join(KINDS)}, not {kind!r:.40}")
@@ -217,6 +219,9 @@ def audit_event(
     if isinstance(patient, str) and patient.startswith("Patient/"):
         patient = patient[len("Patient/") :]
     patient = _ident(patient, "patient", _FHIR_ID)
+    if isinstance(encounter, str) and encounter.startswith("Encounter/"):
+        encounter = encounter[len("Encounter/") :]
+    encounter = _ident(encounter, "encounter", _FHIR_ID)
     user = _ident(user, "user")
     hook_instance = _ident(hook_instance, "hook_instance")
     jti = _ident(jti, "jti")
@@ -278,6 +283,12 @@ def audit_event(
             "type": _coding(ENTITY_TYPE, "1", "Person"),
             "role": _coding(OBJECT_ROLE, "1", "Patient"),
         })
+    if encounter is not None:
+        entities.append({
+            "what": {"reference": f"Encounter/{encounter}"},
+            "type": _coding(ENTITY_TYPE, "2", "System Object"),
+            "role": _coding(OBJECT_ROLE, "4", "Domain Resource"),
+        })
     if request_id is not None:
         entities.append({"what": {"identifier": {"value": request_id}}, "type": _coding(BALP_ENTITY, "XrequestId")})
     if hook_instance is not None:
@@ -321,8 +332,8 @@ def audit_event(
 
 # ---------------------------------------------------------------- reading events back
 FIELDS = (
-    "seq", "recorded", "kind", "action", "outcome", "client", "network", "user", "patient", "service", "hook_instance",
-    "jti", "request_id", "model_hash", "input_digest", "score", "cards", "deferral_reason", "detail",
+    "seq", "recorded", "kind", "action", "outcome", "client", "network", "user", "patient", "encounter", "service",
+    "hook_instance", "jti", "request_id", "model_hash", "input_digest", "score", "cards", "deferral_reason", "detail",
 )
 
 
@@ -336,7 +347,7 @@ def summarize(event: dict) -> dict:
     """The fields careloop records, read back from an AuditEvent (best effort for events built elsewhere):
     recorded (aware datetime), kind, action, outcome (success/minor/serious/major), client, network (the client's
     address), user, patient, service, hook_instance, jti, request_id, model_hash, input_digest, score, cards (list
-    of "uuid|indicator"), deferral_reason, detail (other detail entries as a dict of strings)."""
+    of "uuid|indicator"), deferral_reason, detail (other detail entries as a dict of strings), encounter (the stay)."""
     out: dict[str, Any] = dict.fromkeys(FIELDS[1:])
     out["cards"], out["detail"] = [], {}
     try:
@@ -366,6 +377,8 @@ def summarize(event: dict) -> dict:
         ref = what.get("reference") or ""
         if ref.startswith("Patient/"):
             out["patient"] = ref[len("Patient/") :]
+        elif ref.startswith("Encounter/"):
+            out["encounter"] = ref[len("Encounter/") :]
         elif code == "XrequestId":
             out["request_id"] = ident
         elif code == "hookInstance":

@@ -3,9 +3,10 @@
 Per period, from the `cds-call` records of this model (matched by its bundle hash):
 - alerts: calls that returned a risk card (indicator `warning`); per 100 discharges of the period (the task's index
   stays in the event store; the number of calls when the store has none);
-- PPV of the alerts: each alert is linked to the stay it was shown for (`Stays.link`: the index stay in progress at
-  the call, else one ended within the service's 24 h, else one discharged within `link_window_hours` after it; the
-  audit record carries no encounter id), and counted once its 30-day window has closed by the end of the data;
+- PPV of the alerts: each alert is linked to the stay it was shown for (`Stays.link`): by the encounter id its audit
+  record names (the stay the service scored); for a record without one (written by an older careloop), by time: the
+  index stay in progress at the call, else one ended within the service's 24 h, else one discharged within
+  `link_window_hours` after it. It is counted once its 30-day window has closed by the end of the data;
   NNE (number needed to evaluate) is 1 / PPV;
 - override rate: of the alerted cards with feedback, the share whose latest feedback is `overridden`;
 - repeat-alert share: alerts to a patient who had an alert within the previous `repeat_window_days`;
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,29 +37,42 @@ GRACE_US = CURRENT_STAY_H * 3_600_000_000
 @dataclass
 class Stays:
     """The index stays of the store, for linking alerts: patient id -> sorted (discharge times in us, labels or
-    None, admission times in us or None)."""
+    None, admission times in us or None); and (patient id, encounter id) -> label or None."""
 
     by_patient: dict[str, tuple[list[int], list[int | None], list[int | None]]]
+    by_encounter: dict[tuple[str, str], int | None] = field(default_factory=dict)
 
     @classmethod
     def build(cls, patients: list[str], index_us: np.ndarray, labels: list[bool | None],
-              admit_us: np.ndarray | None = None) -> Stays:
+              admit_us: np.ndarray | None = None, encounters: list[str | None] | None = None) -> Stays:
         admits = admit_us.tolist() if admit_us is not None else [None] * len(patients)
         rows: dict[str, list[tuple[int, int | None, int | None]]] = {}
-        for p, t, y, a in zip(patients, index_us.tolist(), labels, admits, strict=True):
-            rows.setdefault(p, []).append((int(t), None if y is None else int(bool(y)), a))
+        by_encounter: dict[tuple[str, str], int | None] = {}
+        for i, (p, t, y, a) in enumerate(zip(patients, index_us.tolist(), labels, admits, strict=True)):
+            label = None if y is None else int(bool(y))
+            rows.setdefault(p, []).append((int(t), label, a))
+            if encounters is not None and encounters[i] is not None:
+                by_encounter[(p, encounters[i])] = label
         out = {}
         for p, items in rows.items():
             items.sort(key=lambda r: r[0])
             out[p] = ([t for t, _, _ in items], [y for _, y, _ in items], [a for _, _, a in items])
-        return cls(out)
+        return cls(out, by_encounter)
 
-    def link(self, patient: str | None, t_us: int, window_us: int) -> tuple[bool, int | None]:
-        """(found, label) of the stay a card shown at t concerns, as the service chooses it: the patient's index
+    def link(self, patient: str | None, t_us: int, window_us: int,
+             encounter: str | None = None) -> tuple[bool, int | None]:
+        """(found, label) of the stay a card shown at t concerns. When the record names its `encounter`, that
+        stay, and no other: a card about a stay outside the cohort (excluded, or not an index stay) is about no
+        index stay, however close in time one is. Else by time, as the service chooses a stay: the patient's index
         stay in progress at t; else the latest one ended within GRACE_US before t; else the next one discharged
         within the window after t (its admission unknown). Never a stay ended longer ago: a card shown during a
         readmission is not about the stay before it, which that readmission makes a true positive."""
-        if patient is None or patient not in self.by_patient:
+        if patient is None:
+            return False, None
+        if encounter is not None:
+            key = (patient, encounter)
+            return (True, self.by_encounter[key]) if key in self.by_encounter else (False, None)
+        if patient not in self.by_patient:
             return False, None
         times, labels, admits = self.by_patient[patient]
         i = bisect.bisect_left(times, t_us)  # the first discharged at or after t
@@ -144,7 +158,7 @@ def burden(records: list[dict], actions: dict[str, str], periods: list[Period], 
                 prev = last_alert.get(p)
                 row["repeat"] = prev is not None and t - prev <= window
                 last_alert[p] = t
-            row["linked"], row["label"] = stays.link(p, t, link_window)
+            row["linked"], row["label"] = stays.link(p, t, link_window, r.get("encounter"))
         rows.append(row)
     out = []
     for period, n_dis in zip(periods, discharges, strict=True):

@@ -435,7 +435,7 @@ def monitor(bundle, store: str | Path, *, period: str = "month", start: Any = No
         stays = Stays.build(cohort.column("patient_id").to_pylist(), index_us,
                             mature_labels(cohort.column("label").to_pylist(), index_us, horizon_us, end_us),
                             admit_us=us_of(cohort.column("admit_time")) if "admit_time" in cohort.column_names
-                            else None)
+                            else None, encounters=cohort.column("encounter_id").to_pylist())
         state = (records, actions, info, stays)
         if info["calls_of_other_models"]:
             notes.append(f"The audit log holds {info['calls_of_other_models']:,} calls of other models; only this "

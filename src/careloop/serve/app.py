@@ -179,6 +179,7 @@ class Decision:
     card_row: CardRow | None = None  # the card to remember
     refetch: list[str] | None = None  # not decided yet: these keys are first to be read from the FHIR server
     precondition: str | None = None  # required data neither sent nor readable from the FHIR server: a 412, why
+    encounter: str | None = None  # the stay the decision is about (audited: monitoring links alerts to stays by it)
 
 
 class Service:
@@ -438,6 +439,7 @@ class Service:
             network=CLIENT_NETWORK.get(),
             service=service,
             patient=(decision.patient if decision else None) or (_patient_of(req) if req else None) or patient,
+            encounter=(decision.encounter if decision else None) or (_encounter_of(req) if req else None),
             user=user,
             hook_instance=req.hookInstance if req and _UUID.fullmatch(req.hookInstance) else None,
             jti=getattr(claims, "jti", None),
@@ -611,6 +613,15 @@ class Service:
         if any(k in pre.missing for k in REQUIRED_KEYS):
             return self.defer(ctx, "required data (the patient and their encounters) is missing", digest=digest)
         feats = bedside_features(self.features, pre, patient, encounter, directory=self.locations, now=now)
+        decision = self._decide_stay(service_id, ctx, pre, feats, encounter, digest, now, setting)
+        decision.encounter = feats.encounter_id or encounter
+        return decision
+
+    def _decide_stay(self, service_id: str, ctx: C.CardContext, pre, feats: BedsideFeatures, encounter: str | None,
+                     digest: str, now: dt.datetime, setting: ModelPolicy) -> Decision:
+        """The decision on the stay `bedside_features` chose (the context's at a discharge, else the chart's
+        current one): quiet, deferred, or scored and carded."""
+        patient = ctx.patient_id
         extra = {"foreign_resources": pre.foreign} if pre.foreign else {}
         if pre.batch.void:  # e.g. results withdrawn as entered-in-error: received, not read
             extra["void_resources"] = dict(sorted(pre.batch.void.items()))
@@ -913,6 +924,12 @@ def _patient_of(req: HookRequest | None) -> str | None:
         return None
     p = req.context.get("patientId")
     return p if isinstance(p, str) and p else None
+
+
+def _encounter_of(req: HookRequest | None) -> str | None:
+    """The context's encounter (a call that ended before a stay was chosen is still about it)."""
+    e = req.context.get("encounterId") if req is not None else None
+    return e if isinstance(e, str) and e else None
 
 
 ARRIVED = "careloop.arrived"
@@ -1351,7 +1368,7 @@ def _decode_problem(e: msgspec.DecodeError) -> str:
     return f"{head}{sep}{path}" if sep else head
 # the audit fields a caller shapes (ids from the request or its token, and details quoting it): one the audit log
 # refuses is left out of the record alone
-_CALLER_FIELDS = ("patient", "user", "hook_instance", "jti", "request_id", "client", "network", "detail")
+_CALLER_FIELDS = ("patient", "encounter", "user", "hook_instance", "jti", "request_id", "client", "network", "detail")
 # the network address of the client of the request being answered (set per request by the ASGI middleware), for the
 # audit record's agent.network (BALP): the EHR's or the administrator's machine
 CLIENT_NETWORK: contextvars.ContextVar[str | None] = contextvars.ContextVar("careloop_client_network", default=None)

@@ -681,6 +681,7 @@ class BedsideFeatures:
     quiet: bool = False  # nothing to score, and nothing to say either (a chart opened with no current stay)
     end_us: int | None = None  # the stay's recorded end (UTC microseconds), None while it is open
     age_years: int | None = None  # calendar age in whole years at the index time, as the cohort's age exclusion
+    encounter_id: str | None = None  # the stay scored (the context's at a discharge, the current one on a chart)
 
 
 _EVALUATORS: dict[int, tuple[FeatureSet, StayFeatures]] = {}
@@ -785,4 +786,5 @@ def bedside_features(
     return BedsideFeatures(values, None, index_time, values.get("age"), row["class"], row["discharge_disposition"],
                            row["discharge_disposition_nubc"], death, deceased, index_us, row["location_ref"],
                            end_us=row["end"] if row["end"] is not None and row["end"] <= now_us else None,
-                           age_years=None if birth is None else age_in_years(birth, index_us))
+                           age_years=None if birth is None else age_in_years(birth, index_us),
+                           encounter_id=row["encounter_id"])
