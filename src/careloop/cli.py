@@ -859,8 +859,18 @@ SinceOption = Annotated[str | None, typer.Option(help="From this time on (YYYY-M
                                                       "8601 date-time; UTC when no zone).")]
 UntilOption = Annotated[str | None, typer.Option(help="Before this time (excluded; same forms as --since).")]
 PatientOption = Annotated[str | None, typer.Option(help="Only this patient's records (FHIR id).")]
+def _known_kind(kind: str | None) -> str | None:
+    """An audit record kind the log writes (a misspelt one would read as an empty report, not as a mistake)."""
+    from careloop.audit.event import KINDS
+
+    if kind is not None and kind not in KINDS:
+        raise typer.BadParameter(f"no audit record is of kind {kind!r:.40}: choose one of {', '.join(KINDS)}")
+    return kind
+
+
 KindOption = Annotated[str | None, typer.Option(help="Only this kind: cds-call, auth-failure, feedback, "
-                                                     "admin-change, kill-switch, timeout, export, access.")]
+                                                     "admin-change, kill-switch, timeout, export, access.",
+                                                callback=_known_kind)]
 ClientOption = Annotated[str | None, typer.Option(help="Only this client (the EHR's JWT iss).")]
 SortOption = Annotated[str, typer.Option(help="Sort by any recorded field (seq, recorded, kind, outcome, client, "
                                               "user, patient, score, ...); a leading - sorts descending.")]
@@ -1081,6 +1091,7 @@ def audit_purge(
     """Retention: delete the oldest records recorded before --before, leaving a signed-off anchor from which the
     rest of the chain still verifies. Refuses anything younger than the retention period."""
     from careloop.audit.report import parse_bound
+    from careloop.state import iso_z
 
     try:
         who = _reader(by)
@@ -1091,7 +1102,7 @@ def audit_purge(
     except CareloopError as exc:
         fail(str(exc))
         return
-    out_console.print(f"purged {deleted:,} records recorded before {cut:%Y-%m-%d %H:%M} UTC; the log now holds "
+    out_console.print(f"purged {deleted:,} records recorded before {iso_z(cut)}; the log now holds "
                       f"records up to seq {head['seq']:,}")
 
 

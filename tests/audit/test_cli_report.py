@@ -62,6 +62,15 @@ def test_report_as_json_selects_a_range_and_a_patient_sorted_by_any_field_and_is
         assert log.verify().ok  # appending the reading kept the chain
 
 
+def test_an_unknown_kind_is_a_usage_error_not_an_empty_report(url, tmp_path):
+    for cmd in (["report", "--by", "gov"], ["export", "--out", str(tmp_path / "e.json"), "--by", "gov"]):
+        res = run(*cmd, "--state", url, "--kind", "cds_call")
+        assert res.exit_code == 2 and "no audit record is of kind 'cds_call'" in res.output, res.output
+        assert "cds-call" in res.output
+    assert not (tmp_path / "e.json").exists()
+    assert _exports(url) == []  # nothing was read, so no reading is recorded
+
+
 def test_report_to_csv_holds_every_field_and_the_table_prints(url, tmp_path):
     out = tmp_path / "report.csv"
     res = run("report", "--state", url, "--kind", "feedback", "--csv", str(out), "--by", "gov")
@@ -122,8 +131,10 @@ def test_purge_keeps_six_months_and_leaves_a_chain_that_verifies(db_url):
     assert young.exit_code == 2 and "refusing to purge audit records younger than 183 days" in young.output
     short = run("purge", "--state", db_url, "--before", "2020-01-01", "--by", "dpo-1", "--minimum-days", "90")
     assert short.exit_code == 2 and "at least 183" in short.output
-    res = run("purge", "--state", db_url, "--before", (old + timedelta(days=1)).date().isoformat(), "--by", "dpo-1")
+    cut = (old + timedelta(days=1)).date()
+    res = run("purge", "--state", db_url, "--before", f"{cut.isoformat()}T00:00:05", "--by", "dpo-1")
     assert res.exit_code == 0 and "purged 10 records" in res.output, res.output
+    assert f"before {cut.isoformat()}T00:00:05.000000Z;" in res.output  # the cut as given, to the second
     with AuditLog.open(db_url) as log:
         assert log.verify().ok
         left = log.records()

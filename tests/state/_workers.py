@@ -42,6 +42,21 @@ def append_many(url: str, n: int, tag: str, barrier, out) -> None:
         out.put(("error", traceback.format_exc()))
 
 
+def set_thresholds(url: str, n: int, value: float, barrier, out) -> None:
+    """Set the same model's threshold to `value` n times, after all processes are ready; report the versions."""
+    try:
+        from careloop.state import StateStore
+
+        store = StateStore(url)
+        try:
+            barrier.wait(timeout=60)
+            out.put(("ok", [store.set_threshold("model-race", value, by=f"admin-{value}") for _ in range(n)]))
+        finally:
+            store.close()
+    except BaseException:
+        out.put(("error", traceback.format_exc()))
+
+
 def take_many(url: str, n: int, barrier, out) -> None:
     """Try to take n tokens from one shared bucket (burst 30, no refill to speak of); report how many were had."""
     try:

@@ -204,6 +204,28 @@ def test_a_token_bucket_is_shared_by_processes_and_never_overdrawn(db_url):
     assert sum(collect(out, workers)) == 30  # 60 tries by 3 processes: exactly the burst, not 3 times it
 
 
+def test_threshold_changes_by_two_processes_at_once_each_get_their_own_version(db_url):
+    """Every scored call records the threshold version that decided it, so two administrators' changes made at once
+    (two workers) must never share a version; the versions are 1..N with none lost, and the last one is in force."""
+    from tests.state._workers import collect, set_thresholds
+
+    StateStore(db_url).close()
+    ctx = mp.get_context(START_METHOD)
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    workers = [ctx.Process(target=set_thresholds, args=(db_url, 25, v, barrier, out)) for v in (0.2, 0.7)]
+    for w in workers:
+        w.start()
+    versions = collect(out, workers)
+    assert sorted(versions) == list(range(1, 51))
+    store = StateStore(db_url)
+    try:
+        assert store.policy("model-race").threshold_version == 50
+        assert store.policy("never-set") == store.policy("never-set-either")
+        assert store.policy("never-set").threshold is None and store.policy("never-set").threshold_version == 0
+    finally:
+        store.close()
+
+
 def test_feedback_concurrent_duplicates_store_once(store):
     item = spec_feedback("docs-spec-current.22.feedback.json")
     barrier = threading.Barrier(6)

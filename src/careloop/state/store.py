@@ -51,6 +51,7 @@ from sqlalchemy import (
     func,
     select,
     text,
+    update,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg_dialect
@@ -661,12 +662,18 @@ class StateStore:
         if threshold is not None and not (isinstance(threshold, float) and 0.0 < threshold < 1.0):
             raise StateError(f"a threshold is a risk between 0 and 1, not {threshold!r}")
         c = threshold_table.c
+        row = {"model_key": _key(model_key, "model_key"), "threshold": threshold, "version": 0,
+               "changed_at": utc(at, "at") if at is not None else now_utc(), "changed_by": _key(by, "by")}
         with self.transaction(write=True) as conn:
-            version = (conn.execute(select(c.version).where(c.model_key == model_key)).scalar_one_or_none() or 0) + 1
-            row = {"model_key": _key(model_key, "model_key"), "threshold": threshold, "version": version,
-                   "changed_at": utc(at, "at") if at is not None else now_utc(), "changed_by": _key(by, "by")}
-            conn.execute(upsert(self.dialect, threshold_table, row, ["model_key"],
-                                ["threshold", "version", "changed_at", "changed_by"]))
+            # the row first (version 0 reads as "never set"), then read under its lock: two administrators' changes
+            # at once, in two workers, get two versions (on PostgreSQL's READ COMMITTED a plain read let both take
+            # the same one, and every scored call records the version that decided it)
+            conn.execute(insert_ignore(self.dialect, threshold_table, row))
+            version = conn.execute(select(c.version).where(c.model_key == row["model_key"])
+                                   .with_for_update()).scalar_one() + 1
+            conn.execute(update(threshold_table).where(c.model_key == row["model_key"])
+                         .values(threshold=threshold, version=version, changed_at=row["changed_at"],
+                                 changed_by=row["changed_by"]))
         return version
 
     def set_enabled(self, model_key: str, enabled: bool, *, by: str, at: datetime | None = None) -> None:
