@@ -200,3 +200,20 @@ def test_a_bound_out_of_range_is_one_line(url, outdir, args):
     one_error_line(res, f"{flag}: ")
     assert "out of range once converted to UTC" in res.output
     assert not (outdir / "e.json").exists() and _exports(url) == []
+
+
+def test_a_writer_lock_this_user_cannot_open_is_named_in_one_line(tmp_path):
+    """The service makes the SQLite store's writer lock (mode 0600); an auditor running the CLI as another user could
+    not open it, and got a traceback from verify and "--csv None: cannot write it" from report. A folder in the lock's
+    place stands for a file this user may not open (the tests run as root, whom permissions do not stop)."""
+    db = tmp_path / "state.db"
+    with AuditLog.open(f"sqlite:///{db}") as log:
+        log.append_many(make_events(3))
+    lock = tmp_path / "state.db.writer-lock"
+    lock.unlink()
+    lock.mkdir()
+    for args in (["verify"], ["report", "--by", "auditor"]):
+        res = run(*args, "--state", f"sqlite:///{db}")
+        assert res.exit_code == 2, res.output
+        assert "writer lock" in res.output and "state.db.writer-lock" in res.output.replace("\n", "")
+        assert "Traceback" not in res.output and "--csv" not in res.output

@@ -256,7 +256,12 @@ class _FileLock:
 
         if self._depth == 0:
             if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                except OSError as exc:  # e.g. the service's user made it (0600) and another user reads the log
+                    raise StateError(f"cannot open the state store's writer lock {self.path} "
+                                     f"({exc.strerror or type(exc).__name__}): run as the user the service runs as, "
+                                     "or give this user read and write access to it") from None
             fcntl.flock(self._fd, fcntl.LOCK_EX)
         self._depth += 1
 
