@@ -95,6 +95,11 @@ LEFT JOIN (SELECT subject_id, code, numeric_value, text_value, source_resource,
 GROUP BY c.encounter_id"""
 
 
+def _reads_events(fs: FeatureSet) -> bool:
+    """Does some feature read events (and so a column of `events_sql`)?"""
+    return any(f.code or f.prefix or f.source or f.kind == "comorbidity" for f in fs.features)
+
+
 def _event_filter(fs: FeatureSet, d: Dialect) -> str:
     """Only the events some feature reads: a pushdown that keeps the join small."""
     codes, prefixes, sources = set(), set(), set()
@@ -181,7 +186,9 @@ def extract(fs: FeatureSet, cohort: pa.Table, engine) -> FeatureResult:
                     "index_us": index_us, "admit_us": admit_us})
     _register(engine, idx)
     ids = cohort.column("encounter_id").to_pylist()
-    ev = _aligned(engine.arrow(events_sql(fs, d)), ids)
+    # a feature set in which no feature reads events needs no events query (Spark also fails to plan one that
+    # filters events on FALSE: ASSIGNMENT_ARITY_MISMATCH)
+    ev = _aligned(engine.arrow(events_sql(fs, d)), ids) if _reads_events(fs) else pa.table({"encounter_id": ids})
     en = _aligned(engine.arrow(encounters_sql(fs, d)), ids)
     ix = _aligned(engine.arrow(index_sql(d)), ids)
     cols: dict[str, pa.Array] = {}
