@@ -165,7 +165,7 @@ def index_sql(d: Dialect) -> str:
     return f"""
 SELECT c.encounter_id, e.priority, e.admit_source,
        -- the discharge ward is known only once the stay has ended: never before the index time
-       CASE WHEN {d.micros(d.q('end'))} <= c.index_us THEN dk.name END AS location_name,
+       CASE WHEN {d.micros(d.q('end'))} <= c.index_us THEN coalesce(dk.name, dc.name) END AS location_name,
        -- the principal diagnosis is coded at discharge: likewise (Encounter.diagnosis's Condition, else reasonCode)
        CASE WHEN {d.micros(d.q('end'))} <= c.index_us THEN coalesce(dx.code, e.reason_code) END AS reason_code,
        {d.micros("CAST(p.birth_date AS TIMESTAMP)")} AS birth_us
@@ -174,7 +174,15 @@ LEFT JOIN encounters e ON e.encounter_id = c.encounter_id
 LEFT JOIN patients p ON p.subject_id = c.subject_id
 LEFT JOIN ({diagnosis_sql(d)}) dx ON dx.encounter_id = c.encounter_id
 LEFT JOIN (SELECT DISTINCT resource_id, name FROM directory WHERE resource_type = 'Location') dk
-  ON e.location_ref = concat('Location/', dk.resource_id)"""
+  ON e.location_ref = concat('Location/', dk.resource_id)
+-- a ward named by a conditional reference (Location?identifier=system|value, as transaction Bundles write it):
+-- resolved through the directory's identifiers (`rows.location_names` alike)
+LEFT JOIN (SELECT concat('Location?identifier=', identifier_system, '|', identifier_value) AS cond_ref,
+                  min(name) AS name
+           FROM directory WHERE resource_type = 'Location' AND identifier_system IS NOT NULL
+                            AND identifier_value IS NOT NULL
+           GROUP BY concat('Location?identifier=', identifier_system, '|', identifier_value)) dc
+  ON e.location_ref = dc.cond_ref"""
 
 
 def extract(fs: FeatureSet, cohort: pa.Table, engine) -> FeatureResult:

@@ -226,7 +226,28 @@ def _ended(stay: Stay) -> bool:
 
 
 def _location_id(ref: str | None) -> str | None:
-    return ref[len("Location/"):] if ref and ref.startswith("Location/") else None
+    """The key of `Record.locations` a stay's location reference is looked up by: the id of `Location/<id>`; a
+    conditional reference (`Location?identifier=system|value`, as transaction Bundles write it) as written."""
+    if not ref:
+        return None
+    return ref[len("Location/"):] if ref.startswith("Location/") else ref
+
+
+def location_names(rows: Iterable[tuple[str | None, str | None, str | None, str | None, str | None]]
+                   ) -> dict[str, str]:
+    """`Record.locations` from directory rows (resource_type, resource_id, name, identifier_system,
+    identifier_value): each Location's name by its id and by its conditional reference (of its identifiers), as
+    `engine.index_sql` resolves both; an identifier two Locations share names the smaller name, as there."""
+    out: dict[str, str] = {}
+    for rtype, rid, name, system, value in rows:
+        if rtype != "Location" or name is None:
+            continue
+        if rid is not None:
+            out[rid] = name
+        if system is not None and value is not None:
+            key = f"Location?identifier={system}|{value}"
+            out[key] = min(out[key], name) if key in out else name
+    return out
 
 
 def _latest_text(items: list[tuple[int, str | None]]) -> str | None:

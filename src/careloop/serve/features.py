@@ -23,6 +23,7 @@ import orjson
 import pyarrow as pa
 
 from careloop.features.rows import Record, Stay, StayFeatures
+from careloop.features.rows import location_names as stay_location_names
 from careloop.features.spec import FeatureSet
 from careloop.ingest import model as M
 from careloop.ingest.mapping import (
@@ -697,14 +698,18 @@ def evaluator(fs: FeatureSet | StayFeatures) -> StayFeatures:
     return hit[1]
 
 
+_DIRECTORY_KEYS = ("resource_type", "resource_id", "name", "identifier_system", "identifier_value")
+
+
 def location_names(directory: pa.Table | Mapping[str, str] | None) -> dict[str, str]:
-    """Location names by id, from a directory table (contracts.DIRECTORY) or as given."""
+    """Location names by id and by conditional reference (`features.rows.location_names`), from a directory table
+    (contracts.DIRECTORY) or as given."""
     if directory is None:
         return {}
     if isinstance(directory, Mapping):
         return dict(directory)
-    rows = directory.select(["resource_type", "resource_id", "name"]).to_pylist()
-    return {r["resource_id"]: r["name"] for r in rows if r["resource_type"] == "Location"}
+    cols = directory.select(list(_DIRECTORY_KEYS)).to_pydict()
+    return stay_location_names(zip(*(cols[k] for k in _DIRECTORY_KEYS), strict=True))
 
 
 def _map_deferred(pre: Prefetched, features: StayFeatures, stay: Stay) -> None:
@@ -776,8 +781,8 @@ def bedside_features(
                                                     strict=True) if p == patient_id), (None, None))
     locations = location_names(directory)
     d = pre.batch.dir
-    locations.update({rid: name for rt, rid, name in zip(d["resource_type"], d["resource_id"], d["name"], strict=True)
-                      if rt == "Location"})
+    if "Location" in d["resource_type"]:
+        locations.update(stay_location_names(zip(*(d[k] for k in _DIRECTORY_KEYS), strict=True)))
     encounters = [{"encounter_id": e, "class": c, "start": s, "end": t}
                   for e, c, s, t in zip(ids, enc["class"], enc["start"], enc["end"], strict=True)]
     values = evaluator(fs)(Record(pre.batch.ev, encounters, birth, locations), stay)
