@@ -59,6 +59,20 @@ def folder_id(folder: Path) -> str | None:
     return m.group(1) if m else None
 
 
+def release_time() -> dt.datetime:
+    """When a bundle is made, as its report, card and manifest say: now, or the `SOURCE_DATE_EPOCH` the
+    environment gives (the reproducible-builds convention, seconds since 1970 UTC). Training is seeded, so with it
+    the same data, code and seeds give the same files, hence the same bundle id, and registering again is a no-op."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH")
+    if raw is None or raw.strip() == "":
+        return dt.datetime.now(dt.UTC).replace(microsecond=0)
+    try:
+        return dt.datetime.fromtimestamp(int(raw.strip()), dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        raise RegistryError(f"SOURCE_DATE_EPOCH must be a whole number of seconds since 1970-01-01 UTC, not "
+                            f"{raw[:40]!r}") from None
+
+
 def content_id(files: dict[str, str]) -> str:
     """The bundle id: SHA-256 over the sorted `path hash` lines (names and contents, nothing else)."""
     text = "".join(f"{p} {h}\n" for p, h in sorted(files.items()))
@@ -151,7 +165,10 @@ class Registry:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
-    def register(self, staging: str | Path, name: str) -> Bundle:
+    def register(self, staging: str | Path, name: str, *, run: dict | None = None) -> Bundle:
+        """Hash, seal and move a finished bundle into the registry. `run`: what this run alone says (e.g. how long
+        each phase took), kept in the manifest beside the hashes, outside the content the id is made of; content
+        already registered is not registered again (the earlier bundle, and its manifest, are kept)."""
         staging = Path(staging)
         files = {p: _sha256(staging / p) for p in _files(staging)}
         bid = content_id(files)
@@ -159,8 +176,9 @@ class Registry:
         if target.exists():
             shutil.rmtree(staging)
             return verify(target)
-        created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        manifest = {"bundle_id": bid, "name": name, "created": created, "algorithm": "sha256", "files": files}
+        created = release_time().isoformat(timespec="seconds")
+        manifest = {"bundle_id": bid, "name": name, "created": created, "algorithm": "sha256", "files": files,
+                    **({"run": run} if run else {})}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         for p in [*files, MANIFEST]:
             os.chmod(staging / p, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)

@@ -6,7 +6,6 @@ the operating point see only the calibration split, and the test split is scored
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import subprocess
@@ -103,7 +102,7 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
     from careloop.evaluation import choose_operating_point, compare, evaluate, fairness
     from careloop.explain import column_infos, column_infos_for_table, display, global_importance, reasons
     from careloop.modeling import Calibrator, fit_candidates
-    from careloop.registry import Registry
+    from careloop.registry import Registry, release_time
     from careloop.reports import load_facts, write_reports
 
     timings: dict[str, float] = {}
@@ -117,6 +116,7 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
             progress(msg)
 
     facts = load_facts(config.documentation)  # fail on a bad documentation file before any work
+    created = release_time().isoformat(timespec="seconds")  # likewise a bad SOURCE_DATE_EPOCH
     data.table = data.table.filter(pc.is_valid(data.table.column("label")))
     train_t, calib_t, test_t = (data.split(s) for s in ("train", "calibration", "test"))
     for name, t in (("train", train_t), ("calibration", calib_t), ("test", test_t)):
@@ -187,7 +187,7 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
     report = {
         "schema": "careloop.validation-report/1", "kind": "model",
         "title": f"{config.name}: {data.source.get('task', data.source.get('label'))}",
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created": created,
         "model": {"name": config.name, "bundle_id": None, "version": code_version(),
                   "task": data.source.get("task", data.source.get("label")),
                   "feature_set": data.source.get("feature_set", data.source.get("file")),
@@ -253,9 +253,10 @@ def train(data: TrainingData, registry: Path, config: TrainConfig, progress=None
                             if isinstance(v, dict)},
                 "code_version": report["model"]["code_version"],
                 "training_fingerprint": report["model"]["training_fingerprint"],
-                "scope": {"min_age": data.source.get("min_age")}, "timings_s": timings, **_seeds(data, config)}
+                "scope": {"min_age": data.source.get("min_age")}, **_seeds(data, config)}
         (staging / "bundle.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
-        return Registry(registry).register(staging, config.name)
+        # the timings differ on every run: in the manifest, not in the content the bundle id is made of
+        return Registry(registry).register(staging, config.name, run={"timings_s": timings})
     except BaseException:
         import shutil
 
