@@ -201,6 +201,12 @@ def _lab(**times) -> dict:
     ({"effectivePeriod": {"start": "2023-01-04T08:00:00Z", "end": "2023-01-05"}}, _us(2023, 1, 5, 23, 59, 59, 999999)),
     ({"effectivePeriod": {"start": "2023-01-04T08:00:00Z"}}, _us(2023, 1, 4, 8)),
     ({"issued": "2023-01-05T16:00:00Z"}, _us(2023, 1, 5, 16)),
+    # a date alone: known by the end of that day (a result dated on a 10:00 discharge's day may come at 16:00)
+    ({"effectiveDateTime": "2023-01-05"}, _us(2023, 1, 5, 23, 59, 59, 999999)),
+    ({"effectiveDateTime": "2023-01"}, _us(2023, 1, 31, 23, 59, 59, 999999)),
+    ({"effectiveDateTime": "2023-01-05", "issued": "2023-01-06T08:00:00Z"}, _us(2023, 1, 6, 8)),
+    ({"effectiveDateTime": "2023-01-05", "issued": "2023-01-05T16:00:00Z"}, _us(2023, 1, 5, 23, 59, 59, 999999)),
+    ({"effectivePeriod": {"start": "2023-01-04"}}, _us(2023, 1, 4, 23, 59, 59, 999999)),
 ])
 def test_a_result_is_stamped_when_it_was_known(times, expected):
     b = _map(_lab(**times))

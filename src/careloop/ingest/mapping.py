@@ -660,17 +660,19 @@ def observation_time(res: M.Observation) -> int | None:
     resulted at 16:00 is not known at a 10:00 discharge, and at the bedside it is not in the record yet), else that
     time: effectiveDateTime, or effectivePeriod's end (a 24-hour urine is known once collected), else its start;
     `issued` alone when there is neither. An `issued` that cannot be read beside a valid effective time is
-    ignored (the result is not lost for it)."""
-    t = parse_time(res.effectiveDateTime, "effectiveDateTime")
+    ignored (the result is not lost for it). A time of partial precision (a date: "2023-05-03") is known by its
+    last instant, not its first: a result dated on the discharge day is not known at a 10:00 discharge, since it
+    may have come at 16:00 (as a date-only death is read)."""
+    t = parse_end(res.effectiveDateTime, "effectiveDateTime")
     period = res.effectivePeriod
     if t is None and period is not None:
         t = parse_end(period.end, "effectivePeriod.end") if period.end is not None else \
-            parse_time(period.start, "effectivePeriod.start")
+            parse_end(period.start, "effectivePeriod.start")
     if t is None:
-        return parse_time(res.issued, "issued")
+        return parse_end(res.issued, "issued")
     if res.issued is not None:
         try:
-            issued = parse_time(res.issued, "issued")
+            issued = parse_end(res.issued, "issued")
         except Reject:
             return t
         if issued is not None and issued > t:
