@@ -40,6 +40,23 @@ class StoreError(CareloopError):
     """The store directory is missing, locked by another run, or not a careloop store."""
 
 
+# The descriptors of the store locks this process holds (`EventStore.lock`). A process forked meanwhile (an ingest
+# worker) closes its copies at once: a flock belongs to the open file, so a copy left open in a child would keep the
+# store locked for as long as the child lived, even after the writer itself had died.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 # Views over the raw tables that every engine creates the same way (plain SQL both DuckDB and Spark speak):
 # `encounters` resolves its site, written as Organization/<id> or Organization?identifier=system|value.
 RESOLVED_VIEWS = (
@@ -108,6 +125,7 @@ class EventStore:
     def lock(self) -> Iterator[None]:
         """One writer at a time; a second `careloop ingest` on the same store stops with a clear error."""
         fd = os.open(self.root / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+        _HELD_LOCKS.add(fd)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -115,6 +133,7 @@ class EventStore:
                 raise StoreError(f"{self.root} is being written by another careloop process") from None
             yield
         finally:
+            _HELD_LOCKS.discard(fd)
             os.close(fd)
 
     @property
