@@ -3,6 +3,7 @@ same store as one clean run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -12,10 +13,12 @@ import time
 from pathlib import Path
 
 import orjson
+import psutil
 import pytest
 
 from careloop.ingest.runner import ingest
 from careloop.store import EventStore
+from tests.conftest import make_hospital
 
 EVENTS = ("SELECT subject_id, time, code, numeric_value, text_value, unit, encounter_id, source_resource, source_id "
           "FROM events ORDER BY ALL")
@@ -82,6 +85,72 @@ def test_a_killed_run_resumes_to_the_same_store(hospital: Path, hospital_store, 
     assert report["reconciled"]
     assert 1 <= report["units_already_done"] < report["units"] + report["units_already_done"]
     assert _snapshot(store) == _snapshot(hospital_store[0])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers die with the parent on Linux only")
+def test_workers_die_with_a_killed_parent_and_the_rerun_resumes(tmp_path: Path):
+    """SIGKILL of the ingest process alone (the out-of-memory killer), not of its process group: its workers must
+    not live on as orphans holding the store's lock; a re-run takes the lock and gives the clean run's store."""
+    export = make_hospital(tmp_path / "hospital", patients=300, seed=11, workers=2) / "ndjson"
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "careloop.cli", "ingest", str(export), "--store", str(store), "--workers", "2",
+           "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:  # the pool has started and committed some units
+            with contextlib.suppress(psutil.Error):
+                workers |= {c.pid for c in parent.children()}
+            ledger = list((store / "_ledger").glob("*.json")) if (store / "_ledger").exists() else []
+            if len(workers) >= 2 and len(ledger) >= 2:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be killed: the test needs a bigger hospital"
+        assert len(workers) == 2
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+        def alive(pid: int) -> bool:
+            try:
+                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        deadline = time.time() + 5
+        while time.time() < deadline and any(map(alive, workers)):
+            time.sleep(0.05)
+        assert not [pid for pid in workers if alive(pid)], "workers outlived their killed parent"
+    finally:
+        for pid in workers:  # whatever the outcome, leave no orphan behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    resumed = subprocess.run(cmd, capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    report = orjson.loads(resumed.stdout)
+    assert report["reconciled"]
+    assert 1 <= report["units_already_done"] < report["units"] + report["units_already_done"]
+    clean = tmp_path / "clean"
+    ingest([export], clean, workers=2)
+    assert _snapshot(store) == _snapshot(clean)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers die with the parent on Linux only")
+@pytest.mark.parametrize(("parent", "status"), [("mine", 0), ("gone", 1)])
+def test_a_worker_whose_parent_already_died_exits(parent: str, status: int):
+    """The race the death signal cannot cover: the parent died before the worker asked for it."""
+    from careloop.ingest.runner import _die_with_parent
+
+    me = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _die_with_parent(me if parent == "mine" else me + 1_000_000)  # not its parent: as if reparented
+        finally:
+            os._exit(0)
+    _, code = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(code) == status
 
 
 def test_an_updated_resource_replaces_its_earlier_version(tmp_path: Path):

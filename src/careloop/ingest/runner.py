@@ -14,11 +14,14 @@ Commit protocol (what makes a run idempotent and safe to kill at any point):
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import gzip
 import logging
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import sys
 import time
 import zlib
 from collections import Counter
@@ -362,7 +365,7 @@ def ingest(sources: list[object], store: Path | str, *, workers: int | None = No
             workers = workers or os.cpu_count() or 1
             ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
             pool_cm = _InProcess() if workers == 1 else cf.ProcessPoolExecutor(
-                max_workers=workers, mp_context=ctx, initializer=use_medications, initargs=(medications,))
+                max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(medications, os.getpid()))
             with pool_cm as pool:
                 _run_units(_units(sources, plan, rest_options or {}), pool, workers, st, plan, committer, progress)
         finally:
@@ -371,6 +374,35 @@ def ingest(sources: list[object], store: Path | str, *, workers: int | None = No
         st.refresh_catalog()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _init_worker(medications: dict[str, tuple[str, ...]], parent: int) -> None:
+    """The pool's initializer: the worker dies with the ingest process, and reads the store's Medications."""
+    _die_with_parent(parent)
+    use_medications(medications)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this worker when `parent` (the ingest process, which forked it) dies, even of a
+    SIGKILL (the out-of-memory killer): an orphaned worker would otherwise wait forever on the pool's pipe, whose
+    writing end it holds itself. Linux only (PR_SET_PDEATHSIG); elsewhere, or if prctl is refused, nothing is done.
+
+    The signal comes when the thread that forked the worker ends: the pool forks all its workers at its first
+    submit, from the thread that runs `ingest`, and that thread waits for the workers before it returns."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    if prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0), ctypes.c_ulong(0),
+             ctypes.c_ulong(0)) != 0:
+        return
+    if os.getppid() != parent:  # the parent died before prctl: no signal will come
+        os._exit(1)
 
 
 def _run_units(units: Iterable[Unit | tuple[str, str, int]], pool, workers: int, st: EventStore, plan: _Plan,
