@@ -509,3 +509,49 @@ def test_a_seq_that_is_not_a_number_is_a_bad_record_not_a_crash(full_log, db_url
         conn.exec_driver_sql(f"UPDATE careloop_audit SET seq = 'x{N}' WHERE seq = {N}")  # text sorts last
     res = full_log.verify()
     assert not res.ok and res.first_bad == N and "not an integer" in res.reason
+
+
+def _set_event(conn, seq: int, text: str) -> None:
+    """Record `seq`'s event replaced by `text`, its own hash recomputed (the next record then no longer chains)."""
+    prev = _row(conn, seq)["prev_hash"]
+    conn.exec_driver_sql(f"UPDATE careloop_audit SET event = {_q(text)}, "
+                         f"entry_hash = '{entry_hash(prev, seq, text)}' WHERE seq = {seq}")
+
+
+MALFORMED = {  # how record 5 is made malformed, and what verify must say of it
+    "recorded-not-a-time": (
+        lambda c: c.exec_driver_sql("UPDATE careloop_audit SET recorded = 'garbage' WHERE seq = 5"),
+        "column recorded of record 5 was changed"),
+    "event-a-list": (lambda c: _set_event(c, 5, "[]"), "record 5 is malformed"),
+    "event-a-number": (lambda c: _set_event(c, 5, "5"), "record 5 is malformed"),
+    "agent-a-string": (lambda c: _set_event(
+        c, 5, '{"agent":"x","recorded":"2025-03-01T08:00:04Z","resourceType":"AuditEvent"}'), "record 5 is malformed"),
+}
+
+
+@pytest.mark.parametrize("how", list(MALFORMED))
+def test_a_malformed_record_is_named_not_a_crash(log, db_url, how):
+    if how == "recorded-not-a-time" and log.store.dialect != "sqlite":
+        return  # PostgreSQL's timestamptz column takes no such text
+    log.append_many(make_events(10))
+    tamper, why = MALFORMED[how]
+    with tampering(db_url) as conn:
+        tamper(conn.execution_options(no_parameters=True))
+    res = log.verify()
+    assert not res.ok and res.first_bad == 5 and res.checked == 4 and why in res.reason, res
+    if how == "recorded-not-a-time":
+        assert len(log.records()) == 10  # the report reads recorded from the (intact) event
+    else:
+        with pytest.raises(AuditError, match="audit record 5 is malformed"):
+            log.records()
+
+
+def test_a_head_whose_recorded_is_not_a_time_is_named_not_a_crash(log, db_url):
+    if log.store.dialect != "sqlite":
+        return  # PostgreSQL's timestamptz column takes no such text
+    log.append_many(make_events(10))
+    with tampering(db_url) as conn:
+        conn.exec_driver_sql("UPDATE careloop_audit SET recorded = 'garbage' WHERE seq = 10")
+    res = log.verify()
+    assert not res.ok and res.first_bad == 10 and "column recorded" in res.reason
+    assert log.head()["seq"] == 10 and log.head()["recorded"] is None

@@ -183,3 +183,43 @@ def test_check_export_finds_entries_removed_from_a_whole_export_and_refuses_a_ma
         part.write_text(_json.dumps(malformed))
         res = run("check-export", str(part))
         assert res.exit_code in (1, 2) and len(res.output.strip().splitlines()) == 1, res.output
+
+
+
+MALFORMED_EVENTS = {"a-list": "[]",
+                    "agent-a-string": '{"agent":"x","recorded":"2025-03-01T08:00:04Z","resourceType":"AuditEvent"}'}
+
+
+@pytest.mark.parametrize("how", [*MALFORMED_EVENTS, "recorded-not-a-time"])
+def test_verify_and_report_name_a_malformed_record_in_one_line(db_url, how):
+    """A record rewritten into something that is not an AuditEvent (its own hash recomputed), or whose recorded
+    column holds no time: verify names it (exit 1), the report and export say so in one line (exit 2) or read
+    the record from its intact event; never a traceback."""
+    from careloop.audit import entry_hash
+    from tests.audit.helpers import tampering
+
+    if how == "recorded-not-a-time" and not db_url.startswith("sqlite"):
+        return  # PostgreSQL's timestamptz column takes no text that is not a time
+    with AuditLog.open(db_url) as log:
+        log.append_many(make_events(10))
+    with tampering(db_url) as conn:
+        conn = conn.execution_options(no_parameters=True)
+        if how == "recorded-not-a-time":
+            conn.exec_driver_sql("UPDATE careloop_audit SET recorded = 'garbage' WHERE seq = 5")
+        else:
+            text = MALFORMED_EVENTS[how]
+            prev = conn.exec_driver_sql("SELECT prev_hash FROM careloop_audit WHERE seq = 5").scalar_one()
+            conn.exec_driver_sql(f"UPDATE careloop_audit SET event = '{text}', entry_hash = "
+                                 f"'{entry_hash(prev, 5, text)}' WHERE seq = 5")
+    res = run("verify", "--state", db_url)
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    why = "column recorded of record 5 was changed" if how == "recorded-not-a-time" else "record 5 is malformed"
+    assert res.exit_code == 1 and f"audit log altered: first bad record 5 ({why}" in " ".join(res.output.split()), \
+        res.output
+    rep = run("report", "--state", db_url, "--by", "gov", "--json")
+    assert rep.exception is None or isinstance(rep.exception, SystemExit), repr(rep.exception)
+    if how == "recorded-not-a-time":
+        assert rep.exit_code == 0 and json.loads(rep.output)["count"] == 10, rep.output
+        return
+    lines = rep.output.strip().splitlines()
+    assert rep.exit_code == 2 and len(lines) == 1 and "audit record 5 is malformed" in lines[0], rep.output

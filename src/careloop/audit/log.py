@@ -32,7 +32,7 @@ import json
 import uuid as uuidlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    type_coerce,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -176,6 +177,25 @@ def _columns(summary: dict) -> dict:
     return {k: summary[k] for k in ("recorded", "kind", "outcome", "client", "patient")}
 
 
+# The audit table's columns with `recorded` as the database holds it: on SQLite a text column the DateTime type would
+# parse while the rows are read (a record whose text is not a date-time would stop a verification or a report with a
+# ValueError instead of being named); PostgreSQL's timestamptz always holds an instant.
+_RAW_RECORDED = type_coerce(audit_table.c.recorded, String).label("recorded")
+_RAW_COLUMNS = tuple(_RAW_RECORDED if c.name == "recorded" else c for c in audit_table.c)
+
+
+def _stored_instant(value: Any) -> datetime | None:
+    """The instant a raw `recorded` value holds (an aware UTC datetime), or None when it holds none."""
+    try:
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if not isinstance(value, datetime):
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
 def _prepare(event: dict) -> tuple[str, dict]:
     if not isinstance(event, dict) or event.get("resourceType") != "AuditEvent":
         raise AuditContentError("an audit record must be a FHIR AuditEvent (a dict with resourceType AuditEvent)")
@@ -239,11 +259,17 @@ def _walk(
                 raise _Bad(seq, f"record {seq} does not match its entry_hash: its content was edited")
             if columns:
                 try:
-                    derived = _columns(summarize(json.loads(r["event"])))
-                except ValueError:
+                    event = json.loads(r["event"])
+                except (TypeError, ValueError):
                     raise _Bad(seq, f"record {seq} is not valid JSON") from None
+                try:
+                    derived = _columns(summarize(event))
+                except Exception:  # summarize reads dicts and lists of dicts: anything else in the event breaks it
+                    raise _Bad(seq, f"record {seq} is malformed: its event is not an AuditEvent as the log writes "
+                               "it") from None
                 for name, value in derived.items():
-                    if r[name] != value:
+                    stored = _stored_instant(r[name]) if name == "recorded" else r[name]
+                    if stored != value or (name == "recorded" and stored is None):
                         raise _Bad(seq, f"column {name} of record {seq} was changed: it no longer matches the "
                                    "hashed event")
             if seq in checkpoints:
@@ -533,8 +559,8 @@ class AuditLog:
         auditor keeps outside the database, to verify later with `expect`."""
         with self.store.transaction(write=False) as conn:
             seq, hash_ = self._head(conn)
-            recorded = conn.execute(select(audit_table.c.recorded).where(audit_table.c.seq == seq)).scalar_one_or_none()
-        return {"seq": seq, "hash": hash_, "recorded": recorded}
+            recorded = conn.execute(select(_RAW_RECORDED).where(audit_table.c.seq == seq)).scalar_one_or_none()
+        return {"seq": seq, "hash": hash_, "recorded": _stored_instant(recorded)}  # (None if not a time: altered)
 
     # ------------------------------------------------------------------ verification
     def verify(self, *, verify_key: Any = None, batch: int = 2000,
@@ -599,7 +625,7 @@ class AuditLog:
                     return VerifyResult(False, 0, cp["seq"], f"two checkpoints at record {cp['seq']} disagree")
                 checkpoints[cp["seq"]] = cp["entry_hash"]
             rows = conn.execution_options(stream_results=True, yield_per=batch).execute(
-                select(audit_table).where(audit_table.c.seq >= start_seq).order_by(audit_table.c.seq)
+                select(*_RAW_COLUMNS).where(audit_table.c.seq >= start_seq).order_by(audit_table.c.seq)
             ).mappings()
             return _walk(rows, start_seq=start_seq, start_prev=start_prev, checkpoints=checkpoints)
 
@@ -619,7 +645,7 @@ class AuditLog:
     def _select(self, start: datetime | None, end: datetime | None, patient: str | None,
                 kind: str | None, client: str | None) -> Iterator[dict]:
         a = audit_table.c
-        q = select(audit_table).order_by(a.seq)
+        q = select(*_RAW_COLUMNS).order_by(a.seq)  # (recorded is read from the event)
         if start is not None:
             q = q.where(a.recorded >= utc(start, "start"))
         if end is not None:
@@ -633,9 +659,15 @@ class AuditLog:
         with self.store.transaction(write=False) as conn:
             rows = conn.execute(q).mappings().all()
         for r in rows:
-            event = json.loads(r["event"])
+            try:
+                event = json.loads(r["event"])
+                summary = summarize(event)
+            except Exception:  # not JSON, or not an AuditEvent as the log writes it: only an altered log holds one
+                raise AuditError(f"audit record {r['seq']} is malformed (its event is not an AuditEvent as the log "
+                                 "writes it): the log was altered; `careloop audit verify` names the first bad "
+                                 "record") from None
             yield {
-                **summarize(event),
+                **summary,
                 "seq": r["seq"],
                 "prev_hash": r["prev_hash"],
                 "entry_hash": r["entry_hash"],
@@ -801,7 +833,7 @@ class AuditLog:
             if upto < start_seq:
                 return 0
             rows = conn.execute(
-                select(audit_table).where(a.seq >= start_seq, a.seq <= upto + 1).order_by(a.seq)
+                select(*_RAW_COLUMNS).where(a.seq >= start_seq, a.seq <= upto + 1).order_by(a.seq)
             ).mappings().all()
             check = _walk(rows, start_seq=start_seq, start_prev=start_prev)
             if not check.ok:
@@ -810,7 +842,7 @@ class AuditLog:
             conn.execute(insert(anchor_table), [{
                 "upto_seq": upto,
                 "entry_hash": last["entry_hash"],
-                "last_recorded": max(r["recorded"] for r in rows[: upto - start_seq + 1]),
+                "last_recorded": max(_stored_instant(r["recorded"]) for r in rows[: upto - start_seq + 1]),
                 "purged_at": now,
                 "minimum_days": minimum_days,
                 "purged_by": by,
