@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
 
 from careloop.audit import GENESIS, AuditError, AuditLog, entry_hash, summarize
 from careloop.errors import ConfigError
@@ -348,11 +349,12 @@ def test_signed_checkpoints_expose_a_rewritten_chain(db_url, first, expected, sp
 
 
 def _walk_without_checkpoints(log: AuditLog):
-    from careloop.audit.log import _walk, audit_table
+    from careloop.audit.log import _RAW_COLUMNS, _recorded_form, _walk, audit_table
 
     with log.store.transaction(write=False) as conn:
-        rows = conn.execute(audit_table.select().order_by(audit_table.c.seq)).mappings().all()
-    return _walk(rows, start_seq=1, start_prev=GENESIS)
+        rows = conn.execute(select(*_RAW_COLUMNS).order_by(audit_table.c.seq)).mappings().all()
+        form = _recorded_form(conn.dialect)
+    return _walk(rows, start_seq=1, start_prev=GENESIS, recorded_form=form)
 
 
 def test_checkpoints_detect_truncation(db_url):
@@ -555,3 +557,37 @@ def test_a_head_whose_recorded_is_not_a_time_is_named_not_a_crash(log, db_url):
     res = log.verify()
     assert not res.ok and res.first_bad == 10 and "column recorded" in res.reason
     assert log.head()["seq"] == 10 and log.head()["recorded"] is None
+
+
+# Other texts of record 5's instant (2025-03-01 08:00:04 UTC) than the one SQLAlchemy writes: each hides the record from
+# a time-bounded report (the bounds compare text on SQLite), so verify must call the column changed.
+OTHER_TEXTS = ["20250301T080004", "2025-03-01 08:00:04", "2025-03-01T08:00:04.000000", "2025-03-01 08:00:04.000000Z",
+               "2025-03-01 10:00:04.000000+02:00", " 2025-03-01 08:00:04.000000"]
+
+
+@pytest.mark.parametrize("other", OTHER_TEXTS)
+def test_another_text_of_the_same_instant_is_a_changed_column(log, db_url, other):
+    if log.store.dialect != "sqlite":
+        return  # PostgreSQL's timestamptz holds the instant, not a text
+    log.append_many(make_events(10))
+    day = {"start": datetime(2025, 3, 1, tzinfo=UTC), "end": datetime(2025, 3, 2, tzinfo=UTC)}
+    assert [r["seq"] for r in log.records(patient="p4", **day)] == [5]
+    with tampering(db_url) as conn:
+        conn.exec_driver_sql("UPDATE careloop_audit SET recorded = ? WHERE seq = 5", (other,))
+    res = log.verify()
+    assert not res.ok and res.first_bad == 5 and "column recorded of record 5 was changed" in res.reason, res
+
+
+def test_recorded_with_microseconds_and_an_offset_verifies(log):
+    """The text verify expects is the one an append writes, on both backends, whatever zone the event gave."""
+    from datetime import timezone
+
+    from careloop.audit import audit_event
+
+    zone = timezone(timedelta(hours=-5, minutes=-30))
+    log.append_many([audit_event(kind="cds-call", outcome="success", client="https://ehr.example/iss",
+                                 patient="p1", recorded=datetime(2025, 12, 31, 20, 59, 59, 123456, tzinfo=zone)),
+                     audit_event(kind="cds-call", outcome="success", client="https://ehr.example/iss",
+                                 patient="p1", recorded=datetime(2024, 2, 29, 0, 0, 0, 1, tzinfo=UTC))])
+    assert log.verify().ok
+    assert log.head()["recorded"] == datetime(2024, 2, 29, 0, 0, 0, 1, tzinfo=UTC)

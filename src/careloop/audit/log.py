@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid as uuidlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -184,6 +184,14 @@ _RAW_RECORDED = type_coerce(audit_table.c.recorded, String).label("recorded")
 _RAW_COLUMNS = tuple(_RAW_RECORDED if c.name == "recorded" else c for c in audit_table.c)
 
 
+def _recorded_form(dialect: Any) -> Callable[[datetime | None], Any]:
+    """`recorded` exactly as SQLAlchemy writes it on this dialect: on SQLite the one text form of an instant
+    (``2025-03-01 08:00:04.000000``), which the report's time bounds compare as text, so that another text of the
+    same instant (``20250301T080004``) is a changed column; on PostgreSQL the timestamptz value."""
+    process = audit_table.c.recorded.type.dialect_impl(dialect).bind_processor(dialect)
+    return process if process is not None else (lambda value: value)
+
+
 def _stored_instant(value: Any) -> datetime | None:
     """The instant a raw `recorded` value holds (an aware UTC datetime), or None when it holds none."""
     try:
@@ -230,10 +238,12 @@ def _walk(
     *,
     start_seq: int,
     start_prev: str,
+    recorded_form: Callable[[datetime | None], Any],
     checkpoints: dict[int, str] | None = None,
     columns: bool = True,
 ) -> VerifyResult:
-    """Verify consecutive records from ``start_seq`` (whose predecessor's hash is ``start_prev``)."""
+    """Verify consecutive records from ``start_seq`` (whose predecessor's hash is ``start_prev``); the rows hold
+    ``recorded`` as the database does (`_RAW_COLUMNS`), compared with ``recorded_form`` of the hashed event's."""
     checkpoints = checkpoints or {}
     expected, prev, prev_prev = start_seq, start_prev, None
     checked, seen_cp, trusted_upto = 0, 0, start_seq - 1
@@ -264,12 +274,12 @@ def _walk(
                     raise _Bad(seq, f"record {seq} is not valid JSON") from None
                 try:
                     derived = _columns(summarize(event))
+                    derived["recorded"] = recorded_form(derived["recorded"])
                 except Exception:  # summarize reads dicts and lists of dicts: anything else in the event breaks it
                     raise _Bad(seq, f"record {seq} is malformed: its event is not an AuditEvent as the log writes "
                                "it") from None
                 for name, value in derived.items():
-                    stored = _stored_instant(r[name]) if name == "recorded" else r[name]
-                    if stored != value or (name == "recorded" and stored is None):
+                    if r[name] != value:
                         raise _Bad(seq, f"column {name} of record {seq} was changed: it no longer matches the "
                                    "hashed event")
             if seq in checkpoints:
@@ -627,7 +637,8 @@ class AuditLog:
             rows = conn.execution_options(stream_results=True, yield_per=batch).execute(
                 select(*_RAW_COLUMNS).where(audit_table.c.seq >= start_seq).order_by(audit_table.c.seq)
             ).mappings()
-            return _walk(rows, start_seq=start_seq, start_prev=start_prev, checkpoints=checkpoints)
+            return _walk(rows, start_seq=start_seq, start_prev=start_prev, checkpoints=checkpoints,
+                         recorded_form=_recorded_form(conn.dialect))
 
     @staticmethod
     def _signature_ok(key: Any, cp: Any) -> bool:
@@ -835,7 +846,7 @@ class AuditLog:
             rows = conn.execute(
                 select(*_RAW_COLUMNS).where(a.seq >= start_seq, a.seq <= upto + 1).order_by(a.seq)
             ).mappings().all()
-            check = _walk(rows, start_seq=start_seq, start_prev=start_prev)
+            check = _walk(rows, start_seq=start_seq, start_prev=start_prev, recorded_form=_recorded_form(conn.dialect))
             if not check.ok:
                 raise AuditError(f"refusing to purge: the records to purge do not verify ({check.reason})")
             last = rows[upto - start_seq]
