@@ -217,3 +217,26 @@ def test_a_writer_lock_this_user_cannot_open_is_named_in_one_line(tmp_path):
         assert res.exit_code == 2, res.output
         assert "writer lock" in res.output and "state.db.writer-lock" in res.output.replace("\n", "")
         assert "Traceback" not in res.output and "--csv" not in res.output
+
+
+@pytest.mark.parametrize("name", ["ward#3.db", "50%41 off.db", "what?.db", "100%.db"])
+def test_verify_finds_a_sqlite_log_whose_path_holds_uri_characters(tmp_path, name):
+    """missing_log opens the file read-only through an SQLite URI: '#', '?', '%' and spaces in its path are the
+    file's name (not a fragment, a query or an escape), and nothing else is created beside it."""
+    from urllib.parse import quote
+
+    from careloop.audit import missing_log
+
+    path = tmp_path / name
+    url = f"sqlite:///{quote(str(path))}"  # the URL names the file exactly (SQLAlchemy decodes its path)
+    with AuditLog.open(url) as log:
+        log.append_many(make_events(3))
+    assert path.is_file()
+    def files() -> list[str]:  # (reading a WAL database makes its -wal and -shm files: not strays)
+        return sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm")))
+
+    before = files()
+    assert missing_log(url) is None
+    assert files() == before
+    res = run("verify", "--state", url)
+    assert res.exit_code == 0 and "audit log intact: 3 records verified" in res.output, res.output

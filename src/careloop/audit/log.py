@@ -307,7 +307,9 @@ _HEAD = select(audit_table.c.seq, audit_table.c.entry_hash).order_by(audit_table
 def missing_log(url: str) -> str | None:
     """Why there is no audit log at `url` to verify (no such SQLite file, or no audit table in the database), found
     without creating either (opening an AuditLog creates both, which would make a log that is gone look new)."""
-    from sqlalchemy import create_engine, inspect
+    from urllib.parse import quote
+
+    from sqlalchemy import URL, create_engine, inspect
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -319,7 +321,10 @@ def missing_log(url: str) -> str | None:
         path = parsed.database or ""
         if path in ("", ":memory:") or not Path(path).is_file():
             return f"no database file at {path or '(memory)'}"
-        url = f"sqlite:///file:{Path(path).resolve()}?mode=ro&uri=true"
+        # read-only, through an SQLite URI: the path percent-encoded (a '#', '?' or '%' in it is the file's name, not
+        # a fragment, a query or an escape), and the URL built from parts (a URL string's path is decoded once more)
+        url = URL.create("sqlite", database=f"file:{quote(str(Path(path).resolve()))}",
+                         query={"mode": "ro", "uri": "true"})
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
