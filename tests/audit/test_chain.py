@@ -591,3 +591,19 @@ def test_recorded_with_microseconds_and_an_offset_verifies(log):
                                  patient="p1", recorded=datetime(2024, 2, 29, 0, 0, 0, 1, tzinfo=UTC))])
     assert log.verify().ok
     assert log.head()["recorded"] == datetime(2024, 2, 29, 0, 0, 0, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("text", ["Authorization: Bearer\tAbCdEf0123456789", "Authorization: Bearer\nAbCdEf0123456789",
+                                  "header\nBearer AbCdEf0123456789", "was\t\"Bearer AbCdEf0123456789\""])
+def test_a_token_json_would_escape_is_still_refused(log, text):
+    """The token scan reads the event's own text, not its JSON, where a tab or newline is written as two characters
+    (`\\t`: no whitespace between Bearer and the token, or no word boundary before Bearer)."""
+    from careloop.audit import AuditContentError
+
+    for event in (EVENTS[0] | {"outcomeDesc": text}, EVENTS[0] | {"extension": [{"url": "x", "valueString": text}]},
+                  EVENTS[0] | {"extension": [{text: "x"}]}):
+        with pytest.raises(AuditContentError, match="Bearer"):
+            log.append(event)
+    assert log.head()["seq"] == 0
+    log.append(EVENTS[0] | {"outcomeDesc": "a\ttab and a \"quote\" but no token"})
+    assert log.verify().ok

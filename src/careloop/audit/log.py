@@ -54,7 +54,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from careloop.audit.event import FIELDS, AuditContentError, audit_event, find_secret, summarize
+from careloop.audit.event import FIELDS, AuditContentError, audit_event, find_secret, refuse_secrets, summarize
 from careloop.errors import CareloopError, ConfigError
 from careloop.state import StateError, StateStore, canonical_json, iso_z
 from careloop.state._db import UTCDateTime, now_utc, utc
@@ -216,6 +216,8 @@ def _prepare(event: dict) -> tuple[str, dict]:
     found = find_secret(canonical)
     if found:
         raise AuditContentError(f"audit event contains {found}: tokens are never written to the audit log")
+    if "\\" in canonical:  # JSON escaped a character ("Bearer\tx..." is written "Bearer\\tx..."): scan the text itself
+        refuse_secrets(event, "audit event")  # (seldom: ids and codes hold no character JSON escapes)
     summary = summarize(event)
     if summary["recorded"] is None:
         raise AuditContentError("audit event needs recorded: an instant with a time zone (UTC, Z)")
