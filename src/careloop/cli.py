@@ -1054,13 +1054,29 @@ def audit_export(
 @audit_app.command("check-export")
 def audit_check_export(
     bundle: Annotated[Path, typer.Argument(help="A Bundle written by `careloop audit export`.")],
+    no_completeness: Annotated[bool, typer.Option(
+        "--no-completeness", help="Accept an export that does not say how many records it holds and the log's head "
+        "(one made before careloop wrote that, or whose Bundle meta was removed): only its records and the links "
+        "between them are checked, so a record removed from it goes unseen. Without it such an export fails.")
+    ] = False,
+    expect: Annotated[str | None, typer.Option(
+        "--expect", help="SEQ:HASH (or SEQ:HASH@TIME as `careloop audit verify` prints it), a head kept outside the "
+        "database: the export must hold that record with that hash, which exposes a rewritten or cut export.")
+    ] = None,
 ) -> None:
-    """Re-check an exported Bundle: every record against its hash, and the links between consecutive records;
-    exit 1 and name the first bad one."""
+    """Re-check an exported Bundle: every record against its hash, the links between consecutive records and,
+    from what the export says of itself, that no record was removed; exit 1 and name the first bad one. Gaps in
+    seq are listed (a filtered export has them; in an export of the whole log they are removals)."""
     import orjson
 
     from careloop.audit import AuditLog
+    from careloop.audit.log import UNCHECKED_COMPLETENESS
 
+    expected = _audit_head(expect) if expect is not None else None
+    if expect is not None and expected is None:
+        fail("--expect must be SEQ:HASH (or SEQ:HASH@TIME) as `careloop audit verify` prints it (a number, a "
+             "colon, 64 hex digits)")
+        return
     try:
         doc = orjson.loads(bundle.read_bytes())
     except OSError as exc:
@@ -1072,11 +1088,25 @@ def audit_check_export(
     if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
         fail(f"{bundle}: not a FHIR Bundle")
         return
-    result = AuditLog.verify_bundle(doc)
+    result = AuditLog.verify_bundle(doc, completeness=not no_completeness,
+                                    expect=expected[:2] if expected is not None else None)
+    shown = 10
+    for a, b in result.gaps[:shown]:
+        out_console.print(f"records between {a} and {b} are missing or the export was filtered")
+    if len(result.gaps) > shown:
+        out_console.print(f"... and {len(result.gaps) - shown:,} more gaps in seq")
     if result.ok:
-        out_console.print(f"export intact: {result.checked:,} records match their hashes and links")
+        out_console.print(f"export intact: {result.checked:,} records match their hashes and links"
+                          + ("; completeness not checked (--no-completeness): a removed record goes unseen"
+                             if no_completeness else "")
+                          + (f"; it holds record {expected[0]}, the head given to --expect" if expected else ""),
+                          soft_wrap=True)
         return
-    out_console.print(f"[bold red]export altered[/]: {result.reason}")
+    if result.reason == UNCHECKED_COMPLETENESS:
+        out_console.print(f"[bold red]export completeness unknown[/]: {result.reason}; --no-completeness checks "
+                          "only the records it holds", soft_wrap=True)
+    else:
+        out_console.print(f"[bold red]export altered[/]: {result.reason}", soft_wrap=True)
     raise typer.Exit(code=1)
 
 

@@ -223,3 +223,54 @@ def test_verify_and_report_name_a_malformed_record_in_one_line(db_url, how):
         return
     lines = rep.output.strip().splitlines()
     assert rep.exit_code == 2 and len(lines) == 1 and "audit record 5 is malformed" in lines[0], rep.output
+
+
+def test_check_export_without_its_completeness_extension_fails_unless_told_and_names_gaps(url, tmp_path):
+    """An entry removed together with the Bundle's meta (which says how many records it holds and the log's head):
+    check-export cannot tell, so it fails (exit 1) unless --no-completeness, and names the gap in seq either way."""
+    whole = tmp_path / "whole.json"
+    assert run("export", "--state", url, "--out", str(whole)).exit_code == 0
+    doc = json.loads(whole.read_text())
+    assert [e["resource"]["id"] for e in doc["entry"][3:6]] == ["audit-4", "audit-5", "audit-6"]
+    del doc["entry"][4], doc["meta"]
+    whole.write_text(json.dumps(doc))
+    res = run("check-export", str(whole))
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and "export completeness unknown" in out and "cannot be checked" in out, res.output
+    assert "records between 4 and 6 are missing or the export was filtered" in out
+    assert "intact" not in out
+    told = run("check-export", "--no-completeness", str(whole))
+    out = " ".join(told.output.split())
+    assert told.exit_code == 0 and "export intact: 39 records" in out and "completeness not checked" in out, out
+    assert "records between 4 and 6 are missing or the export was filtered" in out
+    assert "--no-completeness" in " ".join(run("check-export", "--help").output.split())
+
+
+def test_check_export_lists_the_gaps_of_a_filtered_export(url, tmp_path):
+    part = tmp_path / "part.json"
+    assert run("export", "--state", url, "--patient", "p3", "--out", str(part)).exit_code == 0
+    res = run("check-export", str(part))
+    assert res.exit_code == 0 and "export intact: 4 records" in res.output, res.output
+    assert [line for line in res.output.splitlines() if "missing or the export was filtered" in line] == [
+        f"records between {a} and {b} are missing or the export was filtered" for a, b in ((4, 14), (14, 24), (24, 34))]
+
+
+def test_check_export_checks_a_head_kept_outside(url, tmp_path):
+    verified = run("verify", "--state", url, "--json")
+    head = json.loads(verified.output)["head"]  # 40:HASH@TIME
+    seq, hash_ = head.split("@")[0].split(":")
+    whole = tmp_path / "whole.json"
+    assert run("export", "--state", url, "--out", str(whole)).exit_code == 0
+    for given in (head, f"{seq}:{hash_}"):
+        res = run("check-export", "--expect", given, str(whole))
+        assert res.exit_code == 0 and f"holds record {seq}, the head given to --expect" in res.output, res.output
+    other = run("check-export", "--expect", f"{seq}:{'0' * 64}", str(whole))
+    assert other.exit_code == 1 and "another hash" in other.output, other.output
+    doc = json.loads(whole.read_text())
+    del doc["entry"][-1], doc["meta"]  # the tail cut, and what the export says of itself removed
+    whole.write_text(json.dumps(doc))
+    cut = run("check-export", "--no-completeness", "--expect", head, str(whole))
+    assert cut.exit_code == 1 and f"record {seq}, the head kept outside, is not in the export" in \
+        " ".join(cut.output.split()), cut.output
+    bad = run("check-export", "--expect", "40:xyz", str(whole))
+    assert bad.exit_code == 2 and "--expect must be SEQ:HASH" in bad.output

@@ -28,10 +28,11 @@ are derived from the event on append and :meth:`verify` checks that they still a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import uuid as uuidlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,9 @@ MIN_RETENTION_DAYS = 183
 CHAIN_EXTENSION = "https://careloop.example/fhir/StructureDefinition/audit-chain"
 CHECKPOINT_CONTEXT = "careloop-audit-checkpoint/1"
 SORT_FIELDS = (*FIELDS, "prev_hash", "entry_hash")
+UNCHECKED_COMPLETENESS = (  # verify_bundle's reason for an export that does not say what it should hold
+    "whether records were removed from the export cannot be checked: its Bundle meta carries no audit-chain "
+    "extension (count, headSeq, headHash), as an export made before careloop wrote one, or one whose meta was removed")
 
 audit_metadata = MetaData()
 
@@ -158,6 +162,8 @@ class VerifyResult:
     first_bad: int | None = None
     reason: str | None = None
     checkpoints: int = 0  # signed checkpoints that were checked against the chain
+    # (an export's check) consecutive records (a, b) with b > a + 1: records between were not exported, or removed
+    gaps: tuple[tuple[int, int], ...] = ()
 
     def __bool__(self) -> bool:
         return self.ok
@@ -348,14 +354,17 @@ def _chain_values(meta: Any) -> dict | None:
             for e in chain.get("extension", [])}
 
 
-def _export_complete(bundle: dict, rows: list[dict]) -> VerifyResult:
+def _export_complete(bundle: dict, rows: list[dict], *, completeness: bool = True) -> VerifyResult:
     """What the export says of itself (`export_bundle`) against the records it holds, sorted by seq. An export made
-    before these were written says nothing, and only its records are checked."""
+    before these were written (or whose Bundle meta was removed) says nothing: with `completeness` that is a failure
+    (a record removed from it would go unseen), without only its records are checked."""
     try:
         about = _chain_values(bundle.get("meta") or {})
     except (AttributeError, TypeError):
         return VerifyResult(False, 0, None, "the Bundle's meta is malformed")
     if about is None:
+        if completeness:
+            return VerifyResult(False, len(rows), None, UNCHECKED_COMPLETENESS)
         return VerifyResult(True, len(rows))
     count = about.get("count")
     if count != len(rows):
@@ -372,6 +381,23 @@ def _export_complete(bundle: dict, rows: list[dict]) -> VerifyResult:
             return VerifyResult(False, len(rows), head_seq, f"the export ends at record {last[0] if last else 0}, "
                                 f"not at record {head_seq}, the log's head when it was made: its tail was cut")
     return VerifyResult(True, len(rows))
+
+
+def _export_holds(rows: list[dict], expect: tuple[int, str]) -> VerifyResult | None:
+    """None when the export's records hold the head `expect` (seq, entry_hash) kept outside; else why not."""
+    seq, hash_ = expect
+    if seq == 0:
+        return None if hash_ == GENESIS else VerifyResult(False, len(rows), 0, "the head kept outside is record 0 "
+                                                          "with a hash that is not the empty log's")
+    held = next((r for r in rows if r["seq"] == seq), None)
+    if held is None:
+        last = rows[-1]["seq"] if rows else 0
+        return VerifyResult(False, len(rows), seq, f"record {seq}, the head kept outside, is not in the export (its "
+                            f"records end at {last}): its tail was cut, it was filtered, or it was made before")
+    if held["entry_hash"] != hash_:
+        return VerifyResult(False, len(rows), seq, f"record {seq}, the head kept outside, is not the record the export "
+                            "holds (another hash): the export, or the log it was made from, was rewritten")
+    return None
 
 
 def _purge_recorded(conn: Connection, anchor: Any) -> bool:
@@ -778,10 +804,14 @@ class AuditLog:
         }
 
     @staticmethod
-    def verify_bundle(bundle: dict) -> VerifyResult:
+    def verify_bundle(bundle: dict, *, completeness: bool = True,
+                      expect: tuple[int, str] | None = None) -> VerifyResult:
         """Re-check an exported Bundle: every record against its entryHash, and prevHash links between records
-        with consecutive seqs (a filtered export has gaps, which are not errors); the count of records the export
-        says it holds; and for an unfiltered export, no gap up to the head the log had when it was made."""
+        with consecutive seqs (a filtered export has gaps, which are not errors: `gaps` lists them); the count of
+        records the export says it holds; and for an unfiltered export, no gap up to the head the log had when it
+        was made. An export that does not say those (its Bundle meta has no audit-chain extension) fails unless
+        ``completeness=False``. ``expect=(seq, entry_hash)``, a head kept outside the database (as for `verify`): the
+        export must hold that record with that hash."""
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             return VerifyResult(False, 0, None, "not a FHIR Bundle")
         entries = bundle.get("entry") or []
@@ -812,7 +842,12 @@ class AuditLog:
             if last is not None and last["seq"] == r["seq"] - 1 and last["entry_hash"] != r["prev_hash"]:
                 return VerifyResult(False, n, r["seq"], f"record {r['seq']} does not chain to record {last['seq']}")
             last = r
-        return _export_complete(bundle, rows)
+        gaps = tuple((a["seq"], b["seq"]) for a, b in itertools.pairwise(rows) if b["seq"] > a["seq"] + 1)
+        result = _export_complete(bundle, rows, completeness=completeness)
+        if result.ok and expect is not None:
+            held = _export_holds(rows, expect)  # (a VerifyResult is false when it fails: no `or` here)
+            result = held if held is not None else result
+        return replace(result, gaps=gaps)
 
     # ------------------------------------------------------------------ retention
     def purge(
