@@ -66,6 +66,44 @@ def _date(value: str | None, flag: str) -> dt.date | None:
     return None
 
 
+def _writable(path: Path, flag: str, *, folder: bool = False) -> None:
+    """Stop now, before any heavy work, when an output file (with `folder`: an output folder) cannot be written at
+    `path`: one line naming the option and why. Nothing is created or left behind."""
+    reason = _why_unwritable(path, folder=folder)
+    if reason is not None:
+        fail(f"{flag} {path}: cannot write it ({reason})")
+
+
+def _why_unwritable(path: Path, *, folder: bool) -> str | None:
+    import tempfile
+
+    if path.is_dir() and not folder:
+        return "it is a folder"
+    if folder and path.exists() and not path.is_dir():
+        return "it is a file, not a folder"
+    where = path if folder else path.parent
+    base = next((p for p in (where, *where.parents) if p.exists()), Path("."))
+    if not base.is_dir():
+        return f"{base} is a file, not a folder"
+    if path.is_file():
+        try:  # opened to append, so left as it is
+            with open(path, "ab"):
+                pass
+        except OSError as exc:
+            return exc.strerror or type(exc).__name__
+    try:  # a real write, since permission bits say nothing for root or read-only mounts
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as exc:
+        return f"cannot create a file in {base}: {exc.strerror or type(exc).__name__}"
+    return None
+
+
+def _write_failed(exc: OSError, path: Path, flag: str) -> None:
+    """An output that could not be written after all (a full disk, a folder made meanwhile): one line."""
+    fail(f"{flag} {path}: cannot write it ({_why_not(exc, path)})")
+
+
 @app.command()
 def synth(
     patients: Annotated[int, typer.Option("--patients", "-n", help="Number of patients to generate.")] = 5000,
@@ -190,6 +228,7 @@ def ingest(
     for s in sources:
         if not s.startswith(("http://", "https://")) and not Path(s).exists():
             fail(f"source {s} does not exist")
+    _writable(store, "--store", folder=True)
     with Progress(TextColumn("[bold]ingest[/]"), BarColumn(), TextColumn("{task.completed:,} resources"),
                   TimeElapsedColumn(), console=console, transient=True, disable=as_json) as bar:
         task = bar.add_task("ingest", total=None)
@@ -247,6 +286,7 @@ def cohort(
     from careloop.tasks.cohort import build_cohort
     from careloop.tasks.spec import load_task
 
+    _writable(out, "--out")
     end = None
     if data_end:
         d = _date(data_end, "--data-end")
@@ -258,10 +298,14 @@ def cohort(
     except CareloopError as exc:
         fail(str(exc))
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(result.table, out, compression="zstd")
     summary = result.summary()
-    out.with_suffix(".summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(result.table, out, compression="zstd")
+        out.with_suffix(".summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    except OSError as exc:
+        _write_failed(exc, out, "--out")
+        return
     if as_json:
         _print_json(summary)
         return
@@ -300,6 +344,7 @@ def features(
     from careloop.features.engine import extract
     from careloop.features.spec import load_feature_set
 
+    _writable(out, "--out")
     try:
         fs = load_feature_set(feature_set)
         if not cohort_file.exists():
@@ -309,9 +354,13 @@ def features(
     except CareloopError as exc:
         fail(str(exc))
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(result.table, out, compression="zstd")
-    out.with_suffix(".summary.json").write_bytes(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(result.table, out, compression="zstd")
+        out.with_suffix(".summary.json").write_bytes(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2))
+    except OSError as exc:
+        _write_failed(exc, out, "--out")
+        return
     if as_json:
         _print_json(result.summary)
         return
@@ -438,6 +487,7 @@ def train(
     from careloop.workflows.train import TrainConfig
     from careloop.workflows.train import train as run_train
 
+    _writable(registry, "--registry", folder=True)
     try:
         if (table is None) == (store is None):
             raise CareloopError("give either --store DIR with --task NAME, or --table FILE")
@@ -556,6 +606,7 @@ def predict(
     from careloop.registry import verify
     from careloop.workflows.predict import predict as run_predict
 
+    _writable(out, "--out")
     try:
         bundle = verify(model)
         summary = run_predict(bundle, out, table=table, store=store, task=task)
@@ -1164,14 +1215,19 @@ def deferral_fit(
     above), and write the chosen policy with its hash."""
     from careloop.deferral import fit_policy
 
+    _writable(out, "--out")
     try:
         policy = fit_policy(_table(tune), _table(val), score=score, clinician=clinician, label=label, seed=seed,
                             score_transform=transform)
     except (CareloopError, ValueError) as exc:
         fail(str(exc).splitlines()[0])
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(policy.to_json())
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(policy.to_json())
+    except OSError as exc:
+        _write_failed(exc, out, "--out")
+        return
     d = policy.to_dict()
     summary = {"policy": str(out), "learner": d["learner"], "hash": policy.hash, "theta": d["theta"],
                "intervals": d["intervals"], "reason": d["selection"].get("reason")}
@@ -1253,6 +1309,7 @@ def evaluate(
     report as for careloop's own models, the scores side by side."""
     from careloop.workflows.scores import evaluate_scores
 
+    _writable(out, "--out", folder=True)
     try:
         paths = evaluate_scores(table, scores=list(score), label=label, positive=positive, groups=list(group or []),
                                 id_col=id_col, out=out, policy=policy, target=target, n_boot=n_boot,
