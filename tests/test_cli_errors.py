@@ -83,3 +83,23 @@ def test_an_output_in_folders_yet_to_be_made_passes_the_check_and_nothing_is_lef
                                  "--out", str(kept)])
     _one_line_error(result, "is not a careloop event store")
     assert kept.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("kind", ["empty", "csv", "folder", "not a cohort"])
+def test_a_cohort_that_is_not_a_parquet_cohort_file_is_one_line(tmp_path: Path, kind: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cohort = tmp_path / "c.parquet"
+    if kind == "empty":
+        cohort.write_bytes(b"")
+    elif kind == "csv":
+        cohort.write_text("encounter_id,index_time\ne1,2024-01-01\n")
+    elif kind == "folder":
+        cohort.mkdir()
+    else:
+        pq.write_table(pa.table({"encounter_id": ["e1"], "score": [0.5]}), cohort)
+    result = runner.invoke(app, ["features", "--cohort", str(cohort), "--store", str(tmp_path / "missing"),
+                                 "--out", str(tmp_path / "f.parquet")])
+    _one_line_error(result, f"--cohort {cohort}: not a Parquet cohort file (")
+    assert not (tmp_path / "f.parquet").exists()

@@ -349,7 +349,7 @@ def features(
         fs = load_feature_set(feature_set)
         if not cohort_file.exists():
             raise CareloopError(f"--cohort: {cohort_file} does not exist (run `careloop cohort` first)")
-        table = pq.read_table(cohort_file)
+        table = _cohort_table(cohort_file)
         result = extract(fs, table, make_engine(engine, store))
     except CareloopError as exc:
         fail(str(exc))
@@ -370,6 +370,25 @@ def features(
     for c in result.summary["columns"]:
         t.add_row(c["column"], c["description"][:60], f"{c['missing_fraction']:.0%}")
     out_console.print(t)
+
+
+def _cohort_table(path: Path):
+    """The cohort Parquet file `careloop cohort` wrote; CareloopError when `path` is anything else."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.is_dir():
+        raise CareloopError(f"--cohort {path}: not a Parquet cohort file (it is a folder)")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        why = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CareloopError(f"--cohort {path}: not a Parquet cohort file ({why})") from None
+    lacking = [c for c in ("encounter_id", "subject_id", "admit_time", "index_time") if c not in table.column_names]
+    if lacking:
+        raise CareloopError(f"--cohort {path}: not a Parquet cohort file (no column {', '.join(lacking)}; write it "
+                            "with `careloop cohort`)")
+    return table
 
 
 store_app = typer.Typer(help="Inspect an event store.", no_args_is_help=True)
