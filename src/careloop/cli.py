@@ -114,10 +114,12 @@ def synth(
     end: Annotated[str | None, typer.Option(help="Day after the last day of the window (YYYY-MM-DD).")] = None,
     drift: Annotated[bool, typer.Option("--drift", help="From the drift date: creatinine assay shift, ICD-10 "
                                         "coding change, older and sicker new patients.")] = False,
-    drift_date: Annotated[str | None, typer.Option(help="Drift date (default: two thirds into the window).")] = None,
+    drift_date: Annotated[str | None, typer.Option(help="Drift date, with --drift (default: two thirds into the "
+                                                   "window).")] = None,
     bias: Annotated[bool, typer.Option("--bias", help="A subgroup's chronic conditions are under-recorded.")] = False,
-    bias_group: Annotated[str | None, typer.Option(help="Group for --bias, e.g. race:black (the default), "
-                                                   "ethnicity:hispanic, language:es, payer:medicaid.")] = None,
+    bias_group: Annotated[str | None, typer.Option(help="Group for --bias (only with it), e.g. race:black "
+                                                   "(the default), ethnicity:hispanic, language:es, "
+                                                   "payer:medicaid.")] = None,
     scenario: Annotated[list[str] | None, typer.Option(help="Scenario by name (drift, bias); repeatable.")] = None,
     bundle_format: Annotated[str, typer.Option(help="Bundle files as json or json.gz.")] = "json.gz",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a hospital already in --out.")] = False,

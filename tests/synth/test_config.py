@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,9 @@ runner = CliRunner()
         (["--drift", "--drift-date", "2030-01-01"], "drift date 2030-01-01 must lie inside the window"),
         (["--bias", "--bias-group", "race:martian"], "unknown bias group 'race:martian'"),
         (["--bundle-format", "xml"], "--bundle-format: Input should be 'json' or 'json.gz'"),
+        (["--drift-date", "2022-01-01"], "--drift-date needs --drift"),
+        (["--bias-group", "language:es"], "--bias-group needs --bias"),
+        (["--drift", "--bias-group", "language:es"], "--bias-group needs --bias"),
     ],
 )
 def test_bad_configuration_is_one_clear_line_and_writes_nothing(tmp_path: Path, args: list[str], message: str):
@@ -50,6 +54,14 @@ def test_unwritable_output_directory_is_refused_before_work(tmp_path: Path):
     result = runner.invoke(app, ["synth", "--out", "/proc/careloop-cannot-write-here"])
     assert result.exit_code == 2
     assert "is not writable" in result.output
+
+
+def test_drift_date_and_bias_group_go_with_their_scenario_however_it_is_named(tmp_path: Path):
+    cfg = make_config(out=tmp_path / "h", scenarios=("drift", "bias"), drift_date=dt.date(2022, 1, 1),
+                      bias_group="language:es")
+    assert cfg.effective_drift_date == dt.date(2022, 1, 1) and cfg.bias_group == "language:es"
+    with pytest.raises(ConfigError, match="--drift-date needs --drift"):
+        make_config(out=tmp_path / "h", scenarios=("bias",), drift_date=dt.date(2022, 1, 1))
 
 
 def test_existing_hospital_is_not_clobbered_without_overwrite(tmp_path: Path):

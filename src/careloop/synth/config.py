@@ -72,6 +72,10 @@ def make_config(**values: object) -> SynthConfig:
     bg = values.get("bias_group")
     if bg is not None and bg not in BIAS_GROUPS:
         raise ConfigError(f"unknown bias group {bg!r} (choose from: {', '.join(BIAS_GROUPS)})")
+    if values.get("drift_date") is not None and "drift" not in scen:  # type: ignore[operator]
+        raise ConfigError("--drift-date needs --drift (or --scenario drift): without it there is no drift")
+    if bg is not None and "bias" not in scen:  # type: ignore[operator]
+        raise ConfigError("--bias-group needs --bias (or --scenario bias): without it no group is under-recorded")
     try:
         cfg = SynthConfig(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
