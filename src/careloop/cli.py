@@ -650,9 +650,12 @@ def models_list(
     registry: Annotated[Path, typer.Option("--registry", "-r", help="Registry folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Every bundle in the registry, newest first, with its integrity checked."""
+    """Every bundle in the registry, newest first, with its integrity checked. Exit code 1 when any bundle fails
+    its integrity check (after listing them all); 2 when --registry is not a folder."""
     from careloop.registry import BundleIntegrityError, Registry, verify
 
+    if not registry.is_dir():
+        fail(f"--registry {registry}: " + ("not a folder" if registry.exists() else "no such folder"))
     rows = []
     for b in Registry(registry).bundles():
         try:
@@ -662,8 +665,10 @@ def models_list(
             row = {"bundle_id": b.bundle_id, "name": b.name, "created": b.created, "path": str(b.path),
                    "integrity": f"FAILED: {exc}"}
         rows.append(row)
+    failed = [Path(r["path"]).name for r in rows if r["integrity"] != "ok"]
     if as_json:
         _print_json(rows)
+        _failed_integrity(failed)
         return
     t = Table(title=f"Model bundles in {registry}")
     for col in ("id", "name", "created", "estimator", "test AUROC", "threshold", "integrity"):
@@ -674,6 +679,15 @@ def models_list(
                   f"{auc:.3f}" if auc is not None else "-", f"{thr:.3f}" if thr is not None else "-",
                   r["integrity"] if r["integrity"] == "ok" else "[red]FAILED[/]")
     out_console.print(t)
+    _failed_integrity(failed)
+
+
+def _failed_integrity(failed: list[str]) -> None:
+    """Exit code 1, once every bundle has been listed, when any failed its integrity check."""
+    if failed:
+        console.print(f"[bold red]{len(failed)} bundle(s) failed the integrity check:[/] {', '.join(failed)}",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1)
 
 
 @models_app.command("show")

@@ -161,7 +161,35 @@ def test_a_damaged_manifest_is_listed_and_hides_no_other_bundle(tmp_path):
     with pytest.raises(BundleIntegrityError, match=r"unreadable MANIFEST\.json"):
         reg.find(bad.path.name)
     res = CliRunner().invoke(app, ["models", "list", "-r", str(tmp_path / "reg"), "--json"])
-    assert res.exit_code == 0, res.output
-    rows = {r["path"]: r for r in json.loads(res.output)}
+    assert res.exit_code == 1, res.output  # listed in full, then exit 1: a bundle failed its integrity check
+    assert bad.path.name in res.stderr and good.path.name not in res.stderr
+    rows = {r["path"]: r for r in json.loads(res.stdout)}
     assert rows[str(good.path)]["integrity"] == "ok"
     assert rows[str(bad.path)]["integrity"].startswith("FAILED") and "unreadable" in rows[str(bad.path)]["integrity"]
+
+
+def test_models_list_exit_code_says_whether_every_bundle_is_intact(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    reg.register(_staging(tmp_path, "s1"), "m")
+    b = reg.register(_staging(tmp_path, "s2", text="v2"), "m")
+    res = CliRunner().invoke(app, ["models", "list", "-r", str(tmp_path / "reg")])
+    assert res.exit_code == 0, res.output
+    _writable(b.path)
+    (b.path / "report.html").write_text("<html>edited</html>")
+    res = CliRunner().invoke(app, ["models", "list", "-r", str(tmp_path / "reg")])
+    assert res.exit_code == 1, res.output
+    assert res.stdout.count("FAILED") == 1 and res.stdout.count(" ok ") == 1  # both rows, then the exit code
+    assert res.stderr.strip() == f"1 bundle(s) failed the integrity check: {b.path.name}"
+    assert "exit code 1" in " ".join(CliRunner().invoke(app, ["models", "list", "--help"]).output.split()).lower()
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_models_list_refuses_a_registry_that_is_not_a_folder(tmp_path, kind):
+    where = tmp_path / "nosuch"
+    if kind == "file":
+        where.write_text("x")
+    res = CliRunner().invoke(app, ["models", "list", "--registry", str(where)])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.strip() == f"error: --registry {where}: " + ("no such folder" if kind == "missing"
+                                                                    else "not a folder")
+    assert not res.stdout
