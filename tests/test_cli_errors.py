@@ -103,3 +103,45 @@ def test_a_cohort_that_is_not_a_parquet_cohort_file_is_one_line(tmp_path: Path, 
                                  "--out", str(tmp_path / "f.parquet")])
     _one_line_error(result, f"--cohort {cohort}: not a Parquet cohort file (")
     assert not (tmp_path / "f.parquet").exists()
+
+
+def _cases(path: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"encounter_id": ["e1", "e2"], "s": [0.2, 0.7], "c": [0, 1], "y": [0, 1]}), path)
+    return path
+
+
+@pytest.mark.parametrize("flag", ["--tune", "--val"])
+def test_deferral_fit_names_the_table_that_does_not_exist(tmp_path: Path, flag: str):
+    good, nosuch = _cases(tmp_path / "cases.parquet"), tmp_path / "nosuch.csv"
+    files = {"--tune": good, "--val": good} | {flag: nosuch}
+    result = runner.invoke(app, ["deferral", "fit", "--tune", str(files["--tune"]), "--val", str(files["--val"]),
+                                 "--score", "s", "--clinician", "c", "--label", "y", "--out",
+                                 str(tmp_path / "p.json")])
+    _one_line_error(result, f"{flag}: {nosuch} does not exist")
+
+
+def test_train_checks_the_clinician_table_before_training_and_names_it(tmp_path: Path):
+    cases = _cases(tmp_path / "cases.parquet")
+    common = ["train", "--registry", str(tmp_path / "reg"), "--table", str(cases), "--label", "y", "--id",
+              "encounter_id", "--documentation", str(tmp_path / "doc.yaml")]
+    nosuch = tmp_path / "nosuch.parquet"
+    _one_line_error(runner.invoke(app, [*common, "--clinician", str(nosuch)]), f"--clinician: {nosuch} does not exist")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    _one_line_error(runner.invoke(app, [*common, "--clinician", str(notes)]),
+                    "--clinician: notes.txt is neither .csv, .tsv nor .parquet")
+    _one_line_error(runner.invoke(app, [*common, "--clinician", str(cases)]),
+                    "--clinician: no column 'clinician_risk_30d' in cases.parquet")
+    assert not (tmp_path / "reg").exists()
+
+
+def test_read_table_errors_name_the_option_that_gave_the_file(tmp_path: Path):
+    from careloop.workflows._data import DataError, read_table
+
+    with pytest.raises(DataError, match=r"^--clinician: .*nosuch\.parquet does not exist"):
+        read_table(tmp_path / "nosuch.parquet", flag="--clinician")
+    with pytest.raises(DataError, match=r"^--table: "):
+        read_table(tmp_path / "nosuch.parquet")

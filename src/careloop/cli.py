@@ -519,6 +519,11 @@ def train(
         if n_boot < 100:
             raise CareloopError("--n-boot: at least 100 resamples are needed for a 95% interval")
         tolerances = _tolerances(tolerance or [])
+        if clinician is not None:  # read now, not after the training it would end
+            estimates = _data.read_table(clinician, flag="--clinician")
+            if clinician_column not in estimates.column_names:
+                raise CareloopError(f"--clinician: no column {clinician_column!r} in {clinician.name} (see "
+                                    "--clinician-column)")
         doc = documentation
         end_day = _date(data_end, "--data-end")
         if end_day is not None and table is not None:
@@ -1227,10 +1232,10 @@ deferral_app = typer.Typer(help="Learned deferral between the model and the clin
 app.add_typer(deferral_app, name="deferral")
 
 
-def _table(path: Path):
+def _table(path: Path, flag: str):
     from careloop.workflows._data import read_table
 
-    return read_table(path).to_pandas()
+    return read_table(path, flag=flag).to_pandas()
 
 
 @deferral_app.command("fit")
@@ -1252,8 +1257,8 @@ def deferral_fit(
 
     _writable(out, "--out")
     try:
-        policy = fit_policy(_table(tune), _table(val), score=score, clinician=clinician, label=label, seed=seed,
-                            score_transform=transform)
+        policy = fit_policy(_table(tune, "--tune"), _table(val, "--val"), score=score, clinician=clinician,
+                            label=label, seed=seed, score_transform=transform)
     except (CareloopError, ValueError) as exc:
         fail(str(exc).splitlines()[0])
         return
@@ -1292,7 +1297,7 @@ def deferral_evaluate(
         pol = DeferralPolicy.from_json(policy.read_text()) if policy.is_file() else None
         if pol is None:
             raise CareloopError(f"--policy: {policy} does not exist")
-        df = _table(table)
+        df = _table(table, "--table")
         s, c, y = table_columns(df, score=score, clinician=clinician, label=label, name=table.name)
         clusters = None
         if cluster:

@@ -152,13 +152,13 @@ def _units(eng, codes: list[str]) -> dict[str, str]:
     return dict(zip(t.column("code").to_pylist(), t.column("unit").to_pylist(), strict=True))
 
 
-def read_table(path: Path, missing: tuple[str, ...] = MISSING_MARKERS) -> pa.Table:
-    """A CSV (missing-value markers become nulls) or Parquet file."""
+def read_table(path: Path, missing: tuple[str, ...] = MISSING_MARKERS, *, flag: str = "--table") -> pa.Table:
+    """A CSV (missing-value markers become nulls) or Parquet file; errors name the option `flag` that gave it."""
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
     if not path.is_file():
-        raise DataError(f"--table: {path} does not exist")
+        raise DataError(f"{flag}: {path} does not exist")
     suffixes = "".join(path.suffixes).lower()
     try:
         if suffixes.endswith(".parquet"):
@@ -168,8 +168,8 @@ def read_table(path: Path, missing: tuple[str, ...] = MISSING_MARKERS) -> pa.Tab
             parse = pcsv.ParseOptions(delimiter="\t" if ".tsv" in suffixes else ",")
             return pcsv.read_csv(path, parse_options=parse, convert_options=conv)
     except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"--table: cannot read {path}: {str(e).splitlines()[0]}") from None
-    raise DataError(f"--table: {path.name} is neither .csv, .tsv nor .parquet")
+        raise DataError(f"{flag}: cannot read {path}: {str(e).splitlines()[0]}") from None
+    raise DataError(f"{flag}: {path.name} is neither .csv, .tsv nor .parquet")
 
 
 def check_patient_disjoint(pids: pa.ChunkedArray | pa.Array, split: pa.ChunkedArray | pa.Array, what: str) -> None:

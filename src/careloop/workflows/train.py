@@ -314,7 +314,7 @@ def _with_recording(fair: dict, findings: list) -> dict:
 def _clinician(data: TrainingData, t: pa.Table, config: TrainConfig) -> np.ndarray:
     from careloop.workflows._data import read_table
 
-    c = read_table(Path(config.clinician))
+    c = read_table(Path(config.clinician), flag="--clinician")
     key = "encounter_id" if "encounter_id" in c.column_names else c.column_names[0]
     if config.clinician_column not in c.column_names:
         raise CareloopError(f"--clinician: no column {config.clinician_column!r} in {Path(config.clinician).name}")
