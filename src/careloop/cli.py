@@ -697,7 +697,7 @@ def _failed_integrity(failed: list[str]) -> None:
 
 @models_app.command("show")
 def models_show(
-    ref: Annotated[str, typer.Argument(help="Bundle path, directory name, or id prefix.")],
+    ref: Annotated[str, typer.Argument(help="Bundle path, directory name, or id prefix (at least 6 characters).")],
     registry: Annotated[Path, typer.Option("--registry", "-r", help="Registry folder.")] = Path("registry"),
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:

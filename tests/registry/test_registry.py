@@ -193,3 +193,18 @@ def test_models_list_refuses_a_registry_that_is_not_a_folder(tmp_path, kind):
     assert res.stderr.strip() == f"error: --registry {where}: " + ("no such folder" if kind == "missing"
                                                                     else "not a folder")
     assert not res.stdout
+
+
+def test_an_id_prefix_under_six_characters_is_called_too_short(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    a = reg.register(_staging(tmp_path, "s1"), "m")
+    with pytest.raises(RegistryError, match="an id prefix needs at least 6 characters"):
+        reg.find(a.bundle_id[:4])
+    with pytest.raises(RegistryError, match="no bundle 'nope'"):  # not an id prefix at all
+        reg.find("nope")
+    assert reg.find(a.bundle_id[:6]).bundle_id == a.bundle_id
+    res = CliRunner().invoke(app, ["models", "show", a.bundle_id[:4], "--registry", str(tmp_path / "reg")])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.strip() == f"error: '{a.bundle_id[:4]}': an id prefix needs at least 6 characters"
+    helped = " ".join(CliRunner().invoke(app, ["models", "show", "--help"]).output.replace("│", " ").split())
+    assert "at least 6 characters" in helped

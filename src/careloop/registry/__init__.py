@@ -47,6 +47,8 @@ def _files(folder: Path) -> list[str]:
 
 
 _FOLDER_ID = re.compile(r"-([0-9a-f]{12})$")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+MIN_PREFIX = 6  # characters of a bundle id that `Registry.find` takes as a prefix
 
 
 def folder_id(folder: Path) -> str | None:
@@ -198,8 +200,10 @@ class Registry:
         if (p / MANIFEST).is_file():
             return verify(p)
         hits = [b for b in self.bundles()
-                if b.path.name == ref or (len(ref) >= 6 and b.bundle_id.startswith(ref))]
+                if b.path.name == ref or (len(ref) >= MIN_PREFIX and b.bundle_id.startswith(ref))]
         if not hits:
+            if len(ref) < MIN_PREFIX and _HEX.fullmatch(ref):
+                raise RegistryError(f"{ref!r}: an id prefix needs at least {MIN_PREFIX} characters")
             raise RegistryError(f"no bundle {ref!r} in {self.root}")
         if len(hits) > 1:
             raise RegistryError(f"{ref!r} matches {len(hits)} bundles; give more of the id")
