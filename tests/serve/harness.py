@@ -44,7 +44,8 @@ class Running:
         self.service = Service(bundle, load_config(config))
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        cfg = uvicorn.Config(create_app(self.service), host="127.0.0.1", port=port, log_level="warning",
+        self.app = create_app(self.service)
+        cfg = uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning",
                              access_log=False)
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -12,8 +12,10 @@ import uuid
 
 import httpx
 import pytest
+from jsonschema import validate
 
 from careloop.serve.app import HookRequest, call_detail
+from careloop.serve.schema import RESPONSE
 from tests.fhir_server.harness import make_rsa_key
 from tests.serve.harness import (
     ISS,
@@ -192,6 +194,33 @@ def test_the_daily_budget_is_per_unit_and_day_in_the_hospitals_time_zone(trained
         b.stop()
 
 
+def test_a_warning_is_repeated_only_when_the_risk_moved_or_the_window_passed(trained_bundle, keys, high, tmp_path,
+                                                                             state_url):
+    """Checklist H-06 for warnings: within the window (72 h) a warning is not shown again unless the risk moved by
+    more than repeat_delta (0.10) since the last one; after the window it is shown again."""
+    a, b = _pair(trained_bundle, keys, tmp_path, state_url)
+    try:
+        t0 = dt.datetime(2030, 6, 1, 9, tzinfo=dt.UTC)
+        stay, res = high[4]
+        cards, rec = _call(a.service, stay, prefetch_of(res), t0)
+        risk = rec["score"]
+        assert [c["indicator"] for c in cards] == ["warning"]
+        cards, rec = _call(b.service, stay, prefetch_of(res), t0 + dt.timedelta(hours=71))  # same risk, in window
+        assert cards == [] and rec["detail"]["note"] == "repeat suppressed"
+        assert [c["indicator"] for c in _call(a.service, stay, prefetch_of(res), t0 + dt.timedelta(hours=73))[0]] \
+            == ["warning"]  # the window (from the last warning shown, at t0) has passed
+        # the last warning shown said a risk 0.15 (then 0.05) lower, two hours ago: moved by more than 0.10 is news
+        patient = stay["patient_id"]
+        for moved, shown in ((0.15, ["warning"]), (0.05, [])):
+            at = t0 + dt.timedelta(days=10 + int(moved * 100))
+            a.service.store.record_card(str(uuid.uuid4()), "readmission-risk", patient, a.service.model_key,
+                                        risk - moved, "warning", None, at - dt.timedelta(hours=2))
+            assert [c["indicator"] for c in _call(b.service, stay, prefetch_of(res), at)[0]] == shown, moved
+    finally:
+        a.stop()
+        b.stop()
+
+
 # -- info cards are not repeated either (checklist H-06: no identical card within the window) -------------------------
 
 
@@ -219,6 +248,13 @@ def test_a_near_threshold_info_card_is_not_repeated_unless_the_risk_moves(traine
         cards, rec = _call(a.service, stay, prefetch_of(res), t0)
         assert [c["indicator"] for c in cards] == ["info"]
         assert "inside the threshold's own 95% interval" in cards[0]["detail"]
+        # it states a risk, so it states its basis as a warning does (checklist H-01): reasons, model, intended use
+        detail = cards[0]["detail"]
+        assert f"{risk:.0%}**" in detail and "Main reasons in this patient's record:" in detail
+        assert len([line for line in detail.splitlines() if line.startswith("- ")]) == 3
+        assert f"version `{a.service.bundle.bundle_id[:12]}`" in detail
+        assert "\nIntended use: " in detail and "\nNot for: " in detail
+        validate(instance={"cards": cards}, schema=RESPONSE)
         assert rec["score"] == pytest.approx(risk, abs=1e-9) and rec["detail"]["note"] == "near threshold"
         assert rec["cards"] == [f"{cards[0]['uuid']}|info"]
         # an hour later, in the other worker: the same card is not shown again; the call is scored and audited

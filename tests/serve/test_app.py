@@ -10,6 +10,7 @@ import uuid
 
 import httpx
 import jsonschema
+import jwt
 import numpy as np
 import pyarrow.compute as pc
 import pytest
@@ -132,6 +133,16 @@ def test_discovery_is_valid_and_every_service_answers(running):
     for s in d["services"]:
         assert "{{context.patientId}}" in s["prefetch"]["observations"]
         assert s["prefetch"] == prefetch_templates(running.service.fs)  # Observations of the codes read only
+        # every listed service answers its own call (a 401 without a token, never a 404), and its feedback route
+        assert httpx.post(f"{running.url}/cds-services/{s['id']}", json={}).status_code == 401
+        assert httpx.post(f"{running.url}/cds-services/{s['id']}/feedback", json={}).status_code == 401
+    # no unlisted service route answers (API9: an inventory of what is served): the app's routes under
+    # /cds-services are discovery, the listed services and their feedback, nothing else; no interactive API pages
+    paths = {r.path for r in running.app.routes if r.path.startswith("/cds-services")}
+    assert paths == {"/cds-services", "/cds-services/{service_id}", "/cds-services/{service_id}/feedback"}, paths
+    assert httpx.post(f"{running.url}/cds-services/no-such-service", json={}).status_code == 404
+    assert httpx.get(f"{running.url}/docs").status_code == 404
+    assert httpx.get(f"{running.url}/redoc").status_code == 404
 
 
 @pytest.mark.parametrize("templates", ["advertised", "whole record"])
@@ -432,8 +443,18 @@ def test_another_patients_data_is_not_used(running, chosen):
     a, b = high[4], high[5] if len(high) > 5 else high[0]
     pf = prefetch_of(res[a["patient_id"]])
     pf["conditions"]["entry"] += [{"resource": r} for r in res[b["patient_id"]]["conditions"]]
-    r = call(running, hook_request(a["patient_id"], a["encounter_id"], pf))
+    body, rid = hook_request(a["patient_id"], a["encounter_id"], pf), str(uuid.uuid4())
+    aud = f"{running.url}/cds-services/readmission-risk"
+    token = sign_request_token(*running.keys, ISS, aud)
+    r = httpx.post(aud, json=body, headers={"Authorization": f"Bearer {token}", "X-Request-Id": rid}, timeout=30)
     assert r.status_code == 200
+    # the anomaly is audited (C-13), on a record that carries the call's correlation ids and model hash
+    (rec,) = [x for x in running.service.audit.records(kind="cds-call") if x["request_id"] == rid]
+    assert rec["detail"]["foreign_resources"] == str(len(res[b["patient_id"]]["conditions"]))
+    assert (rec["patient"], rec["encounter"], rec["hook_instance"]) == (a["patient_id"], a["encounter_id"],
+                                                                        body["hookInstance"])
+    assert rec["jti"] == jwt.decode(token, options={"verify_signature": False})["jti"] and rec["client"] == ISS
+    assert rec["model_hash"] == running.service.bundle.bundle_id and rec["score"] is not None
     clean = collect(prefetch_of(res[a["patient_id"]]), a["patient_id"])
     mixed = collect(pf, a["patient_id"])
     assert mixed.foreign == len(res[b["patient_id"]]["conditions"]) and sorted(mixed.used) == sorted(clean.used)
@@ -482,10 +503,19 @@ def test_bad_tokens_get_a_bare_401(running, keys, case):
 
         token = jwt.encode({"iss": ISS, "aud": aud, "jti": "x", "exp": 2**31}, "secret", algorithm="HS256",
                            headers={"kid": kid})
-    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    rid = str(uuid.uuid4())
+    headers = {"X-Request-Id": rid} | ({} if token is None else {"Authorization": f"Bearer {token}"})
     r = call(running, hook_request("p", "e", None), headers=headers)
     assert r.status_code == 401 and r.content in (b"{}", b"")
     assert r.headers["www-authenticate"] == "Bearer"  # RFC 6750: the challenge, with no error named
+    # audited (checklist C-03): a serious failure; the client is the issuer the token names when it is on the
+    # allowlist (claimed: its signature was not what failed, or was never checked), else unidentified; no token
+    (rec,) = [x for x in running.service.audit.records(kind="auth-failure") if x["request_id"] == rid]
+    assert rec["outcome"] == "serious" and rec["detail"]["reason"]
+    claimed = case in ("expired", "wrong-aud")  # (a symmetric alg is refused before its claims are read)
+    assert rec["client"] == (ISS if claimed else None), rec
+    assert rec["jti"] is None and rec["detail"]["signature_verified"] == "false"
+    assert (token or "eyJ") not in json.dumps(rec, default=str) and "eyJ" not in json.dumps(rec, default=str)
 
 
 def test_es384_accepted_and_replay_refused(running, keys, chosen):
@@ -496,13 +526,20 @@ def test_es384_accepted_and_replay_refused(running, keys, chosen):
     body = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))
     h = {"Authorization": f"Bearer {token}"}
     assert httpx.post(aud, json=body, headers=h, timeout=30).status_code == 200
-    assert httpx.post(aud, json=body, headers=h, timeout=30).status_code == 401
+    rid = str(uuid.uuid4())
+    assert httpx.post(aud, json=body, headers=h | {"X-Request-Id": rid}, timeout=30).status_code == 401
+    # the replay's record names the client and the replayed jti: its signature verified
+    (rec,) = [x for x in running.service.audit.records(kind="auth-failure") if x["request_id"] == rid]
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    assert (rec["client"], rec["jti"], rec["detail"]["signature_verified"]) == (ISS, jti, "true"), rec
 
 
 @pytest.mark.parametrize("body, status", [
     ({"hook": "encounter-discharge", "context": {"patientId": "p", "encounterId": "e"}}, 400),  # no hookInstance
-    ({"hook": "patient-view", "hookInstance": "x", "context": {"patientId": "p", "encounterId": "e"}}, 400),
-    ({"hook": "encounter-discharge", "hookInstance": "x", "context": {"patientId": "p", "encounterId": "e"},
+    ({"hook": "patient-view", "hookInstance": str(uuid.uuid4()), "context": {"patientId": "p", "encounterId": "e"}},
+     400),  # the wrong hook for this service (with a valid hookInstance, so that the hook is what is refused)
+    ({"hook": "encounter-discharge", "hookInstance": str(uuid.uuid4()),
+      "context": {"patientId": "p", "encounterId": "e"},
       "fhirAuthorization": {"access_token": "t", "token_type": "Bearer", "expires_in": 30, "scope": "s",
                             "subject": "c"}}, 400),  # fhirAuthorization without fhirServer
     ([1, 2, 3], 400),
@@ -510,6 +547,13 @@ def test_es384_accepted_and_replay_refused(running, keys, chosen):
 def test_malformed_requests_get_4xx_with_an_outcome(running, body, status):
     r = call(running, body)
     assert r.status_code == status and r.json()["resourceType"] == "OperationOutcome"
+    said = r.json()["issue"][0]["diagnostics"]
+    if isinstance(body, dict) and "fhirAuthorization" in body:
+        assert "fhirServer is required when fhirAuthorization is given" in said, said
+    elif isinstance(body, dict) and body["hook"] == "patient-view":
+        assert said.startswith("hook: this service answers 'encounter-discharge' only"), said
+    elif isinstance(body, dict):
+        assert "hookInstance" in said, said
 
 
 def test_health_and_readiness_for_a_load_balancer_need_no_credential_and_leave_no_audit_record(running,

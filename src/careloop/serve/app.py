@@ -341,8 +341,9 @@ class Service:
             return outcome(status, text)
 
         if not self.store.claim_jti(claims.iss, claims.jti, claims.exp):  # a replay through another worker
-            self.record("auth-failure", "serious", service=service_id, request_id=rid,
-                        detail={"reason": "jti replayed: this token was already used", "iss": claims.iss})
+            self.record("auth-failure", "serious", claims=claims, service=service_id, request_id=rid,
+                        detail={"reason": "jti replayed: this token was already used", "iss": claims.iss,
+                                "signature_verified": True})
             return unauthorized()
         if raw is None:
             return refuse(413, f"request larger than {MAX_BODY} bytes")
@@ -410,9 +411,9 @@ class Service:
         events = self._prepared(kind, result, claims=claims, req=req, decision=decision, service=service,
                                 request_id=request_id, detail=detail)
         def instead() -> list[tuple[str, dict]]:
-            return self._prepared("auth-failure", "serious", service=service, request_id=request_id,
+            return self._prepared("auth-failure", "serious", claims=claims, service=service, request_id=request_id,
                                   detail={"reason": "jti replayed: this token was already used",
-                                          "iss": getattr(claims, "iss", None)})
+                                          "iss": getattr(claims, "iss", None), "signature_verified": True})
 
         jti = (claims.iss, claims.jti, claims.exp) if claims is not None else None
         card = decision.card_row if decision is not None else None
@@ -654,7 +655,9 @@ class Service:
         threshold, band = self.thresholds(setting)
         if risk < threshold:
             if band and band[0] <= risk:
-                decision.cards = [C.near_threshold_card(ctx, risk, threshold, band)]
+                decision.cards = [C.near_threshold_card(ctx, risk, threshold, band,
+                                                        self.reasons(feats.row, ended=encounter is not None
+                                                                     or feats.end_us is not None))]
                 decision.note = "near threshold"
             else:
                 decision.note = "below threshold"
@@ -798,19 +801,25 @@ class Service:
                 return "daily budget reached"
         return None
 
+    def reasons(self, row, *, ended: bool) -> list[str]:
+        """The top three reasons for a stay's risk, as clinical phrases (`ended`: the stay has ended at the index
+        time, so a last value reads "at discharge", not "latest")."""
+        from careloop.explain import reasons
+
+        rs = reasons(self.model.contributions_rows([row]), [row], self.infos, top=3, columns=self.model.columns,
+                     ended=ended)
+        return [r.phrase for r in rs[0]]
+
     def alert(self, service_id: str, ctx: C.CardContext, decision: Decision, row, now: dt.datetime,
               unit: str | None = None, setting: ModelPolicy | None = None, *, ended: bool = True) -> Decision:
         """Repeat suppression, the unit's daily budget, then the card with its reasons (`ended`: the stay has ended at
         the index time, so a last value reads "at discharge", not "latest")."""
-        from careloop.explain import reasons
 
         with self.store.transaction(write=False) as conn:
             why = self.alert_blocked(conn, ctx.patient_id, decision.score, unit, now)
         if why:
             decision.note = why
             return decision
-        rs = reasons(self.model.contributions_rows([row]), [row], self.infos, top=3, columns=self.model.columns,
-                     ended=ended)
         setting = setting or ModelPolicy(True, None, 0)
         threshold, uncertain = self.thresholds(setting)
         op = self.meta["operating_point"]
@@ -827,7 +836,7 @@ class Service:
             ctx,
             decision.score,
             threshold,
-            [r.phrase for r in rs[0]],
+            self.reasons(row, ended=ended),
             band=band,
             budget_text=budget_text,
             today=now.date(),
@@ -926,6 +935,14 @@ def _patient_of(req: HookRequest | None) -> str | None:
     return p if isinstance(p, str) and p else None
 
 
+class Claimed(NamedTuple):
+    """Who a refused token says it is, for its audit record: the issuer when on the allowlist (proven when the
+    signature verified, as for a replay), and its jti once the signature verified."""
+
+    iss: str | None
+    jti: str | None
+
+
 def _encounter_of(req: HookRequest | None) -> str | None:
     """The context's encounter (a call that ended before a stay was chosen is still about it)."""
     e = req.context.get("encounterId") if req is not None else None
@@ -1012,8 +1029,10 @@ async def _authenticate(service: Service, headers, audience: str, service_id: st
         except WouldBlock:
             return await asyncio.to_thread(service.verifier.verify, auth, audience)
     except AuthError as e:
-        await service.audited("auth-failure", "serious", service=service_id, request_id=rid,
-                              detail={"reason": str(e.reason)[:200], "iss": e.iss})
+        # the client is the allowlisted issuer the token names (checklist C-03), said to be proven or only claimed
+        await service.audited("auth-failure", "serious", claims=Claimed(e.iss, e.jti), service=service_id,
+                              request_id=rid, detail={"reason": str(e.reason)[:200], "iss": e.iss,
+                                                      "signature_verified": e.jti is not None})
         return None
 
 
@@ -1187,6 +1206,10 @@ def create_app(service: Service) -> FastAPI:
         version="2.0",
         description="CDS Hooks 2.0 services for 30-day readmission risk, with feedback and audit.",
         lifespan=lifespan,
+        # no interactive API pages: an unlisted route serving a page whose scripts come from a CDN, which a
+        # hospital network does not reach (the OpenAPI document stays, for integrators and the fuzzing tests)
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.add_middleware(FastPath, service=service)

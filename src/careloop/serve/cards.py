@@ -144,14 +144,7 @@ def risk_card(
         lines += [f"This risk is close to the alert threshold: inside the threshold's own 95% interval "
                   f"({uncertain[0]:.0%}–{uncertain[1]:.0%}), so the model is less sure than the percentage suggests "
                   f"that this patient is above it.", ""]
-    if reasons:
-        lines += ["Main reasons in this patient's record:", *[f"- {r}" for r in reasons], ""]
-    lines += [
-        f"Model: {ctx.model_name}, version `{ctx.bundle_id[:12]}` (its bundle's hash; {ctx.model_version}).",
-        f"Intended use: {ctx.intended_use}",
-        f"Not for: {ctx.not_for}",
-        "This estimate informs, and does not replace, clinical judgement.",
-    ]
+    lines += _basis(ctx, reasons)
     uuid = _uuid()
     return {
         "uuid": uuid,
@@ -166,17 +159,35 @@ def risk_card(
     }
 
 
-def near_threshold_card(ctx: CardContext, risk: float, threshold: float, band: tuple[float, float]) -> dict:
-    """Risk below the operating threshold but inside its own uncertainty band: stated, not a warning."""
+def _basis(ctx: CardContext, reasons: list[str]) -> list[str]:
+    """What a card stating a risk rests on, for the clinician to review it (checklist H-01): the record's main
+    reasons, the model and its version, its intended use and what it is not for."""
+    lines = ["Main reasons in this patient's record:", *[f"- {r}" for r in reasons], ""] if reasons else []
+    return [
+        *lines,
+        f"Model: {ctx.model_name}, version `{ctx.bundle_id[:12]}` (its bundle's hash; {ctx.model_version}).",
+        f"Intended use: {ctx.intended_use}",
+        f"Not for: {ctx.not_for}",
+        "This estimate informs, and does not replace, clinical judgement.",
+    ]
+
+
+def near_threshold_card(ctx: CardContext, risk: float, threshold: float, band: tuple[float, float],
+                        reasons: list[str] | None = None) -> dict:
+    """Risk below the operating threshold but inside its own uncertainty band: stated, not a warning; with the same
+    basis as a warning (its reasons, the model, its intended use), since it too states a risk."""
+    lines = [
+        f"**Estimated risk of unplanned readmission within 30 days: {risk:.0%}**, below the alert threshold "
+        f"({threshold:.0%}) but inside the threshold's own 95% interval ({band[0]:.0%}–{band[1]:.0%}), so the model "
+        "cannot say that this patient is below it.",
+        "",
+        *_basis(ctx, reasons or []),
+    ]
     return {
         "uuid": _uuid(),
         "indicator": "info",
         "summary": f"Readmission risk {risk:.0%} is close to the alert threshold: clinical judgement decides.",
-        "detail": (
-            f"The estimated 30-day readmission risk ({risk:.0%}) is below the alert threshold ({threshold:.0%}) but "
-            f"inside the threshold's own 95% interval ({band[0]:.0%}–{band[1]:.0%}), so the model cannot say "
-            f"that this patient is below it. Model bundle `{ctx.bundle_id[:12]}`."
-        ),
+        "detail": "\n".join(lines),
         "source": _source(ctx),
         "links": _links(ctx),
     }
