@@ -15,6 +15,10 @@ from careloop.tasks.cohort import build_cohort
 from careloop.tasks.spec import load_task
 from tests.conftest import make_hospital
 
+# A Spark session and a hospital of its own (about 30 s): with the slow runs (make test-scale, which CI runs after
+# make test), keeping make test under ten minutes; the three-way tests on tiny stores keep Spark in make test
+pytestmark = pytest.mark.scale
+
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory):
