@@ -16,11 +16,9 @@ from careloop.features.engine import extract
 from careloop.features.rows import location_names
 from careloop.features.spec import FeatureSet
 from careloop.serve.features import bedside_features, collect
-from tests.features.three_ways import tiny_store
+from tests.features.three_ways import PATIENT, inpatient_stay, tiny_store
 
 SYSTEM = "https://fhir.hospital.example/location-id"
-P = {"reference": "Patient/p1"}
-PATIENT = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1950-02-03"}
 ADMIT, INDEX = dt.datetime(2023, 5, 1, 10, tzinfo=dt.UTC), dt.datetime(2023, 5, 3, 22, tzinfo=dt.UTC)
 WARDS = [{"resourceType": "Location", "id": "onc", "name": "Oncology Ward 5B",
           "identifier": [{"system": SYSTEM, "value": "5B"}]},
@@ -31,10 +29,7 @@ FS = FeatureSet.model_validate({"name": "t", "description": "the HOSPITAL score"
 
 
 def _stay(eid: str, ward_ref: str) -> dict:
-    return {"resourceType": "Encounter", "id": eid, "status": "finished", "subject": P,
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
-            "period": {"start": ADMIT.isoformat(), "end": INDEX.isoformat()},
-            "location": [{"location": {"reference": ward_ref}}]}
+    return inpatient_stay(eid, ADMIT, INDEX, location=[{"location": {"reference": ward_ref}}])
 
 
 # by hand: 2 days (0 points), no labs, procedures or admissions, elective: HOSPITAL is 2 on oncology, else 0

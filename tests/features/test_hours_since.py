@@ -8,14 +8,10 @@ from pathlib import Path
 
 from careloop.explain import ColumnInfo, column_title, phrase
 from careloop.features.spec import FeatureSet
-from tests.features.three_ways import features_three_ways, tiny_store
+from tests.features.three_ways import PATIENT, P, features_three_ways, inpatient_stay, tiny_store
 
-P = {"reference": "Patient/p1"}
-PATIENT = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1950-02-03"}
 ADMIT, INDEX = dt.datetime(2023, 5, 1, 10, tzinfo=dt.UTC), dt.datetime(2023, 5, 5, 10, tzinfo=dt.UTC)
-ENCOUNTER = {"resourceType": "Encounter", "id": "e1", "status": "finished", "subject": P,
-             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
-             "period": {"start": ADMIT.isoformat(), "end": INDEX.isoformat()}}
+ENCOUNTER = inpatient_stay("e1", ADMIT, INDEX)
 
 
 def _sodium(oid: str, when: dt.datetime, value: float) -> dict:

@@ -9,14 +9,10 @@ from pathlib import Path
 import pytest
 
 from careloop.features.spec import FeatureSet
-from tests.features.three_ways import features_three_ways, tiny_store
+from tests.features.three_ways import PATIENT, P, features_three_ways, inpatient_stay, tiny_store
 
-P = {"reference": "Patient/p1"}
-PATIENT = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1950-02-03"}
 ADMIT, INDEX = dt.datetime(2023, 5, 1, 10, tzinfo=dt.UTC), dt.datetime(2023, 5, 5, 22, tzinfo=dt.UTC)
-ENCOUNTER = {"resourceType": "Encounter", "id": "e1", "status": "finished", "subject": P,
-             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
-             "period": {"start": ADMIT.isoformat(), "end": INDEX.isoformat()}}
+ENCOUNTER = inpatient_stay("e1", ADMIT, INDEX)
 SODIUM = {"resourceType": "Observation", "id": "s1", "status": "final", "subject": P,
           "effectiveDateTime": (INDEX - dt.timedelta(hours=3)).isoformat(),
           "code": {"coding": [{"system": "http://loinc.org", "code": "2951-2"}]},

@@ -15,6 +15,16 @@ from careloop.features.rows import Record, Stay, StayFeatures
 from careloop.features.spec import FeatureSet
 from careloop.ingest.runner import ingest
 
+P = {"reference": "Patient/p1"}  # the one patient of the tiny stores
+PATIENT = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1950-02-03"}
+
+
+def inpatient_stay(eid: str, admit: dt.datetime, end: dt.datetime, **fields) -> dict:
+    """A finished inpatient Encounter of p1 (with any other `fields`)."""
+    return {"resourceType": "Encounter", "id": eid, "status": "finished", "subject": P,
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+            "period": {"start": admit.isoformat(), "end": end.isoformat()}, **fields}
+
 
 def tiny_store(root: Path, resources: dict[str, list[dict]]) -> Path:
     """A store ingested from one NDJSON file per resource type ({type: resources}); nothing quarantined."""
