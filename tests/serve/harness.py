@@ -121,3 +121,19 @@ def as_if_recent(prefetch: dict, encounter_id: str, hours_ago: float = 2.0) -> d
         return v
 
     return move(prefetch)
+
+
+def assert_no_null_or_empty(node, where: str = "response") -> None:
+    """CDS Hooks' use of JSON (checklist C-14): no element anywhere in an answer, down into the FHIR resources its
+    suggestions carry, is null, an empty string, an empty list or an empty object."""
+    assert node is not None, f"{where} is null"
+    if isinstance(node, str):
+        assert node.strip(), f"{where} is an empty string"
+    elif isinstance(node, list):
+        assert node, f"{where} is an empty list"
+        for i, item in enumerate(node):
+            assert_no_null_or_empty(item, f"{where}[{i}]")
+    elif isinstance(node, dict):
+        assert node, f"{where} is an empty object"
+        for key, value in node.items():
+            assert_no_null_or_empty(value, f"{where}.{key}")

@@ -21,6 +21,7 @@ from tests.serve.harness import (
     ISS,
     Running,
     as_if_recent,
+    assert_no_null_or_empty,
     bearer,
     free_port,
     hook_request,
@@ -255,6 +256,7 @@ def test_a_near_threshold_info_card_is_not_repeated_unless_the_risk_moves(traine
         assert f"version `{a.service.bundle.bundle_id[:12]}`" in detail
         assert "\nIntended use: " in detail and "\nNot for: " in detail
         validate(instance={"cards": cards}, schema=RESPONSE)
+        assert_no_null_or_empty(cards, "cards")
         assert rec["score"] == pytest.approx(risk, abs=1e-9) and rec["detail"]["note"] == "near threshold"
         assert rec["cards"] == [f"{cards[0]['uuid']}|info"]
         # an hour later, in the other worker: the same card is not shown again; the call is scored and audited

@@ -37,6 +37,7 @@ from .harness import (
     ISS,
     Running,
     as_if_recent,
+    assert_no_null_or_empty,
     bearer,
     free_port,
     hook_request,
@@ -186,7 +187,9 @@ def test_high_risk_patient_gets_an_actionable_warning(running, chosen):
     assert card["selectionBehavior"] == "any" and card["overrideReasons"]
     Appointment.model_validate(card["suggestions"][0]["actions"][0]["resource"])
     ServiceRequest.model_validate(card["suggestions"][1]["actions"][0]["resource"])
+    assert_no_null_or_empty(body["cards"], "cards")
     assert httpx.get(card["links"][0]["url"]).status_code == 200  # the model card resolves
+    assert httpx.get(card["source"]["url"]).status_code == 200  # and so does the card's source (H-01)
 
 
 def test_a_configured_patient_page_is_the_cards_link(trained_bundle, keys, chosen, tmp_path):
@@ -255,6 +258,7 @@ def test_missing_or_failed_prefetch_defers(running, chosen, mutate, reason, pick
     r = call(running, body)
     assert r.status_code == 200, r.text
     jsonschema.validate(r.json(), RESPONSE)
+    assert_no_null_or_empty(r.json()["cards"], "cards")
     (card,) = r.json()["cards"]
     assert card["indicator"] == "info" and "defers to clinical judgement" in card["summary"]
     assert reason in card["detail"]
@@ -982,3 +986,36 @@ def test_a_defect_met_while_scoring_is_answered_empty_and_audited_never_a_500(ru
     (rec,) = _records(running, "cds-call", body["hookInstance"])
     assert rec["outcome"] == "serious" and "ZeroDivisionError" in json.dumps(rec, default=str)
     assert "a value from the request" not in json.dumps(rec, default=str)
+
+
+def test_no_token_reaches_any_log_or_the_audit_record(running, chosen, caplog):
+    """Checklist C-16 end to end: every logger at DEBUG while the service answers a scored call, a refused token and
+    a call carrying an access token for a FHIR server; neither the JWT, nor the access token, nor a JWT-shaped
+    string is in any log line or in the audit records of those calls."""
+    import logging
+
+    high, _, res = chosen
+    row = high[3]
+    aud = f"{running.url}/cds-services/readmission-risk"
+    token = sign_request_token(*running.keys, ISS, aud)
+    access = "careloop-test-access-token-7f3c9e21"
+    scored = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))
+    fetching = hook_request(row["patient_id"], row["encounter_id"], None) | {
+        "fhirServer": "https://fhir.elsewhere.example/r4",
+        "fhirAuthorization": {"access_token": access, "token_type": "Bearer", "expires_in": 300,
+                              "scope": "patient/*.read", "subject": "careloop"}}
+    with caplog.at_level(logging.DEBUG):
+        assert httpx.post(aud, json=scored, headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code \
+            == 200
+        assert httpx.post(aud, json=scored, headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code \
+            == 401  # the same token again: a replay, refused and logged as such
+        assert call(running, fetching).status_code == 412  # a FHIR server not under the issuer: never read
+    logged = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert caplog.records  # the service did log (so the check below looked at something)
+    for secret in (token, token.split(".")[2], access, "eyJ"):
+        assert secret not in logged
+    hooks = {scored["hookInstance"], fetching["hookInstance"]}
+    recorded = json.dumps([r for r in running.service.audit.records() if r["hook_instance"] in hooks], default=str)
+    assert scored["hookInstance"] in recorded and fetching["hookInstance"] in recorded
+    for secret in (token, access, "eyJ"):
+        assert secret not in recorded
