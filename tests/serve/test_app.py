@@ -1019,3 +1019,56 @@ def test_no_token_reaches_any_log_or_the_audit_record(running, chosen, caplog):
     assert scored["hookInstance"] in recorded and fetching["hookInstance"] in recorded
     for secret in (token, access, "eyJ"):
         assert secret not in recorded
+
+
+def test_one_of_each_action_leaves_one_audit_record_of_its_kind(trained_bundle, keys, chosen, tmp_path):
+    """Checklist A-01 and A-02 on a service of its own: a scored call with its card, feedback on the card, a refused
+    token, an administrator's threshold change and kill switch, a call while the switch is off, and an export of the
+    log give exactly these records, in this order, each a valid FHIR R4 AuditEvent with at most one Patient."""
+    from fhir.resources.R4B.auditevent import AuditEvent
+
+    from careloop.audit import AuditLog
+
+    high, _, res = chosen
+    row = high[2]
+    port, state = free_port(), f"sqlite:///{tmp_path / 'state.db'}"
+    own = Running(trained_bundle, write_config(tmp_path, state=state, jwks=keys["jwks"], port=port), port)
+    try:
+        own.keys = keys["rsa"]
+        body = hook_request(row["patient_id"], row["encounter_id"], prefetch_of(res[row["patient_id"]]))
+        (card,) = call(own, body).json()["cards"]
+        url = f"{own.url}/cds-services/readmission-risk/feedback"
+        fb = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": dt.datetime.now(dt.UTC).isoformat(),
+              "overrideReason": {"reason": card["overrideReasons"][0]}}
+        assert httpx.post(url, json={"feedback": [fb]}, headers=bearer(*own.keys, url), timeout=10).status_code == 200
+        assert call(own, body, headers={"Authorization": "Bearer abc.def.ghi"}).status_code == 401
+        admin = {"Authorization": f"Bearer {ADMIN_SECRET}"}
+        key = own.service.model_key[:12]
+        threshold = own.service.validation.span[0] + 0.01
+        assert httpx.post(f"{own.url}/admin/models/{key}/threshold", json={"threshold": threshold},
+                          headers=admin).status_code == 200
+        assert httpx.post(f"{own.url}/admin/models/{key}/enabled", json={"enabled": False},
+                          headers=admin).status_code == 200
+        body["hookInstance"] = str(uuid.uuid4())
+        assert call(own, body).json() == {"cards": []}
+    finally:
+        own.stop()
+    res_ = CliRunner().invoke(cli, ["audit", "export", "--state", state, "--out", str(tmp_path / "e.json"),
+                                    "--by", "auditor-1"])
+    assert res_.exit_code == 0, res_.output
+    with AuditLog.open(state) as log:
+        records = log.records()
+        events = [e["resource"] for e in log.export_bundle()["entry"]]
+    assert [r["kind"] for r in records] == ["cds-call", "feedback", "auth-failure", "admin-change", "admin-change",
+                                           "kill-switch", "export"]
+    scored, feedback, refused, threshold_change, switch, off, export = records
+    assert scored["cards"] == [f"{card['uuid']}|warning"] and scored["patient"] == row["patient_id"]
+    assert feedback["cards"] == [card["uuid"]] and feedback["patient"] == row["patient_id"]
+    assert refused["outcome"] == "serious" and refused["patient"] is None
+    assert threshold_change["detail"]["setting"] == "threshold" and switch["detail"]["enabled"] == "false"
+    assert off["hook_instance"] == body["hookInstance"] and off["patient"] == row["patient_id"]
+    assert export["detail"]["by"] == "auditor-1" and export["detail"]["count"] == "6"
+    for event in events:
+        AuditEvent.model_validate(event)
+        patients = [e for e in event.get("entity", []) if e.get("what", {}).get("reference", "").startswith("Patient/")]
+        assert len(patients) <= 1  # BALP: one patient per event
