@@ -146,6 +146,7 @@ def test_digest_is_of_the_prefetch_as_received(hospital):
     assert len({collect(as_received(pid, "e", x), pid).digest() for x in (pf, changed, mixed)}) == 3
 
 
+@pytest.mark.scale  # a cohort and its features over the hospital (about 12 s): with the slow runs, run by CI
 def test_a_withdrawn_result_never_reaches_the_bedside_features(hospital_store, hospital):
     """Stays whose record holds results withdrawn as entered-in-error (a tenfold slip, sent beside the right
     result): their features are the same as with those results absent, and would not be if the results counted."""
