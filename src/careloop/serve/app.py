@@ -342,8 +342,7 @@ class Service:
 
         if not self.store.claim_jti(claims.iss, claims.jti, claims.exp):  # a replay through another worker
             self.record("auth-failure", "serious", claims=claims, service=service_id, request_id=rid,
-                        detail={"reason": "jti replayed: this token was already used", "iss": claims.iss,
-                                "signature_verified": True})
+                        detail=_replayed(claims))
             return unauthorized()
         if raw is None:
             return refuse(413, f"request larger than {MAX_BODY} bytes")
@@ -412,8 +411,7 @@ class Service:
                                 request_id=request_id, detail=detail)
         def instead() -> list[tuple[str, dict]]:
             return self._prepared("auth-failure", "serious", claims=claims, service=service, request_id=request_id,
-                                  detail={"reason": "jti replayed: this token was already used",
-                                          "iss": getattr(claims, "iss", None), "signature_verified": True})
+                                  detail=_replayed(claims))
 
         jti = (claims.iss, claims.jti, claims.exp) if claims is not None else None
         card = decision.card_row if decision is not None else None
@@ -933,6 +931,12 @@ def _patient_of(req: HookRequest | None) -> str | None:
         return None
     p = req.context.get("patientId")
     return p if isinstance(p, str) and p else None
+
+
+def _replayed(claims) -> dict:
+    """The audit detail of a verified token used a second time (a replay, refused with a bare 401)."""
+    return {"reason": "jti replayed: this token was already used", "iss": getattr(claims, "iss", None),
+            "signature_verified": True}
 
 
 class Claimed(NamedTuple):

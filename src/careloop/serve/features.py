@@ -779,10 +779,12 @@ def bedside_features(
     pat = pre.batch.pat
     birth, death = next(((b, d) for p, b, d in zip(pat["patient_id"], pat["birth_date"], pat["deceased_time"],
                                                     strict=True) if p == patient_id), (None, None))
-    locations = location_names(directory)
+    # the service's directory as given (a Mapping is read, never copied, on every call); the prefetch's own
+    # Locations over it when it sent any
+    locations: Mapping[str, str] = directory if isinstance(directory, Mapping) else location_names(directory)
     d = pre.batch.dir
     if "Location" in d["resource_type"]:
-        locations.update(stay_location_names(zip(*(d[k] for k in _DIRECTORY_KEYS), strict=True)))
+        locations = {**locations, **stay_location_names(zip(*(d[k] for k in _DIRECTORY_KEYS), strict=True))}
     encounters = [{"encounter_id": e, "class": c, "start": s, "end": t}
                   for e, c, s, t in zip(ids, enc["class"], enc["start"], enc["end"], strict=True)]
     values = evaluator(fs)(Record(pre.batch.ev, encounters, birth, locations), stay)
